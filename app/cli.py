@@ -1,0 +1,536 @@
+"""The ``blocklist`` command.
+
+Every command reads the same settings as the services (``BLOCKLIST_*``
+variables, see ``deploy/env.example``). Without ``BLOCKLIST_REDIS_URL`` the
+commands use the embedded Redis of ``--data-dir``: the one a running
+``blocklist serve`` started, or one started just for the command.
+
+User mistakes end with one sentence on stderr and a non-zero exit status:
+1 for a refused or failed action, 2 for a malformed command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import redis
+
+from app.config import Settings, parse_hostport
+from app.core import Core
+from app.domain import Actor, Role
+from app.embedded import EmbeddedRedis
+from app.errors import BlocklistError, ConfigError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"blocklist: {message}", err=True)
+    sys.exit(code)
+
+
+def cli_actor() -> Actor:
+    """Operators with shell access act as an admin; the audit log names their Unix account."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = str(os.getuid())
+    return Actor(name=f"cli:{who}", role=Role.ADMIN, agency="operator", system=True)
+
+
+class Context:
+    def __init__(self, data_dir: str | None) -> None:
+        self._settings: Settings | None = None
+        self.data_dir = data_dir
+        self._core: Core | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            s = Settings.from_env()
+            if self.data_dir:
+                s = s.with_data_dir(Path(self.data_dir))
+            self._settings = s
+        return self._settings
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.settings.data_dir / "redis"
+
+    def core(self) -> Core:
+        if self._core is None:
+            s = self.settings
+            if not s.redis_url:
+                s = replace(s, redis_url=self._embedded_url())
+            self._core = Core.from_settings(s)
+            self._core.store.ping()
+        return self._core
+
+    def _embedded_url(self) -> str:
+        server = EmbeddedRedis(self.redis_dir)
+        if server.socket_path.exists():
+            try:
+                redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
+                return server.url
+            except redis.exceptions.RedisError:
+                pass
+        server.start()
+        self._stack.callback(server.stop)
+        return server.url
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the embedded Redis, keys and artifacts live (default ./var or BLOCKLIST_DATA_DIR).")
+@click.version_option(package_name="blocklist")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None) -> None:
+    """Blocklist distribution service: curate, publish and serve a signed blocklist."""
+    obj = Context(data_dir)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _child_env(settings: Settings, redis_url: str, secret_file: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "BLOCKLIST_REDIS_URL": redis_url,
+        "BLOCKLIST_DATA_DIR": str(settings.data_dir.resolve()),
+        "BLOCKLIST_ARTIFACT_DIR": str(settings.artifact_dir.resolve()),
+        "BLOCKLIST_SIGNING_KEY_FILE": str(settings.signing_key_file.resolve()),
+        "BLOCKLIST_SECRET_KEY_FILE": str(secret_file.resolve()),
+        "BLOCKLIST_WEB_LISTEN": f"{settings.web_listen[0]}:{settings.web_listen[1]}",
+        "BLOCKLIST_DNS_LISTEN": f"{settings.dns_listen[0]}:{settings.dns_listen[1]}",
+        "BLOCKLIST_PUBLIC_URL": settings.public_url,
+    })
+    env.pop("BLOCKLIST_SECRET_KEY", None)
+    if "BLOCKLIST_COOKIE_SECURE" not in os.environ and settings.public_url.startswith("http://"):
+        # A plain-HTTP local run: a Secure cookie would never be sent back.
+        env["BLOCKLIST_COOKIE_SECURE"] = "false"
+    return env
+
+
+def _components() -> list[tuple[str, list[str]]]:
+    """The processes of one installation, each run as its own ``blocklist`` command."""
+    import importlib.util
+
+    base = [sys.executable, "-m", "app.cli"]
+    out = [("web", [*base, "web"])]
+    if importlib.util.find_spec("workers.scheduler") is not None:
+        out.append(("worker", [*base, "worker"]))
+    if importlib.util.find_spec("workers.xfrd") is not None:
+        out.append(("xfrd", [*base, "xfrd"]))
+    return out
+
+
+@cli.command()
+@click.option("--web", "web_addr", default=None, metavar="HOST:PORT", help="Web listen address (127.0.0.1:8000).")
+@click.option("--dns", "dns_addr", default=None, metavar="HOST:PORT", help="DNS listen address (127.0.0.1:8053).")
+@click.option("--data-dir", "serve_data_dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory (default ./var).")
+@pass_ctx
+def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, serve_data_dir: str | None) -> None:
+    """Run everything on this machine: embedded Redis, web, publisher, DNS transfer server."""
+    if serve_data_dir:
+        ctx.data_dir = serve_data_dir
+        ctx._settings = None
+    s = ctx.settings
+    changes: dict[str, Any] = {}
+    if web_addr:
+        changes["web_listen"] = parse_hostport(web_addr, "--web")
+        if "BLOCKLIST_PUBLIC_URL" not in os.environ:
+            host, port = changes["web_listen"]
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+            changes["public_url"] = f"http://{shown}:{port}"
+    if dns_addr:
+        changes["dns_listen"] = parse_hostport(dns_addr, "--dns")
+    if changes:
+        s = replace(s, **changes)
+        ctx._settings = s
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded: EmbeddedRedis | None = None
+    redis_url = s.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(ctx.redis_dir)
+        if embedded.socket_path.exists():
+            try:
+                redis.Redis.from_url(embedded.url, socket_connect_timeout=1).ping()
+                fail(f"another blocklist serve is already running on {s.data_dir}")
+            except redis.exceptions.RedisError:
+                pass
+        click.echo(f"starting embedded Redis ({embedded.binary}) in {ctx.redis_dir}")
+        redis_url = embedded.start()
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def stop_all(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    exit_code = 0
+    try:
+        from app import bootstrap
+
+        s = replace(s, redis_url=redis_url)
+        ctx._settings = s
+        core = Core.from_settings(s)
+        secret_file = bootstrap.ensure_secret_file(s.data_dir / "secret_key")
+        first = bootstrap.first_start(core)
+        _ensure_keys(core)
+        env = _child_env(s, redis_url, secret_file)
+        for name, argv in _components():
+            children.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
+        host, port = s.web_listen
+        click.echo(f"web admin:  {s.public_url}/   (API {s.public_url}/api/v1, feed {s.public_url}/feed/v1)")
+        click.echo(f"DNS (RPZ):  {s.dns_listen[0]} port {s.dns_listen[1]}, zone {s.rpz_zone}")
+        if first.admin_password:
+            click.echo("")
+            click.echo("first start: an admin account was created. Sign in with")
+            click.echo(f"  user:     admin\n  password: {first.admin_password}")
+            click.echo("and change the password; it is not shown again.")
+        if first.allowlist_seeded:
+            click.echo(f"first start: the never-block allowlist was seeded with {first.allowlist_seeded} names.")
+        click.echo("press Ctrl-C to stop")
+        while not stopping:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    click.echo(f"blocklist: the {name} process exited with status {proc.returncode}; stopping",
+                               err=True)
+                    stopping = True
+                    exit_code = 1
+            time.sleep(0.2)
+    finally:
+        for _name, proc in reversed(children):
+            if proc.poll() is None:
+                proc.terminate()
+        for _name, proc in children:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if embedded is not None:
+            embedded.stop()
+        click.echo("stopped")
+    sys.exit(exit_code)
+
+
+def _ensure_keys(core: Core) -> None:
+    """Create the signing key on first start (when the publication layer is present)."""
+    try:
+        from app import signing
+    except ImportError:
+        return
+    signing.ensure_key(core.settings.signing_key_file)
+
+
+@cli.command()
+@pass_ctx
+def web(ctx: Context) -> None:
+    """Run the web tier (gunicorn) on BLOCKLIST_WEB_LISTEN."""
+    from app.web.server import run
+
+    run(ctx.settings)
+
+
+# --------------------------------------------------------------------------- users
+
+
+@cli.group()
+def user() -> None:
+    """Curator accounts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--agency", required=True, help="Agency or country the person works for.")
+@click.option("--password-stdin", is_flag=True, help="Read a password from stdin (else none: API token only).")
+@pass_ctx
+def user_add(ctx: Context, name: str, role: str, agency: str, password_stdin: bool) -> None:
+    """Add an account."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    u = ctx.core().users.add(cli_actor(), name, role, agency, password)
+    click.echo(f"added {u.name} ({u.role}, {u.agency})")
+
+
+@user.command("token")
+@click.argument("name")
+@pass_ctx
+def user_token(ctx: Context, name: str) -> None:
+    """Print a new API token for NAME (the old one stops working)."""
+    click.echo(ctx.core().users.issue_token(cli_actor(), name))
+
+
+@user.command("disable")
+@click.argument("name")
+@click.option("--reason", default="")
+@pass_ctx
+def user_disable(ctx: Context, name: str, reason: str) -> None:
+    """Disable an account at once (its sessions and token stop working)."""
+    ctx.core().users.set_disabled(cli_actor(), name, True, reason)
+    click.echo(f"disabled {name}")
+
+
+@user.command("enable")
+@click.argument("name")
+@click.option("--reason", default="")
+@pass_ctx
+def user_enable(ctx: Context, name: str, reason: str) -> None:
+    """Enable a disabled account."""
+    ctx.core().users.set_disabled(cli_actor(), name, False, reason)
+    click.echo(f"enabled {name}")
+
+
+@user.command("unlock")
+@click.argument("name")
+@pass_ctx
+def user_unlock(ctx: Context, name: str) -> None:
+    """Unlock an account locked after failed sign-ins."""
+    ctx.core().users.unlock(cli_actor(), name)
+    click.echo(f"unlocked {name}")
+
+
+@user.command("password")
+@click.argument("name")
+@pass_ctx
+def user_password(ctx: Context, name: str) -> None:
+    """Set a password, read from stdin."""
+    password = sys.stdin.readline().rstrip("\n")
+    ctx.core().users.set_password(cli_actor(), name, password)
+    click.echo(f"password of {name} changed")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def user_list(ctx: Context, as_json: bool) -> None:
+    """List accounts."""
+    users = ctx.core().users.list()
+    if as_json:
+        click.echo(json.dumps([u.public() for u in users], indent=2))
+        return
+    for u in users:
+        state = "disabled" if u.disabled else ("locked" if u.locked else "active")
+        click.echo(f"{u.name:20} {u.role!s:8} {state:8} {u.agency}")
+
+
+# --------------------------------------------------------------------------- allowlist
+
+
+@cli.group()
+def allowlist() -> None:
+    """The never-block allowlist."""
+
+
+@allowlist.command("add")
+@click.argument("domain")
+@click.option("--subdomains", is_flag=True, help="Protect every name under DOMAIN too.")
+@click.option("--reason", default="")
+@pass_ctx
+def allowlist_add(ctx: Context, domain: str, subdomains: bool, reason: str) -> None:
+    """Never block DOMAIN (nor its parents). Conflicting active entries are suspended."""
+    suspended = ctx.core().curation.allowlist_add(cli_actor(), domain, subdomains, reason)
+    click.echo(f"added {domain} to the allowlist")
+    if suspended:
+        click.echo(f"suspended conflicting entries: {', '.join(map(str, suspended))}")
+
+
+@allowlist.command("remove")
+@click.argument("domain")
+@click.option("--reason", default="")
+@pass_ctx
+def allowlist_remove(ctx: Context, domain: str, reason: str) -> None:
+    """Remove DOMAIN from the allowlist."""
+    ctx.core().curation.allowlist_remove(cli_actor(), domain, reason)
+    click.echo(f"removed {domain} from the allowlist")
+
+
+@allowlist.command("list")
+@pass_ctx
+def allowlist_list(ctx: Context) -> None:
+    """Show the allowlist."""
+    for item in ctx.core().curation.allowlist():
+        scope = "+subdomains" if item.subdomains else "exact"
+        click.echo(f"{item.domain:40} {scope:12} {item.reason}")
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--as", "as_user", default="admin", show_default=True,
+              help="Account the entries are submitted by (a second person approves them).")
+@click.option("--subdomains/--exact", default=None,
+              help="Default scope of domain entries when the file does not say (default: with subdomains).")
+@click.option("--category", default=None)
+@click.option("--reason", default="", help="Reason recorded for every line without its own.")
+@click.option("--dry-run", is_flag=True, help="Check every line; change nothing.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the refused lines as CSV (line,value,reason).")
+@pass_ctx
+def import_cmd(ctx: Context, file: Path, as_user: str, subdomains: bool | None, category: str | None,
+               reason: str, dry_run: bool, report_path: Path | None) -> None:
+    """Import FILE: CSV with a 'value' header column, or one value a line."""
+    from app.curation import parse_import
+
+    core = ctx.core()
+    submitter = core.users.get(as_user)
+    if submitter.disabled:
+        fail(f"the account {as_user} is disabled")
+    total = _count_lines(file)
+    try:
+        with file.open(encoding="utf-8-sig") as f, click.progressbar(
+            length=total, label=f"{'checking' if dry_run else 'importing'} {file.name}",
+            file=sys.stderr, show_pos=True,
+        ) as bar:
+            rep = core.curation.import_rows(
+                submitter.actor, parse_import(f), source=file.name, default_subdomains=subdomains,
+                default_category=category, default_reason=reason, dry_run=dry_run, progress=bar.update,
+            )
+    except UnicodeDecodeError:
+        fail(f"{file} is not UTF-8 text")
+    verb = "would be accepted" if dry_run else "accepted (pending approval)"
+    click.echo(f"{rep.accepted} {verb}, {len(rep.refused)} refused")
+    for line, value, why in rep.refused[:1000]:
+        click.echo(f"  line {line}: {value}: {why}")
+    if len(rep.refused) > 1000:
+        click.echo(f"  ... and {len(rep.refused) - 1000} more")
+    if report_path:
+        import csv
+
+        with report_path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["line", "value", "reason"])
+            w.writerows(rep.refused)
+    if rep.refused and rep.accepted == 0:
+        sys.exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@pass_ctx
+def audit_verify(ctx: Context) -> None:
+    """Check the whole chain; name every altered, removed or reordered record."""
+    from app import audit as audit_mod
+
+    result = audit_mod.verify(ctx.core().store)
+    if result.ok:
+        click.echo(result.summary())
+        return
+    click.echo(result.summary(), err=True)
+    for p in result.problems:
+        click.echo(f"  {p}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@audit.command("show")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--actor", default=None)
+@click.option("--action", default=None)
+@click.option("--target", default=None)
+@pass_ctx
+def audit_show(ctx: Context, limit: int, actor: str | None, action: str | None, target: str | None) -> None:
+    """Print the newest audit records as JSON lines."""
+    from app import audit as audit_mod
+
+    records, _ = audit_mod.search(ctx.core().store, actor=actor, action=action, target=target, limit=limit)
+    for r in records:
+        click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@cli.group("settings")
+def settings_group() -> None:
+    """Curation policy settings that admins may change at run time."""
+
+
+@settings_group.command("show")
+@pass_ctx
+def settings_show(ctx: Context) -> None:
+    click.echo(json.dumps(ctx.core().curation.policy().to_dict(), indent=2))
+
+
+@settings_group.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.option("--reason", default="")
+@pass_ctx
+def settings_set(ctx: Context, name: str, value: str, reason: str) -> None:
+    p = ctx.core().curation.set_policy(cli_actor(), {name: value}, reason)
+    click.echo(json.dumps(p.to_dict(), indent=2))
+
+
+def _register_optional() -> None:
+    """Commands of later layers (publication, ISPs, DNS), when present."""
+    import importlib
+
+    for module_name in ("app.cli_publish", "app.cli_dns"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:
+                continue
+            raise
+        module.register(cli)
+
+
+_register_optional()
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except BlocklistError as e:
+        fail(e.message, EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED)
+    except redis.exceptions.RedisError as e:
+        fail(f"Redis error: {e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    with _errors():
+        cli.main(args=argv, prog_name="blocklist", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Settings, read once from ``BLOCKLIST_*`` environment variables.
+
+Every variable is listed, with its default and meaning, in
+``deploy/env.example``; keep the two in step. Parsing is strict: a value that
+does not parse stops the process with a message naming the variable, because
+a typo in a safety threshold must never silently fall back to a default.
+Secrets may also be given as ``NAME_FILE`` pointing at a file that holds them
+(the systemd ``LoadCredential=``/Docker secrets convention).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from app.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class Env:
+    """Strict accessors over an environment mapping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        file_name = self.environ.get(name + "_FILE")
+        if value is not None and file_name is not None:
+            raise ConfigError(f"set either {name} or {name}_FILE, not both")
+        if file_name is not None:
+            try:
+                return Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ConfigError(f"{name}_FILE: cannot read {file_name}: {e.strerror}") from e
+        if value is not None and value.strip() == "":
+            return None
+        return value
+
+    def str(self, name: str, default: str) -> str:
+        value = self.raw(name)
+        return default if value is None else value.strip()
+
+    def opt(self, name: str) -> str | None:
+        value = self.raw(name)
+        return None if value is None else value.strip()
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+    def int(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            n = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+        if n < minimum or (maximum is not None and n > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ConfigError(f"{name} must be {bounds}, not {n}")
+        return n
+
+    def float(self, name: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            n = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {value!r}") from None
+        if n < minimum or (maximum is not None and n > maximum):
+            raise ConfigError(f"{name} is out of range: {n}")
+        return n
+
+    def hostport(self, name: str, default: str) -> tuple[str, int]:
+        return parse_hostport(self.str(name, default), name)
+
+    def list(self, name: str, default: list[str]) -> list[str]:
+        value = self.raw(name)
+        if value is None:
+            return list(default)
+        return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` to a tuple; a clear error otherwise."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ConfigError(f"{what} must look like HOST:PORT, not {value!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what}: port {port} is out of range")
+    return host, port
+
+
+_CATEGORY_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with production-safe defaults."""
+
+    # Store and files
+    redis_url: str | None = None
+    data_dir: Path = Path("var")
+    artifact_dir: Path = Path("var/artifacts")
+    signing_key_file: Path = Path("var/keys/blocklist.key")
+    secret_key: str | None = None
+
+    # What is published
+    list_name: str = "worst-of"
+    rpz_zone: str = "blocklist.rpz."
+    rpz_ttl: int = 60
+    rpz_soa_refresh: int = 300
+    rpz_soa_retry: int = 60
+    rpz_soa_expire: int = 2592000
+    rpz_ns: str = "localhost."
+    categories: tuple[str, ...] = ("csam",)
+
+    # Publication
+    publish_interval: int = 300
+    manifest_ttl: int = 3600
+    manifest_refresh: int = 900
+    artifact_ttl: int = 30 * 86400
+    retain_snapshots: int = 5
+    retain_deltas: int = 100
+    expire_interval: int = 60
+
+    # Curation policy defaults (admins may override them at run time; see app.policy)
+    reverify_days: int = 90
+    require_other_agency: bool = True
+    guard_remove_pct: float = 10.0
+    guard_add_pct: float = 25.0
+    guard_add_max: int = 1000
+    guard_min_changes: int = 10
+
+    # Web
+    web_listen: tuple[str, int] = ("127.0.0.1", 8000)
+    public_url: str = "http://127.0.0.1:8000"
+    cookie_secure: bool = True
+    require_mfa: bool = False
+    session_idle: int = 1800
+    session_max: int = 43200
+    login_max_failures: int = 10
+    trust_proxy: int = 0
+    feed_accel_prefix: str | None = None
+
+    # Stop page
+    programme_name: str = "Child Sexual Abuse Material blocking programme"
+    programme_operator: str = "National police"
+    programme_law: str = "the applicable national law on child sexual abuse material"
+    programme_help_url: str = "https://www.inhope.org/"
+    stop_host: str | None = None
+
+    # DNS transfer server
+    dns_listen: tuple[str, int] = ("127.0.0.1", 8053)
+    dns_history: int = 100
+    dns_tcp_idle: float = 30.0
+    dns_max_connections: int = 512
+    notify_retries: int = 8
+    notify_timeout: float = 2.0
+
+    # Operations
+    log_level: str = "INFO"
+    log_format: str = "json"
+    health_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = Env(os.environ if environ is None else environ)
+        data_dir = Path(env.str("BLOCKLIST_DATA_DIR", "var"))
+        cats = tuple(env.list("BLOCKLIST_CATEGORIES", ["csam"]))
+        for c in cats:
+            if not _CATEGORY_RE.fullmatch(c):
+                raise ConfigError(
+                    f"BLOCKLIST_CATEGORIES: {c!r} is not a category name "
+                    "(lower-case letters, digits and dashes, at most 32)"
+                )
+        if not cats:
+            raise ConfigError("BLOCKLIST_CATEGORIES must name at least one category")
+        zone = env.str("BLOCKLIST_RPZ_ZONE", "blocklist.rpz.").lower()
+        if not zone.endswith("."):
+            zone += "."
+        log_format = env.str("BLOCKLIST_LOG_FORMAT", "json")
+        if log_format not in ("json", "text"):
+            raise ConfigError(f"BLOCKLIST_LOG_FORMAT must be json or text, not {log_format!r}")
+        health = env.opt("BLOCKLIST_HEALTH_DIR")
+        s = cls(
+            redis_url=env.opt("BLOCKLIST_REDIS_URL"),
+            data_dir=data_dir,
+            artifact_dir=Path(env.str("BLOCKLIST_ARTIFACT_DIR", str(data_dir / "artifacts"))),
+            signing_key_file=Path(
+                env.str("BLOCKLIST_SIGNING_KEY_FILE", str(data_dir / "keys" / "blocklist.key"))
+            ),
+            secret_key=env.opt("BLOCKLIST_SECRET_KEY"),
+            list_name=env.str("BLOCKLIST_LIST_NAME", "worst-of"),
+            rpz_zone=zone,
+            rpz_ttl=env.int("BLOCKLIST_RPZ_TTL", 60, 0, 86400),
+            rpz_soa_refresh=env.int("BLOCKLIST_RPZ_REFRESH", 300, 1),
+            rpz_soa_retry=env.int("BLOCKLIST_RPZ_RETRY", 60, 1),
+            rpz_soa_expire=env.int("BLOCKLIST_RPZ_EXPIRE", 2592000, 60),
+            rpz_ns=env.str("BLOCKLIST_RPZ_NS", "localhost."),
+            categories=cats,
+            publish_interval=env.int("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
+            manifest_ttl=env.int("BLOCKLIST_MANIFEST_TTL", 3600, 60),
+            manifest_refresh=env.int("BLOCKLIST_MANIFEST_REFRESH", 900, 1),
+            artifact_ttl=env.int("BLOCKLIST_ARTIFACT_TTL", 30 * 86400, 3600),
+            retain_snapshots=env.int("BLOCKLIST_RETAIN_SNAPSHOTS", 5, 1),
+            retain_deltas=env.int("BLOCKLIST_RETAIN_DELTAS", 100, 1),
+            expire_interval=env.int("BLOCKLIST_EXPIRE_INTERVAL", 60, 1),
+            reverify_days=env.int("BLOCKLIST_REVERIFY_DAYS", 90, 1),
+            require_other_agency=env.bool("BLOCKLIST_REQUIRE_OTHER_AGENCY", True),
+            guard_remove_pct=env.float("BLOCKLIST_GUARD_REMOVE_PCT", 10.0, 0.0, 100.0),
+            guard_add_pct=env.float("BLOCKLIST_GUARD_ADD_PCT", 25.0, 0.0),
+            guard_add_max=env.int("BLOCKLIST_GUARD_ADD_MAX", 1000, 0),
+            guard_min_changes=env.int("BLOCKLIST_GUARD_MIN_CHANGES", 10, 0),
+            web_listen=env.hostport("BLOCKLIST_WEB_LISTEN", "127.0.0.1:8000"),
+            public_url=env.str("BLOCKLIST_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+            cookie_secure=env.bool("BLOCKLIST_COOKIE_SECURE", True),
+            require_mfa=env.bool("BLOCKLIST_REQUIRE_MFA", False),
+            session_idle=env.int("BLOCKLIST_SESSION_IDLE", 1800, 60),
+            session_max=env.int("BLOCKLIST_SESSION_MAX", 43200, 60),
+            login_max_failures=env.int("BLOCKLIST_LOGIN_MAX_FAILURES", 10, 1),
+            trust_proxy=env.int("BLOCKLIST_TRUST_PROXY", 0, 0, 5),
+            feed_accel_prefix=env.opt("BLOCKLIST_FEED_ACCEL_PREFIX"),
+            programme_name=env.str("BLOCKLIST_PROGRAMME_NAME", cls.programme_name),
+            programme_operator=env.str("BLOCKLIST_PROGRAMME_OPERATOR", cls.programme_operator),
+            programme_law=env.str("BLOCKLIST_PROGRAMME_LAW", cls.programme_law),
+            programme_help_url=env.str("BLOCKLIST_PROGRAMME_HELP_URL", cls.programme_help_url),
+            stop_host=env.opt("BLOCKLIST_STOP_HOST"),
+            dns_listen=env.hostport("BLOCKLIST_DNS_LISTEN", "127.0.0.1:8053"),
+            dns_history=env.int("BLOCKLIST_DNS_HISTORY", 100, 1),
+            dns_tcp_idle=env.float("BLOCKLIST_DNS_TCP_IDLE", 30.0, 0.1),
+            dns_max_connections=env.int("BLOCKLIST_DNS_MAX_CONNECTIONS", 512, 1),
+            notify_retries=env.int("BLOCKLIST_NOTIFY_RETRIES", 8, 0),
+            notify_timeout=env.float("BLOCKLIST_NOTIFY_TIMEOUT", 2.0, 0.05),
+            log_level=env.str("BLOCKLIST_LOG_LEVEL", "INFO").upper(),
+            log_format=log_format,
+            health_dir=Path(health) if health else None,
+        )
+        if overrides:
+            s = replace(s, **overrides)  # type: ignore[arg-type]
+        return s
+
+    def with_data_dir(self, data_dir: Path) -> Settings:
+        """Re-root the file locations that were left at their defaults."""
+        default = Settings()
+        changes: dict[str, object] = {"data_dir": data_dir}
+        if self.artifact_dir == self.data_dir / "artifacts" or self.artifact_dir == default.artifact_dir:
+            changes["artifact_dir"] = data_dir / "artifacts"
+        if (
+            self.signing_key_file == self.data_dir / "keys" / "blocklist.key"
+            or self.signing_key_file == default.signing_key_file
+        ):
+            changes["signing_key_file"] = data_dir / "keys" / "blocklist.key"
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def setting_names() -> list[str]:
+    """Field names, for docs and tests that env.example stays complete."""
+    return [f.name for f in fields(Settings)]

@@ -1,0 +1,606 @@
+"""Redis, the system of record: the only module that knows key names.
+
+What must stay true:
+
+* Every change that touches more than one key is one atomic step: callers
+  collect checks and writes in a :class:`Txn` and :meth:`Store.commit` runs
+  them in a single Lua script, which first verifies the checks (compare and
+  set) and only then writes. A failed check writes nothing and raises
+  :class:`RetryableConflictError`, so the caller re-reads and tries again.
+* The audit record of a change is written in the same step as the change.
+* Entries live in hash buckets (``entries:<id // 1024>``) holding compact
+  JSON; the value -> id index maps a 72-bit BLAKE2b digest of the value to
+  the id (a comma list in the unlikely case of a collision, resolved by
+  reading the entries), spread over :data:`INDEX_BUCKETS` hashes; there is
+  one sorted set per status. Small hashes are
+  stored as listpacks (see ``hash-max-ziplist-*`` in the shipped Redis
+  configuration), which keeps an active entry under 500 bytes of memory.
+* ``dirty`` is the change feed of the publisher: a list to which every
+  change that can alter the published list appends the entry id, in the same
+  step as the change. The publisher consumes it from the head.
+
+Single-node Redis (or a Sentinel-managed primary) only: the scripts touch
+many keys at once, which Redis Cluster would refuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+import redis.exceptions
+
+from app.errors import ConfigError, RetryableConflictError, StoreError
+
+PREFIX = "bl:"
+BUCKET_SIZE = 1024
+#: Fixed forever: changing it would orphan the index.
+INDEX_BUCKETS = 8192
+
+
+class K:
+    """Key templates. Keep every key name here."""
+
+    entry_seq = PREFIX + "seq:entry"
+    entries = PREFIX + "entries:{bucket}"
+    value_index = PREFIX + "ix:value:{bucket}"
+    status_index = PREFIX + "ix:status:{status}"
+    dirty = PREFIX + "dirty"
+    allowlist = PREFIX + "allowlist"
+    users = PREFIX + "users"
+    user = PREFIX + "user:{name}"
+    tokens = PREFIX + "tokens"
+    audit = PREFIX + "audit"
+    audit_head = PREFIX + "audit:head"
+    settings = PREFIX + "settings"
+    once = PREFIX + "once"
+    isps = PREFIX + "isps"
+    isp = PREFIX + "isp:{name}"
+    isp_tokens = PREFIX + "isp:tokens"
+    pulls = PREFIX + "pulls"
+    pub_latest = PREFIX + "pub:latest"
+    pub_versions = PREFIX + "pub:versions"
+    pub_version = PREFIX + "pub:v:{version}"
+    pub_manifest = PREFIX + "pub:manifest"
+    pub_held = PREFIX + "pub:held"
+    pub_lock = PREFIX + "pub:lock"
+    pub_request = PREFIX + "pub:request"
+    pub_channel = PREFIX + "pub:events"
+    appeal_seq = PREFIX + "seq:appeal"
+    appeals = PREFIX + "appeals"
+    appeal = PREFIX + "appeal:{id}"
+    appeal_status = PREFIX + "ix:appeal:{status}"
+    rate = PREFIX + "rate:{scope}:{who}"
+    login_failures = PREFIX + "login:failures:{name}"
+    session = PREFIX + "session:{sid}"
+    user_sessions = PREFIX + "user:sessions:{name}"
+
+
+def entry_key(entry_id: int) -> str:
+    return K.entries.format(bucket=entry_id // BUCKET_SIZE)
+
+
+def _digest(index_key: str) -> bytes:
+    return hashlib.blake2b(index_key.encode(), digest_size=9).digest()
+
+
+def value_key(index_key: str) -> str:
+    return K.value_index.format(bucket=int.from_bytes(_digest(index_key)[:4], "big") % INDEX_BUCKETS)
+
+
+def value_field(index_key: str) -> str:
+    return base64.urlsafe_b64encode(_digest(index_key)).decode()
+
+
+def record_key(raw: str) -> str:
+    """The index key of a stored entry record, without parsing all of it."""
+    d = json.loads(raw)
+    return ("d:" if d["t"] == "d" else "u:") + d["v"]
+
+
+def status_key(status: str) -> str:
+    return K.status_index.format(status=status)
+
+
+# The compare-and-set script behind Txn. Checks: [kind, key#, (field,) expected]
+# where expected null means "must not exist". Ops: [command, key#, args...];
+
+_TXN_LUA = r"""
+local spec = cjson.decode(ARGV[1])
+for i, c in ipairs(spec[1]) do
+  local kind = c[1]
+  local key = KEYS[c[2]]
+  local actual, expected
+  if kind == 'hget' then
+    actual = redis.call('HGET', key, c[3]); expected = c[4]
+  elseif kind == 'get' then
+    actual = redis.call('GET', key); expected = c[3]
+  elseif kind == 'zscore' then
+    actual = redis.call('ZSCORE', key, c[3]); expected = c[4]
+  else
+    return redis.error_reply('BADCHECK ' .. tostring(kind))
+  end
+  if expected == cjson.null then
+    if actual then return redis.error_reply('CONFLICT ' .. i) end
+  elseif actual ~= expected then
+    return redis.error_reply('CONFLICT ' .. i)
+  end
+end
+for _, o in ipairs(spec[2]) do
+  local args = {}
+  for j = 3, #o do args[#args + 1] = o[j] end
+  redis.call(o[1], KEYS[o[2]], unpack(args))
+end
+return 'OK'
+"""
+
+# Release a lock only if we still hold it.
+_UNLOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Extend a lock only if we still hold it.
+_EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclass
+class Txn:
+    """Checks and writes to apply as one atomic step."""
+
+    keys: list[str] = field(default_factory=list)
+    checks: list[list[Any]] = field(default_factory=list)
+    ops: list[list[Any]] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def k(self, key: str) -> int:
+        i = self._index.get(key)
+        if i is None:
+            self.keys.append(key)
+            i = self._index[key] = len(self.keys)
+        return i
+
+    def expect_hget(self, key: str, fld: str, value: str | None) -> None:
+        self.checks.append(["hget", self.k(key), fld, value])
+
+    def expect_get(self, key: str, value: str | None) -> None:
+        self.checks.append(["get", self.k(key), value])
+
+    def expect_zscore(self, key: str, member: str, value: str | None) -> None:
+        self.checks.append(["zscore", self.k(key), member, value])
+
+    def op(self, command: str, key: str, *args: object) -> None:
+        self.ops.append([command, self.k(key), *(str(a) for a in args)])
+
+    def op_first(self, command: str, key: str, *args: object) -> None:
+        """An op that must run before the others (one that can fail, such as XADD)."""
+        self.ops.insert(0, [command, self.k(key), *(str(a) for a in args)])
+
+    def mark_dirty(self, entry_id: int) -> None:
+        self.op("RPUSH", K.dirty, entry_id)
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs.
+
+    Sentinel form: ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``.
+    """
+    options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30}
+    options.update(kwargs)
+    if url.startswith(("redis+sentinel://", "sentinel://")):
+        return _connect_sentinel(url, options)
+    try:
+        return redis.Redis.from_url(url, **options)
+    except ValueError as e:
+        raise ConfigError(f"BLOCKLIST_REDIS_URL is not a Redis URL: {e}") from e
+
+
+def _connect_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    password = None
+    if "@" in netloc:
+        cred, netloc = netloc.rsplit("@", 1)
+        password = unquote(cred.split(":", 1)[-1]) or None
+    hosts: list[tuple[str, int]] = []
+    for hp in netloc.split(","):
+        host, _, port = hp.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"BLOCKLIST_REDIS_URL: sentinel address {hp!r} is not HOST:PORT")
+        hosts.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigError("BLOCKLIST_REDIS_URL: a sentinel URL needs the service name as its path")
+    service = path[0]
+    db = int(path[1]) if len(path) > 1 else 0
+    query = parse_qs(parts.query)
+    sentinel_password = query.get("sentinel_password", [None])[0]
+    sentinel = Sentinel(
+        hosts,
+        sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
+        socket_timeout=options.pop("socket_timeout", 5.0),
+    )
+    options.pop("health_check_interval", None)
+    return sentinel.master_for(service, password=password, db=db, **options)
+
+
+class Store:
+    """Typed access to every key; callers never build key names."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._txn_script = client.register_script(_TXN_LUA)
+        self._unlock_script = client.register_script(_UNLOCK_LUA)
+        self._extend_script = client.register_script(_EXTEND_LUA)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(connect(url))
+
+    # ------------------------------------------------------------------ basics
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except redis.exceptions.RedisError as e:
+            raise StoreError(f"Redis is not reachable: {e}") from e
+
+    def commit(self, txn: Txn) -> None:
+        if not txn.ops:
+            return
+        spec = json.dumps([txn.checks, txn.ops], separators=(",", ":"))
+        try:
+            self._txn_script(keys=txn.keys, args=[spec])
+        except redis.exceptions.ResponseError as e:
+            if str(e).startswith("CONFLICT"):
+                raise RetryableConflictError("the data changed while the action ran; try again") from e
+            raise StoreError(f"Redis refused a write: {e}") from e
+        except redis.exceptions.RedisError as e:
+            raise StoreError(f"Redis is not reachable: {e}") from e
+
+    def server_time(self) -> float:
+        sec, usec = self.r.time()
+        return sec + usec / 1e6
+
+    def memory_used(self) -> int:
+        return int(self.r.info("memory")["used_memory"])
+
+    # ------------------------------------------------------------------ entries
+
+    def allocate_entry_ids(self, n: int = 1) -> int:
+        """Reserve ``n`` consecutive ids; returns the first."""
+        last = int(self.r.incrby(K.entry_seq, n))
+        return last - n + 1
+
+    def last_entry_id(self) -> int:
+        return int(self.r.get(K.entry_seq) or 0)
+
+    def entry_raw(self, entry_id: int) -> str | None:
+        value = self.r.hget(entry_key(entry_id), str(entry_id))
+        return None if value is None else str(value)
+
+    def entries_raw(self, ids: Sequence[int]) -> list[str | None]:
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(entry_key(i), str(i))
+        return [None if v is None else str(v) for v in pipe.execute()]
+
+    def iter_bucket_raw(self) -> Iterator[str]:
+        """Every entry record, bucket by bucket (for full rebuilds and exports)."""
+        last = self.last_entry_id()
+        pipe_size = 16
+        buckets = list(range(0, last // BUCKET_SIZE + 1))
+        for start in range(0, len(buckets), pipe_size):
+            pipe = self.r.pipeline(transaction=False)
+            for b in buckets[start : start + pipe_size]:
+                pipe.hvals(K.entries.format(bucket=b))
+            for values in pipe.execute():
+                yield from values
+
+    def lookups(self, keys: Sequence[str]) -> list[tuple[int | None, str | None]]:
+        """For each index key: the id of the entry with that value (or None),
+        and the raw index field, which a creating write must expect."""
+        if not keys:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hget(value_key(k), value_field(k))
+        raws = [None if v is None else str(v) for v in pipe.execute()]
+        candidates = sorted({int(i) for raw in raws if raw for i in raw.split(",")})
+        records = dict(zip(candidates, self.entries_raw(candidates), strict=True))
+        out: list[tuple[int | None, str | None]] = []
+        for k, raw in zip(keys, raws, strict=True):
+            found = None
+            if raw:
+                for i in raw.split(","):
+                    rec = records.get(int(i))
+                    if rec is not None and record_key(rec) == k:
+                        found = int(i)
+                        break
+            out.append((found, raw))
+        return out
+
+    def ids_for_keys(self, keys: Sequence[str]) -> list[int | None]:
+        return [i for i, _ in self.lookups(keys)]
+
+    def id_for_key(self, key: str) -> int | None:
+        return self.lookups([key])[0][0]
+
+    def put_entry(
+        self,
+        txn: Txn,
+        entry_id: int,
+        new_json: str,
+        *,
+        expect_json: str | None,
+        index_key: str,
+        index_expect: str | None = None,
+        old_status: str | None,
+        new_status: str,
+        score: float,
+        dirty: bool,
+    ) -> None:
+        """Write one entry record with its indexes, if it still is ``expect_json``."""
+        ek = entry_key(entry_id)
+        member = str(entry_id)
+        txn.expect_hget(ek, member, expect_json)
+        if expect_json is None:
+            vkey, vfield = value_key(index_key), value_field(index_key)
+            txn.expect_hget(vkey, vfield, index_expect)
+            txn.op("HSET", vkey, vfield, f"{index_expect},{member}" if index_expect else member)
+        txn.op("HSET", ek, member, new_json)
+        if old_status is not None and old_status != new_status:
+            txn.op("ZREM", status_key(old_status), member)
+        txn.op("ZADD", status_key(new_status), repr(float(score)), member)
+        if dirty:
+            txn.mark_dirty(entry_id)
+
+    def put_new_entries(self, txn: Txn, items: Sequence[tuple[int, str, str, str | None]], status: str,
+                        score: float) -> None:
+        """Create many entries (id, index key, JSON, index field as read) with
+        fresh ids from :meth:`allocate_entry_ids`, in few large writes."""
+        buckets: dict[str, list[str]] = {}
+        index: dict[str, list[str]] = {}
+        zadd_args: list[str] = []
+        sc = repr(float(score))
+        for entry_id, ikey, js, index_expect in items:
+            member = str(entry_id)
+            vkey, vfield = value_key(ikey), value_field(ikey)
+            txn.expect_hget(vkey, vfield, index_expect)
+            buckets.setdefault(entry_key(entry_id), []).extend((member, js))
+            index.setdefault(vkey, []).extend(
+                (vfield, f"{index_expect},{member}" if index_expect else member)
+            )
+            zadd_args += (sc, member)
+        for key, args in buckets.items():
+            txn.op("HSET", key, *args)
+        for key, args in index.items():
+            txn.op("HSET", key, *args)
+        if zadd_args:
+            txn.op("ZADD", status_key(status), *zadd_args)
+
+    def count_by_status(self, statuses: Iterable[str]) -> dict[str, int]:
+        pipe = self.r.pipeline(transaction=False)
+        names = list(statuses)
+        for s in names:
+            pipe.zcard(status_key(s))
+        return dict(zip(names, (int(c) for c in pipe.execute()), strict=True))
+
+    def ids_by_status(
+        self, status: str, offset: int, limit: int, newest_first: bool = True
+    ) -> list[int]:
+        key = status_key(status)
+        if newest_first:
+            ids = self.r.zrevrange(key, offset, offset + limit - 1)
+        else:
+            ids = self.r.zrange(key, offset, offset + limit - 1)
+        return [int(i) for i in ids]
+
+    def ids_by_status_score(self, status: str, lo: float, hi: float, limit: int) -> list[int]:
+        return [int(i) for i in self.r.zrangebyscore(status_key(status), lo, hi, start=0, num=limit)]
+
+    def status_count_between(self, status: str, lo: float, hi: float) -> int:
+        return int(self.r.zcount(status_key(status), lo, hi))
+
+    def scan_entries(self, match: str, batch: int = 64) -> Iterator[str]:
+        """Entry records whose JSON matches a glob, bucket by bucket (a full scan)."""
+        last_bucket = self.last_entry_id() // BUCKET_SIZE
+        for start in range(0, last_bucket + 1, batch):
+            keys = [K.entries.format(bucket=b) for b in range(start, min(start + batch, last_bucket + 1))]
+            cursors = {k: 0 for k in keys}
+            while cursors:
+                pipe = self.r.pipeline(transaction=False)
+                order = list(cursors)
+                for k in order:
+                    pipe.hscan(k, cursors[k], match=match, count=2000)
+                for k, (cursor, found) in zip(order, pipe.execute(), strict=True):
+                    yield from (str(v) for v in found.values())
+                    if int(cursor) == 0:
+                        del cursors[k]
+                    else:
+                        cursors[k] = int(cursor)
+
+    def dirty_peek(self, limit: int = 1_000_000) -> list[int]:
+        """The publisher's change feed: ids of entries changed since it last consumed it."""
+        return [int(i) for i in self.r.lrange(K.dirty, 0, limit - 1)]
+
+    def dirty_consume(self, n: int) -> None:
+        """Drop the first ``n`` ids, once what they changed is published."""
+        if n > 0:
+            self.r.ltrim(K.dirty, n, -1)
+
+    def dirty_count(self) -> int:
+        return int(self.r.llen(K.dirty))
+
+    # ------------------------------------------------------------------ allowlist
+
+    def allowlist_raw(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(K.allowlist).items()}
+
+    def allow_raw(self, domain: str) -> str | None:
+        v = self.r.hget(K.allowlist, domain)
+        return None if v is None else str(v)
+
+    def put_allow(self, txn: Txn, domain: str, new_json: str | None, expect_json: str | None) -> None:
+        txn.expect_hget(K.allowlist, domain, expect_json)
+        if new_json is None:
+            txn.op("HDEL", K.allowlist, domain)
+        else:
+            txn.op("HSET", K.allowlist, domain, new_json)
+
+    # ------------------------------------------------------------------ users
+
+    def user_names(self) -> list[str]:
+        return sorted(str(n) for n in self.r.smembers(K.users))
+
+    def user_raw(self, name: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(K.user.format(name=name)).items()}
+
+    def put_user(self, txn: Txn, name: str, fields: dict[str, str], *, create: bool = False,
+                 expect_version: str | None = None) -> None:
+        key = K.user.format(name=name)
+        if create:
+            txn.expect_hget(key, "name", None)
+            txn.op("SADD", K.users, name)
+        elif expect_version is not None:
+            txn.expect_hget(key, "version", expect_version)
+        args: list[str] = []
+        for k, v in fields.items():
+            args += [k, v]
+        if args:
+            txn.op("HSET", key, *args)
+
+    def user_touch(self, name: str, fields: dict[str, str]) -> None:
+        """Bookkeeping that is not a change of the account (last login, failures)."""
+        self.r.hset(K.user.format(name=name), mapping=fields)
+
+    def set_token(self, txn: Txn, name: str, token_hash: str, old_hash: str | None) -> None:
+        if old_hash:
+            txn.op("HDEL", K.tokens, old_hash)
+        txn.op("HSET", K.tokens, token_hash, name)
+
+    def token_owner(self, token_hash: str) -> str | None:
+        v = self.r.hget(K.tokens, token_hash)
+        return None if v is None else str(v)
+
+    def login_failures(self, name: str) -> int:
+        return int(self.r.get(K.login_failures.format(name=name)) or 0)
+
+    def add_login_failure(self, name: str, window: int) -> int:
+        key = K.login_failures.format(name=name)
+        pipe = self.r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window)
+        n, _ = pipe.execute()
+        return int(n)
+
+    def clear_login_failures(self, name: str) -> None:
+        self.r.delete(K.login_failures.format(name=name))
+
+    def rate_hit(self, scope: str, who: str, window: int) -> int:
+        """Fixed-window counter: hits of ``who`` in the current window."""
+        slot = int(time.time() // window)
+        key = K.rate.format(scope=scope, who=f"{who}:{slot}")
+        pipe = self.r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window * 2)
+        n, _ = pipe.execute()
+        return int(n)
+
+    # ------------------------------------------------------------------ sessions
+
+    def session_get(self, sid: str) -> str | None:
+        v = self.r.get(K.session.format(sid=sid))
+        return None if v is None else str(v)
+
+    def session_put(self, sid: str, data: str, ttl: int, user: str | None) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(K.session.format(sid=sid), data, ex=ttl)
+        if user:
+            pipe.sadd(K.user_sessions.format(name=user), sid)
+            pipe.expire(K.user_sessions.format(name=user), 86400 * 2)
+        pipe.execute()
+
+    def session_delete(self, sid: str) -> None:
+        self.r.delete(K.session.format(sid=sid))
+
+    def sessions_end_for_user(self, name: str) -> None:
+        key = K.user_sessions.format(name=name)
+        sids = self.r.smembers(key)
+        pipe = self.r.pipeline()
+        for sid in sids:
+            pipe.delete(K.session.format(sid=sid))
+        pipe.delete(key)
+        pipe.execute()
+
+    # ------------------------------------------------------------------ audit
+
+    def audit_head(self) -> tuple[int, str | None]:
+        head = self.r.hgetall(K.audit_head)
+        if not head:
+            return 0, None
+        return int(head["seq"]), str(head["hash"])
+
+    def audit_append(self, txn: Txn, seq: int, record_json: str, record_hash: str,
+                     expect_hash: str | None) -> None:
+        txn.expect_hget(K.audit_head, "hash", expect_hash)
+        # XADD goes first: it is the only write that can fail, and a script
+        # that fails half-way would leave the writes before it in place.
+        txn.op_first("XADD", K.audit, f"{seq}-0", "r", record_json)
+        txn.op("HSET", K.audit_head, "seq", str(seq), "hash", record_hash)
+
+    def audit_range(self, start: str = "-", end: str = "+", count: int | None = None,
+                    reverse: bool = False) -> list[tuple[str, str]]:
+        if reverse:
+            rows = self.r.xrevrange(K.audit, max=end, min=start, count=count)
+        else:
+            rows = self.r.xrange(K.audit, min=start, max=end, count=count)
+        return [(str(i), str(f.get("r", ""))) for i, f in rows]
+
+    def audit_length(self) -> int:
+        return int(self.r.xlen(K.audit))
+
+    # ------------------------------------------------------------------ settings
+
+    def settings_raw(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(K.settings).items()}
+
+    def put_setting(self, txn: Txn, name: str, value: str | None, expect: str | None) -> None:
+        txn.expect_hget(K.settings, name, expect)
+        if value is None:
+            txn.op("HDEL", K.settings, name)
+        else:
+            txn.op("HSET", K.settings, name, value)
+
+    def once(self, name: str) -> bool:
+        """True the first time it is called with ``name`` for this store, ever."""
+        return bool(self.r.hsetnx(K.once, name, str(int(time.time()))))
+
+    # ------------------------------------------------------------------ locks
+
+    def lock_acquire(self, name: str, token: str, ttl_ms: int) -> bool:
+        return bool(self.r.set(name, token, nx=True, px=ttl_ms))
+
+    def lock_extend(self, name: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._extend_script(keys=[name], args=[token, ttl_ms]))
+
+    def lock_release(self, name: str, token: str) -> bool:
+        return bool(self._unlock_script(keys=[name], args=[token]))
+
+    def lock_holder(self, name: str) -> str | None:
+        v = self.r.get(name)
+        return None if v is None else str(v)

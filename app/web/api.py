@@ -1,0 +1,309 @@
+"""The curator JSON API, ``/api/v1``: the same rules as the web UI.
+
+Authentication is ``Authorization: Bearer <user token>`` on every request;
+the account is re-read each time, so a disabled user is out at once. Every
+refusal is ``{"error": "<sentence>"}`` with a fitting 4xx status and changes
+nothing. The contract is described in ``app/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from app import audit
+from app.curation import parse_import
+from app.domain import Actor, Entry
+from app.errors import AuthenticationError, ValidationError
+from app.users import User
+from app.web import core_of
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+ENTRY_ACTIONS = ("approve", "reject", "reverify", "suspend", "reinstate", "delist")
+
+
+def core() -> Any:
+    return core_of(current_app)
+
+
+@bp.before_request
+def _authenticate() -> None:
+    if request.endpoint == "api.openapi":
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("a valid API token is required (Authorization: Bearer blu_...)")
+    user: User = core().users.authenticate_token(token.strip())
+    g.user = user
+    g.actor = user.actor
+
+
+def actor() -> Actor:
+    a: Actor = g.actor
+    return a
+
+
+def body() -> dict[str, Any]:
+    if not request.data:
+        return {}
+    if not request.is_json:
+        raise ValidationError("the request body must be JSON (Content-Type: application/json)")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ValidationError("the request body must be a JSON object")
+    return data
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    return e.public(core().curation.policy().reverify_days)
+
+
+def int_arg(name: str, default: int, lo: int = 0, hi: int = 10**9) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a whole number") from None
+    if not lo <= n <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}")
+    return n
+
+
+# --------------------------------------------------------------------------- spec
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    from importlib.resources import files
+
+    return current_app.response_class(
+        files("app").joinpath("openapi.json").read_bytes(), mimetype="application/json"
+    )
+
+
+@bp.get("/me")
+def me() -> Any:
+    user: User = g.user
+    return jsonify(user.public())
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@bp.post("/entries")
+def submit() -> Any:
+    d = body()
+    entry = core().curation.submit(
+        actor(), d.get("value"), d.get("type"), d.get("subdomains"), d.get("category"),
+        d.get("reason", ""), d.get("evidence_ref", ""),
+    )
+    return jsonify(entry_json(entry)), 201
+
+
+@bp.post("/entries/check")
+def check() -> Any:
+    d = body()
+    return jsonify(core().curation.check_value(d.get("value"), d.get("type")))
+
+
+@bp.get("/entries")
+def list_entries() -> Any:
+    page_size = int_arg("per_page", 50, 1, 500)
+    page_no = int_arg("page", 1, 1, 10**7)
+    offset = int_arg("offset", (page_no - 1) * page_size)
+    page = core().curation.list(
+        status=request.args.get("status") or None,
+        q=request.args.get("q") or None,
+        category=request.args.get("category") or None,
+        agency=request.args.get("agency") or None,
+        submitted_by=request.args.get("submitted_by") or None,
+        offset=offset,
+        limit=page_size,
+    )
+    return jsonify(
+        entries=[entry_json(e) for e in page.entries],
+        total=page.total,
+        next_offset=page.next_offset,
+        partial=page.partial,
+    )
+
+
+@bp.get("/entries/<int:entry_id>")
+def get_entry(entry_id: int) -> Any:
+    return jsonify(entry_json(core().curation.get(entry_id)))
+
+
+@bp.get("/entries/<int:entry_id>/history")
+def entry_history(entry_id: int) -> Any:
+    c = core()
+    actor().require("entry.read")
+    entry = c.curation.get(entry_id)
+    return jsonify(history=[r.to_dict() for r in c.curation.history(entry)])
+
+
+@bp.post("/entries/<int:entry_id>/<action>")
+def entry_action(entry_id: int, action: str) -> Any:
+    if action not in ENTRY_ACTIONS:
+        raise ValidationError(f"unknown action {action!r}; use one of {', '.join(ENTRY_ACTIONS)}")
+    d = body()
+    entry = core().curation.act(actor(), entry_id, action, d.get("reason", ""))
+    return jsonify(entry_json(entry))
+
+
+@bp.post("/entries/approve")
+def approve_many() -> Any:
+    d = body()
+    entries = core().curation.approve_many(actor(), d.get("ids"), d.get("reason", ""))
+    return jsonify(approved=[e.id for e in entries])
+
+
+@bp.post("/import")
+def import_file() -> Any:
+    """CSV or one value a line, as the request body or a multipart ``file``."""
+    upload = request.files.get("file")
+    if upload is not None:
+        raw = upload.read()
+        source = upload.filename or "upload"
+    else:
+        raw = request.get_data()
+        source = request.args.get("source", "api")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValidationError("the file must be UTF-8 text") from None
+    dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
+    subdomains = request.args.get("subdomains")
+    report = core().curation.import_rows(
+        actor(), parse_import(io.StringIO(text)), source=source[:100],
+        default_subdomains=None if subdomains in (None, "") else subdomains.lower() in ("1", "true", "yes"),
+        default_category=request.args.get("category") or None,
+        default_reason=request.args.get("reason", ""),
+        dry_run=dry_run,
+    )
+    return jsonify(report.to_dict()), 200 if dry_run else 201
+
+
+# --------------------------------------------------------------------------- allowlist
+
+
+@bp.get("/allowlist")
+def allowlist() -> Any:
+    actor().require("allowlist.read")
+    return jsonify(allowlist=[
+        {"domain": a.domain, "subdomains": a.subdomains, "reason": a.reason,
+         "added_by": a.added_by, "added_at": audit.iso(a.added_at) if a.added_at else None}
+        for a in core().curation.allowlist()
+    ])
+
+
+@bp.post("/allowlist")
+def allowlist_add() -> Any:
+    d = body()
+    suspended = core().curation.allowlist_add(actor(), d.get("domain"), d.get("subdomains", False),
+                                              d.get("reason", ""))
+    return jsonify(domain=d.get("domain"), suspended=suspended), 201
+
+
+@bp.delete("/allowlist")
+@bp.delete("/allowlist/<domain>")
+def allowlist_remove(domain: str | None = None) -> Any:
+    d = body() if domain is None else {}
+    name = domain or d.get("domain") or request.args.get("domain")
+    core().curation.allowlist_remove(actor(), name, d.get("reason", request.args.get("reason", "")))
+    return jsonify(removed=name)
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@bp.get("/audit")
+def audit_log() -> Any:
+    actor().require("audit.read")
+    before = int_arg("before", 0)
+    records, nxt = audit.search(
+        core().store,
+        actor=request.args.get("actor") or None,
+        action=request.args.get("action") or None,
+        target=request.args.get("target") or None,
+        before_seq=before or None,
+        limit=int_arg("limit", 50, 1, 500),
+    )
+    return jsonify(records=[r.to_dict() for r in records], next_before=nxt)
+
+
+@bp.get("/audit/verify")
+def audit_verify() -> Any:
+    actor().require("audit.read")
+    result = audit.verify(core().store)
+    return jsonify(ok=result.ok, checked=result.checked, head=result.head_seq, problems=result.problems)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@bp.get("/settings")
+def get_settings() -> Any:
+    return jsonify(core().curation.policy().to_dict())
+
+
+@bp.put("/settings")
+@bp.patch("/settings")
+def put_settings() -> Any:
+    d = body()
+    reason = d.pop("reason", "")
+    return jsonify(core().curation.set_policy(actor(), d, reason).to_dict())
+
+
+# --------------------------------------------------------------------------- users
+
+
+@bp.get("/users")
+def users() -> Any:
+    actor().require("user.manage")
+    return jsonify(users=[u.public() for u in core().users.list()])
+
+
+@bp.post("/users")
+def add_user() -> Any:
+    d = body()
+    user = core().users.add(actor(), d.get("name"), d.get("role"), d.get("agency"), d.get("password"))
+    return jsonify(user.public()), 201
+
+
+@bp.patch("/users/<name>")
+def update_user(name: str) -> Any:
+    d = body()
+    user = core().users.update(actor(), name, role=d.get("role"), agency=d.get("agency"),
+                               reason=d.get("reason", ""))
+    return jsonify(user.public())
+
+
+@bp.post("/users/<name>/token")
+def user_token(name: str) -> Any:
+    token = core().users.issue_token(actor(), name)
+    return jsonify(name=name, token=token), 201
+
+
+@bp.post("/users/<name>/<action>")
+def user_action(name: str, action: str) -> Any:
+    d = body()
+    users_ = core().users
+    reason = d.get("reason", "")
+    if action == "disable":
+        user = users_.set_disabled(actor(), name, True, reason)
+    elif action == "enable":
+        user = users_.set_disabled(actor(), name, False, reason)
+    elif action == "unlock":
+        user = users_.unlock(actor(), name, reason)
+    elif action == "password":
+        users_.set_password(actor(), name, d.get("password"), reason)
+        user = users_.get(name)
+    else:
+        raise ValidationError(f"unknown action {action!r}; use disable, enable, unlock, password or token")
+    return jsonify(user.public())
