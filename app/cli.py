@@ -239,13 +239,11 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, serve_data_d
     sys.exit(exit_code)
 
 
-def _ensure_keys(core: Core) -> None:
-    """Create the signing key on first start (when the publication layer is present)."""
-    try:
-        from app import signing
-    except ImportError:
-        return
-    signing.ensure_key(core.settings.signing_key_file)
+def _ensure_keys(core: Core) -> Any:
+    """Load the signing key, creating it on first start."""
+    from app import signing
+
+    return signing.ensure_key(core.settings.signing_key_file)
 
 
 @cli.command()
@@ -500,21 +498,177 @@ def settings_set(ctx: Context, name: str, value: str, reason: str) -> None:
     click.echo(json.dumps(p.to_dict(), indent=2))
 
 
-def _register_optional() -> None:
-    """Commands of later layers (publication, ISPs, DNS), when present."""
-    import importlib
-
-    for module_name in ("app.cli_publish", "app.cli_dns"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:
-                continue
-            raise
-        module.register(cli)
+# --------------------------------------------------------------------------- processes
 
 
-_register_optional()
+@cli.command()
+@pass_ctx
+def worker(ctx: Context) -> None:
+    """Run the scheduled publisher (APScheduler)."""
+    from workers.scheduler import main as worker_main
+
+    worker_main(ctx.settings)
+
+
+@cli.command()
+@pass_ctx
+def xfrd(ctx: Context) -> None:
+    """Run the DNS transfer server (RPZ over AXFR/IXFR with TSIG, NOTIFY)."""
+    from workers.xfrd import main as xfrd_main
+
+    xfrd_main(ctx.settings)
+
+
+# --------------------------------------------------------------------------- publication
+
+
+def _print_outcome(outcome: Any) -> None:
+    if outcome.status == "published":
+        click.echo(f"published version {outcome.version} "
+                   f"(+{outcome.diff['added']} -{outcome.diff['removed']} ~{outcome.diff['changed']}, "
+                   f"{outcome.timings.get('total', 0):.2f} s)")
+        click.echo(str(outcome.version))
+    elif outcome.status == "held":
+        fail(f"publication held, not published: {outcome.message}. "
+             "An admin can release it: blocklist publications release --reason ...")
+    elif outcome.status == "busy":
+        fail(outcome.message)
+    else:
+        click.echo(f"{outcome.message}; version {outcome.version} stays current")
+        if outcome.version:
+            click.echo(str(outcome.version))
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Publish a new version even if nothing changed.")
+@click.option("--full", is_flag=True, help="Rebuild from every entry instead of the change feed.")
+@click.option("--reason", default="")
+@pass_ctx
+def publish(ctx: Context, force: bool, full: bool, reason: str) -> None:
+    """Publish now; prints the version."""
+    core = ctx.core()
+    core.publisher._key = _ensure_keys(core)
+    _print_outcome(core.publisher.publish(actor=cli_actor(), reason=reason, force=force, full=full,
+                                          wait_lock=60))
+
+
+@cli.group()
+def publications() -> None:
+    """Published versions and the publication guard."""
+
+
+@publications.command("list")
+@click.option("--limit", default=20, show_default=True)
+@pass_ctx
+def publications_list(ctx: Context, limit: int) -> None:
+    pub = ctx.core().publisher
+    held = pub.held()
+    if held:
+        state = "released, waiting for the worker" if held.get("released_by") else "HELD"
+        click.echo(f"{state}: +{held['added']} -{held['removed']} ~{held['changed']}: {'; '.join(held['reasons'])}")
+    for m in pub.versions(limit=limit):
+        c = m["changes"]
+        click.echo(f"{m['version']:>8}  {m['published_at']}  {m['count']:>9} entries  "
+                   f"+{c['added']} -{c['removed']} ~{c['changed']}  {m.get('by', '')}")
+
+
+@publications.command("release")
+@click.option("--reason", required=True)
+@pass_ctx
+def publications_release(ctx: Context, reason: str) -> None:
+    """Release the held publication (the worker publishes it next)."""
+    held = ctx.core().publisher.release(cli_actor(), reason)
+    click.echo(f"released: +{held['added']} -{held['removed']} ~{held['changed']}")
+
+
+@publications.command("discard")
+@click.option("--reason", required=True)
+@pass_ctx
+def publications_discard(ctx: Context, reason: str) -> None:
+    """Discard the held publication (fix the entries, or it is held again)."""
+    ctx.core().publisher.discard(cli_actor(), reason)
+    click.echo("discarded the held publication")
+
+
+@publications.command("preview")
+@pass_ctx
+def publications_preview(ctx: Context) -> None:
+    """What the next publication would change."""
+    diff = ctx.core().publisher.preview()
+    click.echo(json.dumps({**diff.summary(), "sample": diff.sample(20)}, indent=2))
+
+
+@cli.group()
+def keys() -> None:
+    """The publication signing key."""
+
+
+@keys.command("show")
+@pass_ctx
+def keys_show(ctx: Context) -> None:
+    """Print the public key in minisign format (give it to ISPs to pin)."""
+    from app.signing import ensure_key
+
+    click.echo(ensure_key(ctx.settings.signing_key_file).public.text(), nl=False)
+
+
+# --------------------------------------------------------------------------- ISPs
+
+
+@cli.group()
+def isp() -> None:
+    """ISP subscribers (feed tokens, TSIG keys, NOTIFY targets)."""
+
+
+@isp.command("add")
+@click.argument("name")
+@click.option("--notify", multiple=True, metavar="HOST:PORT", help="Resolver to NOTIFY after each publication.")
+@click.option("--allow-from", multiple=True, metavar="CIDR", help="Addresses allowed to transfer the zone.")
+@click.option("--reason", default="")
+@pass_ctx
+def isp_add(ctx: Context, name: str, notify: tuple[str, ...], allow_from: tuple[str, ...], reason: str) -> None:
+    """Add an ISP; prints JSON with its feed token and TSIG key (shown once)."""
+    created = ctx.core().isps.add(cli_actor(), name, list(notify), list(allow_from), reason)
+    click.echo(json.dumps(created, indent=2))
+
+
+@isp.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def isp_list(ctx: Context, as_json: bool) -> None:
+    """ISPs with the version they last pulled and when."""
+    core = ctx.core()
+    latest = core.latest_version()
+    items = [i.public(latest) for i in core.isps.list()]
+    if as_json:
+        click.echo(json.dumps({"latest_version": latest, "isps": items}, indent=2))
+        return
+    for i in items:
+        behind = "" if i["versions_behind"] is None else f"{i['versions_behind']} behind"
+        click.echo(f"{i['name']:24} {i['status']:8} last v{i['last_version'] or '-'} at "
+                   f"{i['last_pull_at'] or 'never'} {behind}")
+
+
+@isp.command("revoke")
+@click.argument("name")
+@click.option("--reason", default="")
+@pass_ctx
+def isp_revoke(ctx: Context, name: str, reason: str) -> None:
+    """End an ISP's access at once (feed and zone transfers)."""
+    ctx.core().isps.revoke(cli_actor(), name, reason)
+    click.echo(f"revoked {name}")
+
+
+@isp.command("rotate")
+@click.argument("name")
+@click.option("--token/--no-token", default=True, help="New feed token.")
+@click.option("--tsig/--no-tsig", default=False, help="New TSIG secret.")
+@click.option("--reason", default="")
+@pass_ctx
+def isp_rotate(ctx: Context, name: str, token: bool, tsig: bool, reason: str) -> None:
+    """New feed token and/or TSIG secret (printed once)."""
+    click.echo(json.dumps(ctx.core().isps.rotate(cli_actor(), name, token=token, tsig=tsig, reason=reason),
+                          indent=2))
 
 
 @contextlib.contextmanager

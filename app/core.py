@@ -8,10 +8,15 @@ fake clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from app.artifacts import ArtifactStore
 from app.clock import Clock, system_clock
 from app.config import Settings
 from app.curation import Curation
+from app.errors import ConfigError
+from app.isps import Isps
+from app.publishing import Publisher
 from app.store import Store
 from app.users import Users
 
@@ -23,15 +28,37 @@ class Core:
     clock: Clock = system_clock
     curation: Curation = field(init=False)
     users: Users = field(init=False)
+    isps: Isps = field(init=False)
+    publisher: Publisher = field(init=False)
+    artifacts: ArtifactStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.curation = Curation(self.store, self.settings, self.clock)
         self.users = Users(self.store, self.clock)
+        self.isps = Isps(self.store, self.clock)
+        # The signing key is loaded on first use: only the worker (and the
+        # `publish` command) ever signs; the web tier never needs it.
+        self.publisher = Publisher(self.store, self.settings, self.curation, self.clock)
+        self.artifacts = self.publisher.artifacts
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = system_clock) -> Core:
         if not settings.redis_url:
-            from app.errors import ConfigError
-
             raise ConfigError("BLOCKLIST_REDIS_URL is not set (blocklist serve starts an embedded Redis)")
         return cls(settings=settings, store=Store.from_url(settings.redis_url), clock=clock)
+
+    def latest_version(self) -> int | None:
+        latest = self.publisher.latest()
+        return int(latest["version"]) if latest else None
+
+    def readiness(self) -> dict[str, tuple[bool, Any]]:
+        """Checks beyond Redis for /readyz: a manifest exists and is not near expiry."""
+        out: dict[str, tuple[bool, Any]] = {}
+        m = self.store.pub_manifest()
+        if m is None:
+            out["manifest"] = (True, "no publication yet")
+        else:
+            left = m[2] + self.settings.manifest_ttl - self.clock()
+            ok = left > self.settings.manifest_ttl * 0.25
+            out["manifest"] = (ok, f"expires in {int(left)} s" if left > 0 else "EXPIRED")
+        return out

@@ -72,6 +72,7 @@ class K:
     pub_held = PREFIX + "pub:held"
     pub_lock = PREFIX + "pub:lock"
     pub_request = PREFIX + "pub:request"
+    pub_result = PREFIX + "pub:result:{id}"
     pub_channel = PREFIX + "pub:events"
     appeal_seq = PREFIX + "seq:appeal"
     appeals = PREFIX + "appeals"
@@ -421,7 +422,7 @@ class Store:
         last_bucket = self.last_entry_id() // BUCKET_SIZE
         for start in range(0, last_bucket + 1, batch):
             keys = [K.entries.format(bucket=b) for b in range(start, min(start + batch, last_bucket + 1))]
-            cursors = {k: 0 for k in keys}
+            cursors = dict.fromkeys(keys, 0)
             while cursors:
                 pipe = self.r.pipeline(transaction=False)
                 order = list(cursors)
@@ -589,6 +590,139 @@ class Store:
     def once(self, name: str) -> bool:
         """True the first time it is called with ``name`` for this store, ever."""
         return bool(self.r.hsetnx(K.once, name, str(int(time.time()))))
+
+    # ------------------------------------------------------------------ ISPs
+
+    def isp_names(self) -> list[str]:
+        return sorted(str(n) for n in self.r.smembers(K.isps))
+
+    def isp_raw(self, name: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(K.isp.format(name=name)).items()}
+
+    def isps_raw(self, names: Sequence[str]) -> list[dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.hgetall(K.isp.format(name=n))
+        return [{str(k): str(v) for k, v in d.items()} for d in pipe.execute()]
+
+    def put_isp(self, txn: Txn, name: str, fields: dict[str, str], *, create: bool = False,
+                expect_version: str | None = None) -> None:
+        key = K.isp.format(name=name)
+        if create:
+            txn.expect_hget(key, "name", None)
+            txn.op("SADD", K.isps, name)
+        else:
+            txn.expect_hget(key, "version", expect_version)
+        args: list[str] = []
+        for k, v in fields.items():
+            args += [k, v]
+        txn.op("HSET", key, *args)
+
+    def set_isp_token(self, txn: Txn, name: str, token_hash: str, old_hash: str | None) -> None:
+        if old_hash:
+            txn.op("HDEL", K.isp_tokens, old_hash)
+        txn.op("HSET", K.isp_tokens, token_hash, name)
+
+    def isp_token_owner(self, token_hash: str) -> str | None:
+        v = self.r.hget(K.isp_tokens, token_hash)
+        return None if v is None else str(v)
+
+    def isp_record_pull(self, name: str, fields: dict[str, str], keep: int = 100_000) -> None:
+        """Bookkeeping of a feed pull or zone transfer (not an audited change)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(K.isp.format(name=name), mapping=fields)
+        pipe.xadd(K.pulls, {"isp": name, **fields}, maxlen=keep, approximate=True)
+        pipe.execute()
+
+    def recent_pulls(self, count: int = 100) -> list[dict[str, str]]:
+        return [{"id": str(i), **{str(k): str(v) for k, v in f.items()}}
+                for i, f in self.r.xrevrange(K.pulls, count=count)]
+
+    # ------------------------------------------------------------------ publications
+
+    def pub_latest_raw(self) -> str | None:
+        v = self.r.get(K.pub_latest)
+        return None if v is None else str(v)
+
+    def pub_version_raw(self, version: int) -> str | None:
+        v = self.r.get(K.pub_version.format(version=version))
+        return None if v is None else str(v)
+
+    def pub_version_numbers(self, limit: int, before: int | None = None) -> list[int]:
+        hi = f"({before}" if before else "+inf"
+        return [int(n) for n in self.r.zrevrangebyscore(K.pub_versions, hi, "-inf", start=0, num=limit)]
+
+    def pub_manifest(self) -> tuple[str, str, int] | None:
+        body, sig, signed_at = self.r.hmget(K.pub_manifest, ["body", "sig", "signed_at"])
+        if not body or not sig:
+            return None
+        return str(body), str(sig), int(signed_at or 0)
+
+    def pub_held_raw(self) -> str | None:
+        v = self.r.get(K.pub_held)
+        return None if v is None else str(v)
+
+    def pub_expect(self, txn: Txn, *, latest: str | object | None = ..., lock: str | None = None,
+                   held: str | object | None = ...) -> None:
+        """Compare-and-set conditions of a publication step."""
+        if latest is not ...:
+            txn.expect_get(K.pub_latest, latest)  # type: ignore[arg-type]
+        if lock is not None:
+            txn.expect_get(K.pub_lock, lock)
+        if held is not ...:
+            txn.expect_get(K.pub_held, held)  # type: ignore[arg-type]
+
+    def pub_add_version(self, txn: Txn, version: int, meta_json: str, latest_json: str,
+                        consumed: int) -> None:
+        txn.op("SET", K.pub_version.format(version=version), meta_json)
+        txn.op("ZADD", K.pub_versions, version, version)
+        txn.op("SET", K.pub_latest, latest_json)
+        txn.op("LTRIM", K.dirty, consumed, -1)
+        txn.op("DEL", K.pub_held)
+        txn.op("PUBLISH", K.pub_channel, version)
+
+    def pub_set_manifest(self, txn: Txn, body: str, sig: str, version: int, signed_at: int) -> None:
+        txn.op("HSET", K.pub_manifest, "body", body, "sig", sig, "version", version, "signed_at", signed_at)
+
+    def pub_set_held(self, txn: Txn, held_json: str | None) -> None:
+        if held_json is None:
+            txn.op("DEL", K.pub_held)
+        else:
+            txn.op("SET", K.pub_held, held_json)
+
+    def pub_set_request(self, payload: str, txn: Txn | None = None) -> None:
+        if txn is not None:
+            txn.op("SET", K.pub_request, payload)
+        else:
+            self.r.set(K.pub_request, payload)
+
+    def pub_set_result(self, request_id: str, payload: str, ttl: int = 3600) -> None:
+        self.r.set(K.pub_result.format(id=request_id), payload, ex=ttl)
+
+    def pub_result(self, request_id: str) -> str | None:
+        v = self.r.get(K.pub_result.format(id=request_id))
+        return None if v is None else str(v)
+
+    def pub_take_request(self) -> str | None:
+        v = self.r.getdel(K.pub_request)
+        return None if v is None else str(v)
+
+    def pub_subscribe(self) -> redis.client.PubSub:
+        ps = self.r.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(K.pub_channel)
+        return ps
+
+    def pub_lock_acquire(self, token: str, ttl_ms: int) -> bool:
+        return self.lock_acquire(K.pub_lock, token, ttl_ms)
+
+    def pub_lock_extend(self, token: str, ttl_ms: int) -> bool:
+        return self.lock_extend(K.pub_lock, token, ttl_ms)
+
+    def pub_lock_release(self, token: str) -> bool:
+        return self.lock_release(K.pub_lock, token)
+
+    def pub_lock_holder(self) -> str | None:
+        return self.lock_holder(K.pub_lock)
 
     # ------------------------------------------------------------------ locks
 

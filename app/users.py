@@ -34,7 +34,7 @@ from app.errors import (
 )
 from app.store import Store, Txn
 
-USER_TOKEN_PREFIX = "blu_"
+USER_TOKEN_PREFIX = "blu_"  # noqa: S105 (a prefix that makes leaked tokens recognisable, not a secret)
 _NAME_RE = re.compile(r"[a-z][a-z0-9._-]{1,31}")
 MIN_PASSWORD = 12
 

@@ -49,10 +49,11 @@ def create_app(
             x_host=settings.trust_proxy,
         )
 
-    from app.web import api, health
+    from app.web import api, feed, health
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    feed.init_app(app)
     _register_optional(app)
 
     @app.before_request
@@ -94,7 +95,7 @@ def _register_optional(app: Flask) -> None:
     """Blueprints of later layers (feed, admin UI, stop page, metrics), when present."""
     import importlib
 
-    for module_name in ("app.web.feed", "app.web.admin", "app.web.public", "app.web.metrics"):
+    for module_name in ("app.web.admin", "app.web.public", "app.web.metrics"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:

@@ -9,6 +9,8 @@ nothing. The contract is described in ``app/openapi.json``.
 from __future__ import annotations
 
 import io
+import json
+import time
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -16,7 +18,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from app import audit
 from app.curation import parse_import
 from app.domain import Actor, Entry
-from app.errors import AuthenticationError, ValidationError
+from app.errors import AuthenticationError, NotFoundError, ValidationError
 from app.users import User
 from app.web import core_of
 
@@ -307,3 +309,136 @@ def user_action(name: str, action: str) -> Any:
     else:
         raise ValidationError(f"unknown action {action!r}; use disable, enable, unlock, password or token")
     return jsonify(user.public())
+
+
+# --------------------------------------------------------------------------- publications
+
+
+def _publisher() -> Any:
+    return core().publisher
+
+
+@bp.post("/publish")
+def publish() -> Any:
+    """Ask the publisher to publish now. ``?wait=N`` waits up to N seconds for the outcome."""
+    d = body()
+    pub = _publisher()
+    request_id = pub.request(actor(), d.get("reason", ""))
+    wait = int_arg("wait", 0, 0, 300)
+    deadline = time.monotonic() + wait
+    while wait and time.monotonic() < deadline:
+        result = pub.request_result(request_id)
+        if result is not None:
+            return jsonify(request=request_id, **result), 200
+        time.sleep(0.1)
+    return jsonify(request=request_id, status="requested"), 202
+
+
+@bp.get("/publish/<request_id>")
+def publish_result(request_id: str) -> Any:
+    result = _publisher().request_result(request_id)
+    if result is None:
+        return jsonify(request=request_id, status="requested"), 202
+    return jsonify(request=request_id, **result)
+
+
+@bp.get("/publications")
+def publications() -> Any:
+    actor().require("publish.read")
+    before = int_arg("before", 0)
+    pub = _publisher()
+    return jsonify(publications=pub.versions(limit=int_arg("limit", 50, 1, 500), before=before or None),
+                   latest=pub.latest(), held=pub.held())
+
+
+@bp.get("/publications/<int:version>")
+def publication(version: int) -> Any:
+    actor().require("publish.read")
+    meta = _publisher().version_meta(version)
+    if meta is None:
+        raise NotFoundError(f"there is no version {version}")
+    return jsonify(meta)
+
+
+@bp.get("/publications/<int:version>/diff")
+def publication_diff(version: int) -> Any:
+    """The delta that produced ``version`` (what it added and removed)."""
+    actor().require("publish.read")
+    meta = _publisher().version_meta(version)
+    if meta is None:
+        raise NotFoundError(f"there is no version {version}")
+    if not meta.get("delta"):
+        return jsonify(version=version, previous_version=meta.get("previous_version"), added=None,
+                       removed=None, note="first version, or no previous version to compare with")
+    data = json.loads(core().artifacts.read(meta["delta"]["path"]))
+    return jsonify(version=version, previous_version=data["from"], added=data["added"], removed=data["removed"])
+
+
+@bp.get("/publications/preview")
+def publication_preview() -> Any:
+    actor().require("publish.read")
+    diff = _publisher().preview()
+    return jsonify(**diff.summary(), sample=diff.sample(20))
+
+
+@bp.get("/publications/held")
+def publication_held() -> Any:
+    actor().require("publish.read")
+    return jsonify(held=_publisher().held())
+
+
+@bp.post("/publications/held/<decision>")
+def publication_decide(decision: str) -> Any:
+    d = body()
+    pub = _publisher()
+    if decision == "release":
+        held = pub.release(actor(), d.get("reason", ""))
+    elif decision == "discard":
+        held = pub.discard(actor(), d.get("reason", ""))
+    else:
+        raise ValidationError("decide 'release' or 'discard'")
+    return jsonify(decision=decision, held=held)
+
+
+# --------------------------------------------------------------------------- ISPs
+
+
+@bp.get("/isps")
+def isps() -> Any:
+    actor().require("isp.read")
+    latest = core().latest_version()
+    return jsonify(isps=[i.public(latest) for i in core().isps.list()], latest_version=latest)
+
+
+@bp.post("/isps")
+def add_isp() -> Any:
+    d = body()
+    created = core().isps.add(actor(), d.get("name"), d.get("notify"), d.get("allow_from"), d.get("reason", ""))
+    return jsonify(created), 201
+
+
+@bp.get("/isps/<name>")
+def get_isp(name: str) -> Any:
+    actor().require("isp.read")
+    return jsonify(core().isps.get(name).public(core().latest_version()))
+
+
+@bp.patch("/isps/<name>")
+def update_isp(name: str) -> Any:
+    d = body()
+    isp = core().isps.update(actor(), name, notify=d.get("notify"), allow_from=d.get("allow_from"),
+                             reason=d.get("reason", ""))
+    return jsonify(isp.public(core().latest_version()))
+
+
+@bp.post("/isps/<name>/revoke")
+def revoke_isp(name: str) -> Any:
+    d = body()
+    return jsonify(core().isps.revoke(actor(), name, d.get("reason", "")).public())
+
+
+@bp.post("/isps/<name>/rotate")
+def rotate_isp(name: str) -> Any:
+    d = body()
+    return jsonify(core().isps.rotate(actor(), name, token=bool(d.get("token", True)),
+                                      tsig=bool(d.get("tsig", False)), reason=d.get("reason", ""))), 201

@@ -1,0 +1,286 @@
+"""ISP subscribers: feed tokens, TSIG keys, NOTIFY targets, address ACLs, lag.
+
+What must stay true:
+
+* A feed token is shown once and stored only as its SHA-256. The TSIG
+  secret is kept (the transfer server must sign with it) and is shown once;
+  Redis access control protects it (see ``deploy/redis.conf``).
+* A revoked ISP is refused at once (403 on the feed, REFUSED on transfers).
+* Every change is audited, without secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import audit
+from app.clock import Clock
+from app.config import parse_hostport
+from app.domain import Actor, clean_text, iso
+from app.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    RetryableConflictError,
+    ValidationError,
+)
+from app.store import Store, Txn
+from app.users import hash_token, new_token
+
+FEED_TOKEN_PREFIX = "blf_"  # noqa: S105 (a prefix that makes leaked tokens recognisable, not a secret)
+TSIG_ALGORITHM = "hmac-sha256"
+_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
+
+
+def validate_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValidationError(
+            "an ISP name is 1-40 lower-case letters, digits or inner dashes (it becomes part of the TSIG key name)"
+        )
+    return name
+
+
+def parse_notify(targets: Any) -> list[str]:
+    if targets in (None, ""):
+        return []
+    if isinstance(targets, str):
+        targets = [t for t in re.split(r"[\s,]+", targets) if t]
+    if not isinstance(targets, list):
+        raise ValidationError("notify targets are a list of IP:PORT")
+    out = []
+    for t in targets:
+        try:
+            host, port = parse_hostport(str(t), "notify target")
+            ipaddress.ip_address(host)
+        except (ConfigError, ValueError):
+            raise ValidationError(f"notify target {t!r} must be an IP address and port, like 192.0.2.53:53") from None
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
+
+
+def parse_cidrs(cidrs: Any) -> list[str]:
+    if cidrs in (None, ""):
+        return []
+    if isinstance(cidrs, str):
+        cidrs = [c for c in re.split(r"[\s,]+", cidrs) if c]
+    if not isinstance(cidrs, list):
+        raise ValidationError("allowed addresses are a list of CIDR prefixes")
+    out = []
+    for c in cidrs:
+        try:
+            out.append(str(ipaddress.ip_network(str(c), strict=False)))
+        except ValueError:
+            raise ValidationError(f"{c!r} is not an IP address or CIDR prefix like 192.0.2.0/24") from None
+    return out
+
+
+@dataclass
+class Isp:
+    name: str
+    active: bool
+    tsig_name: str
+    tsig_secret: str
+    notify: list[str]
+    allow_from: list[str]
+    created_at: int
+    version: str
+    token_hash: str = ""
+    revoked_at: int | None = None
+    last_version: int | None = None
+    last_pull_at: int | None = None
+    last_pull_via: str | None = None
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+
+    def address_allowed(self, address: str) -> bool:
+        """True if no ACL is set, or the address is in it."""
+        if not self.allow_from:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in n for n in self.networks)
+
+    def public(self, latest: int | None = None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": "active" if self.active else "revoked",
+            "tsig_key_name": self.tsig_name,
+            "tsig_algorithm": TSIG_ALGORITHM,
+            "notify": self.notify,
+            "allow_from": self.allow_from,
+            "created_at": iso(self.created_at),
+            "revoked_at": iso(self.revoked_at),
+            "last_version": self.last_version,
+            "last_pull_at": iso(self.last_pull_at),
+            "last_pull_via": self.last_pull_via,
+            "versions_behind": (None if latest is None or self.last_version is None
+                                else max(0, latest - self.last_version)),
+        }
+
+
+def _from_raw(raw: dict[str, str]) -> Isp:
+    allow = json.loads(raw.get("allow_from", "[]"))
+    return Isp(
+        name=raw["name"],
+        active=raw.get("status") == "active",
+        tsig_name=raw.get("tsig_name", ""),
+        tsig_secret=raw.get("tsig_secret", ""),
+        notify=json.loads(raw.get("notify", "[]")),
+        allow_from=allow,
+        created_at=int(raw.get("created_at", 0)),
+        version=raw.get("version", "0"),
+        token_hash=raw.get("token_hash", ""),
+        revoked_at=int(raw["revoked_at"]) if raw.get("revoked_at") else None,
+        last_version=int(raw["last_version"]) if raw.get("last_version") else None,
+        last_pull_at=int(raw["last_pull_at"]) if raw.get("last_pull_at") else None,
+        last_pull_via=raw.get("last_pull_via") or None,
+        networks=[ipaddress.ip_network(c) for c in allow],
+    )
+
+
+class Isps:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def get(self, name: str) -> Isp:
+        raw = self.store.isp_raw(name)
+        if not raw:
+            raise NotFoundError(f"there is no ISP {name!r}")
+        return _from_raw(raw)
+
+    def list(self) -> list[Isp]:
+        names = self.store.isp_names()
+        return [_from_raw(r) for r in self.store.isps_raw(names) if r]
+
+    def _change(self, actor: Actor, name: str, action: str, fields: dict[str, str], before: Any, after: Any,
+                reason: str = "", *, create: bool = False, expect: str | None = None,
+                token: tuple[str, str | None] | None = None) -> None:
+        for _ in range(20):
+            head = audit.head(self.store)
+            txn = Txn()
+            f = dict(fields, version="1" if create else str(int(expect or "0") + 1))
+            self.store.put_isp(txn, name, f, create=create, expect_version=expect)
+            if token is not None:
+                self.store.set_isp_token(txn, name, token[0], token[1])
+            audit.add(txn, self.store, head, actor=actor, action=action, target=f"isp:{name}",
+                      before=before, after=after, reason=reason, ts=self.clock())
+            try:
+                self.store.commit(txn)
+                return
+            except RetryableConflictError:
+                if create and self.store.isp_raw(name):
+                    raise ConflictError(f"an ISP named {name!r} already exists") from None
+                if not create and self.get(name).version != expect:
+                    raise ConflictError(f"the ISP {name} changed meanwhile; reload and try again") from None
+        raise ConflictError("too many concurrent changes; try again")
+
+    def add(self, actor: Actor, name: Any, notify: Any = None, allow_from: Any = None,
+            reason: str = "") -> dict[str, Any]:
+        """Create an ISP; returns its feed token and TSIG key (shown this once)."""
+        actor.require("isp.manage")
+        name = validate_name(name)
+        targets = parse_notify(notify)
+        cidrs = parse_cidrs(allow_from)
+        if self.store.isp_raw(name):
+            raise ConflictError(f"an ISP named {name!r} already exists")
+        token = new_token(FEED_TOKEN_PREFIX)
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        tsig_name = f"{name}.tsig."
+        fields = {
+            "name": name, "status": "active", "token_hash": hash_token(token), "tsig_name": tsig_name,
+            "tsig_secret": secret, "notify": json.dumps(targets), "allow_from": json.dumps(cidrs),
+            "created_at": str(int(self.clock())),
+        }
+        self._change(actor, name, "isp.add", fields, None,
+                     {"name": name, "notify": targets, "allow_from": cidrs, "tsig_key_name": tsig_name},
+                     clean_text(reason, "reason"), create=True, token=(hash_token(token), None))
+        return {"name": name, "feed_token": token, "tsig_key_name": tsig_name,
+                "tsig_algorithm": TSIG_ALGORITHM, "tsig_secret": secret, "notify": targets,
+                "allow_from": cidrs}
+
+    def update(self, actor: Actor, name: str, *, notify: Any = None, allow_from: Any = None,
+               reason: str = "") -> Isp:
+        actor.require("isp.manage")
+        isp = self.get(name)
+        fields: dict[str, str] = {}
+        before: dict[str, Any] = {}
+        after: dict[str, Any] = {}
+        if notify is not None:
+            targets = parse_notify(notify)
+            fields["notify"] = json.dumps(targets)
+            before["notify"], after["notify"] = isp.notify, targets
+        if allow_from is not None:
+            cidrs = parse_cidrs(allow_from)
+            fields["allow_from"] = json.dumps(cidrs)
+            before["allow_from"], after["allow_from"] = isp.allow_from, cidrs
+        if fields:
+            self._change(actor, name, "isp.update", fields, before, after, clean_text(reason, "reason"),
+                         expect=isp.version)
+        return self.get(name)
+
+    def revoke(self, actor: Actor, name: str, reason: str = "") -> Isp:
+        actor.require("isp.manage")
+        isp = self.get(name)
+        if not isp.active:
+            raise ConflictError(f"{name} is already revoked")
+        self._change(actor, name, "isp.revoke", {"status": "revoked", "revoked_at": str(int(self.clock()))},
+                     {"status": "active"}, {"status": "revoked"}, clean_text(reason, "reason"),
+                     expect=isp.version)
+        return self.get(name)
+
+    def rotate(self, actor: Actor, name: str, *, token: bool = True, tsig: bool = False,
+               reason: str = "") -> dict[str, Any]:
+        """New feed token and/or TSIG secret; the old ones stop working at once."""
+        actor.require("isp.manage")
+        isp = self.get(name)
+        if not isp.active:
+            raise ConflictError(f"{name} is revoked; add it again instead")
+        out: dict[str, Any] = {"name": name}
+        fields: dict[str, str] = {}
+        new_tok: tuple[str, str | None] | None = None
+        if token:
+            t = new_token(FEED_TOKEN_PREFIX)
+            fields["token_hash"] = hash_token(t)
+            new_tok = (hash_token(t), isp.token_hash or None)
+            out["feed_token"] = t
+        if tsig:
+            secret = base64.b64encode(secrets.token_bytes(32)).decode()
+            fields["tsig_secret"] = secret
+            out.update(tsig_key_name=isp.tsig_name, tsig_algorithm=TSIG_ALGORITHM, tsig_secret=secret)
+        if not fields:
+            raise ValidationError("rotate the token, the TSIG key, or both")
+        self._change(actor, name, "isp.rotate", fields, None,
+                     {"token": "rotated" if token else "kept", "tsig": "rotated" if tsig else "kept"},
+                     clean_text(reason, "reason"), expect=isp.version, token=new_tok)
+        return out
+
+    def authenticate_feed(self, token: str) -> Isp:
+        if not token or not token.startswith(FEED_TOKEN_PREFIX) or len(token) > 200:
+            raise AuthenticationError("a valid feed token is required (Authorization: Bearer blf_...)")
+        th = hash_token(token)
+        name = self.store.isp_token_owner(th)
+        raw = self.store.isp_raw(name) if name else {}
+        if not raw or not secrets.compare_digest(raw.get("token_hash", ""), th):
+            raise AuthenticationError("the feed token is not valid")
+        isp = _from_raw(raw)
+        if not isp.active:
+            raise PermissionDeniedError(f"access for {isp.name} has been revoked")
+        return isp
+
+    def record_pull(self, isp: Isp, version: int | None, via: str) -> None:
+        fields = {"last_pull_at": str(int(self.clock())), "last_pull_via": via}
+        if version is not None:
+            fields["last_version"] = str(version)
+        self.store.isp_record_pull(isp.name, fields)
