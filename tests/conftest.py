@@ -1,0 +1,184 @@
+"""Shared fixtures: a real Redis per test session, personas, the app, peers.
+
+* One real Redis server (the embedded one the product ships) is started on
+  a free port for the whole session and flushed before every test. It never
+  touches a server that happens to run on 6379.
+* Personas: two curators and two vetters in two agencies, an admin, an
+  auditor, and an outsider with no account.
+* Real peers (kdig, named, unbound, minisign, chromium...) are required,
+  never skipped: :func:`require_binary` fails the test when one is missing,
+  because ``.ci/run`` installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+from app.clock import FakeClock
+from app.config import Settings
+from app.core import Core
+from app.domain import SYSTEM, Actor
+from app.embedded import EmbeddedRedis, free_port
+from app.signing import ensure_key
+from app.users import User
+
+AGENCY_A = "Agency A (UK)"
+AGENCY_B = "Agency B (ES)"
+PASSWORD = "correct horse battery staple"
+
+
+def require_binary(name: str) -> str:
+    """The path of a peer program; fails (never skips) when it is missing."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+    if not path:
+        pytest.fail(f"{name} is not installed; run .ci/run (or apt-get install its package) first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port(), fsync="everysec")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        data_dir=tmp_path,
+        artifact_dir=tmp_path / "artifacts",
+        signing_key_file=tmp_path / "keys" / "blocklist.key",
+        secret_key="test-secret-key",
+        cookie_secure=False,
+        log_format="text",
+    )
+
+
+@pytest.fixture
+def core(settings: Settings, clock: FakeClock) -> Iterator[Core]:
+    c = Core.from_settings(settings, clock=clock)
+    c.store.r.flushdb()
+    c.publisher._key = ensure_key(settings.signing_key_file)
+    yield c
+    c.store.r.close()
+
+
+@dataclass
+class Persona:
+    user: User
+    token: str
+    password: str = PASSWORD
+
+    @property
+    def name(self) -> str:
+        return self.user.name
+
+    @property
+    def actor(self) -> Actor:
+        return self.user.actor
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Personas:
+    alice: Persona  # curator, agency A
+    carlos: Persona  # curator, agency B
+    vera: Persona  # vetter, agency A
+    bruno: Persona  # vetter, agency B
+    ada: Persona  # admin
+    audrey: Persona  # auditor
+    outsider_token: str  # looks like a token, belongs to nobody
+
+
+@pytest.fixture
+def personas(core: Core) -> Personas:
+    def make(name: str, role: str, agency: str) -> Persona:
+        core.users.add(SYSTEM, name, role, agency, PASSWORD)
+        token = core.users.issue_token(SYSTEM, name)
+        return Persona(core.users.get(name), token)
+
+    return Personas(
+        alice=make("alice", "curator", AGENCY_A),
+        carlos=make("carlos", "curator", AGENCY_B),
+        vera=make("vera", "vetter", AGENCY_A),
+        bruno=make("bruno", "vetter", AGENCY_B),
+        ada=make("ada", "admin", "Programme"),
+        audrey=make("audrey", "auditor", "Oversight board"),
+        outsider_token="blu_" + "x" * 43,
+    )
+
+
+@pytest.fixture
+def app(core: Core) -> Any:
+    from app.web import create_app
+
+    application = create_app(core=core, test_config={"TESTING": True})
+    return application
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+class LiveServer:
+    """The real app on a real socket, for clients that speak HTTP (pull tool, browser)."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def live_server(app: Any) -> Iterator[LiveServer]:
+    with LiveServer(app) as server:
+        yield server
+
+
+def publish(core: Core, **kwargs: Any) -> Any:
+    """Publish now, as the worker would; the outcome must be a published version."""
+    outcome = core.publisher.publish(**kwargs)
+    assert outcome.status == "published", outcome
+    return outcome
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+__all__ = ["AGENCY_A", "AGENCY_B", "PASSWORD", "LiveServer", "Persona", "Personas", "port_is_free", "publish",
+           "replace", "require_binary"]
