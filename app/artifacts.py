@@ -81,6 +81,17 @@ class Staging:
             os.fsync(f.fileno())
         self.files.append(rel)
 
+    def write_parts(self, rel: str, parts: list[bytes]) -> None:
+        if not _REL.fullmatch(rel):
+            raise PublicationError(f"not an artifact path: {rel}")
+        path = self.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            f.writelines(parts)
+            f.flush()
+            os.fsync(f.fileno())
+        self.files.append(rel)
+
     def commit(self) -> None:
         for rel in self.files:
             target = self.store.root / rel

@@ -108,6 +108,13 @@ def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     return host, port
 
 
+def optional_hostport(env: Env, name: str, default: str) -> tuple[str, int] | None:
+    """``HOST:PORT``; set but empty turns the listener off, unset is the default."""
+    if name in env.environ and not env.environ[name].strip():
+        return None
+    return env.hostport(name, default)
+
+
 _CATEGORY_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
@@ -174,11 +181,16 @@ class Settings:
     dns_max_connections: int = 512
     notify_retries: int = 8
     notify_timeout: float = 2.0
+    # Prometheus metrics of the transfer server (None: off).
+    xfrd_metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9153)
 
     # Operations
     log_level: str = "INFO"
     log_format: str = "json"
     health_dir: Path | None = None
+
+    # Monitoring
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -249,9 +261,11 @@ class Settings:
             dns_max_connections=env.int("BLOCKLIST_DNS_MAX_CONNECTIONS", 512, 1),
             notify_retries=env.int("BLOCKLIST_NOTIFY_RETRIES", 8, 0),
             notify_timeout=env.float("BLOCKLIST_NOTIFY_TIMEOUT", 2.0, 0.05),
+            xfrd_metrics_listen=optional_hostport(env, "BLOCKLIST_XFRD_METRICS_LISTEN", "127.0.0.1:9153"),
             log_level=env.str("BLOCKLIST_LOG_LEVEL", "INFO").upper(),
             log_format=log_format,
             health_dir=Path(health) if health else None,
+            metrics_token=env.opt("BLOCKLIST_METRICS_TOKEN"),
         )
         if overrides:
             s = replace(s, **overrides)  # type: ignore[arg-type]

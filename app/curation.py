@@ -373,11 +373,8 @@ class Curation:
                 found.append(e_id)
                 seen.add(e_id)
         needle = q.lower()
-        pattern = needle
-        for ch in "*?[]\\":
-            pattern = pattern.replace(ch, "\\" + ch)
         partial = False
-        for raw in self.store.scan_entries(f"*{pattern}*"):
+        for raw in self.store.search_values(needle):
             e = Entry.from_json(raw)
             if needle not in e.value or e.id in seen:
                 continue
@@ -847,7 +844,7 @@ class Curation:
         keys += [index_key(EntryType.URL, f"{s}://{name}/") for s in ("http", "https")]
         ids = {i for i in self.store.ids_for_keys(keys) if i is not None}
         if subdomains:
-            for raw in self.store.scan_entries(f'*.{name}"*'):
+            for raw in self.store.search_values("." + name):
                 e = Entry.from_json(raw)
                 if e.type is EntryType.DOMAIN and e.value.endswith("." + name):
                     ids.add(e.id)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import idna
+import msgspec
 from publicsuffixlist import PublicSuffixList
 
 from app.errors import PermissionDeniedError, RefusedError, ValidationError
@@ -428,10 +429,21 @@ def index_key(etype: EntryType | str, value: str) -> str:
 # --------------------------------------------------------------------------- entries
 
 
+_decode = msgspec.json.decode
+_DAYS: dict[int, str] = {}
+
+
 def iso(ts: float | int | None) -> str | None:
+    """UTC ``YYYY-MM-DDTHH:MM:SSZ`` (fast: publication formats millions of these)."""
     if ts is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
+    day, sec = divmod(int(ts), 86400)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _DAYS[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+    h, rest = divmod(sec, 3600)
+    m, s = divmod(rest, 60)
+    return f"{date}T{h:02d}:{m:02d}:{s:02d}Z"
 
 
 def clean_text(value: object, what: str, limit: int = MAX_TEXT_LENGTH, required: bool = False) -> str:
@@ -510,7 +522,7 @@ class Entry:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Entry:
-        d = json.loads(text)
+        d = _decode(text)
         g = d.get
         at = g("at")
         sa = int(g("sa", 0))

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 RECORD_SUFFIX = " CNAME .\n"
 
@@ -118,3 +122,16 @@ def compose(steps: Iterable[tuple[set[str], set[str]]]) -> tuple[set[str], set[s
             else:
                 added.add(n)
     return deleted, added
+
+
+# --------------------------------------------------------------------------- SOA from settings
+
+
+def soa_params(settings: Settings) -> SoaParams:
+    """The zone's SOA and NS as configured: the publisher writes them into
+    zone files and the transfer server into SOA, AXFR and IXFR answers."""
+    return SoaParams(
+        zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
+        retry=settings.rpz_soa_retry, expire=settings.rpz_soa_expire, minimum=settings.rpz_ttl,
+        ns=settings.rpz_ns,
+    )

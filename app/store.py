@@ -78,6 +78,8 @@ class K:
     appeals = PREFIX + "appeals"
     appeal = PREFIX + "appeal:{id}"
     appeal_status = PREFIX + "ix:appeal:{status}"
+    # Appeals: idempotency claims (same content, same form) -> appeal id.
+    appeal_claim = PREFIX + "appeal-claim:{digest}"
     rate = PREFIX + "rate:{scope}:{who}"
     login_failures = PREFIX + "login:failures:{name}"
     session = PREFIX + "session:{sid}"
@@ -142,6 +144,16 @@ end
 return 'OK'
 """
 
+# Entry records of one bucket whose value contains ARGV[1] (plain substring).
+_SEARCH_LUA = r"""
+local out = {}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local value = string.match(v, '"v":"([^"]*)"')
+  if value and string.find(value, ARGV[1], 1, true) then out[#out + 1] = v end
+end
+return out
+"""
+
 # Release a lock only if we still hold it.
 _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -153,6 +165,11 @@ _EXTEND_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+# Variadic commands that may be split into several calls, and their argument group size.
+_SPLITTABLE = {"HSET": 2, "ZADD": 2, "SADD": 1, "RPUSH": 1, "ZREM": 1, "HDEL": 1, "SREM": 1}
+_MAX_ARGS = 4000
 
 
 @dataclass
@@ -181,7 +198,15 @@ class Txn:
         self.checks.append(["zscore", self.k(key), member, value])
 
     def op(self, command: str, key: str, *args: object) -> None:
-        self.ops.append([command, self.k(key), *(str(a) for a in args)])
+        values = [str(a) for a in args]
+        step = _SPLITTABLE.get(command.upper())
+        if step and len(values) > _MAX_ARGS:
+            # Lua's unpack() takes at most ~8000 values: split variadic writes.
+            size = _MAX_ARGS - _MAX_ARGS % step
+            for i in range(0, len(values), size):
+                self.ops.append([command, self.k(key), *values[i : i + size]])
+            return
+        self.ops.append([command, self.k(key), *values])
 
     def op_first(self, command: str, key: str, *args: object) -> None:
         """An op that must run before the others (one that can fail, such as XADD)."""
@@ -211,10 +236,15 @@ def _connect_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
 
     parts = urlsplit(url)
     netloc = parts.netloc
-    password = None
+    username = password = None
     if "@" in netloc:
         cred, netloc = netloc.rsplit("@", 1)
-        password = unquote(cred.split(":", 1)[-1]) or None
+        # user:password (a Redis ACL user, as deploy/redis-users.acl sets up) or :password.
+        user, sep, secret = cred.partition(":")
+        if sep:
+            username, password = unquote(user) or None, unquote(secret) or None
+        else:
+            password = unquote(user) or None
     hosts: list[tuple[str, int]] = []
     for hp in netloc.split(","):
         host, _, port = hp.rpartition(":")
@@ -225,16 +255,20 @@ def _connect_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
     if not path:
         raise ConfigError("BLOCKLIST_REDIS_URL: a sentinel URL needs the service name as its path")
     service = path[0]
+    if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError("BLOCKLIST_REDIS_URL: a sentinel URL's path is /service or /service/db-number")
     db = int(path[1]) if len(path) > 1 else 0
     query = parse_qs(parts.query)
-    sentinel_password = query.get("sentinel_password", [None])[0]
-    sentinel = Sentinel(
-        hosts,
-        sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
-        socket_timeout=options.pop("socket_timeout", 5.0),
-    )
+    sentinel_kwargs: dict[str, Any] = {}
+    # Sentinels have their own credentials (requirepass or an ACL user on them).
+    for key in ("sentinel_username", "sentinel_password"):
+        if query.get(key):
+            sentinel_kwargs[key.removeprefix("sentinel_")] = query[key][0]
+    timeout = options.pop("socket_timeout", 5.0)
+    sentinel = Sentinel(hosts, sentinel_kwargs={**sentinel_kwargs, "socket_timeout": timeout},
+                        socket_timeout=timeout)
     options.pop("health_check_interval", None)
-    return sentinel.master_for(service, password=password, db=db, **options)
+    return sentinel.master_for(service, username=username, password=password, db=db, **options)
 
 
 class Store:
@@ -245,6 +279,7 @@ class Store:
         self._txn_script = client.register_script(_TXN_LUA)
         self._unlock_script = client.register_script(_UNLOCK_LUA)
         self._extend_script = client.register_script(_EXTEND_LUA)
+        self._search_script = client.register_script(_SEARCH_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -417,23 +452,16 @@ class Store:
     def status_count_between(self, status: str, lo: float, hi: float) -> int:
         return int(self.r.zcount(status_key(status), lo, hi))
 
-    def scan_entries(self, match: str, batch: int = 64) -> Iterator[str]:
-        """Entry records whose JSON matches a glob, bucket by bucket (a full scan)."""
+    def search_values(self, needle: str, batch: int = 64) -> Iterator[str]:
+        """Entry records whose value contains ``needle``: a full scan, filtered
+        inside Redis bucket by bucket so only matches cross the network."""
         last_bucket = self.last_entry_id() // BUCKET_SIZE
         for start in range(0, last_bucket + 1, batch):
-            keys = [K.entries.format(bucket=b) for b in range(start, min(start + batch, last_bucket + 1))]
-            cursors = dict.fromkeys(keys, 0)
-            while cursors:
-                pipe = self.r.pipeline(transaction=False)
-                order = list(cursors)
-                for k in order:
-                    pipe.hscan(k, cursors[k], match=match, count=2000)
-                for k, (cursor, found) in zip(order, pipe.execute(), strict=True):
-                    yield from (str(v) for v in found.values())
-                    if int(cursor) == 0:
-                        del cursors[k]
-                    else:
-                        cursors[k] = int(cursor)
+            pipe = self.r.pipeline(transaction=False)
+            for b in range(start, min(start + batch, last_bucket + 1)):
+                self._search_script(keys=[K.entries.format(bucket=b)], args=[needle], client=pipe)
+            for found in pipe.execute():
+                yield from (str(v) for v in found)
 
     def dirty_peek(self, limit: int = 1_000_000) -> list[int]:
         """The publisher's change feed: ids of entries changed since it last consumed it."""
@@ -738,3 +766,72 @@ class Store:
     def lock_holder(self, name: str) -> str | None:
         v = self.r.get(name)
         return None if v is None else str(v)
+
+    # ------------------------------------------------------------------ appeals
+    # Appeals filed on the public stop page (see app.appeals): one JSON record
+    # per appeal, a sorted set of all appeals and one per status, each scored
+    # by filing time; claims make filing idempotent.
+
+    def appeal_allocate_id(self) -> int:
+        return int(str(self.r.incr(K.appeal_seq)))
+
+    def appeal_raw(self, appeal_id: int) -> str | None:
+        v = self.r.get(K.appeal.format(id=appeal_id))
+        return None if v is None else str(v)
+
+    def appeals_raw(self, ids: Sequence[int]) -> list[str | None]:
+        if not ids:
+            return []
+        values = self.r.mget([K.appeal.format(id=i) for i in ids])
+        return [None if v is None else str(v) for v in values]
+
+    def put_appeal(self, txn: Txn, appeal_id: int, new_json: str, *, expect_json: str | None,
+                   old_status: str | None, new_status: str, score: float) -> None:
+        """Write one appeal with its indexes, if it still is ``expect_json``."""
+        key = K.appeal.format(id=appeal_id)
+        member = str(appeal_id)
+        txn.expect_get(key, expect_json)
+        txn.op("SET", key, new_json)
+        if expect_json is None:
+            txn.op("ZADD", K.appeals, repr(float(score)), member)
+        if old_status is not None and old_status != new_status:
+            txn.op("ZREM", K.appeal_status.format(status=old_status), member)
+        txn.op("ZADD", K.appeal_status.format(status=new_status), repr(float(score)), member)
+
+    def appeal_ids(self, status: str | None, offset: int, limit: int) -> list[int]:
+        """Newest first; ``status=None`` lists every appeal."""
+        key = K.appeals if status is None else K.appeal_status.format(status=status)
+        return [int(str(i)) for i in self.r.zrevrange(key, offset, offset + limit - 1)]
+
+    def appeal_counts(self, statuses: Iterable[str]) -> dict[str, int]:
+        names = list(statuses)
+        pipe = self.r.pipeline(transaction=False)
+        for s in names:
+            pipe.zcard(K.appeal_status.format(status=s))
+        return dict(zip(names, (int(c) for c in pipe.execute()), strict=True))
+
+    def appeal_claimed(self, digest: str) -> str | None:
+        v = self.r.get(K.appeal_claim.format(digest=digest))
+        return None if v is None else str(v)
+
+    def appeal_claim(self, digest: str, value: str, ttl: int) -> str | None:
+        """Claim ``digest`` for ``value``; None when the claim is new, else the
+        value of the earlier claim."""
+        key = K.appeal_claim.format(digest=digest)
+        if self.r.set(key, value, nx=True, ex=ttl):
+            return None
+        v = self.r.get(key)
+        return value if v is None else str(v)
+
+    def appeal_release(self, digest: str, value: str) -> None:
+        """Drop a claim that still holds ``value`` (a filing that did not commit)."""
+        self._unlock_script(keys=[K.appeal_claim.format(digest=digest)], args=[value])
+
+    # ------------------------------------------------------------------ sessions: updates
+    # The web tier rewrites a live session on later requests; it must never
+    # bring back one that was ended meanwhile (sign-out elsewhere, disabled
+    # account, role change).
+
+    def session_update(self, sid: str, data: str, ttl: int) -> bool:
+        """Rewrite a session that still exists; False if it has ended."""
+        return bool(self.r.set(K.session.format(sid=sid), data, ex=ttl, xx=True))

@@ -38,7 +38,14 @@ USER_TOKEN_PREFIX = "blu_"  # noqa: S105 (a prefix that makes leaked tokens reco
 _NAME_RE = re.compile(r"[a-z][a-z0-9._-]{1,31}")
 MIN_PASSWORD = 12
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
+
+
+def use_password_hasher(hasher: PasswordHasher) -> None:
+    """Swap the hasher (tests use cheap parameters; stored hashes carry their own)."""
+    global _hasher, _dummy_hash  # noqa: PLW0603
+    _hasher = hasher
+    _dummy_hash = None
 
 
 def hash_token(token: str) -> str:
@@ -62,7 +69,14 @@ def check_password(stored: str, password: str) -> bool:
 
 # A hash to verify against when the user does not exist, so that timing does
 # not tell which names exist.
-_DUMMY_HASH = hash_password("not-a-real-password-0000")
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    global _dummy_hash  # noqa: PLW0603
+    if _dummy_hash is None:
+        _dummy_hash = hash_password("not-a-real-password-0000")
+    return _dummy_hash
 
 
 def validate_name(name: str) -> str:
@@ -187,7 +201,7 @@ class Users:
         """Check a password. Throttling and lock-out are the caller's (see web.auth)."""
         user = self.find(name) if isinstance(name, str) and _NAME_RE.fullmatch(name or "") else None
         if user is None or not user.password_hash:
-            check_password(_DUMMY_HASH, password or "")
+            check_password(_dummy(), password or "")
             raise AuthenticationError("wrong user name or password")
         if not check_password(user.password_hash, password or ""):
             raise AuthenticationError("wrong user name or password")

@@ -6,6 +6,10 @@ set -euo pipefail
 PACKAGES=(redis-server bind9 bind9-dnsutils knot-dnsutils unbound minisign chromium nginx dnsmasq-base)
 BINARIES=(redis-server named kdig unbound minisign chromium nginx dnsmasq named-checkzone unbound-checkconf)
 
+# --- ISP pull tool: Squid reads its proxy ACL outputs (tests/test_client_outputs.py)
+PACKAGES+=(squid)
+BINARIES+=(squid)
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

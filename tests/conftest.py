@@ -45,6 +45,16 @@ def require_binary(name: str) -> str:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> None:
+    """argon2 with production parameters costs ~60 ms a hash; tests make many accounts."""
+    from argon2 import PasswordHasher
+
+    from app import users
+
+    users.use_password_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port(), fsync="everysec")

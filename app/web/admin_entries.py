@@ -1,0 +1,331 @@
+"""Entries in the web admin: the list, one entry, submission, vetting and
+re-verification.
+
+The entries list stays fast at a million entries: a page is one range read
+of a status index (or of the id sequence) and one pipelined read of the
+records, and totals come from the index sizes. The exact search is an index
+lookup of the name and of each parent that could cover it; the "contains"
+search reads every record and says so.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from app import audit
+from app.curation import parse_import
+from app.domain import (
+    REASON_REQUIRED,
+    TRANSITIONS,
+    Entry,
+    EntryType,
+    Status,
+    normalize_domain,
+    normalize_url,
+    parents,
+)
+from app.errors import BlocklistError, ValidationError
+from app.web.admin import core, four_eyes_problem
+from app.web.auth import actor, page, safe_next
+from app.web.forms import EntryFilterForm, EntryForm, ImportForm, ReasonForm, choices
+
+bp = Blueprint("entries", __name__)
+
+PER_PAGE = 50
+ENTRY_ACTIONS = ("approve", "reject", "reverify", "suspend", "reinstate", "delist")
+_DONE = {"approve": "approved", "reject": "rejected", "reverify": "re-verified", "suspend": "suspended",
+         "reinstate": "reinstated", "delist": "delisted"}
+
+
+def _int_arg(name: str, default: int, hi: int = 10**9) -> int:
+    raw = request.args.get(name, "")
+    if raw == "":
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a whole number") from None
+    if not 0 <= n <= hi:
+        raise ValidationError(f"{name} must be between 0 and {hi}")
+    return n
+
+
+def _categories() -> list[tuple[str, str]]:
+    return [(c, c) for c in core().settings.categories]
+
+
+# --------------------------------------------------------------------------- list
+
+
+def exact_matches(text: str) -> list[tuple[Entry, str]]:
+    """Entries for exactly this name or URL, then the entries that cover it:
+    a URL's host, and parents listed with their subdomains."""
+    c = core().curation
+    found: list[tuple[Entry, str]] = []
+    seen: set[int] = set()
+
+    def add(e: Entry | None, why: str) -> None:
+        if e is not None and e.id not in seen:
+            found.append((e, why))
+            seen.add(e.id)
+
+    add(c.find(EntryType.DOMAIN, text), "exact match")
+    add(c.find(EntryType.URL, text), "exact match")
+    try:
+        host = normalize_url(text).host if "://" in text else normalize_domain(text)
+    except BlocklistError:
+        return found
+    if "://" in text:
+        add(c.find(EntryType.DOMAIN, host), f"covers the URL's host {host}")
+    for p in parents(host):
+        e = c.find(EntryType.DOMAIN, p)
+        if e is not None and e.subdomains:
+            add(e, f"covers it: {p} and its subdomains")
+    return found
+
+
+@bp.get("/entries")
+@page("entry.read")
+def list_entries() -> Any:
+    c = core()
+    form = EntryFilterForm(request.args)
+    form.category.choices = choices([("", "any"), *_categories()])
+    if not form.validate():
+        raise ValidationError("; ".join(f"{k}: {', '.join(v)}" for k, v in form.errors.items()))
+    q = (form.q.data or "").strip()
+    status = form.status.data or None
+    category = form.category.data or None
+    agency = (form.agency.data or "").strip() or None
+    mode = form.mode.data or "exact"
+    offset = _int_arg("offset", -1)
+    if offset < 0:
+        offset = (max(1, _int_arg("page", 1)) - 1) * PER_PAGE
+    filtered = category is not None or agency is not None
+    rows: list[tuple[Entry, str]]
+    if q and mode == "exact":
+        matches = exact_matches(q)
+        rows = [(e, why) for e, why in matches
+                if (status is None or e.status == status) and (category is None or e.category == category)
+                and (agency is None or e.agency.casefold() == agency.casefold())]
+        result = {"total": len(rows), "next_offset": None, "partial": False}
+    else:
+        p = c.curation.list(status=status, q=q or None, category=category, agency=agency, offset=offset,
+                            limit=PER_PAGE)
+        rows = [(e, "") for e in p.entries]
+        result = {"total": p.total, "next_offset": p.next_offset, "partial": p.partial}
+    args = {k: v for k, v in {"q": q, "mode": mode if q else "", "status": status or "", "category": category or "",
+                              "agency": agency or ""}.items() if v}
+    total = result["total"]
+    pages = None if total is None else max(1, -(-int(total) // PER_PAGE))
+    return render_template(
+        "entries.html", form=form, rows=rows, offset=offset, per_page=PER_PAGE, args=args,
+        total=total, pages=pages, page_no=offset // PER_PAGE + 1, next_offset=result["next_offset"],
+        partial=result["partial"], filtered=filtered or bool(q and mode == "contains"),
+        exact=bool(q and mode == "exact"), counts=c.curation.counts(),
+    )
+
+
+# --------------------------------------------------------------------------- one entry
+
+
+def available_actions(entry: Entry) -> list[dict[str, Any]]:
+    """The actions the signed-in person may take on ``entry`` in its state."""
+    a = actor()
+    out = []
+    for action in ENTRY_ACTIONS:
+        if entry.status in TRANSITIONS[action][0] and a.may(f"entry.{action}"):
+            out.append({"name": action, "reason_required": action in REASON_REQUIRED,
+                        "problem": four_eyes_problem(entry) if action == "approve" else None})
+    return out
+
+
+@bp.get("/entries/<int:entry_id>")
+@page("entry.read")
+def show(entry_id: int) -> Any:
+    c = core()
+    entry = c.curation.get(entry_id)
+    history: list[audit.Record] = list(reversed(c.curation.history(entry)))
+    safety = None
+    if entry.status in (Status.PENDING, Status.ACTIVE, Status.SUSPENDED):
+        try:
+            c.curation.rules().check(entry.type, entry.value)
+        except BlocklistError as e:
+            safety = e.message
+    policy = c.curation.policy()
+    return render_template(
+        "entry.html", entry=entry, history=history, actions=available_actions(entry), form=ReasonForm(),
+        safety=safety, expires_at=entry.expires_at(policy.reverify_days), policy=policy,
+        may_resubmit=entry.status in TRANSITIONS["resubmit"][0] and actor().may("entry.resubmit"),
+    )
+
+
+@bp.post("/entries/<int:entry_id>/<action>")
+@page("entry.{action}")
+def act(entry_id: int, action: str) -> Any:
+    back = safe_next(request.form.get("next") or url_for("entries.show", entry_id=entry_id))
+    if action not in ENTRY_ACTIONS:
+        raise ValidationError(f"unknown action {action!r}")
+    form = ReasonForm()
+    if not form.validate():
+        flash("; ".join(m for ms in form.errors.values() for m in ms), "error")
+        return redirect(back, 303)
+    try:
+        entry = core().curation.act(actor(), entry_id, action, form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not {_DONE[action]}: {e.message}", "error")
+    else:
+        flash(f"Entry {entry.id} ({entry.value}) {_DONE[action]}; it is now {entry.status}.", "ok")
+    return redirect(back, 303)
+
+
+# --------------------------------------------------------------------------- submit and import
+
+
+def _entry_form() -> EntryForm:
+    form = EntryForm()
+    form.category.choices = choices(_categories())
+    if request.method == "GET":
+        if request.args.get("value"):
+            form.value.data = request.args["value"][:2048]
+        if request.args.get("type") in ("domain", "url"):
+            form.type.data = request.args["type"]
+    return form
+
+
+def _import_form() -> ImportForm:
+    form = ImportForm()
+    form.category.choices = choices(_categories())
+    return form
+
+
+@bp.get("/submit")
+@page("entry.submit")
+def submit() -> Any:
+    return render_template("submit.html", form=_entry_form(), upload=_import_form())
+
+
+@bp.post("/submit")
+@page("entry.submit")
+def submit_post() -> Any:
+    c = core()
+    form = _entry_form()
+    upload = _import_form()
+    if not form.validate():
+        return render_template("submit.html", form=form, upload=upload), 400
+    kind = form.type.data or None
+    if form.check.data and not form.submit.data:
+        preview = c.curation.check_value(form.value.data, kind)
+        return render_template("submit.html", form=form, upload=upload, preview=preview)
+    try:
+        entry = c.curation.submit(actor(), form.value.data, kind,
+                                  form.subdomains.data if kind != "url" and "://" not in form.value.data else None,
+                                  form.category.data, form.reason.data or "", form.evidence_ref.data or "")
+    except BlocklistError as e:
+        return render_template("submit.html", form=form, upload=upload, error=e.message), e.status
+    rule = " from another agency" if c.curation.policy().require_other_agency else ""
+    flash(f"Entry {entry.id} ({entry.value}) submitted. It waits for a vetter{rule} to approve it.", "ok")
+    return redirect(url_for("entries.show", entry_id=entry.id), 303)
+
+
+@bp.post("/submit/file")
+@page("entry.import")
+def import_file() -> Any:
+    form = _entry_form()
+    upload = _import_form()
+    if not upload.validate():
+        return render_template("submit.html", form=form, upload=upload), 400
+    f = upload.file.data
+    try:
+        text = f.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return render_template("submit.html", form=form, upload=upload,
+                               upload_error="the file must be UTF-8 text"), 400
+    sub = upload.subdomains.data
+    try:
+        report = core().curation.import_rows(
+            actor(), parse_import(io.StringIO(text)), source=(f.filename or "upload")[:100],
+            default_subdomains=None if not sub else sub == "true", default_category=upload.category.data,
+            default_reason=upload.reason.data or "", dry_run=bool(upload.dry_run.data),
+        )
+    except BlocklistError as e:
+        return render_template("submit.html", form=form, upload=upload, upload_error=e.message), e.status
+    accepted = core().curation.get_many(report.ids[:200]) if report.ids else []
+    return render_template("import_result.html", report=report, accepted=accepted,
+                           refused=sorted(report.refused))
+
+
+# --------------------------------------------------------------------------- vetting
+
+
+@bp.get("/vetting")
+@page("entry.approve")
+def vetting() -> Any:
+    c = core()
+    offset = _int_arg("offset", 0)
+    p = c.curation.list(status=Status.PENDING.value, offset=offset, limit=PER_PAGE)
+    rows = [(e, four_eyes_problem(e)) for e in p.entries]
+    return render_template("vetting.html", rows=rows, total=p.total, offset=offset, next_offset=p.next_offset,
+                           per_page=PER_PAGE, policy=c.curation.policy(), form=ReasonForm())
+
+
+@bp.post("/vetting")
+@page("entry.approve")
+def vetting_approve() -> Any:
+    form = ReasonForm()
+    if not form.validate():
+        flash("; ".join(m for ms in form.errors.values() for m in ms), "error")
+        return redirect(url_for("entries.vetting"), 303)
+    c = core()
+    only = request.form.get("only")
+    ids = [only] if only else request.form.getlist("ids")
+    if not ids:
+        flash("Tick the entries to approve first.", "error")
+        return redirect(url_for("entries.vetting"), 303)
+    try:
+        if only:
+            entry = c.curation.act(actor(), only, "approve", form.reason.data or "")
+            flash(f"Entry {entry.id} ({entry.value}) approved; it is in the next publication.", "ok")
+        else:
+            done = c.curation.approve_many(actor(), ids, form.reason.data or "")
+            flash(f"{len(done)} entries approved; they are in the next publication.", "ok")
+    except BlocklistError as e:
+        flash(f"Not approved: {e.message}", "error")
+    return redirect(url_for("entries.vetting"), 303)
+
+
+# --------------------------------------------------------------------------- re-verification
+
+
+REVERIFY_WITHIN = 14
+
+
+@bp.get("/reverify")
+@page("entry.reverify")
+def reverify() -> Any:
+    c = core()
+    entries: list[Entry] = c.curation.expiring(REVERIFY_WITHIN, limit=200)
+    days = c.curation.policy().reverify_days
+    now = c.clock()
+    rows = [(e, e.expires_at(days), max(0, int(((e.expires_at(days) or now) - now) // 86400))) for e in entries]
+    return render_template("reverify.html", rows=rows, count=c.curation.count_expiring(REVERIFY_WITHIN),
+                           within=REVERIFY_WITHIN, days=days, form=ReasonForm())
+
+
+@bp.post("/reverify")
+@page("entry.reverify")
+def reverify_post() -> Any:
+    form = ReasonForm()
+    entry_id = request.form.get("id", "")
+    if not form.validate() or not entry_id:
+        flash("Choose an entry to re-verify.", "error")
+        return redirect(url_for("entries.reverify"), 303)
+    try:
+        entry = core().curation.act(actor(), entry_id, "reverify", form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not re-verified: {e.message}", "error")
+    else:
+        flash(f"Entry {entry.id} ({entry.value}) re-verified: it stays listed.", "ok")
+    return redirect(url_for("entries.reverify"), 303)

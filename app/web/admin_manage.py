@@ -1,0 +1,387 @@
+"""Administration in the web admin: the never-block allowlist, user accounts,
+ISP subscribers, and each person's own account (password, second factor,
+API token).
+
+Secrets (an ISP's feed token and TSIG secret, a generated password, an API
+token) are shown once, in the answer to the request that made them, with
+``Cache-Control: no-store``; they are never put in the session, a message
+or a redirect.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+
+from app.errors import AuthenticationError, BlocklistError, PermissionDeniedError, ValidationError
+from app.web.admin import core
+from app.web.auth import SIGNED_IN, actor, current_user, page, record_failure, server_session
+from app.web.forms import (
+    AllowForm,
+    CodeForm,
+    EmptyForm,
+    IspAddForm,
+    IspEditForm,
+    IspRotateForm,
+    PasswordForm,
+    ReasonForm,
+    RequiredReasonForm,
+    UserAddForm,
+    UserEditForm,
+)
+
+bp = Blueprint("manage", __name__)
+
+
+def _errors(form: Any) -> str:
+    return "; ".join(m for ms in form.errors.values() for m in ms)
+
+
+def _lines(text: str | None) -> list[str]:
+    return [t for t in (text or "").replace(",", " ").split() if t]
+
+
+# --------------------------------------------------------------------------- allowlist
+
+
+@bp.get("/allowlist")
+@page("allowlist.read")
+def allowlist() -> Any:
+    return render_template("allowlist.html", items=core().curation.allowlist(), form=AllowForm(),
+                           remove=ReasonForm())
+
+
+@bp.post("/allowlist")
+@page("allowlist.write")
+def allowlist_add() -> Any:
+    form = AllowForm()
+    if not form.validate():
+        flash(_errors(form), "error")
+        return redirect(url_for("manage.allowlist"), 303)
+    try:
+        suspended: list[int] = core().curation.allowlist_add(actor(), form.domain.data, bool(form.subdomains.data),
+                                                  form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not added: {e.message}", "error")
+        return redirect(url_for("manage.allowlist"), 303)
+    text = f"{form.domain.data.strip()} is on the never-block allowlist."
+    if suspended:
+        text += " Suspended at once because they conflict with it: " + ", ".join(f"entry {i}" for i in suspended)
+    flash(text, "ok")
+    return redirect(url_for("manage.allowlist"), 303)
+
+
+@bp.post("/allowlist/remove")
+@page("allowlist.write")
+def allowlist_remove() -> Any:
+    form = ReasonForm()
+    domain = request.form.get("domain", "")
+    if not form.validate():
+        flash(_errors(form), "error")
+        return redirect(url_for("manage.allowlist"), 303)
+    try:
+        core().curation.allowlist_remove(actor(), domain, form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not removed: {e.message}", "error")
+    else:
+        flash(f"{domain} is no longer on the allowlist.", "ok")
+    return redirect(url_for("manage.allowlist"), 303)
+
+
+# --------------------------------------------------------------------------- users
+
+
+@bp.get("/users")
+@page("user.manage")
+def users() -> Any:
+    return render_template("users.html", users=core().users.list(), form=UserAddForm())
+
+
+@bp.post("/users")
+@page("user.manage")
+def users_add() -> Any:
+    form = UserAddForm()
+    if not form.validate():
+        return render_template("users.html", users=core().users.list(), form=form, error=_errors(form)), 400
+    password = form.password.data or secrets.token_urlsafe(12)
+    try:
+        user = core().users.add(actor(), form.name.data.strip(), form.role.data, form.agency.data, password)
+    except BlocklistError as e:
+        return render_template("users.html", users=core().users.list(), form=form, error=e.message), e.status
+    shown = None if form.password.data else password
+    return render_template("secret.html", title=f"Account {user.name} made",
+                           intro=f"{user.name} ({user.role}, {user.agency}) can now sign in.",
+                           secrets=[("Initial password", shown)] if shown else [],
+                           note="Give the password to the person over a separate channel; "
+                                "they should change it on their account page.",
+                           back=url_for("manage.user", name=user.name))
+
+
+@bp.get("/users/<name>")
+@page("user.manage")
+def user(name: str) -> Any:
+    u = core().users.get(name)
+    edit = UserEditForm(data={"role": u.role.value, "agency": u.agency})
+    return render_template("user.html", user=u, edit=edit, form=ReasonForm(),
+                           failures=core().store.login_failures(u.name),
+                           max_failures=core().settings.login_max_failures)
+
+
+@bp.post("/users/<name>/edit")
+@page("user.manage")
+def user_edit(name: str) -> Any:
+    form = UserEditForm()
+    if not form.validate():
+        flash(_errors(form), "error")
+        return redirect(url_for("manage.user", name=name), 303)
+    try:
+        u = core().users.update(actor(), name, role=form.role.data, agency=form.agency.data,
+                                reason=form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not changed: {e.message}", "error")
+    else:
+        flash(f"{u.name} is now {u.role} at {u.agency}.", "ok")
+    return redirect(url_for("manage.user", name=name), 303)
+
+
+_USER_ACTIONS = {"disable", "enable", "unlock", "password"}
+
+
+@bp.post("/users/<name>/<action>")
+@page("user.manage")
+def user_action(name: str, action: str) -> Any:
+    if action not in _USER_ACTIONS:
+        raise ValidationError(f"unknown action {action!r}")
+    form = ReasonForm()
+    if not form.validate():
+        flash(_errors(form), "error")
+        return redirect(url_for("manage.user", name=name), 303)
+    users_ = core().users
+    reason = form.reason.data or ""
+    try:
+        if action == "password":
+            password = secrets.token_urlsafe(12)
+            users_.set_password(actor(), name, password, reason)
+            return render_template("secret.html", title=f"New password for {name}",
+                                   intro=f"The password of {name} was reset; their sessions ended "
+                                         "and a lock-out, if any, was lifted.",
+                                   secrets=[("Temporary password", password)],
+                                   note="Give it to the person over a separate channel; "
+                                        "they should change it on their account page.",
+                                   back=url_for("manage.user", name=name))
+        if action in ("disable", "enable"):
+            u = users_.set_disabled(actor(), name, action == "disable", reason)
+            flash(f"{u.name} is {'disabled: signed out everywhere' if u.disabled else 'enabled again'}.", "ok")
+        else:
+            users_.unlock(actor(), name, reason)
+            flash(f"{name} is unlocked and may sign in again.", "ok")
+    except BlocklistError as e:
+        flash(f"Not done: {e.message}", "error")
+    return redirect(url_for("manage.user", name=name), 303)
+
+
+# --------------------------------------------------------------------------- ISPs
+
+
+def _isp_rows() -> tuple[list[dict[str, Any]], int | None]:
+    c = core()
+    latest = c.latest_version()
+    return [i.public(latest) for i in c.isps.list()], latest
+
+
+@bp.get("/isps")
+@page("isp.read")
+def isps() -> Any:
+    rows, latest = _isp_rows()
+    return render_template("isps.html", isps=rows, latest=latest, form=IspAddForm())
+
+
+@bp.post("/isps")
+@page("isp.manage")
+def isps_add() -> Any:
+    form = IspAddForm()
+    if not form.validate():
+        rows, latest = _isp_rows()
+        return render_template("isps.html", isps=rows, latest=latest, form=form, error=_errors(form)), 400
+    try:
+        created = core().isps.add(actor(), form.name.data.strip(), _lines(form.notify.data),
+                                  _lines(form.allow_from.data), form.reason.data or "")
+    except BlocklistError as e:
+        rows, latest = _isp_rows()
+        return render_template("isps.html", isps=rows, latest=latest, form=form, error=e.message), e.status
+    return _isp_secrets(f"ISP {created['name']} added", created)
+
+
+def _isp_secrets(title: str, created: dict[str, Any]) -> Any:
+    shown = []
+    if created.get("feed_token"):
+        shown.append(("Feed token (Authorization: Bearer …)", created["feed_token"]))
+    if created.get("tsig_secret"):
+        shown.append(("TSIG key name", created["tsig_key_name"]))
+        shown.append(("TSIG algorithm", created["tsig_algorithm"]))
+        shown.append(("TSIG secret (base64)", created["tsig_secret"]))
+        shown.append(("BIND key clause",
+                      f'key "{created["tsig_key_name"]}" {{ algorithm {created["tsig_algorithm"]}; '
+                      f'secret "{created["tsig_secret"]}"; }};'))
+    return render_template("secret.html", title=title,
+                           intro="Send these to the ISP's technical contact over a protected channel.",
+                           secrets=shown,
+                           note="This is the only time they are shown: the feed token is kept only as a "
+                                "hash. Lost ones can be replaced with a rotation.",
+                           back=url_for("manage.isp", name=created["name"]))
+
+
+@bp.get("/isps/<name>")
+@page("isp.read")
+def isp(name: str) -> Any:
+    c = core()
+    i = c.isps.get(name)
+    latest = c.latest_version()
+    edit = IspEditForm(data={"notify": "\n".join(i.notify), "allow_from": "\n".join(i.allow_from)})
+    return render_template("isp.html", isp=i.public(latest), latest=latest, edit=edit, rotate=IspRotateForm(),
+                           revoke=ReasonForm())
+
+
+@bp.post("/isps/<name>/edit")
+@page("isp.manage")
+def isp_edit(name: str) -> Any:
+    form = IspEditForm()
+    if not form.validate():
+        flash(_errors(form), "error")
+        return redirect(url_for("manage.isp", name=name), 303)
+    try:
+        core().isps.update(actor(), name, notify=_lines(form.notify.data), allow_from=_lines(form.allow_from.data),
+                           reason=form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not changed: {e.message}", "error")
+    else:
+        flash(f"{name}: notify targets and allowed addresses saved.", "ok")
+    return redirect(url_for("manage.isp", name=name), 303)
+
+
+@bp.post("/isps/<name>/rotate")
+@page("isp.manage")
+def isp_rotate(name: str) -> Any:
+    form = IspRotateForm()
+    if not form.validate():
+        flash(_errors(form), "error")
+        return redirect(url_for("manage.isp", name=name), 303)
+    try:
+        out = core().isps.rotate(actor(), name, token=bool(form.token.data), tsig=bool(form.tsig.data),
+                                 reason=form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not rotated: {e.message}", "error")
+        return redirect(url_for("manage.isp", name=name), 303)
+    return _isp_secrets(f"New credentials for {name}", out)
+
+
+@bp.post("/isps/<name>/revoke")
+@page("isp.manage")
+def isp_revoke(name: str) -> Any:
+    form = RequiredReasonForm()
+    if not form.validate():
+        flash("Give a reason for revoking access.", "error")
+        return redirect(url_for("manage.isp", name=name), 303)
+    try:
+        core().isps.revoke(actor(), name, form.reason.data)
+    except BlocklistError as e:
+        flash(f"Not revoked: {e.message}", "error")
+    else:
+        flash(f"{name} is revoked: its feed token and TSIG key are refused from now on.", "ok")
+    return redirect(url_for("manage.isp", name=name), 303)
+
+
+# --------------------------------------------------------------------------- own account
+
+
+def _account(**extra: Any) -> Any:
+    u = current_user()
+    assert u is not None
+    uri = extra.pop("pending_uri", None)
+    secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0] if uri else None
+    return render_template("account.html", user=core().users.get(u.name), password=extra.pop("password", None)
+                           or PasswordForm(), code=extra.pop("code", None) or CodeForm(), button=EmptyForm(),
+                           pending_uri=uri, pending_secret=secret, **extra)
+
+
+@bp.get("/account")
+@page(SIGNED_IN)
+def account() -> Any:
+    return _account()
+
+
+@bp.post("/account/password")
+@page(SIGNED_IN)
+def account_password() -> Any:
+    form = PasswordForm()
+    if not form.validate():
+        return _account(password=form, change_error=_errors(form)), 400
+    users_ = core().users
+    name = actor().name
+    try:
+        users_.authenticate_password(name, form.current.data)
+    except AuthenticationError:
+        record_failure(name)
+        return _account(password=form, change_error="the current password is not right"), 400
+    except PermissionDeniedError as e:
+        return _account(password=form, change_error=e.message), 403
+    try:
+        users_.set_password(actor(), name, form.new.data, "changed by the account holder")
+    except BlocklistError as e:
+        return _account(password=form, change_error=e.message), e.status
+    server_session().end()
+    flash("Password changed. Every session of your account has ended: sign in with the new password.", "ok")
+    return redirect(url_for("auth.login"), 303)
+
+
+@bp.post("/account/mfa")
+@page(SIGNED_IN)
+def account_mfa_start() -> Any:
+    form = EmptyForm()
+    if not form.validate():
+        raise ValidationError(_errors(form))
+    uri = core().users.start_totp(actor(), actor().name)
+    return _account(pending_uri=uri)
+
+
+@bp.post("/account/mfa/confirm")
+@page(SIGNED_IN)
+def account_mfa_confirm() -> Any:
+    form = CodeForm()
+    users_ = core().users
+    name = actor().name
+    pending = users_.pending_totp_secret(name)
+    if not pending:
+        flash("Start the set-up first.", "error")
+        return redirect(url_for("manage.account"), 303)
+    uri = _uri_for(name, pending)
+    if not form.validate():
+        return _account(code=form, pending_uri=uri, code_error=_errors(form)), 400
+    if not users_.confirm_totp(actor(), name, form.code.data):
+        return _account(code=form, pending_uri=uri, code_error=(
+            "that code does not match; check the clock of your device and try the next code")), 400
+    flash("Second factor on: from now on, signing in asks for a code.", "ok")
+    return redirect(url_for("manage.account"), 303)
+
+
+def _uri_for(name: str, secret: str) -> str:
+    import pyotp
+
+    return str(pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name="Blocklist"))
+
+
+@bp.post("/account/token")
+@page(SIGNED_IN)
+def account_token() -> Any:
+    form = EmptyForm()
+    if not form.validate():
+        raise ValidationError(_errors(form))
+    token = core().users.issue_token(actor(), actor().name)
+    return render_template("secret.html", title="Your new API token",
+                           intro="Use it as Authorization: Bearer … with the JSON API. "
+                                 "Your previous token no longer works.",
+                           secrets=[("API token", token)], note="This is the only time it is shown.",
+                           back=url_for("manage.account"))
