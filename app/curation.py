@@ -110,7 +110,7 @@ def _parse_policy_value(name: str, value: Any) -> Any:
                 raise ValueError
             return n
         f = float(value)
-        if not 0 <= f <= 1000:
+        if not 0 <= f <= 1_000_000:
             raise ValueError
         return f
     except (TypeError, ValueError):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from app.clock import FakeClock
@@ -146,8 +147,17 @@ def app(core: Core) -> Any:
     return application
 
 
+class _BufferedClient(FlaskClient):
+    """Reads and closes every response (file responses would otherwise stay open)."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
 def client(app: Any) -> Any:
+    app.test_client_class = _BufferedClient
     return app.test_client()
 
 

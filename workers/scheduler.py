@@ -7,7 +7,9 @@ once):
 * publish every ``BLOCKLIST_PUBLISH_INTERVAL`` seconds when the list changed;
 * serve "publish now" requests from the API within about a second;
 * expire entries not re-verified in time;
-* re-sign the manifest before it expires, so a quiet feed never looks frozen.
+* re-sign the manifest before it expires, so a quiet feed never looks frozen;
+* once a day, rebuild the list from every entry to prove the change feed
+  missed nothing.
 
 SIGTERM or SIGINT lets the running job finish, then the process exits.
 """
@@ -48,6 +50,15 @@ class Worker:
                      outcome.timings.get("total", 0.0))
         elif outcome.status == "held":
             log.warning("publication held: %s", outcome.message)
+        return outcome.status == "published"
+
+    def reconcile(self) -> bool:
+        """A full rebuild from every entry, daily: the change feed is how
+        publications stay cheap, and this proves it missed nothing."""
+        outcome = self.core.publisher.publish(reason="daily reconciliation", full=True)
+        if outcome.status == "published":
+            log.warning("reconciliation published version %s %s: the change feed had missed changes",
+                        outcome.version, outcome.diff)
         return outcome.status == "published"
 
     def requests(self) -> bool:
@@ -99,6 +110,7 @@ def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
     sched.add_job(worker.guarded("publish", worker.publish), "interval", seconds=settings.publish_interval,
                   id="publish", next_run_time=_soon())
     sched.add_job(worker.guarded("requests", worker.requests), "interval", seconds=1, id="requests")
+    sched.add_job(worker.guarded("reconcile", worker.reconcile), "interval", hours=24, id="reconcile")
     sched.add_job(worker.guarded("expire", worker.expire), "interval", seconds=settings.expire_interval,
                   id="expire", next_run_time=_soon())
     sched.add_job(worker.guarded("manifest", worker.refresh_manifest), "interval",

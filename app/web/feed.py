@@ -38,7 +38,7 @@ _ARTIFACT = re.compile(
     r"|(?P<manifest>manifest\.json)(?P<msig>\.minisig)?"
     r"|(?P<key>key\.pub)"
 )
-_GZIP_MIN = 1024
+_GZIP_MIN = 256
 IMMUTABLE = "private, max-age=31536000, immutable"
 REVALIDATE = "private, no-cache"
 
