@@ -431,19 +431,30 @@ def index_key(etype: EntryType | str, value: str) -> str:
 
 _decode = msgspec.json.decode
 _DAYS: dict[int, str] = {}
+_ISO: dict[int, str] = {}
+_TIME_OF_DAY: list[str] = []
 
 
 def iso(ts: float | int | None) -> str | None:
-    """UTC ``YYYY-MM-DDTHH:MM:SSZ`` (fast: publication formats millions of these)."""
+    """UTC ``YYYY-MM-DDTHH:MM:SSZ``. Fast: a publication formats millions of these,
+    so results are cached and the time of day comes from a table."""
     if ts is None:
         return None
-    day, sec = divmod(int(ts), 86400)
+    t = int(ts)
+    hit = _ISO.get(t)
+    if hit is not None:
+        return hit
+    day, sec = divmod(t, 86400)
     date = _DAYS.get(day)
     if date is None:
-        date = _DAYS[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
-    h, rest = divmod(sec, 3600)
-    m, s = divmod(rest, 60)
-    return f"{date}T{h:02d}:{m:02d}:{s:02d}Z"
+        date = _DAYS[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
+    if not _TIME_OF_DAY:
+        _TIME_OF_DAY.extend(f"{h:02d}:{m:02d}:{x:02d}Z" for h in range(24) for m in range(60) for x in range(60))
+    out = date + _TIME_OF_DAY[sec]
+    if len(_ISO) > 2_000_000:
+        _ISO.clear()
+    _ISO[t] = out
+    return out
 
 
 def clean_text(value: object, what: str, limit: int = MAX_TEXT_LENGTH, required: bool = False) -> str:

@@ -320,9 +320,10 @@ class Publisher:
         exactly like :meth:`Entry.feed_line`, and sorted with tuple fast paths.
         """
         decode = _FEED_DECODER.decode
-        pairs: list[tuple[str, str]] = []
-        urls: list[tuple[str, str]] = []
-        add, add_url = pairs.append, urls.append
+        lines: list[str] = []
+        frags: list[str] = []
+        urls: list[str] = []
+        add_line, add_frag, add_url = lines.append, frags.append, urls.append
         marker = '"st":"active"'
         gc_was = gc.isenabled()
         gc.disable()  # a million small objects: the cyclic GC only costs time here
@@ -337,24 +338,27 @@ class Publisher:
                 v = e.v
                 if e.t == "d":
                     sub = e.s == 1
-                    add((
+                    add_line(
                         f'{{"type":"domain","value":"{v}","subdomains":{"true" if sub else "false"},'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}',
-                        fragment(v, sub),
-                    ))
+                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'
+                    )
+                    add_frag(fragment(v, sub))
                 else:
-                    add_url((
+                    add_url(
                         f'{{"type":"url","value":"{v}","subdomains":false,'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}',
-                        "",
-                    ))
-            # Domain lines sort like their values: '"' ends a value and sorts
-            # before every character a domain may hold. URL values may hold
-            # '!', which sorts before '"', so URLs are sorted by their key.
-            pairs.sort()
-            urls.sort(key=lambda p: line_key(p[0]))
-            pairs.extend(urls)
-            return [p[0] for p in pairs], [p[1] for p in pairs]
+                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'
+                    )
+            # Domain lines, and their zone lines, each sort like their values:
+            # '"' ends a value in a line and ' ' in a zone line, and both sort
+            # before every character a domain may hold. So two plain string
+            # sorts keep them aligned. URL values may hold '!', which sorts
+            # before '"', so URLs are sorted by their key.
+            lines.sort()
+            frags.sort()
+            urls.sort(key=line_key)
+            lines.extend(urls)
+            frags.extend([""] * len(urls))
+            return lines, frags
         finally:
             if gc_was:
                 gc.enable()
