@@ -68,7 +68,8 @@ def test_an_appeal_for_a_name_that_is_not_listed_is_still_filed(appeals: Appeals
 def test_the_same_appeal_twice_is_one_appeal(core: Core, appeals: Appeals) -> None:
     first, new1 = appeals.file("bad.example", "owner@bakery.test", STATEMENT)
     again, new2 = appeals.file("bad.example", "OWNER@bakery.test", "  " + STATEMENT.replace(" ", "  ") + "\n")
-    assert new1 and not new2
+    assert new1
+    assert not new2
     assert again.id == first.id
     assert appeals.counts()["open"] == 1
     assert actions(core).count("appeal.file") == 1
@@ -190,6 +191,7 @@ def test_the_queue_lists_appeals_newest_first_by_state(core: Core, appeals: Appe
     reviewing, _ = appeals.list("reviewing")
     assert [a.id for a in reviewing] == [ids[0]]
     everything, total = appeals.list(None)
-    assert total == 3 and len(everything) == 3
+    assert total == 3
+    assert len(everything) == 3
     with pytest.raises(ValidationError):
         appeals.list("bogus")

@@ -37,7 +37,8 @@ def test_the_session_cookie_is_httponly_strict_and_holds_only_an_id(client, core
     assert "SameSite=Strict" in header
     assert "Expires" not in header  # a browser session cookie; the server enforces the limits
     sid = session_cookie(client)
-    assert sid and len(sid) == 43
+    assert sid
+    assert len(sid) == 43
     assert core.store.session_get(sid) is None  # stored under its digest, not the id itself
     assert "alice" in (core.store.session_get(storage_id(sid)) or "")
 
@@ -53,7 +54,9 @@ def test_over_https_the_cookie_is_secure_and_host_only(core: Core, personas: Per
     assert r.status_code == 302, r.get_data(as_text=True)[:500]
     header = r.headers["Set-Cookie"]
     assert header.startswith(SECURE_COOKIE + "=")
-    assert "Secure" in header and "HttpOnly" in header and "Domain" not in header
+    assert "Secure" in header
+    assert "HttpOnly" in header
+    assert "Domain" not in header
     # The referrer of form posts stays on the site, so the HTTPS referrer check can work.
     assert client.get("/", base_url=base).headers["Referrer-Policy"] == "same-origin"
 
@@ -114,7 +117,7 @@ def test_each_address_may_try_only_so_often(core: Core, personas: Personas) -> N
     client = app.test_client()
     if time.time() % 60 > 50:  # the limit counts in fixed one-minute windows
         time.sleep(61 - time.time() % 60)
-    statuses = [sign_in(client, "nobody", "guess number %d" % i).status_code for i in range(4)]
+    statuses = [sign_in(client, "nobody", f"guess number {i}").status_code for i in range(4)]
     assert statuses == [401, 401, 401, 429]
     r = sign_in(client, personas.alice)
     assert r.status_code == 429
@@ -129,7 +132,8 @@ def test_signing_in_gives_a_new_session_id_and_the_old_one_stops_working(
     assert before
     sign_in(client, personas.alice)
     after = session_cookie(client)
-    assert after and after != before
+    assert after
+    assert after != before
     assert core.store.session_get(storage_id(before)) is None
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from flask import Flask, g, jsonify, request
+import redis.exceptions
+from flask import Flask, g, jsonify, make_response, request
 from werkzeug.exceptions import HTTPException
 
 from app.clock import Clock, system_clock
 from app.config import Settings
 from app.core import Core
-from app.errors import BlocklistError
+from app.errors import BlocklistError, StoreError
 
 
 def create_app(
@@ -87,6 +88,17 @@ def create_app(
         if _wants_json():
             return jsonify(error=_http_message(e)), e.code or 500
         return e
+
+    # --- store outages: Redis down, restarting (loading its AOF) or failing
+    # over is a 503 the client may retry, logged in one line, not a 500 with
+    # a traceback per request.
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _store_unavailable(e: Exception) -> Any:
+        app.logger.warning("the store is unavailable: %s", e)
+        resp = make_response(_blocklist_error(StoreError("the store is unavailable; try again in a moment")))
+        resp.headers["Retry-After"] = "5"
+        return resp
 
     return app
 

@@ -239,6 +239,8 @@ def dashboard() -> Any:
 def _no_store(resp: Any) -> Any:
     """Signed-in pages hold police data: never cached; the referrer stays on
     this site (Flask-WTF compares it with the host on HTTPS form posts)."""
+    if request.blueprint == "public":
+        return resp
     if current_user() is not None or request.blueprint in ("auth", *_BLUEPRINTS):
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["Referrer-Policy"] = "same-origin"

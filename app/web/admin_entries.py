@@ -124,7 +124,7 @@ def list_entries() -> Any:
         "entries.html", form=form, rows=rows, offset=offset, per_page=PER_PAGE, args=args,
         total=total, pages=pages, page_no=offset // PER_PAGE + 1, next_offset=result["next_offset"],
         partial=result["partial"], filtered=filtered or bool(q and mode == "contains"),
-        exact=bool(q and mode == "exact"), counts=c.curation.counts(),
+        exact=bool(q and mode == "exact"),
     )
 
 

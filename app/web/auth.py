@@ -129,6 +129,8 @@ def load_user() -> Response | None:
     g.user = None
     s = session._get_current_object()  # type: ignore[attr-defined]
     if isinstance(s, ServerSession) and s.unavailable:
+        if request.blueprint == "public" or request.endpoint == "static":
+            return None  # the stop page needs no session
         raise StoreError("the session store is not reachable; try again shortly")
     name = session.get("user")
     if not name:

@@ -77,7 +77,9 @@ def init_app(app: Flask) -> None:
         ),
     )
     app.extensions["blocklist.metrics"] = metrics
-    app.before_request(_start_timer)
+    # First of all before-request steps: one of them (the stop page, sign-in)
+    # may answer by itself, and that answer is counted too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     app.after_request(_observe)
     app.register_blueprint(bp)
 
@@ -106,7 +108,7 @@ def metrics_view() -> Response:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = current_app.extensions["blocklist.metrics"].registry
     registry_with_store = CollectorRegistry()
