@@ -48,6 +48,25 @@ def wait_http(url: str, timeout: float = 30) -> bytes:
             time.sleep(0.2)
 
 
+def sign_in(base: str, user: str, password: str) -> None:
+    """Sign in through the web admin as a person would, and land on the dashboard."""
+    import html
+    import http.cookiejar
+    import urllib.parse
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    page = opener.open(f"{base}/login", timeout=10).read().decode()
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page) or re.search(
+        r'value="([^"]+)"[^>]*name="csrf_token"', page)
+    assert token, page
+    form = urllib.parse.urlencode({"csrf_token": html.unescape(token.group(1)), "username": user,
+                                   "password": password}).encode()
+    with opener.open(f"{base}/login", data=form, timeout=10) as r:
+        body = r.read().decode()
+        assert r.geturl().rstrip("/") == base, r.geturl()
+    assert "Dashboard" in body and "Sign out" in body
+
+
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -66,6 +85,7 @@ def test_serve_runs_everything_with_an_embedded_redis_and_prints_a_working_login
         assert wait_http(f"http://127.0.0.1:{web}/livez") == b'{"status":"ok"}\n'
         assert (data / "redis" / "redis.sock").exists()
         assert (data / "keys" / "blocklist.key").stat().st_mode & 0o777 == 0o600
+        sign_in(f"http://127.0.0.1:{web}", "admin", password.group(1))
         core = Core.from_settings(Settings(redis_url=f"unix://{data / 'redis' / 'redis.sock'}?db=0"))
         admin = core.users.authenticate_password("admin", password.group(1))
         assert admin.role == "admin"
