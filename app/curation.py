@@ -17,6 +17,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import builtins
 import csv
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -283,7 +284,7 @@ class Curation:
         raw = self.store.entry_raw(entry_id)
         return Entry.from_json(raw) if raw else None
 
-    def get_many(self, ids: list[int]) -> list[Entry]:
+    def get_many(self, ids: builtins.list[int]) -> builtins.list[Entry]:
         return [Entry.from_json(r) for r in self.store.entries_raw(ids) if r]
 
     def counts(self) -> dict[str, int]:
@@ -319,7 +320,7 @@ class Curation:
         if q:
             return self._search(q.strip(), keep, offset, limit)
         filtered = category is not None or agency is not None or submitted_by is not None
-        out: list[Entry] = []
+        out: builtins.list[Entry] = []
         pos = offset
         scanned = 0
         window = limit if not filtered else 200
@@ -357,11 +358,11 @@ class Curation:
                     if len(out) >= limit:
                         break
         more = pos < last
-        total = None if filtered else sum(self.counts().values())
-        return Page(out, pos if more else None, total, partial=filtered and more and scanned >= scan_budget)
+        everything = None if filtered else sum(self.counts().values())
+        return Page(out, pos if more else None, everything, partial=filtered and more and scanned >= scan_budget)
 
     def _search(self, q: str, keep: Callable[[Entry], bool], offset: int, limit: int) -> Page:
-        found: list[int] = []
+        found: builtins.list[int] = []
         seen: set[int] = set()
         for etype in (EntryType.DOMAIN, EntryType.URL):
             try:
@@ -388,7 +389,7 @@ class Curation:
         more = len(out) > offset + limit
         return Page(page, offset + limit if more else None, None, partial=partial)
 
-    def expiring(self, within_days: int = 14, limit: int = 200) -> list[Entry]:
+    def expiring(self, within_days: int = 14, limit: int = 200) -> builtins.list[Entry]:
         p = self.policy()
         now = self.clock()
         lo = now - p.reverify_days * DAY
@@ -400,12 +401,12 @@ class Curation:
         lo = self.clock() - p.reverify_days * DAY
         return self.store.status_count_between(Status.ACTIVE, lo, lo + within_days * DAY)
 
-    def history(self, entry: Entry) -> list[audit.Record]:
+    def history(self, entry: Entry) -> builtins.list[audit.Record]:
         return audit.records(self.store, entry.history)
 
     # ------------------------------------------------------------------ safety
 
-    def allowlist(self) -> list[AllowItem]:
+    def allowlist(self) -> builtins.list[AllowItem]:
         items = []
         for domain, raw in sorted(self.store.allowlist_raw().items()):
             d = json.loads(raw)
@@ -581,7 +582,7 @@ class Curation:
             changes.update(status_reason=reason)
         return replace(old, **changes), before, after
 
-    def approve_many(self, actor: Actor, ids: list[Any], reason: Any = "") -> list[Entry]:
+    def approve_many(self, actor: Actor, ids: builtins.list[Any], reason: Any = "") -> builtins.list[Entry]:
         """Approve several pending entries as one step: all of them, or none."""
         actor.require("entry.approve")
         if not isinstance(ids, list) or not ids or len(ids) > 5000:
@@ -595,8 +596,8 @@ class Curation:
         policy = self.policy()
         for _ in range(MAX_RETRIES):
             raws = self.store.entries_raw(e_ids)
-            news: list[tuple[Entry, Entry, str]] = []
-            problems: list[str] = []
+            news: builtins.list[tuple[Entry, Entry, str]] = []
+            problems: builtins.list[str] = []
             now = int(self.clock())
             for e_id, raw in zip(e_ids, raws, strict=True):
                 if raw is None:
@@ -701,7 +702,7 @@ class Curation:
         report = ImportReport(source=source, dry_run=dry_run)
         rules = self.rules()
         seen: dict[str, int] = {}
-        chunk: list[tuple[ImportRow, Entry]] = []
+        chunk: builtins.list[tuple[ImportRow, Entry]] = []
         base_reason = clean_text(default_reason, "reason")
 
         def flush() -> None:
@@ -742,9 +743,9 @@ class Curation:
         flush()
         return report
 
-    def _import_chunk(self, actor: Actor, chunk: list[tuple[ImportRow, Entry]], source: str,
+    def _import_chunk(self, actor: Actor, chunk: builtins.list[tuple[ImportRow, Entry]], source: str,
                       report: ImportReport, dry_run: bool) -> None:
-        ids: list[int] = []
+        ids: builtins.list[int] = []
         for _ in range(MAX_RETRIES):
             keys = [e.key for _, e in chunk]
             looked = self.store.lookups(keys)
@@ -757,7 +758,7 @@ class Curation:
                     if raw:
                         e = Entry.from_json(raw)
                         statuses[e.id] = str(e.status)
-            fresh: list[tuple[ImportRow, Entry]] = []
+            fresh: builtins.list[tuple[ImportRow, Entry]] = []
             for (row, e), ex in zip(chunk, existing, strict=True):
                 if ex is not None:
                     report.refused.append(
@@ -801,7 +802,7 @@ class Curation:
 
     # ------------------------------------------------------------------ allowlist
 
-    def allowlist_add(self, actor: Actor, domain: Any, subdomains: Any = False, reason: Any = "") -> list[int]:
+    def allowlist_add(self, actor: Actor, domain: Any, subdomains: Any = False, reason: Any = "") -> builtins.list[int]:
         """Add a never-block name. Active entries it conflicts with are suspended
         at once (their ids are returned), so a mistake can be stopped by one action."""
         actor.require("allowlist.write")
@@ -839,7 +840,7 @@ class Curation:
                     continue
         return suspended
 
-    def _conflicting(self, name: str, subdomains: bool) -> list[Entry]:
+    def _conflicting(self, name: str, subdomains: bool) -> builtins.list[Entry]:
         keys = [index_key(EntryType.DOMAIN, name)] + [index_key(EntryType.DOMAIN, p) for p in parents(name)]
         keys += [index_key(EntryType.URL, f"{s}://{name}/") for s in ("http", "https")]
         ids = {i for i in self.store.ids_for_keys(keys) if i is not None}

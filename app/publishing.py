@@ -35,13 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from app import audit
 from app.artifacts import ArtifactStore
 from app.clock import Clock, system_clock
 from app.config import Settings
 from app.curation import Curation, Policy
-import msgspec
-
 from app.domain import SYSTEM, Actor, Entry, EntryType, Status, iso
 from app.errors import (
     BlocklistError,
@@ -778,7 +778,7 @@ class Publisher:
             current = self.store.pub_held_raw()
             if current is None:
                 raise NotFoundError("no publication is held")
-            held = json.loads(current)
+            held: dict[str, Any] = json.loads(current)
             if held.get("released_by"):
                 raise ConflictError(f"the held publication was already released by {held['released_by']}")
             head = audit.head(self.store)

@@ -105,7 +105,7 @@ def value_field(index_key: str) -> str:
 def record_key(raw: str) -> str:
     """The index key of a stored entry record, without parsing all of it."""
     d = json.loads(raw)
-    return ("d:" if d["t"] == "d" else "u:") + d["v"]
+    return ("d:" if d["t"] == "d" else "u:") + str(d["v"])
 
 
 def status_key(status: str) -> str:
@@ -275,7 +275,10 @@ class Store:
     """Typed access to every key; callers never build key names."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
+        # redis-py annotates every command for its sync and async clients at
+        # once, so results are unions no caller can use; this class is the
+        # typed boundary instead: each method states what it returns.
+        self.r: Any = client
         self._txn_script = client.register_script(_TXN_LUA)
         self._unlock_script = client.register_script(_UNLOCK_LUA)
         self._extend_script = client.register_script(_EXTEND_LUA)
@@ -308,7 +311,7 @@ class Store:
 
     def server_time(self) -> float:
         sec, usec = self.r.time()
-        return sec + usec / 1e6
+        return float(sec) + float(usec) / 1e6
 
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])
@@ -736,7 +739,7 @@ class Store:
         return None if v is None else str(v)
 
     def pub_subscribe(self) -> redis.client.PubSub:
-        ps = self.r.pubsub(ignore_subscribe_messages=True)
+        ps: redis.client.PubSub = self.r.pubsub(ignore_subscribe_messages=True)
         ps.subscribe(K.pub_channel)
         return ps
 

@@ -143,8 +143,7 @@ def personas(core: Core) -> Personas:
 def app(core: Core) -> Any:
     from app.web import create_app
 
-    application = create_app(core=core, test_config={"TESTING": True})
-    return application
+    return create_app(core=core, test_config={"TESTING": True})
 
 
 class _BufferedClient(FlaskClient):

@@ -317,7 +317,7 @@ def test_two_workers_started_together_publish_each_version_once(core: Core, pers
             p.send_signal(signal.SIGTERM)
         outputs = [p.communicate(timeout=30)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
-    published = [r for r in audit.search(core.store, action="publication.publish", limit=100)[0]]
+    published = audit.search(core.store, action="publication.publish", limit=100)[0]
     versions = sorted(int(r.target.split(":")[1]) for r in published)
     assert versions == list(range(1, len(versions) + 1)), versions
     counts = [core.publisher.version_meta(v)["count"] for v in versions]

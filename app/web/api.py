@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app import audit
 from app.curation import parse_import
-from app.domain import Actor, Entry
+from app.domain import Actor, Entry, iso
 from app.errors import AuthenticationError, NotFoundError, ValidationError
 from app.users import User
 from app.web import core_of
@@ -199,7 +199,7 @@ def allowlist() -> Any:
     actor().require("allowlist.read")
     return jsonify(allowlist=[
         {"domain": a.domain, "subdomains": a.subdomains, "reason": a.reason,
-         "added_by": a.added_by, "added_at": audit.iso(a.added_at) if a.added_at else None}
+         "added_by": a.added_by, "added_at": iso(a.added_at) if a.added_at else None}
         for a in core().curation.allowlist()
     ])
 

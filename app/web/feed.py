@@ -98,7 +98,7 @@ def _serve(rel: str, token: str | None) -> Any:
     publisher = core.publisher
     if m.group("kind"):
         kind = m.group("kind")
-        sig = bool(m.group("sig"))
+        want_sig = bool(m.group("sig"))
         if m.group("v") == "latest":
             latest = publisher.latest()
             if latest is None:
@@ -117,7 +117,7 @@ def _serve(rel: str, token: str | None) -> Any:
         if not info or not core.artifacts.exists(target):
             raise NotFoundError(f"version {version} is not available; fetch the latest snapshot")
         core.isps.record_pull(isp, version, f"feed:{kind}")
-        if sig:
+        if want_sig:
             return _file_response(target + ".minisig", None, cache, "text/plain; charset=utf-8")
         mime = "application/json" if ext == "json" else "text/dns; charset=utf-8"
         return _file_response(target, info["sha256"], cache, mime)
