@@ -10,6 +10,11 @@ BINARIES=(redis-server named kdig unbound minisign chromium nginx dnsmasq named-
 PACKAGES+=(squid)
 BINARIES+=(squid)
 
+# --- Operations: promtool checks and unit-tests deploy/prometheus/alerts.yml;
+# systemd-analyze checks the units in deploy/systemd (tests/test_deploy_*.py)
+PACKAGES+=(prometheus systemd)
+BINARIES+=(promtool systemd-analyze)
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

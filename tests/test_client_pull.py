@@ -11,12 +11,29 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from app.clock import FakeClock
+from app.core import Core
 from app.domain import SYSTEM
 from client.minisign import SecretKey
-from tests.test_client_support import OUTPUTS, Feed, feed, proxy  # noqa: F401 (fixtures)
-from tests.test_client_support import Proxy
+from tests.conftest import Personas
+from tests.test_client_support import OUTPUTS, Feed, Proxy, make_feed
+
+
+@pytest.fixture
+def feed(core: Core, personas: Personas, clock: FakeClock, live_server: Any, tmp_path: Path) -> Feed:
+    return make_feed(core, personas, clock, live_server.url, tmp_path)
+
+
+@pytest.fixture
+def proxy(feed: Feed) -> Iterator[Proxy]:
+    with Proxy(feed.url) as p:
+        yield p
 
 
 def body(path: Path) -> str:
@@ -293,13 +310,60 @@ def test_the_console_script_runs_and_reports_a_refusal_on_one_line(feed: Feed) -
     exe = Path(sys.executable).parent / "blocklist-pull"
     cfg = feed.config()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKLIST_PULL")}
-    ok = subprocess.run([str(exe), "-c", str(cfg), "once"], capture_output=True, text=True, env=env, timeout=60)
+    ok = subprocess.run([str(exe), "-c", str(cfg), "once"], capture_output=True, text=True, env=env, timeout=60,
+                        check=False)
     assert ok.returncode == 0, ok.stderr
     assert "applied version 1" in ok.stdout
 
     other = feed.config(keys=[SecretKey.generate().public.base64()], name="other.toml")
-    bad = subprocess.run([str(exe), "once", "-c", str(other)], capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run([str(exe), "once", "-c", str(other)], capture_output=True, text=True, env=env, timeout=60,
+                        check=False)
     assert bad.returncode == 1
     assert bad.stdout == ""
     assert len(bad.stderr.splitlines()) == 1
     assert "which is not a pinned key" in bad.stderr
+
+
+def test_the_post_apply_command_sees_the_version_and_changed_paths_but_never_the_token(
+        feed: Feed, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(feed)
+    monkeypatch.setenv("BLOCKLIST_PULL_TOKEN", feed.token)
+    dump = feed.dir / "env.json"
+    cfg = feed.config(post_apply=[sys.executable, "-c",
+                                  f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"])
+
+    assert feed.pull(config=cfg).code == 0
+
+    env = json.loads(dump.read_text())
+    assert feed.token not in json.dumps(env)
+    assert env["BLOCKLIST_PULL_VERSION"] == "1"
+    assert env["BLOCKLIST_PULL_CHANGED"].split() == [str(feed.output(f)) for f in OUTPUTS]
+
+
+def test_a_deleted_output_or_a_damaged_held_list_is_repaired_on_the_next_pull(feed: Feed) -> None:
+    seed(feed)
+    assert feed.pull().code == 0
+    expected = feed.output("unbound").read_bytes()
+    feed.output("unbound").unlink()
+    (feed.state / "entries.jsonl").write_text("damaged\n")
+
+    r = feed.pull()
+
+    assert r.code == 0, r.err
+    assert "applied version 1 (the full snapshot; 3 entries)" in r.out
+    assert f"write unbound {feed.output('unbound')}" in r.out
+    assert "unchanged hosts" in r.out
+    assert feed.output("unbound").read_bytes() == expected
+    assert feed.post_apply_runs() == ["1", "1"]
+
+
+def test_an_output_in_a_missing_directory_stops_the_run_before_anything_is_written(feed: Feed) -> None:
+    seed(feed)
+    cfg = feed.config(extra=f'[[output]]\nformat = "hosts"\npath = "{feed.dir}/nowhere/hosts"\n')
+
+    r = feed.pull(config=cfg)
+
+    assert r.code == 4
+    assert r.err == f"blocklist-pull: the directory of output {feed.dir}/nowhere/hosts does not exist\n"
+    assert feed.snapshot_outputs() == {}
+    assert feed.held_version() is None

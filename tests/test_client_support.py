@@ -1,14 +1,14 @@
 """Shared fixtures for the pull tool's tests: a real feed server and a client set up against it.
 
-* ``feed``: the real service (real Redis, the app on a real socket) with an
-  ISP, two curators' worth of personas to list entries, and a client
-  configuration (``pull.toml``) with every output format, a post-apply
-  command that counts its runs, and the publisher's key pinned.
-* ``proxy``: a small HTTP server in front of the feed that passes requests
-  through, or answers chosen paths itself (replays, tampered files,
-  endless bodies), and logs every path asked for.
+* :func:`make_feed`: the real service (real Redis, the app on a real
+  socket) with an ISP, personas to list entries, and a client configuration
+  (``pull.toml``) with every output format, a post-apply command that counts
+  its runs, and the publisher's key pinned.
+* :class:`Proxy`: a small HTTP server in front of the feed that passes
+  requests through, or answers chosen paths itself (replays, tampered
+  files, endless bodies), and logs every path asked for.
 
-Other test modules import these fixtures by name.
+The test modules wrap them in ``feed`` and ``proxy`` fixtures.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from app.clock import FakeClock
 from app.core import Core
@@ -99,6 +97,7 @@ class Feed:
     def config(self, *, url: str | None = None, keys: list[str] | None = None, name: str = "pull.toml",
                extra: str = "", post_apply: list[str] | None = None, outputs: bool = True) -> Path:
         self.out.mkdir(exist_ok=True)
+        (self.dir / "token").write_text(self.token + "\n")
         if post_apply is None:
             post_apply = [sys.executable, "-c",
                           "import os, sys; open(sys.argv[1], 'a').write(os.environ['BLOCKLIST_PULL_VERSION'] + '\\n')",
@@ -154,12 +153,11 @@ class Feed:
         return body, sig
 
 
-@pytest.fixture
-def feed(core: Core, personas: Personas, clock: FakeClock, live_server: Any, tmp_path: Path) -> Feed:
+def make_feed(core: Core, personas: Personas, clock: FakeClock, url: str, tmp_path: Path) -> Feed:
     token = core.isps.add(SYSTEM, "acme")["feed_token"]
     d = tmp_path / "isp"
     d.mkdir()
-    return Feed(core=core, personas=personas, clock=clock, url=live_server.url, token=token, dir=d)
+    return Feed(core=core, personas=personas, clock=clock, url=url, token=token, dir=d)
 
 
 Answer = bytes | Callable[[http.server.BaseHTTPRequestHandler], None]
@@ -176,7 +174,7 @@ class Proxy:
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 rel = self.path.split("/feed/v1/", 1)[-1]
                 proxy.paths.append(rel)
                 answer = proxy.answers.get(rel)
@@ -202,7 +200,7 @@ class Proxy:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
@@ -221,9 +219,3 @@ class Proxy:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
-
-
-@pytest.fixture
-def proxy(feed: Feed) -> Iterator[Proxy]:
-    with Proxy(feed.url) as p:
-        yield p

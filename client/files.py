@@ -1,0 +1,75 @@
+"""Durable file replacement: temp file in the same directory, fsync, rename, fsync the directory.
+
+A reader (a resolver reloading its configuration) sees the old file or the
+new one, never a mix. :func:`stage` prepares every new file first; only when
+all of them are written and synced does :func:`commit` rename them into
+place, so a full disk or a permission error leaves every output as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Staged:
+    path: Path
+    tmp: Path
+
+
+def stage(path: Path, data: bytes, mode: int) -> Staged:
+    """Write ``data`` to a synced temp file next to ``path``; raises OSError."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+    return Staged(path, Path(tmp))
+
+
+def commit(staged: Iterable[Staged]) -> None:
+    """Rename every staged file into place, then sync the directories."""
+    dirs: set[Path] = set()
+    for s in staged:
+        os.replace(s.tmp, s.path)
+        dirs.add(s.path.parent)
+    for d in dirs:
+        fsync_dir(d)
+
+
+def discard(staged: Iterable[Staged]) -> None:
+    for s in staged:
+        _unlink(s.tmp)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    s = stage(path, data, mode)
+    try:
+        commit([s])
+    except BaseException:
+        discard([s])
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

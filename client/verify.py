@@ -1,0 +1,572 @@
+"""Verification of the signed feed: manifest, artifacts, snapshots and deltas. No I/O.
+
+The pull tool trusts nothing it downloads until this module has checked it
+(DESIGN 5). What must stay true:
+
+* The manifest is accepted only with a valid minisign signature by one of
+  the pinned keys, a trusted comment naming ``manifest.json``, its list and
+  its version, and an expiry in the future (a replayed old manifest, or a
+  frozen feed, is refused once it expires).
+* Versions only go up: a manifest older than the held version is a
+  rollback; one more than ``max_version_jump`` ahead is refused too, so a
+  single forged or mistaken number cannot lock a client out of later
+  updates.
+* Every artifact matches the size and sha256 the signed manifest states,
+  and carries its own signature naming that file and version.
+* A delta applies only to the version and snapshot it was made from; the
+  list that results must have the digest (``entries_sha256``) and count the
+  manifest states. A snapshot's entries must have that digest as well.
+* Every entry is checked for a form that is safe to write into resolver and
+  proxy configuration files: host names are lower-case LDH names of at least
+  two labels, URLs contain no quotes, spaces or control characters. A value
+  that could break out of a configuration line never reaches a renderer.
+
+Checks raise :class:`client.errors.RefusedError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import heapq
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from client.errors import RefusedError
+from client.minisign import MinisignError, PublicKey, Signature, key_id_hex, parse_trusted_comment
+
+SCHEMA = 1
+MANIFEST_MAX = 1 << 20
+SIGNATURE_MAX = 4096
+
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$)(?:{_LABEL}\.)+{_LABEL}")
+_NUMERIC_TLD = re.compile(r".*\.(?:[0-9]+|0x[0-9a-f]*)")
+# Normal-form URLs as the service writes them: percent-encoded, so no quotes,
+# backslashes, spaces, '#', '<', '>' or control characters.
+_URL = re.compile(r"(https?)://([a-z0-9.-]+)(?::([0-9]{1,5}))?(/[A-Za-z0-9._~!$&'()*+,;=:@/%?-]*)")
+_CATEGORY = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ZONE = re.compile(rf"(?:{_LABEL}\.)+")
+MAX_URL_LENGTH = 2048
+
+
+def parse_time(text: object, what: str) -> int:
+    """Seconds since the epoch of an ISO 8601 UTC time ``YYYY-MM-DDTHH:MM:SSZ``."""
+    if not isinstance(text, str) or not _ISO.fullmatch(text):
+        raise RefusedError(f"{what} is not a time of the form YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        raise RefusedError(f"{what} is not a valid time") from None
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(ts)))
+
+
+def is_domain(value: str) -> bool:
+    """A lower-case LDH host name of at least two labels, not ending in a numeric label."""
+    return bool(_DOMAIN.fullmatch(value)) and not _NUMERIC_TLD.fullmatch(value)
+
+
+def is_zone_name(value: str) -> bool:
+    """An absolute (dot-terminated) LDH domain name, such as ``blocklist.rpz.``."""
+    return len(value) <= 254 and bool(_ZONE.fullmatch(value))
+
+
+def split_url(value: str) -> tuple[str, str, int | None, str] | None:
+    """(scheme, host, port or None, path and query) of a normal-form URL, or None."""
+    m = _URL.fullmatch(value)
+    if not m or len(value) > MAX_URL_LENGTH or not is_domain(m.group(2)):
+        return None
+    port = int(m.group(3)) if m.group(3) else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return m.group(1), m.group(2), port, m.group(4)
+
+
+# ---------------------------------------------------------------- entries
+
+
+class Record(NamedTuple):
+    """One feed entry. Tuples order by (type, value): the feed's canonical order."""
+
+    type: str
+    value: str
+    subdomains: bool
+    category: str
+    listed_since: str
+    verified_at: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.type, self.value)
+
+    def line(self) -> str:
+        """The canonical JSON line (the values are checked to need no escaping)."""
+        return (
+            f'{{"type":"{self.type}","value":"{self.value}","subdomains":'
+            f'{"true" if self.subdomains else "false"},"category":"{self.category}",'
+            f'"listed_since":"{self.listed_since}","verified_at":"{self.verified_at}"}}'
+        )
+
+
+ENTRY_KEYS = Record._fields
+
+
+def make_record(pairs: Sequence[tuple[str, Any]]) -> Record:
+    """A checked record from the JSON object's (key, value) pairs in their order."""
+    values = dict(pairs)
+    etype, value, sub = values["type"], values["value"], values["subdomains"]
+    category, since, verified = values["category"], values["listed_since"], values["verified_at"]
+    if not isinstance(value, str):
+        raise RefusedError("an entry's value is not a string")
+    shown = value[:80]
+    if etype == "domain":
+        if not is_domain(value):
+            raise RefusedError(f"the entry {shown!r} is not a valid host name of at least two labels")
+    elif etype == "url":
+        if split_url(value) is None:
+            raise RefusedError(f"the entry {shown!r} is not a URL in normal form")
+    else:
+        raise RefusedError(f"the entry {shown!r} has an unknown type")
+    if not isinstance(sub, bool):
+        raise RefusedError(f"the entry {shown!r} has a subdomains flag that is not true or false")
+    if not isinstance(category, str) or not _CATEGORY.fullmatch(category):
+        raise RefusedError(f"the entry {shown!r} has an invalid category")
+    for stamp in (since, verified):
+        if not isinstance(stamp, str) or not _ISO.fullmatch(stamp):
+            raise RefusedError(f"the entry {shown!r} has an invalid time")
+    return Record(etype, value, sub, category, since, verified)
+
+
+def _object_hook(pairs: list[tuple[str, Any]]) -> Any:
+    if len(pairs) == len(ENTRY_KEYS) and all(k == f for (k, _), f in zip(pairs, ENTRY_KEYS, strict=True)):
+        return make_record(pairs)
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            # Two values for one name: refuse rather than guess which one a reader would take.
+            raise RefusedError(f"a JSON object has the key {k!r} twice")
+        out[k] = v
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise RefusedError(f"the JSON holds the non-standard number {name}")
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN; entries become :class:`Record`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RefusedError(f"{what} is not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object_hook, parse_constant=_constant)
+    except RefusedError as e:
+        raise RefusedError(f"{what}: {e.message}") from None
+    except (ValueError, RecursionError):
+        raise RefusedError(f"{what} is not valid JSON") from None
+
+
+def entries_digest(records: Iterable[Record]) -> str:
+    """sha256 of the canonical lines, each followed by a newline (empty list: sha256 of nothing)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(r.line().encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EntryList:
+    """A complete, checked list: records sorted by (type, value), no duplicates."""
+
+    records: tuple[Record, ...]
+    digest: str
+
+    @classmethod
+    def of(cls, records: Sequence[Record], what: str) -> EntryList:
+        check_order(records, what)
+        return cls(tuple(records), entries_digest(records))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def check_order(records: Sequence[Any], what: str) -> None:
+    previous: tuple[str, str] | None = None
+    for r in records:
+        if not isinstance(r, Record):
+            raise RefusedError(f"{what} holds an entry that is not in canonical form")
+        if previous is not None and r.key <= previous:
+            raise RefusedError(
+                f"{what} is not in canonical order or repeats {r.value[:80]!r}"
+            )
+        previous = r.key
+
+
+# ---------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    kind: str  # snapshot | rpz | delta
+    path: str
+    sha256: str
+    size: int
+    from_version: int | None = None
+    to_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    list_name: str
+    version: int
+    published_at: str
+    signed_at: str
+    expires_at: str
+    expires_ts: int
+    count: int
+    entries_sha256: str
+    rpz_zone: str
+    snapshot: ArtifactRef
+    rpz: ArtifactRef
+    deltas: tuple[ArtifactRef, ...]
+    key_id: str
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the client holds: the last version it verified and applied."""
+
+    list_name: str
+    version: int
+    snapshot_sha256: str
+    entries_sha256: str
+    count: int
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    keys: tuple[PublicKey, ...]
+    max_version_jump: int
+    max_artifact_size: int
+    list_name: str | None = None
+
+
+def check_signature(data: bytes, sig_text: bytes, keys: Sequence[PublicKey], what: str) -> tuple[dict[str, str], str]:
+    """Verify ``sig_text`` over ``data`` with the pinned key it names; returns
+    (trusted comment fields, key id)."""
+    try:
+        sig = Signature.parse(sig_text.decode("utf-8"))
+    except (UnicodeDecodeError, MinisignError) as e:
+        detail = e.args[0] if isinstance(e, MinisignError) else "it is not UTF-8"
+        raise RefusedError(f"the signature of {what} is malformed: {detail}") from None
+    key = next((k for k in keys if k.key_id == sig.key_id), None)
+    if key is None:
+        pinned = ", ".join(k.id_hex for k in keys)
+        raise RefusedError(
+            f"{what} is signed by key {key_id_hex(sig.key_id)}, which is not a pinned key ({pinned})"
+        )
+    try:
+        comment = key.verify_bytes(sig, data)
+    except MinisignError as e:
+        raise RefusedError(f"the signature of {what} does not verify with key {key.id_hex}: {e.args[0]}") from None
+    return parse_trusted_comment(comment), key.id_hex
+
+
+def _int(value: Any, what: str, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RefusedError(f"{what} is not a whole number of at least {low}")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise RefusedError(f"{what} is not a string")
+    return value
+
+
+def _sha(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise RefusedError(f"{what} is not a lower-case hex sha256")
+    return value
+
+
+def _artifact(item: Any, version: int) -> ArtifactRef:
+    if not isinstance(item, dict):
+        raise RefusedError("the manifest lists an artifact that is not an object")
+    kind = item.get("kind")
+    path = _str(item.get("path"), "an artifact path")
+    sha = _sha(item.get("sha256"), f"the sha256 of {path!r}")
+    size = _int(item.get("size"), f"the size of {path!r}")
+    if kind == "snapshot":
+        if path != f"snapshots/{version}.json":
+            raise RefusedError(f"the manifest of version {version} names the snapshot {path!r}")
+        return ArtifactRef("snapshot", path, sha, size)
+    if kind == "rpz":
+        if path != f"rpz/{version}.zone":
+            raise RefusedError(f"the manifest of version {version} names the zone file {path!r}")
+        return ArtifactRef("rpz", path, sha, size)
+    if kind == "delta":
+        frm = _int(item.get("from"), "a delta's from version", 1)
+        to = _int(item.get("to"), "a delta's to version", 1)
+        if path != f"deltas/{frm}/{to}.json" or not frm < to <= version:
+            raise RefusedError(f"the manifest lists an inconsistent delta {path!r}")
+        return ArtifactRef("delta", path, sha, size, frm, to)
+    raise RefusedError(f"the manifest lists an artifact of unknown kind {str(kind)[:40]!r}")
+
+
+def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held | None, now: float) -> Manifest:
+    """The manifest, if its signature, freshness and version are acceptable."""
+    fields, key_id = check_signature(body, sig_text, policy.keys, "the manifest")
+    doc = load_json(body, "the manifest")
+    if not isinstance(doc, dict):
+        raise RefusedError("the manifest is not a JSON object")
+    if doc.get("schema") != SCHEMA:
+        raise RefusedError(f"the manifest has schema {doc.get('schema')!r}; this tool reads schema {SCHEMA}")
+    list_name = _str(doc.get("list"), "the manifest's list name")
+    if not _LIST_NAME.fullmatch(list_name):
+        raise RefusedError("the manifest's list name is not a plain name")
+    version = _int(doc.get("version"), "the manifest's version", 1)
+    expires_at = _str(doc.get("expires_at"), "the manifest's expiry")
+    expires_ts = parse_time(expires_at, "the manifest's expires_at")
+    if fields.get("file") != "manifest.json" or fields.get("version") != str(version) \
+            or fields.get("list") != list_name or fields.get("expires") != expires_at:
+        raise RefusedError(
+            "the manifest's signed comment does not match it (file, list, version or expiry differ)"
+        )
+    if policy.list_name is not None and list_name != policy.list_name:
+        raise RefusedError(f"the feed is for list {list_name!r}, not the configured {policy.list_name!r}")
+    if held is not None and list_name != held.list_name:
+        raise RefusedError(f"the feed is for list {list_name!r}, but this client holds list {held.list_name!r}")
+    if now >= expires_ts:
+        ago = _ago(now - expires_ts)
+        raise RefusedError(
+            f"the manifest of version {version} expired at {expires_at} ({ago} ago): "
+            "the feed is frozen or an old manifest is being replayed"
+        )
+    if held is not None:
+        if version < held.version:
+            raise RefusedError(
+                f"the feed offers version {version}, older than the version {held.version} held: "
+                "refusing a rollback"
+            )
+        if version - held.version > policy.max_version_jump:
+            raise RefusedError(
+                f"the feed jumps from version {held.version} to {version}, more than max_version_jump "
+                f"({policy.max_version_jump}); confirm the new version with the list's operators before raising it"
+            )
+    published_at = _str(doc.get("published_at"), "the manifest's published_at")
+    parse_time(published_at, "the manifest's published_at")
+    signed_at = _str(doc.get("signed_at"), "the manifest's signed_at")
+    parse_time(signed_at, "the manifest's signed_at")
+    rpz_zone = _str(doc.get("rpz_zone"), "the manifest's rpz_zone")
+    if not _ZONE.fullmatch(rpz_zone):
+        raise RefusedError("the manifest's rpz_zone is not an absolute domain name")
+    items = doc.get("artifacts")
+    if not isinstance(items, list):
+        raise RefusedError("the manifest has no artifact list")
+    refs = [_artifact(item, version) for item in items]
+    for ref in refs:
+        if ref.size > policy.max_artifact_size:
+            raise RefusedError(
+                f"{ref.path} is {ref.size} bytes, more than max_download ({policy.max_artifact_size})"
+            )
+    snapshots = [r for r in refs if r.kind == "snapshot"]
+    zones = [r for r in refs if r.kind == "rpz"]
+    if len(snapshots) != 1 or len(zones) != 1:
+        raise RefusedError("the manifest must list exactly one snapshot and one zone file")
+    if doc.get("snapshot") != snapshots[0].path or doc.get("rpz") != zones[0].path:
+        raise RefusedError("the manifest's snapshot or rpz path disagrees with its artifact list")
+    return Manifest(
+        list_name=list_name, version=version, published_at=published_at, signed_at=signed_at,
+        expires_at=expires_at, expires_ts=expires_ts,
+        count=_int(doc.get("count"), "the manifest's count"),
+        entries_sha256=_sha(doc.get("entries_sha256"), "the manifest's entries_sha256"),
+        rpz_zone=rpz_zone, snapshot=snapshots[0], rpz=zones[0],
+        deltas=tuple(r for r in refs if r.kind == "delta"), key_id=key_id,
+    )
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def check_artifact(data: bytes, sig_text: bytes, ref: ArtifactRef, manifest: Manifest,
+                   keys: Sequence[PublicKey]) -> None:
+    """The bytes are exactly what the manifest states, and signed as that file."""
+    if len(data) != ref.size:
+        raise RefusedError(f"{ref.path} is {len(data)} bytes, but the manifest states {ref.size}")
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise RefusedError(f"{ref.path} does not match the sha256 in the manifest: it was altered or damaged")
+    fields, _ = check_signature(data, sig_text, keys, ref.path)
+    version = ref.to_version if ref.kind == "delta" else manifest.version
+    if fields.get("file") != ref.path or fields.get("version") != str(version) \
+            or fields.get("list") != manifest.list_name:
+        raise RefusedError(f"the signed comment of {ref.path} names another file, version or list")
+
+
+def parse_snapshot(data: bytes, manifest: Manifest) -> tuple[EntryList, str]:
+    """(the list, its published_at) from a snapshot already checked against the manifest."""
+    what = manifest.snapshot.path
+    doc = load_json(data, what)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
+    if doc.get("list") != manifest.list_name or doc.get("version") != manifest.version:
+        raise RefusedError(f"{what} is for another list or version than the manifest")
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise RefusedError(f"{what} has no entry list")
+    listed = EntryList.of(entries, what)
+    if doc.get("count") != len(listed) or len(listed) != manifest.count:
+        raise RefusedError(f"{what} holds {len(listed)} entries, but states {doc.get('count')!r} "
+                           f"and the manifest {manifest.count}")
+    if listed.digest != doc.get("entries_sha256") or listed.digest != manifest.entries_sha256:
+        raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
+    published_at = _str(doc.get("published_at"), f"the published_at of {what}")
+    parse_time(published_at, f"the published_at of {what}")
+    return listed, published_at
+
+
+@dataclass(frozen=True)
+class Delta:
+    from_version: int
+    to_version: int
+    from_sha256: str
+    to_sha256: str
+    from_count: int
+    to_count: int
+    to_entries_sha256: str
+    published_at: str
+    added: tuple[Record, ...]
+    removed: tuple[Record, ...]
+
+
+def parse_delta(data: bytes, ref: ArtifactRef, manifest: Manifest) -> Delta:
+    what = ref.path
+    doc = load_json(data, what)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise RefusedError(f"{what} is not a schema {SCHEMA} delta")
+    if doc.get("list") != manifest.list_name:
+        raise RefusedError(f"{what} is for another list than the manifest")
+    added, removed = doc.get("added"), doc.get("removed")
+    if not isinstance(added, list) or not isinstance(removed, list):
+        raise RefusedError(f"{what} has no added or removed list")
+    for group in (added, removed):
+        for r in group:
+            if not isinstance(r, Record):
+                raise RefusedError(f"{what} holds an entry that is not in canonical form")
+    published_at = _str(doc.get("published_at"), f"the published_at of {what}")
+    parse_time(published_at, f"the published_at of {what}")
+    return Delta(
+        from_version=_int(doc.get("from"), f"the from version of {what}", 1),
+        to_version=_int(doc.get("to"), f"the to version of {what}", 1),
+        from_sha256=_sha(doc.get("from_sha256"), f"the from_sha256 of {what}"),
+        to_sha256=_sha(doc.get("to_sha256"), f"the to_sha256 of {what}"),
+        from_count=_int(doc.get("from_count"), f"the from_count of {what}"),
+        to_count=_int(doc.get("to_count"), f"the to_count of {what}"),
+        to_entries_sha256=_sha(doc.get("to_entries_sha256"), f"the to_entries_sha256 of {what}"),
+        published_at=published_at, added=tuple(added), removed=tuple(removed),
+    )
+
+
+def apply_delta(base: EntryList, base_version: int, base_snapshot_sha256: str, delta: Delta,
+                ref: ArtifactRef) -> EntryList:
+    """The list after ``delta``; refused unless the delta was made from exactly this base."""
+    what = ref.path
+    if delta.from_version != base_version or delta.from_version != ref.from_version \
+            or delta.to_version != ref.to_version:
+        raise RefusedError(
+            f"{what} goes from version {delta.from_version} to {delta.to_version}, "
+            f"but the version held is {base_version}: refusing a delta made from another base"
+        )
+    if delta.from_sha256 != base_snapshot_sha256:
+        raise RefusedError(
+            f"{what} was made from a different version {base_version} than the one held "
+            "(its from_sha256 differs): refusing it"
+        )
+    if delta.from_count != len(base):
+        raise RefusedError(f"{what} expects {delta.from_count} entries in version {base_version}, "
+                           f"but {len(base)} are held")
+    removed_keys: dict[tuple[str, str], Record] = {}
+    for r in delta.removed:
+        if r.key in removed_keys:
+            raise RefusedError(f"{what} removes {r.value[:80]!r} twice")
+        removed_keys[r.key] = r
+    kept: list[Record] = []
+    for r in base.records:
+        gone = removed_keys.pop(r.key, None)
+        if gone is None:
+            kept.append(r)
+        elif gone != r:
+            raise RefusedError(f"{what} removes a version of {r.value[:80]!r} that is not the one held")
+    if removed_keys:
+        missing = next(iter(removed_keys.values())).value
+        raise RefusedError(f"{what} removes {missing[:80]!r}, which is not in the list held")
+    additions = sorted(delta.added)
+    merged = list(heapq.merge(kept, additions))
+    check_order(merged, f"the list after {what}")
+    result = EntryList(tuple(merged), entries_digest(merged))
+    if len(result) != delta.to_count or result.digest != delta.to_entries_sha256:
+        raise RefusedError(f"the list after {what} does not match the digest the delta states")
+    return result
+
+
+# ---------------------------------------------------------------- plan
+
+
+def delta_chain(manifest: Manifest, held_version: int) -> list[ArtifactRef] | None:
+    """The listed deltas leading from ``held_version`` to the manifest's version, if complete."""
+    by_from = {d.from_version: d for d in manifest.deltas}
+    chain: list[ArtifactRef] = []
+    current = held_version
+    while current < manifest.version:
+        step = by_from.get(current)
+        if step is None or step.to_version is None:
+            return None
+        chain.append(step)
+        current = step.to_version
+    return chain if current == manifest.version else None
+
+
+def plan(manifest: Manifest, held: Held | None, have_entries: bool) -> list[ArtifactRef]:
+    """What to download: nothing, a chain of deltas from the held version, or the snapshot."""
+    if held is None or not have_entries:
+        return [manifest.snapshot]
+    if manifest.version == held.version:
+        if manifest.entries_sha256 == held.entries_sha256 and manifest.count == held.count:
+            return []
+        return [manifest.snapshot]
+    chain = delta_chain(manifest, held.version)
+    if chain and sum(d.size for d in chain) < manifest.snapshot.size:
+        return chain
+    return [manifest.snapshot]
+
+
+def check_final(entries: EntryList, manifest: Manifest) -> None:
+    """The list about to be applied is the one the signed manifest describes."""
+    if entries.digest != manifest.entries_sha256 or len(entries) != manifest.count:
+        raise RefusedError(
+            f"the list built for version {manifest.version} does not match the manifest's "
+            "entries_sha256 and count"
+        )
