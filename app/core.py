@@ -52,8 +52,14 @@ class Core:
         return int(latest["version"]) if latest else None
 
     def readiness(self) -> dict[str, tuple[bool, Any]]:
-        """Checks beyond Redis for /readyz: a manifest exists and is not near expiry."""
+        """Checks beyond Redis for /readyz: a publisher holds the signing key,
+        and the manifest exists and is not near expiry."""
         out: dict[str, tuple[bool, Any]] = {}
+        signer = self.store.signer_status()
+        if signer is None:
+            out["signing"] = (False, "no publisher holding the signing key has reported in the last 5 minutes")
+        else:
+            out["signing"] = (True, f"key {signer['key_id']} loaded by the publisher")
         m = self.store.pub_manifest()
         if m is None:
             out["manifest"] = (True, "no publication yet")

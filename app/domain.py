@@ -449,7 +449,8 @@ def iso(ts: float | int | None) -> str | None:
     if date is None:
         date = _DAYS[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86400))
     if not _TIME_OF_DAY:
-        _TIME_OF_DAY.extend(f"{h:02d}:{m:02d}:{x:02d}Z" for h in range(24) for m in range(60) for x in range(60))
+        # Built aside and swapped in whole: other threads may read it meanwhile.
+        _TIME_OF_DAY[:] = [f"{h:02d}:{m:02d}:{x:02d}Z" for h in range(24) for m in range(60) for x in range(60)]
     out = date + _TIME_OF_DAY[sec]
     if len(_ISO) > 2_000_000:
         _ISO.clear()

@@ -60,6 +60,8 @@ log = logging.getLogger("blocklist.publisher")
 
 SCHEMA = 1
 LOCK_TTL_MS = 120_000
+#: /readyz counts a publisher as present for this long after it last reported.
+SIGNER_REPORT_TTL = 300
 _PREFIX_D = '{"type":"domain","value":"'
 _PREFIX_U = '{"type":"url","value":"'
 
@@ -491,7 +493,10 @@ class Publisher:
         policy = self.curation.policy()
         held = self.held()
         now = self.clock()
-        if diff.empty and not force:
+        # Redis restored from a backup older than the last publication: publish
+        # even without changes, so every client moves above what it already has.
+        behind_highwater = highwater > (int(latest["version"]) if latest else 0)
+        if diff.empty and not force and not behind_highwater:
             self.store.dirty_consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
@@ -622,6 +627,7 @@ class Publisher:
             self.artifacts.write_now("manifest.json.minisig", manifest_sig)
         except OSError as e:
             log.warning("could not write manifest.json to the artifact store: %s", e)
+        self.report_key()
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
         return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
 
@@ -706,6 +712,10 @@ class Publisher:
         if not latest_raw:
             return False
         latest = json.loads(latest_raw)
+        if int(latest["version"]) < self.artifacts.highwater():
+            # Restored from an older backup: never sign a manifest below a
+            # published version; the next publication moves above it.
+            return False
         current = self.store.pub_manifest()
         signed_at = current[2] if current else 0
         now = self.clock()
@@ -727,7 +737,12 @@ class Publisher:
             self.artifacts.write_now("manifest.json.minisig", sig)
         except OSError as e:
             log.warning("could not write manifest.json: %s", e)
+        self.report_key()
         return True
+
+    def report_key(self) -> None:
+        """Tell every web host (/readyz) that a publisher holds the signing key."""
+        self.store.signer_report(self.key.public.id_hex, SIGNER_REPORT_TTL)
 
     # ------------------------------------------------------------------ guard
 

@@ -73,6 +73,7 @@ class K:
     pub_lock = PREFIX + "pub:lock"
     pub_request = PREFIX + "pub:request"
     pub_result = PREFIX + "pub:result:{id}"
+    signer = PREFIX + "health:signer"
     pub_channel = PREFIX + "pub:events"
     appeal_seq = PREFIX + "seq:appeal"
     appeals = PREFIX + "appeals"
@@ -219,7 +220,8 @@ class Txn:
 def connect(url: str, **kwargs: Any) -> redis.Redis:
     """A client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs.
 
-    Sentinel form: ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``.
+    Sentinel form: ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
+    with optional ``?sentinel_password=...&sentinel_username=...`` for the Sentinels themselves.
     """
     options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30}
     options.update(kwargs)
@@ -265,10 +267,14 @@ def _connect_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
         if query.get(key):
             sentinel_kwargs[key.removeprefix("sentinel_")] = query[key][0]
     timeout = options.pop("socket_timeout", 5.0)
-    sentinel = Sentinel(hosts, sentinel_kwargs={**sentinel_kwargs, "socket_timeout": timeout},
+    sentinel = Sentinel(hosts, sentinel_kwargs={**sentinel_kwargs, "socket_timeout": timeout},  # type: ignore[no-untyped-call]
                         socket_timeout=timeout)
     options.pop("health_check_interval", None)
-    return sentinel.master_for(service, username=username, password=password, db=db, **options)
+    # The client asks the Sentinels for the primary on every new connection,
+    # so it follows a failover without being rebuilt.
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service, username=username, password=password, db=db, **options)
+    return client
 
 
 class Store:
@@ -743,6 +749,14 @@ class Store:
         ps.subscribe(K.pub_channel)
         return ps
 
+    def signer_report(self, key_id: str, ttl: int) -> None:
+        """The publisher says it holds the signing key (read by /readyz on any host)."""
+        self.r.set(K.signer, json.dumps({"key_id": key_id, "at": int(time.time())}), ex=ttl)
+
+    def signer_status(self) -> dict[str, Any] | None:
+        v = self.r.get(K.signer)
+        return None if v is None else dict(json.loads(v))
+
     def pub_lock_acquire(self, token: str, ttl_ms: int) -> bool:
         return self.lock_acquire(K.pub_lock, token, ttl_ms)
 
@@ -838,3 +852,10 @@ class Store:
     def session_update(self, sid: str, data: str, ttl: int) -> bool:
         """Rewrite a session that still exists; False if it has ended."""
         return bool(self.r.set(K.session.format(sid=sid), data, ex=ttl, xx=True))
+
+    # ------------------------------------------------------------------ metrics: ISP lag
+
+    def pub_first_version_after(self, version: int) -> int | None:
+        """The oldest published version above ``version`` (numbers can have gaps)."""
+        found = self.r.zrangebyscore(K.pub_versions, f"({version}", "+inf", start=0, num=1)
+        return int(found[0]) if found else None

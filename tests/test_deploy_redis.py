@@ -102,6 +102,7 @@ class ShippedRedis:
                 except redis.exceptions.RedisError:
                     pass
                 if time.monotonic() > deadline:
+                    self.stop()
                     raise AssertionError(f"redis-server did not start in time:\n{self.log_tail()}")
                 time.sleep(0.05)
         finally:
@@ -235,13 +236,19 @@ def test_the_service_runs_under_the_app_user(shipped_redis: ShippedRedis, tmp_pa
     core = make_core(shipped_redis.url("app"), tmp_path)
     people = People(core)
     list_domain(core, people, "one.test")
+    events = core.store.pub_subscribe()  # what the transfer server listens to
     outcome = core.publisher.publish()
     assert outcome.status == "published"
+    deadline = time.monotonic() + 5
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = events.get_message(timeout=1)  # the subscription's own confirmation reads as None
+    assert message is not None
+    assert int(message["data"]) == outcome.version
+    events.close()
     feed = core.isps.add(SYSTEM, "isp-one")
     isp = core.isps.authenticate_feed(feed["feed_token"])
     core.isps.record_pull(isp, outcome.version, "feed:snapshots")
-    events = core.store.pub_subscribe()
-    events.close()
     assert core.publisher.refresh_manifest(force=True)
     assert audit.verify(core.store).ok
     assert core.isps.get("isp-one").last_version == outcome.version

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from app.clock import FakeClock
 from app.core import Core
 from app.rpz import parse_zone_names
 from tests.test_deploy_redis import People, ShippedRedis, list_domain, make_core
@@ -89,20 +90,23 @@ def test_a_restored_older_backup_never_lowers_or_reuses_a_version(tmp_path: Path
 def test_the_manifest_is_never_re_signed_below_a_published_version(tmp_path: Path) -> None:
     """Between the restore and the next publication, the worker's manifest
     refresh must not sign the restored (older) version as the current one."""
+    clock = FakeClock(1_800_000_000.0)
     server = ShippedRedis(tmp_path / "redis").start()
     try:
-        core = make_core(server.url("app"), tmp_path / "data")
+        core = make_core(server.url("app"), tmp_path / "data", clock)
         people = People(core)
         list_domain(core, people, "one.test")
         v1 = published(core)
         backup = server.backup_rdb(tmp_path / "backup.rdb")
+        clock.advance(600)
         list_domain(core, people, "two.test")
         v2 = published(core)
         core.store.r.close()
         server.stop()
         server.restore_rdb(backup)
+        clock.advance(600)  # the restore takes a while; a manifest signed now differs from the old one
 
-        restored = make_core(server.url("app"), tmp_path / "data")
+        restored = make_core(server.url("app"), tmp_path / "data", clock)
         from_backup = restored.publisher.manifest()
         assert from_backup is not None
         assert json.loads(from_backup[0])["version"] == v1
@@ -113,6 +117,35 @@ def test_the_manifest_is_never_re_signed_below_a_published_version(tmp_path: Pat
         assert version >= v2 or manifest == from_backup, (
             f"the manifest was signed anew for version {version}, below the published version {v2}"
         )
+        restored.store.r.close()
+    finally:
+        server.stop()
+
+
+def test_the_documented_restore_procedure_publishes_above_every_version(tmp_path: Path) -> None:
+    """docs/operations.md: restore with the worker stopped, then `blocklist publish --force`."""
+    server = ShippedRedis(tmp_path / "redis").start()
+    try:
+        core = make_core(server.url("app"), tmp_path / "data")
+        people = People(core)
+        list_domain(core, people, "one.test")
+        published(core)
+        backup = server.backup_rdb(tmp_path / "backup.rdb")
+        list_domain(core, people, "two.test")
+        v2 = published(core)
+        core.store.r.close()
+        server.stop()
+        server.restore_rdb(backup)
+
+        restored = make_core(server.url("app"), tmp_path / "data")
+        outcome = restored.publisher.publish(force=True, reason="restored from backup")
+        assert outcome.status == "published"
+        assert outcome.version is not None
+        assert outcome.version > v2
+        assert zone_serial(restored, outcome.version) > v2
+        manifest = restored.publisher.manifest()
+        assert manifest is not None
+        assert json.loads(manifest[0])["version"] == outcome.version
         restored.store.r.close()
     finally:
         server.stop()

@@ -76,6 +76,11 @@ class Worker:
     def refresh_manifest(self) -> bool:
         return self.core.publisher.refresh_manifest()
 
+    def heartbeat(self) -> bool:
+        """Report the loaded signing key (/readyz on every web host reads it)."""
+        self.core.publisher.report_key()
+        return True
+
     def guarded(self, name: str, step: Callable[[], bool]) -> Callable[[], None]:
         def run() -> None:
             try:
@@ -111,6 +116,8 @@ def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
                   id="publish", next_run_time=_soon())
     sched.add_job(worker.guarded("requests", worker.requests), "interval", seconds=1, id="requests")
     sched.add_job(worker.guarded("reconcile", worker.reconcile), "interval", hours=24, id="reconcile")
+    sched.add_job(worker.guarded("heartbeat", worker.heartbeat), "interval", seconds=30, id="heartbeat",
+                  next_run_time=_soon())
     sched.add_job(worker.guarded("expire", worker.expire), "interval", seconds=settings.expire_interval,
                   id="expire", next_run_time=_soon())
     sched.add_job(worker.guarded("manifest", worker.refresh_manifest), "interval",

@@ -211,6 +211,8 @@ def _gzip_copy(path: Path) -> Path:
             fileobj=raw, mode="wb", compresslevel=6, mtime=0
         ) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
+        # Readable like the artifact itself: nginx sends it (X-Accel-Redirect).
+        os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, gz)
     finally:
         if os.path.exists(tmp):

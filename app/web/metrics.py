@@ -271,7 +271,7 @@ class StoreCollector(Collector):
             if missing == 0:
                 behind_for.add_metric([isp.name], 0.0)
             else:
-                since = self._first_published_after(have, latest)
+                since = self._first_published_after(have)
                 if since is not None:
                     behind_for.add_metric([isp.name], max(0.0, now - since))
             if isp.last_pull_at is not None:
@@ -279,13 +279,10 @@ class StoreCollector(Collector):
                 since_pull.add_metric([isp.name], max(0.0, now - isp.last_pull_at))
         yield from (count, last_version, behind, behind_for, last_pull, since_pull)
 
-    def _first_published_after(self, have: int, latest: int) -> float | None:
-        """Publication time of the oldest version above ``have`` (versions can have gaps)."""
-        numbers = self.core.store.pub_version_numbers(limit=latest - have, before=None)
-        later = [n for n in numbers if n > have]
-        if not later:
-            return None
-        meta = self.core.publisher.version_meta(min(later))
+    def _first_published_after(self, have: int) -> float | None:
+        """Publication time of the oldest version above ``have``."""
+        version = self.core.store.pub_first_version_after(have)
+        meta = self.core.publisher.version_meta(version) if version is not None else None
         return _epoch(meta.get("published_at")) if meta else None
 
     def _heartbeats(self) -> Iterator[Metric]:

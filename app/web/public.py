@@ -50,7 +50,8 @@ RATE_OVERALL = (500, 3600)
 #: Largest appeal request body.
 MAX_BODY = 32 * 1024
 #: Endpoints served on any host when the stop host is set.
-_ANY_HOST = frozenset({"static", "public.stop", "public.appeal", "health.livez", "health.readyz"})
+_ANY_HOST = frozenset({"static", "public.stop", "public.appeal", "health.livez", "health.readyz",
+                       "metrics.metrics_view"})
 
 
 class FormTokenError(BlocklistError):

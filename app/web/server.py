@@ -13,6 +13,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from app.config import Settings
+from app.logs import gunicorn_logconfig
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -43,6 +44,8 @@ def run(settings: Settings) -> None:
         "graceful_timeout": 20,
         "accesslog": "-",
         "errorlog": "-",
+        # JSON lines with request ids, and no token from a feed path (app.logs).
+        "logconfig_dict": gunicorn_logconfig(settings, "web"),
         "proc_name": "blocklist-web",
         "forwarded_allow_ips": os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     }).run()
