@@ -1,0 +1,740 @@
+"""``blocklist xfrd``: the DNS transfer server (RPZ over AXFR/IXFR with TSIG, NOTIFY).
+
+One asyncio loop serves UDP and TCP on ``BLOCKLIST_DNS_LISTEN``; the wire
+work (rendering, TSIG, answers) is in :mod:`app.xfr`, which does no I/O.
+A watcher thread does the blocking part: it waits on Redis for publications
+(pub/sub, with a poll of the latest version every half second as a fallback),
+builds the new version (from the previous one and the published delta when
+it can, else from the zone file) and hands it to the loop; it also reloads
+the ISPs (keys, address ACLs, NOTIFY targets) every few seconds.
+
+What must stay true:
+
+* The version served only changes as a whole: a transfer that started on
+  one version finishes on it, the next request sees the new one.
+* A version that cannot be loaded (a damaged file, a sha256 that does not
+  match its publication record) is not served; the previous one stays.
+* A slow or idle client never holds more than its own connection: reads and
+  writes time out, writes honour backpressure, connections are capped.
+* Every refusal is logged with the peer address and the reason; every
+  transfer is recorded as a pull of that ISP.
+* SIGTERM or SIGINT stops the listeners and ends the process cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+import redis.exceptions
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from app import rpz
+from app.artifacts import ArtifactStore
+from app.clock import system_clock
+from app.config import Settings, parse_hostport
+from app.errors import BlocklistError, ConfigError
+from app.isps import Isp, Isps
+from app.store import Store
+from app.xfr import (
+    SIGN_EVERY,
+    Access,
+    Answer,
+    BuildReport,
+    Dispatcher,
+    Step,
+    Zone,
+    ZoneDataError,
+    ZoneInfo,
+    build_snapshot,
+    zone_file_names,
+)
+
+log = logging.getLogger("blocklist.xfrd")
+
+#: How often the ISPs (keys, ACLs, NOTIFY targets) are reloaded, seconds.
+ACCESS_REFRESH = 2.0
+#: How long the watcher waits on pub/sub before it polls the latest version.
+POLL = 0.5
+#: A transfer slower than this (bytes per second, after the idle allowance) is cut.
+MIN_RATE = 16 * 1024
+#: Transport write buffer above which the server waits for the client.
+WRITE_HIGH = 256 * 1024
+#: Seconds between health-file touches.
+HEALTH_EVERY = 5.0
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """The transfer server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("blocklist_xfr_requests", "DNS requests by type and result",
+                                ["type", "result"], registry=r)
+        self.bytes = Counter("blocklist_xfr_bytes", "Bytes of DNS answers sent", registry=r)
+        self.refusals = Counter("blocklist_xfr_refusals", "Requests refused, by reason", ["reason"], registry=r)
+        self.notify = Counter("blocklist_xfr_notify", "NOTIFY messages by outcome", ["result"], registry=r)
+        self.serial = Gauge("blocklist_xfr_serial", "Version (SOA serial) being served", registry=r)
+        self.load_seconds = Gauge("blocklist_xfr_load_seconds", "Seconds to make the last version servable",
+                                  registry=r)
+        self.connections = Gauge("blocklist_xfr_connections", "Open TCP connections", registry=r)
+
+
+class _LogLimiter:
+    """At most ``limit`` log lines per (peer, reason) a minute: a flood of bad
+    packets must not become a flood of log lines."""
+
+    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def allow(self, peer: str, reason: str) -> bool:
+        now = time.monotonic()
+        start, count = self.seen.get((peer, reason), (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        self.seen[(peer, reason)] = (start, count + 1)
+        if len(self.seen) > 10_000:
+            self.seen.clear()
+        return count < self.limit
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Loaded:
+    zone: Zone
+    how: str  # "full" | "incremental"
+    seconds: float
+    report: BuildReport
+
+
+class VersionLoader:
+    """Builds the served :class:`Zone` from published versions (Redis metadata
+    and artifact files). Blocking; runs in the watcher thread."""
+
+    def __init__(self, store: Store, artifacts: ArtifactStore, info: ZoneInfo, history: int) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.info = info
+        self.history = history
+
+    def meta(self, version: int) -> dict[str, Any] | None:
+        raw = self.store.pub_version_raw(version)
+        return json.loads(raw) if raw else None
+
+    def _read(self, ref: dict[str, Any]) -> bytes:
+        data = self.artifacts.read(str(ref["path"]))
+        if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
+            raise ZoneDataError(f"{ref['path']} does not match the sha256 recorded at publication")
+        return data
+
+    def step(self, meta: dict[str, Any]) -> Step | None:
+        """The name difference a version's delta records, or None without one."""
+        delta, prev = meta.get("delta"), meta.get("previous_version")
+        if not delta or not prev:
+            return None
+        try:
+            data = json.loads(self._read(delta))
+        except (BlocklistError, OSError, ValueError):
+            return None
+        deleted, added = rpz.delta_names(data)
+        return Step(int(prev), int(meta["version"]), frozenset(deleted), frozenset(added))
+
+    def full(self, meta: dict[str, Any]) -> Loaded:
+        t0 = time.perf_counter()
+        version = int(meta["version"])
+        text = self._read(meta["rpz"]).decode("utf-8")
+        serial, names = zone_file_names(text)
+        if serial != version:
+            raise ZoneDataError(f"{meta['rpz']['path']} has serial {serial}, not {version}")
+        report = BuildReport()
+        snapshot = build_snapshot(self.info, version, names, report)
+        del text, names
+        steps: list[Step] = []
+        current: dict[str, Any] | None = meta
+        while current is not None and len(steps) < self.history:
+            s = self.step(current)
+            if s is None:
+                break
+            steps.append(s)
+            current = self.meta(s.old)
+        zone = Zone(self.info, snapshot, list(reversed(steps)), self.history)
+        return Loaded(zone, "full", time.perf_counter() - t0, report)
+
+    def load(self, current: Zone | None, latest: dict[str, Any]) -> Loaded:
+        """The zone for ``latest``: built from ``current`` and the deltas in
+        between when they reach it, else from the zone file."""
+        target = int(latest["version"])
+        if current is None or target <= current.serial:
+            if current is not None:
+                log.error("the published version went from %s back to %s; serving %s", current.serial, target,
+                          target, extra={"version": target})
+            return self.full(latest)
+        t0 = time.perf_counter()
+        chain: list[Step] = []
+        meta: dict[str, Any] | None = latest
+        while meta is not None and int(meta["version"]) > current.serial and len(chain) < self.history:
+            s = self.step(meta)
+            if s is None:
+                break
+            chain.append(s)
+            meta = self.meta(s.old) if s.old > current.serial else None
+        if not chain or chain[-1].old != current.serial:
+            return self.full(latest)
+        zone = current
+        report = BuildReport()
+        for s in reversed(chain):
+            zone = zone.advance(s.new, s.deleted, s.added, report)
+        if not report.consistent:
+            log.warning("the deltas to version %s do not fit version %s (%d missing, %d already present); "
+                        "loading the zone file instead", target, current.serial, report.missing, report.present,
+                        extra={"version": target})
+            return self.full(latest)
+        return Loaded(zone, "incremental", time.perf_counter() - t0, report)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class XfrServer:
+    """The asyncio side: UDP and TCP listeners, answers, NOTIFY, accounting."""
+
+    def __init__(self, settings: Settings, *, isps: Isps | None = None, metrics: Metrics | None = None,
+                 sign_every: int = SIGN_EVERY) -> None:
+        self.settings = settings
+        self.info = ZoneInfo.from_params(rpz.soa_params(settings))
+        self.dispatcher = Dispatcher(self.info, sign_every=sign_every)
+        self.isps = isps
+        self.metrics = metrics or Metrics()
+        self.limiter = _LogLimiter()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.notify_tasks: set[asyncio.Task[None]] = set()
+        self.address: tuple[str, int] | None = None
+
+    @property
+    def zone(self) -> Zone | None:
+        return self.dispatcher.zone
+
+    @property
+    def access(self) -> Access:
+        return self.dispatcher.access
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        host, port = self.settings.dns_listen
+        self.tcp = await asyncio.start_server(self._tcp, host, port, reuse_address=True,
+                                              limit=70_000, backlog=256)
+        sock = self.tcp.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp, _ = await self.loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, self.address[1]),
+                                                           family=family)
+        self.udp = udp
+        log.info("listening on %s port %s (UDP and TCP) for zone %s", host, self.address[1], self.settings.rpz_zone)
+
+    async def stop(self) -> None:
+        for t in list(self.notify_tasks):
+            t.cancel()
+        if self.tcp is not None:
+            self.tcp.close()
+        if self.udp is not None:
+            self.udp.close()
+        for w in list(self.writers):
+            w.close()
+        if self.tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.tcp.wait_closed(), 2)
+        await asyncio.gather(*self.notify_tasks, return_exceptions=True)
+
+    # -- state from the watcher (called in the loop thread)
+
+    def install_access(self, access: Access) -> None:
+        self.dispatcher.access = access
+
+    def install_zone(self, loaded: Loaded) -> None:
+        zone = loaded.zone
+        previous = self.dispatcher.zone
+        self.dispatcher.zone = zone
+        self.metrics.serial.set(zone.serial)
+        self.metrics.load_seconds.set(loaded.seconds)
+        log.info("serving version %s: %s records, %s in %.3f s, IXFR from %s", zone.serial,
+                 zone.snapshot.records, loaded.how, loaded.seconds, zone.oldest,
+                 extra={"version": zone.serial, "zone": self.settings.rpz_zone})
+        if loaded.report.skipped:
+            log.warning("version %s: %d names cannot be served as DNS names and were left out, e.g. %s",
+                        zone.serial, len(loaded.report.skipped), loaded.report.skipped[0][:80],
+                        extra={"version": zone.serial})
+        if previous is None or previous.serial != zone.serial:
+            self.notify_all(zone)
+
+    # -- answering
+
+    def dispatch(self, wire: bytes, peer: str, tcp: bool) -> Answer:
+        answer = self.dispatcher.handle(wire, peer, tcp)
+        self.metrics.requests.labels(answer.kind, answer.result).inc()
+        if answer.result == "servfail" and answer.error is not None:
+            log.error("SERVFAIL for %s: %s", peer, answer.detail, exc_info=answer.error,
+                      extra={"peer": peer, "qtype": answer.kind})
+        elif answer.result == "servfail":
+            if self.limiter.allow(peer, answer.reason or "servfail"):
+                log.info("SERVFAIL %s from %s: %s", answer.kind.upper(), peer, answer.detail,
+                         extra={"peer": peer, "reason": answer.reason, "qtype": answer.kind})
+        elif answer.result in ("refused", "notauth") or (answer.result == "formerr" and answer.reason):
+            reason = answer.reason or answer.result
+            self.metrics.refusals.labels(reason).inc()
+            if self.limiter.allow(peer, reason):
+                level = logging.INFO if answer.result == "formerr" else logging.WARNING
+                log.log(level, "%s %s from %s: %s", answer.result.upper(), answer.kind.upper(), peer,
+                        answer.detail, extra={"peer": peer, "reason": reason, "qtype": answer.kind,
+                                              "isp": answer.isp.name if answer.isp else None})
+        return answer
+
+    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float) -> None:
+        isp = answer.isp
+        what = "IXFR" if answer.transfer == "xfr:ixfr" else "AXFR"
+        log.info("%s of version %s to %s (%s): %d messages, %d bytes, %.3f s", what, answer.serial,
+                 isp.name if isp else "?", peer, messages, size, seconds,
+                 extra={"peer": peer, "isp": isp.name if isp else None, "version": answer.serial,
+                        "qtype": answer.kind})
+        if isp is not None and self.isps is not None and answer.transfer and self.loop is not None:
+            pull = self.loop.run_in_executor(None, self._record_pull, isp, answer.serial, answer.transfer)
+            pull.add_done_callback(lambda f: f.exception())
+
+    def _record_pull(self, isp: Isp, serial: int | None, via: str) -> None:
+        assert self.isps is not None
+        try:
+            self.isps.record_pull(isp, serial, via)
+        except (redis.exceptions.RedisError, BlocklistError) as e:
+            log.warning("could not record the transfer of %s: %s", isp.name, e, extra={"isp": isp.name})
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = str(peername[0]) if peername else "?"
+        if len(self.writers) >= self.settings.dns_max_connections:
+            if self.limiter.allow(peer, "connections"):
+                log.warning("too many connections: closing one from %s", peer,
+                            extra={"peer": peer, "reason": "connections"})
+            self.metrics.refusals.labels("connections").inc()
+            writer.close()
+            return
+        self.writers.add(writer)
+        self.metrics.connections.set(len(self.writers))
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
+        idle = self.settings.dns_tcp_idle
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), idle)
+                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), idle)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    break
+                answer = self.dispatch(wire, peer, tcp=True)
+                if not await self._send(writer, answer, peer):
+                    break
+                if answer.result == "formerr" and answer.reason in ("short", "response"):
+                    break
+        except Exception:
+            log.exception("TCP connection from %s failed", peer, extra={"peer": peer})
+        finally:
+            self.writers.discard(writer)
+            self.metrics.connections.set(len(self.writers))
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str) -> bool:
+        """Write an answer; False when the client is gone or too slow."""
+        assert self.loop is not None
+        idle = self.settings.dns_tcp_idle
+        start = self.loop.time()
+        sent = count = 0
+        transport = writer.transport
+        try:
+            for message in answer.messages:
+                if transport.is_closing():
+                    return False
+                writer.write(message)
+                sent += len(message)
+                count += 1
+                if transport.get_write_buffer_size() > WRITE_HIGH:
+                    await asyncio.wait_for(writer.drain(), idle)
+                    if self.loop.time() - start > idle + sent / MIN_RATE:
+                        raise TimeoutError
+            await asyncio.wait_for(writer.drain(), idle)
+        except (TimeoutError, ConnectionError):
+            self.metrics.bytes.inc(sent)
+            if self.limiter.allow(peer, "slow"):
+                log.warning("%s to %s stopped after %d bytes: the client is too slow or gone",
+                            answer.transfer or answer.kind, peer, sent,
+                            extra={"peer": peer, "reason": "slow", "qtype": answer.kind})
+            return False
+        self.metrics.bytes.inc(sent)
+        if answer.transfer and answer.result == "ok" and count:
+            self.transferred(answer, peer, count, sent, self.loop.time() - start)
+        return True
+
+    # -- NOTIFY (RFC 1996)
+
+    def notify_all(self, zone: Zone) -> None:
+        """NOTIFY every active ISP target of a new version; a newer version
+        replaces the NOTIFYs still being retried for an older one."""
+        if self.loop is None or self.settings.notify_retries <= 0:
+            return
+        for t in list(self.notify_tasks):
+            t.cancel()
+        for isp, target in self.access.notify:
+            task = self.loop.create_task(self._notify(isp, target, zone))
+            self.notify_tasks.add(task)
+            task.add_done_callback(self.notify_tasks.discard)
+
+    def _notify_message(self, isp: Isp, zone: Zone) -> dns.message.Message:
+        msg = dns.message.make_query(self.info.origin, dns.rdatatype.SOA)
+        msg.flags = dns.flags.AA  # and no RD; the opcode lives in the flags, so it is set after
+        msg.set_opcode(dns.opcode.NOTIFY)
+        p = self.info.params
+        msg.answer.append(dns.rrset.from_text(
+            self.info.origin, p.ttl, "IN", "SOA",
+            f"{p.mname} {p.rname} {zone.serial} {p.refresh} {p.retry} {p.expire} {p.minimum}"))
+        if isp.tsig_secret:
+            msg.use_tsig(dns.tsig.Key(isp.tsig_name, isp.tsig_secret, dns.tsig.HMAC_SHA256))
+        return msg
+
+    async def _notify(self, isp: Isp, target: str, zone: Zone) -> None:
+        assert self.loop is not None
+        try:
+            host, port = parse_hostport(target, "notify target")
+        except ConfigError:
+            log.warning("%s has a bad NOTIFY target %r", isp.name, target, extra={"isp": isp.name})
+            return
+        msg = self._notify_message(isp, zone)
+        proto = _NotifyProtocol(msg.id)
+        try:
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: proto, remote_addr=(host, port),
+                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        except OSError as e:
+            self.metrics.notify.labels("failed").inc()
+            log.warning("NOTIFY of version %s to %s (%s): %s", zone.serial, target, isp.name, e,
+                        extra={"isp": isp.name, "peer": host, "version": zone.serial})
+            return
+        timeout = self.settings.notify_timeout
+        try:
+            for attempt in range(self.settings.notify_retries):
+                if attempt:
+                    self.metrics.notify.labels("retry").inc()
+                proto.reset()
+                transport.sendto(msg.to_wire())  # signed afresh: the time stays within the fudge
+                try:
+                    rcode = await asyncio.wait_for(asyncio.shield(proto.answer), timeout)
+                except TimeoutError:
+                    timeout *= 2
+                    continue
+                if rcode == dns.rcode.NOERROR:
+                    self.metrics.notify.labels("acked").inc()
+                    log.info("NOTIFY of version %s acknowledged by %s (%s)", zone.serial, target, isp.name,
+                             extra={"isp": isp.name, "peer": host, "version": zone.serial})
+                else:
+                    self.metrics.notify.labels("failed").inc()
+                    log.warning("NOTIFY of version %s to %s (%s) answered %s", zone.serial, target, isp.name,
+                                dns.rcode.to_text(dns.rcode.Rcode.make(rcode)), extra={"isp": isp.name, "peer": host})
+                return
+            self.metrics.notify.labels("failed").inc()
+            log.warning("NOTIFY of version %s to %s (%s): no answer after %d attempts", zone.serial, target,
+                        isp.name, self.settings.notify_retries, extra={"isp": isp.name, "peer": host})
+        finally:
+            transport.close()
+
+
+class _NotifyProtocol(asyncio.DatagramProtocol):
+    """Waits for the answer to one NOTIFY (same id, a NOTIFY response)."""
+
+    def __init__(self, qid: int) -> None:
+        self.qid = qid
+        self.answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def reset(self) -> None:
+        if self.answer.done():
+            self.answer = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            msg = dns.message.from_wire(data, keyring=False)
+        except Exception:  # anything unparsable is not the answer we wait for
+            return
+        answers = msg.id == self.qid and msg.flags & dns.flags.QR and msg.opcode() == dns.opcode.NOTIFY
+        if answers and not self.answer.done():
+            self.answer.set_result(int(msg.rcode()))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the retry timer handles it.
+        pass
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: XfrServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self.transport is None:
+            return
+        answer = self.server.dispatch(data, str(addr[0]), tcp=False)
+        size = 0
+        for message in answer.messages:
+            self.transport.sendto(message, addr)
+            size += len(message)
+        self.server.metrics.bytes.inc(size)
+        if answer.transfer and answer.result == "ok" and answer.isp is not None:
+            self.server.transferred(answer, str(addr[0]), 1, size, 0.0)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- watcher
+
+
+class Watcher(threading.Thread):
+    """Follows publications and ISP changes in Redis and hands them to the loop."""
+
+    def __init__(self, server: XfrServer, store: Store, loader: VersionLoader, isps: Isps,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="xfrd-watcher", daemon=True)
+        self.server = server
+        self.store = store
+        self.loader = loader
+        self.isps = isps
+        self.loop = loop
+        self.stopping = threading.Event()
+        self.zone: Zone | None = None
+        self.last_raw: str | None = None
+        self.last_access = 0.0
+        self.retry_at = 0.0
+        self.failed_raw: str | None = None  # a version that failed to load, retried every 10 s
+        self.errors = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self) -> None:
+        pubsub: Any = None
+        while not self.stopping.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.store.pub_subscribe()
+                # Wakes at once on a publication (then takes any others
+                # already queued without waiting); otherwise polls every POLL s.
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
+                while message is not None:
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
+                self.step()
+                self.errors = 0
+            except (redis.exceptions.RedisError, OSError) as e:
+                self.errors += 1
+                if self.errors in (1, 10) or self.errors % 120 == 0:
+                    log.warning("cannot read publications from Redis (%s); still serving version %s", e,
+                                self.zone.serial if self.zone else None)
+                with contextlib.suppress(Exception):
+                    if pubsub is not None:
+                        pubsub.close()
+                pubsub = None
+                self.stopping.wait(1.0)
+            except Exception:
+                log.exception("the publication watcher failed; retrying")
+                self.stopping.wait(1.0)
+        with contextlib.suppress(Exception):
+            if pubsub is not None:
+                pubsub.close()
+
+    def step(self) -> bool:
+        """One look at Redis; True when a new version was installed."""
+        raw = self.store.pub_latest_raw()
+        changed = raw is not None and raw != self.last_raw
+        now = time.monotonic()
+        if changed or now - self.last_access >= ACCESS_REFRESH:
+            self._call(self.server.install_access, Access.from_isps(self.isps.list()))
+            self.last_access = now
+        if not changed or raw is None or (raw == self.failed_raw and now < self.retry_at):
+            return False
+        latest = json.loads(raw)
+        if self.zone is not None and int(latest["version"]) == self.zone.serial:
+            self.last_raw = raw
+            return False
+        try:
+            loaded = self.loader.load(self.zone, latest)
+        except (BlocklistError, ZoneDataError, OSError, ValueError, KeyError) as e:
+            log.error("cannot load version %s: %s; still serving %s (retrying in 10 s)", latest.get("version"),
+                      getattr(e, "message", e), self.zone.serial if self.zone else "nothing",
+                      extra={"version": latest.get("version")})
+            self.retry_at = now + 10.0
+            self.failed_raw = raw
+            return False
+        self.zone = loaded.zone
+        self.last_raw = raw
+        self._call(self.server.install_zone, loaded)
+        return True
+
+
+# --------------------------------------------------------------------------- process
+
+
+class Health:
+    """Touches ``<BLOCKLIST_HEALTH_DIR>/xfrd`` while the server is serving."""
+
+    def __init__(self, health_dir: Path | None) -> None:
+        self.path = health_dir / "xfrd" if health_dir else None
+
+    def touch(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(f"{int(time.time())}\n")
+        except OSError as e:
+            log.warning("cannot write the health file %s: %s", self.path, e)
+
+
+async def serve(settings: Settings, store: Store, stop: asyncio.Event,
+                started: Callable[[XfrServer], None] | None = None) -> None:
+    """Run the transfer server until ``stop`` is set."""
+    isps = Isps(store, system_clock)
+    metrics = Metrics()
+    server = XfrServer(settings, isps=isps, metrics=metrics)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir), server.info, settings.dns_history)
+    watcher = Watcher(server, store, loader, isps, loop)
+    watcher.start()
+    http = None
+    if settings.xfrd_metrics_listen is not None:
+        host, port = settings.xfrd_metrics_listen
+        try:
+            http, _thread = start_http_server(port, host, registry=metrics.registry)
+        except OSError as e:
+            log.warning("metrics are off: cannot listen on %s:%s: %s", host, port, e)
+    health = Health(settings.health_dir)
+    if started is not None:
+        started(server)
+    try:
+        while not stop.is_set():
+            health.touch()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HEALTH_EVERY)
+    finally:
+        watcher.stop()
+        await server.stop()
+        await loop.run_in_executor(None, watcher.join, 5)
+        if http is not None:
+            http.shutdown()
+            http.server_close()
+        log.info("transfer server stopped")
+
+
+def main(settings: Settings | None = None) -> None:
+    from app.logs import setup_logging
+
+    settings = settings or Settings.from_env()
+    setup_logging(settings, "xfrd")
+    if not settings.redis_url:
+        raise ConfigError("BLOCKLIST_REDIS_URL is not set (blocklist serve starts an embedded Redis)")
+    store = Store.from_url(settings.redis_url)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, store, stop)
+
+    asyncio.run(run())
+
+
+class ServerThread:
+    """The transfer server on its own loop in a thread (tests, benchmarks):
+    ``with ServerThread(settings, store) as t: t.port``."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.server: XfrServer | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="xfrd", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def started(server: XfrServer) -> None:
+                self.server = server
+                self._ready.set()
+
+            await serve(self.settings, self.store, self._stop, started)
+
+        try:
+            asyncio.run(run())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        assert self.server.address is not None
+        return self.server.address[1]
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+
+if __name__ == "__main__":
+    main()
