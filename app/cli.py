@@ -135,15 +135,8 @@ def _child_env(settings: Settings, redis_url: str, secret_file: Path) -> dict[st
 
 def _components() -> list[tuple[str, list[str]]]:
     """The processes of one installation, each run as its own ``blocklist`` command."""
-    import importlib.util
-
     base = [sys.executable, "-m", "app.cli"]
-    out = [("web", [*base, "web"])]
-    if importlib.util.find_spec("workers.scheduler") is not None:
-        out.append(("worker", [*base, "worker"]))
-    if importlib.util.find_spec("workers.xfrd") is not None:
-        out.append(("xfrd", [*base, "xfrd"]))
-    return out
+    return [("web", [*base, "web"]), ("worker", [*base, "worker"]), ("xfrd", [*base, "xfrd"])]
 
 
 @cli.command()

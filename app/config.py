@@ -42,7 +42,7 @@ class Env:
             return None
         return value
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         value = self.raw(name)
         return default if value is None else value.strip()
 
@@ -50,7 +50,7 @@ class Env:
         value = self.raw(name)
         return None if value is None else value.strip()
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -61,7 +61,7 @@ class Env:
             return False
         raise ConfigError(f"{name} must be true or false, not {value!r}")
 
-    def int(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    def whole(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         value = self.raw(name)
         if value is None:
             return default
@@ -74,7 +74,7 @@ class Env:
             raise ConfigError(f"{name} must be {bounds}, not {n}")
         return n
 
-    def float(self, name: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
+    def number(self, name: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -87,9 +87,9 @@ class Env:
         return n
 
     def hostport(self, name: str, default: str) -> tuple[str, int]:
-        return parse_hostport(self.str(name, default), name)
+        return parse_hostport(self.text(name, default), name)
 
-    def list(self, name: str, default: list[str]) -> list[str]:
+    def items(self, name: str, default: list[str]) -> list[str]:
         value = self.raw(name)
         if value is None:
             return list(default)
@@ -195,8 +195,8 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = Env(os.environ if environ is None else environ)
-        data_dir = Path(env.str("BLOCKLIST_DATA_DIR", "var"))
-        cats = tuple(env.list("BLOCKLIST_CATEGORIES", ["csam"]))
+        data_dir = Path(env.text("BLOCKLIST_DATA_DIR", "var"))
+        cats = tuple(env.items("BLOCKLIST_CATEGORIES", ["csam"]))
         for c in cats:
             if not _CATEGORY_RE.fullmatch(c):
                 raise ConfigError(
@@ -205,64 +205,64 @@ class Settings:
                 )
         if not cats:
             raise ConfigError("BLOCKLIST_CATEGORIES must name at least one category")
-        zone = env.str("BLOCKLIST_RPZ_ZONE", "blocklist.rpz.").lower()
+        zone = env.text("BLOCKLIST_RPZ_ZONE", "blocklist.rpz.").lower()
         if not zone.endswith("."):
             zone += "."
-        log_format = env.str("BLOCKLIST_LOG_FORMAT", "json")
+        log_format = env.text("BLOCKLIST_LOG_FORMAT", "json")
         if log_format not in ("json", "text"):
             raise ConfigError(f"BLOCKLIST_LOG_FORMAT must be json or text, not {log_format!r}")
         health = env.opt("BLOCKLIST_HEALTH_DIR")
         s = cls(
             redis_url=env.opt("BLOCKLIST_REDIS_URL"),
             data_dir=data_dir,
-            artifact_dir=Path(env.str("BLOCKLIST_ARTIFACT_DIR", str(data_dir / "artifacts"))),
+            artifact_dir=Path(env.text("BLOCKLIST_ARTIFACT_DIR", str(data_dir / "artifacts"))),
             signing_key_file=Path(
-                env.str("BLOCKLIST_SIGNING_KEY_FILE", str(data_dir / "keys" / "blocklist.key"))
+                env.text("BLOCKLIST_SIGNING_KEY_FILE", str(data_dir / "keys" / "blocklist.key"))
             ),
             secret_key=env.opt("BLOCKLIST_SECRET_KEY"),
-            list_name=env.str("BLOCKLIST_LIST_NAME", "worst-of"),
+            list_name=env.text("BLOCKLIST_LIST_NAME", "worst-of"),
             rpz_zone=zone,
-            rpz_ttl=env.int("BLOCKLIST_RPZ_TTL", 60, 0, 86400),
-            rpz_soa_refresh=env.int("BLOCKLIST_RPZ_REFRESH", 300, 1),
-            rpz_soa_retry=env.int("BLOCKLIST_RPZ_RETRY", 60, 1),
-            rpz_soa_expire=env.int("BLOCKLIST_RPZ_EXPIRE", 2592000, 60),
-            rpz_ns=env.str("BLOCKLIST_RPZ_NS", "localhost."),
+            rpz_ttl=env.whole("BLOCKLIST_RPZ_TTL", 60, 0, 86400),
+            rpz_soa_refresh=env.whole("BLOCKLIST_RPZ_REFRESH", 300, 1),
+            rpz_soa_retry=env.whole("BLOCKLIST_RPZ_RETRY", 60, 1),
+            rpz_soa_expire=env.whole("BLOCKLIST_RPZ_EXPIRE", 2592000, 60),
+            rpz_ns=env.text("BLOCKLIST_RPZ_NS", "localhost."),
             categories=cats,
-            publish_interval=env.int("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
-            manifest_ttl=env.int("BLOCKLIST_MANIFEST_TTL", 3600, 60),
-            manifest_refresh=env.int("BLOCKLIST_MANIFEST_REFRESH", 900, 1),
-            artifact_ttl=env.int("BLOCKLIST_ARTIFACT_TTL", 30 * 86400, 3600),
-            retain_snapshots=env.int("BLOCKLIST_RETAIN_SNAPSHOTS", 5, 1),
-            retain_deltas=env.int("BLOCKLIST_RETAIN_DELTAS", 100, 1),
-            expire_interval=env.int("BLOCKLIST_EXPIRE_INTERVAL", 60, 1),
-            reverify_days=env.int("BLOCKLIST_REVERIFY_DAYS", 90, 1),
-            require_other_agency=env.bool("BLOCKLIST_REQUIRE_OTHER_AGENCY", True),
-            guard_remove_pct=env.float("BLOCKLIST_GUARD_REMOVE_PCT", 10.0, 0.0, 100.0),
-            guard_add_pct=env.float("BLOCKLIST_GUARD_ADD_PCT", 25.0, 0.0),
-            guard_add_max=env.int("BLOCKLIST_GUARD_ADD_MAX", 1000, 0),
-            guard_min_changes=env.int("BLOCKLIST_GUARD_MIN_CHANGES", 10, 0),
+            publish_interval=env.whole("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
+            manifest_ttl=env.whole("BLOCKLIST_MANIFEST_TTL", 3600, 60),
+            manifest_refresh=env.whole("BLOCKLIST_MANIFEST_REFRESH", 900, 1),
+            artifact_ttl=env.whole("BLOCKLIST_ARTIFACT_TTL", 30 * 86400, 3600),
+            retain_snapshots=env.whole("BLOCKLIST_RETAIN_SNAPSHOTS", 5, 1),
+            retain_deltas=env.whole("BLOCKLIST_RETAIN_DELTAS", 100, 1),
+            expire_interval=env.whole("BLOCKLIST_EXPIRE_INTERVAL", 60, 1),
+            reverify_days=env.whole("BLOCKLIST_REVERIFY_DAYS", 90, 1),
+            require_other_agency=env.flag("BLOCKLIST_REQUIRE_OTHER_AGENCY", True),
+            guard_remove_pct=env.number("BLOCKLIST_GUARD_REMOVE_PCT", 10.0, 0.0, 100.0),
+            guard_add_pct=env.number("BLOCKLIST_GUARD_ADD_PCT", 25.0, 0.0),
+            guard_add_max=env.whole("BLOCKLIST_GUARD_ADD_MAX", 1000, 0),
+            guard_min_changes=env.whole("BLOCKLIST_GUARD_MIN_CHANGES", 10, 0),
             web_listen=env.hostport("BLOCKLIST_WEB_LISTEN", "127.0.0.1:8000"),
-            public_url=env.str("BLOCKLIST_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
-            cookie_secure=env.bool("BLOCKLIST_COOKIE_SECURE", True),
-            require_mfa=env.bool("BLOCKLIST_REQUIRE_MFA", False),
-            session_idle=env.int("BLOCKLIST_SESSION_IDLE", 1800, 60),
-            session_max=env.int("BLOCKLIST_SESSION_MAX", 43200, 60),
-            login_max_failures=env.int("BLOCKLIST_LOGIN_MAX_FAILURES", 10, 1),
-            trust_proxy=env.int("BLOCKLIST_TRUST_PROXY", 0, 0, 5),
+            public_url=env.text("BLOCKLIST_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+            cookie_secure=env.flag("BLOCKLIST_COOKIE_SECURE", True),
+            require_mfa=env.flag("BLOCKLIST_REQUIRE_MFA", False),
+            session_idle=env.whole("BLOCKLIST_SESSION_IDLE", 1800, 60),
+            session_max=env.whole("BLOCKLIST_SESSION_MAX", 43200, 60),
+            login_max_failures=env.whole("BLOCKLIST_LOGIN_MAX_FAILURES", 10, 1),
+            trust_proxy=env.whole("BLOCKLIST_TRUST_PROXY", 0, 0, 5),
             feed_accel_prefix=env.opt("BLOCKLIST_FEED_ACCEL_PREFIX"),
-            programme_name=env.str("BLOCKLIST_PROGRAMME_NAME", cls.programme_name),
-            programme_operator=env.str("BLOCKLIST_PROGRAMME_OPERATOR", cls.programme_operator),
-            programme_law=env.str("BLOCKLIST_PROGRAMME_LAW", cls.programme_law),
-            programme_help_url=env.str("BLOCKLIST_PROGRAMME_HELP_URL", cls.programme_help_url),
+            programme_name=env.text("BLOCKLIST_PROGRAMME_NAME", cls.programme_name),
+            programme_operator=env.text("BLOCKLIST_PROGRAMME_OPERATOR", cls.programme_operator),
+            programme_law=env.text("BLOCKLIST_PROGRAMME_LAW", cls.programme_law),
+            programme_help_url=env.text("BLOCKLIST_PROGRAMME_HELP_URL", cls.programme_help_url),
             stop_host=env.opt("BLOCKLIST_STOP_HOST"),
             dns_listen=env.hostport("BLOCKLIST_DNS_LISTEN", "127.0.0.1:8053"),
-            dns_history=env.int("BLOCKLIST_DNS_HISTORY", 100, 1),
-            dns_tcp_idle=env.float("BLOCKLIST_DNS_TCP_IDLE", 30.0, 0.1),
-            dns_max_connections=env.int("BLOCKLIST_DNS_MAX_CONNECTIONS", 512, 1),
-            notify_retries=env.int("BLOCKLIST_NOTIFY_RETRIES", 8, 0),
-            notify_timeout=env.float("BLOCKLIST_NOTIFY_TIMEOUT", 2.0, 0.05),
+            dns_history=env.whole("BLOCKLIST_DNS_HISTORY", 100, 1),
+            dns_tcp_idle=env.number("BLOCKLIST_DNS_TCP_IDLE", 30.0, 0.1),
+            dns_max_connections=env.whole("BLOCKLIST_DNS_MAX_CONNECTIONS", 512, 1),
+            notify_retries=env.whole("BLOCKLIST_NOTIFY_RETRIES", 8, 0),
+            notify_timeout=env.number("BLOCKLIST_NOTIFY_TIMEOUT", 2.0, 0.05),
             xfrd_metrics_listen=optional_hostport(env, "BLOCKLIST_XFRD_METRICS_LISTEN", "127.0.0.1:9153"),
-            log_level=env.str("BLOCKLIST_LOG_LEVEL", "INFO").upper(),
+            log_level=env.text("BLOCKLIST_LOG_LEVEL", "INFO").upper(),
             log_format=log_format,
             health_dir=Path(health) if health else None,
             metrics_token=env.opt("BLOCKLIST_METRICS_TOKEN"),

@@ -50,12 +50,14 @@ def create_app(
             x_host=settings.trust_proxy,
         )
 
-    from app.web import api, feed, health
+    from app.web import admin, api, feed, health, metrics, public
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     feed.init_app(app)
-    _register_optional(app)
+    admin.init_app(app)
+    public.init_app(app)
+    metrics.init_app(app)
 
     @app.before_request
     def _request_id() -> None:
@@ -101,20 +103,6 @@ def create_app(
         return resp
 
     return app
-
-
-def _register_optional(app: Flask) -> None:
-    """Blueprints of later layers (feed, admin UI, stop page, metrics), when present."""
-    import importlib
-
-    for module_name in ("app.web.admin", "app.web.public", "app.web.metrics"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:
-                continue
-            raise
-        module.init_app(app)
 
 
 def _wants_json() -> bool:
