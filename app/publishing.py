@@ -62,8 +62,8 @@ SCHEMA = 1
 LOCK_TTL_MS = 120_000
 #: /readyz counts a publisher as present for this long after it last reported.
 SIGNER_REPORT_TTL = 300
-_PREFIX_D = '{"type":"domain","value":"'
-_PREFIX_U = '{"type":"url","value":"'
+_PREFIX_D = b'{"type":"domain","value":"'
+_PREFIX_U = b'{"type":"url","value":"'
 
 
 class _FeedFields(msgspec.Struct):
@@ -81,30 +81,35 @@ class _FeedFields(msgspec.Struct):
 _FEED_DECODER = msgspec.json.Decoder(_FeedFields)
 
 
-def line_key(line: str) -> str:
+def line_key(line: bytes) -> str:
     """The sort/identity key of a snapshot line (``d:<value>`` or ``u:<value>``)."""
     if line.startswith(_PREFIX_D):
         start = len(_PREFIX_D)
-        return "d:" + line[start : line.index('"', start)]
+        return "d:" + line[start : line.index(b'"', start)].decode()
     start = len(_PREFIX_U)
-    return "u:" + line[start : line.index('"', start)]
+    return "u:" + line[start : line.index(b'"', start)].decode()
 
 
-def zone_fragment_of(line: str) -> str:
+def zone_fragment_of(line: bytes) -> bytes:
     if not line.startswith(_PREFIX_D):
-        return ""
+        return b""
     start = len(_PREFIX_D)
-    end = line.index('"', start)
-    return fragment(line[start:end], line.startswith('"subdomains":true', end + 2))
+    end = line.index(b'"', start)
+    return fragment(line[start:end].decode(), line.startswith(b'"subdomains":true', end + 2)).encode()
 
 
 @dataclass
 class ListState:
-    """A published version's entries, sorted by key, with their zone lines."""
+    """A published version's entries, sorted by key, with their zone lines.
+
+    Kept as bytes: a million-entry version is written, hashed and signed as
+    a few large buffers, and encoding it again on every publication would
+    cost more than the change itself.
+    """
 
     version: int
-    lines: list[str]
-    zone: list[str]
+    lines: list[bytes]
+    zone: list[bytes]
     snapshot_sha256: str | None
 
     @property
@@ -118,8 +123,8 @@ class ListState:
 @dataclass
 class Change:
     key: str
-    old: str | None
-    new: str | None
+    old: bytes | None
+    new: bytes | None
 
 
 @dataclass
@@ -134,7 +139,7 @@ class Diff:
     added: int = 0
     removed: int = 0
     changed: int = 0
-    all_new: list[str] | None = None
+    all_new: list[bytes] | None = None
 
     @classmethod
     def of(cls, changes: list[Change]) -> Diff:
@@ -149,7 +154,7 @@ class Diff:
         return d
 
     @classmethod
-    def everything_new(cls, lines: list[str]) -> Diff:
+    def everything_new(cls, lines: list[bytes]) -> Diff:
         return cls(changes=[], added=len(lines), all_new=lines)
 
     @property
@@ -166,13 +171,13 @@ class Diff:
         removed = [c.key[2:] for c in self.changes if c.new is None][:n]
         return {"added": added, "removed": removed}
 
-    def new_lines(self) -> list[str]:
+    def new_lines(self) -> list[bytes]:
         """Lines of entries added or changed (the delta's "added")."""
         if self.all_new is not None:
             return self.all_new
         return [c.new for c in self.changes if c.new is not None]
 
-    def old_lines(self) -> list[str]:
+    def old_lines(self) -> list[bytes]:
         """Previous lines of entries removed or changed (the delta's "removed")."""
         return [c.old for c in self.changes if c.old is not None]
 
@@ -305,16 +310,15 @@ class Publisher:
         data = self.artifacts.read(rel)
         if hashlib.sha256(data).hexdigest() != latest["snapshot"]["sha256"]:
             raise PublicationError(f"{rel} does not match its recorded sha256; refusing to build on it")
-        text = data.decode()
-        start = text.index('"entries":[\n') + len('"entries":[\n')
-        end = text.rindex("\n]}")
-        body = text[start:end]
-        lines = body.split(",\n") if body else []
+        start = data.index(b'"entries":[\n') + len(b'"entries":[\n')
+        end = data.rindex(b"\n]}")
+        body = data[start:end]
+        lines = body.split(b",\n") if body else []
         zone = [zone_fragment_of(ln) for ln in lines]
         self._state = ListState(version=v, lines=lines, zone=zone, snapshot_sha256=latest["snapshot"]["sha256"])
         return self._state
 
-    def _full_state(self) -> tuple[list[str], list[str]]:
+    def _full_state(self) -> tuple[list[bytes], list[bytes]]:
         """Every active entry, from Redis, sorted (the path without a previous version).
 
         The hot loop of a full rebuild: a million records are decoded with a
@@ -322,9 +326,9 @@ class Publisher:
         exactly like :meth:`Entry.feed_line`, and sorted with tuple fast paths.
         """
         decode = _FEED_DECODER.decode
-        lines: list[str] = []
-        frags: list[str] = []
-        urls: list[str] = []
+        lines: list[bytes] = []
+        frags: list[bytes] = []
+        urls: list[bytes] = []
         add_line, add_frag, add_url = lines.append, frags.append, urls.append
         marker = '"st":"active"'
         gc_was = gc.isenabled()
@@ -342,13 +346,13 @@ class Publisher:
                     sub = e.s == 1
                     add_line(
                         f'{{"type":"domain","value":"{v}","subdomains":{"true" if sub else "false"},'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'
+                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
                     )
-                    add_frag(fragment(v, sub))
+                    add_frag(fragment(v, sub).encode())
                 else:
                     add_url(
                         f'{{"type":"url","value":"{v}","subdomains":false,'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'
+                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
                     )
             # Domain lines, and their zone lines, each sort like their values:
             # '"' ends a value in a line and ' ' in a zone line, and both sort
@@ -359,7 +363,7 @@ class Publisher:
             frags.sort()
             urls.sort(key=line_key)
             lines.extend(urls)
-            frags.extend([""] * len(urls))
+            frags.extend([b""] * len(urls))
             return lines, frags
         finally:
             if gc_was:
@@ -374,14 +378,14 @@ class Publisher:
                 if raw is None:
                     continue
                 e = Entry.from_json(raw)
-                new = e.feed_line() if e.status is Status.ACTIVE else None
+                new = e.feed_line().encode() if e.status is Status.ACTIVE else None
                 pos = state.find(e.key)
                 old = state.lines[pos] if pos < state.count and line_key(state.lines[pos]) == e.key else None
                 changes[e.key] = Change(e.key, old, new)
         return Diff.of(sorted(changes.values(), key=lambda c: c.key))
 
     @staticmethod
-    def _diff_lists(old: list[str], new: list[str]) -> Diff:
+    def _diff_lists(old: list[bytes], new: list[bytes]) -> Diff:
         if not old:
             return Diff.everything_new(new)
         if old == new:
@@ -405,9 +409,9 @@ class Publisher:
         return Diff.of(changes)
 
     @staticmethod
-    def _splice(state: ListState, diff: Diff) -> tuple[list[str], list[str]]:
-        lines: list[str] = []
-        zone: list[str] = []
+    def _splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes]]:
+        lines: list[bytes] = []
+        zone: list[bytes] = []
         prev = 0
         for c in diff.changes:
             pos = state.find(c.key)
@@ -423,7 +427,7 @@ class Publisher:
 
     # ------------------------------------------------------------------ safety
 
-    def _safety_problems(self, diff: Diff, lines: list[str]) -> list[str]:
+    def _safety_problems(self, diff: Diff, lines: list[bytes]) -> list[str]:
         """Defence in depth: no entry that the rules refuse may be published,
         whatever path it took into the active set."""
         rules = self.curation.rules()
@@ -551,19 +555,16 @@ class Publisher:
         staging.write(rel + ".minisig", sig_text)
         return {"path": rel, "sha256": sha.hexdigest(), "size": sum(len(p) for p in parts)}
 
-    def _write_version(self, token: str, version: int, base: ListState, lines: list[str], zone: list[str],
+    def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
                        diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
                        timings: dict[str, float], released: bool) -> tuple[Outcome, str]:
         t = time.perf_counter()
         published_at = iso(now) or ""
         expires_at = iso(now + self.settings.artifact_ttl) or ""
-        body = ",\n".join(lines).encode()
-        # entries_sha256 covers the canonical lines each followed by "\n". The
-        # file holds them joined by ",\n"; a line never contains a newline, so
-        # dropping the comma before each "\n" gives exactly those bytes.
-        entries_hasher = hashlib.sha256()
+        body = b",\n".join(lines)
+        # entries_sha256 covers the canonical lines, each followed by "\n".
+        entries_hasher = hashlib.sha256(b"\n".join(lines))
         if lines:
-            entries_hasher.update(body.replace(b",\n", b"\n"))
             entries_hasher.update(b"\n")
         entries_sha = entries_hasher.hexdigest()
         head = {
@@ -584,24 +585,25 @@ class Publisher:
             zone_head = header(self.soa, list_name=self.settings.list_name, version=version,
                                published_at=published_at, expires_at=expires_at)
             rpz = self._artifact(staging, f"rpz/{version}.zone",
-                                 [zone_head.encode(), "".join(zone).encode()], version, expires_at)
+                                 [zone_head.encode(), b"".join(zone)], version, expires_at)
             timings["rpz"] = time.perf_counter() - t
             t = time.perf_counter()
             delta_meta = None
-            if base.version:
+            if base.version and base.snapshot_sha256:  # a delta only from a version we really hold
                 delta = {
                     "schema": SCHEMA, "list": self.settings.list_name, "from": base.version, "to": version,
                     "published_at": published_at, "expires_at": expires_at,
                     "from_sha256": base.snapshot_sha256, "to_sha256": snap["sha256"],
                     "from_count": base.count, "to_count": len(lines), "to_entries_sha256": entries_sha,
                 }
-                added = [c.new for c in diff.changes if c.new is not None]
-                removed = [c.old for c in diff.changes if c.old is not None]
-                text = (json.dumps(delta, separators=(",", ":"))[:-1]
-                        + ',"added":[' + (("\n" + ",\n".join(added) + "\n") if added else "") + "]"
-                        + ',"removed":[' + (("\n" + ",\n".join(removed) + "\n") if removed else "") + "]}\n")
+                added = diff.new_lines()
+                removed = diff.old_lines()
+                text = (json.dumps(delta, separators=(",", ":"))[:-1].encode()
+                        + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
+                        + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"")
+                        + b"]}\n")
                 delta_meta = self._artifact(staging, f"deltas/{base.version}/{version}.json",
-                                            [text.encode()], version, expires_at)
+                                            [text], version, expires_at)
                 delta_meta.update({"from": base.version, "to": version})
             timings["delta"] = time.perf_counter() - t
             meta = {
