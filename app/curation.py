@@ -320,33 +320,26 @@ class Curation:
         if q:
             return self._search(q.strip(), keep, offset, limit)
         filtered = category is not None or agency is not None or submitted_by is not None
+        window = limit if not filtered else 200
+        if status is not None:
+            end = self.store.count_by_status([status])[status]
+
+            def ids_at(pos: int) -> builtins.list[int]:
+                return self.store.ids_by_status(str(status), pos, window)
+        else:
+            # Without a status, newest first is simply descending ids.
+            end = last = self.store.last_entry_id()
+
+            def ids_at(pos: int) -> builtins.list[int]:
+                return list(range(last - pos, max(0, last - pos - window), -1))
+
         out: builtins.list[Entry] = []
         pos = offset
         scanned = 0
-        window = limit if not filtered else 200
-        if status is not None:
-            total = self.store.count_by_status([status])[status]
-            while len(out) < limit and scanned < scan_budget and pos < total:
-                ids = self.store.ids_by_status(status, pos, window)
-                if not ids:
-                    break
-                for e_id, raw in zip(ids, self.store.entries_raw(ids), strict=True):
-                    pos += 1
-                    scanned += 1
-                    if raw is None:
-                        continue
-                    e = Entry.from_json(raw)
-                    if keep(e):
-                        out.append(e)
-                        if len(out) >= limit:
-                            break
-                    del e_id
-            more = pos < total
-            return Page(out, pos if more else None, None if filtered else total,
-                        partial=filtered and scanned >= scan_budget and more)
-        last = self.store.last_entry_id()
-        while len(out) < limit and scanned < scan_budget and pos < last:
-            ids = list(range(last - pos, max(0, last - pos - window), -1))
+        while len(out) < limit and scanned < scan_budget and pos < end:
+            ids = ids_at(pos)
+            if not ids:
+                break
             for raw in self.store.entries_raw(ids):
                 pos += 1
                 scanned += 1
@@ -357,9 +350,12 @@ class Curation:
                     out.append(e)
                     if len(out) >= limit:
                         break
-        more = pos < last
-        everything = None if filtered else sum(self.counts().values())
-        return Page(out, pos if more else None, everything, partial=filtered and more and scanned >= scan_budget)
+        more = pos < end
+        if filtered:
+            total = None
+        else:
+            total = end if status is not None else sum(self.counts().values())
+        return Page(out, pos if more else None, total, partial=filtered and more and scanned >= scan_budget)
 
     def _search(self, q: str, keep: Callable[[Entry], bool], offset: int, limit: int) -> Page:
         found: builtins.list[int] = []

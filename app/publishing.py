@@ -624,12 +624,7 @@ class Publisher:
         t = time.perf_counter()
         self._commit(token, version, meta, manifest_body, manifest_sig, feed_len, actor, reason, now)
         timings["commit"] = time.perf_counter() - t
-        try:
-            self.artifacts.write_now("manifest.json", manifest_body)
-            self.artifacts.write_now("manifest.json.minisig", manifest_sig)
-        except OSError as e:
-            log.warning("could not write manifest.json to the artifact store: %s", e)
-        self.report_key()
+        self._write_manifest_files(manifest_body, manifest_sig)
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
         return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
 
@@ -734,13 +729,17 @@ class Publisher:
             self.store.commit(txn)
         except RetryableConflictError:
             return False
+        self._write_manifest_files(body, sig)
+        return True
+
+    def _write_manifest_files(self, body: str, sig: str) -> None:
+        """The latest manifest as files too, for nginx or a CDN serving the store directly."""
         try:
             self.artifacts.write_now("manifest.json", body)
             self.artifacts.write_now("manifest.json.minisig", sig)
         except OSError as e:
-            log.warning("could not write manifest.json: %s", e)
+            log.warning("could not write manifest.json to the artifact store: %s", e)
         self.report_key()
-        return True
 
     def report_key(self) -> None:
         """Tell every web host (/readyz) that a publisher holds the signing key."""

@@ -51,13 +51,13 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import dns.tsig
+from common import load_active  # bench/common.py (run as: python bench/axfr.py)
 
 from app.config import Settings
 from app.core import Core
-from app.domain import SYSTEM, Actor, Entry, EntryType, Role, Status
+from app.domain import SYSTEM, Actor, Role
 from app.embedded import EmbeddedRedis, free_port
 from app.signing import ensure_key
-from app.store import Txn
 
 ZONE = "blocklist.rpz."
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "isp"
@@ -79,27 +79,6 @@ def domain_names(n: int, rng: random.Random) -> list[str]:
             label += "-" + rng.choice(SYLLABLES) + rng.choice(SYLLABLES)
         out.add(f"{label}.{rng.choice(TLDS)}")
     return sorted(out)
-
-
-def load_entries(core: Core, values: list[str]) -> float:
-    """Write active entries as the product stores them, in atomic chunks."""
-    t0 = time.perf_counter()
-    now = int(time.time()) - 86400
-    first = core.store.allocate_entry_ids(len(values))
-    for start in range(0, len(values), 5000):
-        txn = Txn()
-        items = []
-        for offset, value in enumerate(values[start : start + 5000]):
-            i = first + start + offset
-            e = Entry(id=i, type=EntryType.DOMAIN, value=value, subdomains=True, category="csam",
-                      status=Status.ACTIVE, reason="bench", evidence_ref="", submitted_by="alice",
-                      agency="Agency A", submitted_at=now, updated_at=now, approved_by="bruno",
-                      approved_agency="Agency B", approved_at=now, listed_since=now, verified_at=now,
-                      verified_by="bruno")
-            items.append((i, e.key, e.to_json(), None))
-        core.store.put_new_entries(txn, items, "active", now)
-        core.store.commit(txn)
-    return time.perf_counter() - t0
 
 
 def add_entries(core: Core, values: list[str]) -> None:
@@ -384,7 +363,7 @@ def main() -> None:
             values = domain_names(args.count + 200, rng)
             fresh, values = values[: 200], values[200:]
             print(f"writing {args.count:,} active entries ...", flush=True)
-            r["write_entries_s"] = round(load_entries(core, values), 1)
+            r["write_entries_s"] = round(load_active(core, values), 1)
             t0 = time.perf_counter()
             v1 = core.publisher.publish(reason="bench").version
             r["publish_s"] = round(time.perf_counter() - t0, 1)

@@ -20,34 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import load_active  # bench/common.py (run as: python bench/publish.py)
+
 from app.config import Settings
 from app.core import Core
-from app.domain import SYSTEM, Actor, Entry, EntryType, Role, Status
+from app.domain import SYSTEM, Actor, Role
 from app.embedded import EmbeddedRedis, free_port
 from app.publishing import Publisher
 from app.signing import ensure_key
-from app.store import Txn
-
-
-def load(core: Core, values: list[str]) -> float:
-    """Write the entries as the product stores them (active, approved by a second agency)."""
-    t0 = time.perf_counter()
-    now = int(time.time()) - 86400
-    first = core.store.allocate_entry_ids(len(values))
-    for start in range(0, len(values), 5000):
-        txn = Txn()
-        items = []
-        for offset, value in enumerate(values[start : start + 5000]):
-            i = first + start + offset
-            e = Entry(id=i, type=EntryType.DOMAIN, value=value, subdomains=True, category="csam",
-                      status=Status.ACTIVE, reason="bench", evidence_ref="", submitted_by="alice",
-                      agency="Agency A", submitted_at=now, updated_at=now, approved_by="bruno",
-                      approved_agency="Agency B", approved_at=now, listed_since=now, verified_at=now,
-                      verified_by="bruno")
-            items.append((i, e.key, e.to_json(), None))
-        core.store.put_new_entries(txn, items, "active", now)
-        core.store.commit(txn)
-    return time.perf_counter() - t0
 
 
 def reference(values: list[str], work: Path) -> float:
@@ -64,13 +44,14 @@ def reference(values: list[str], work: Path) -> float:
     return time.perf_counter() - t0
 
 
-def changes(core: Core, n: int, rng: random.Random) -> float:
-    """n/2 delistings and n/2 new entries, through the curation rules (submit, approve)."""
+def changes(core: Core, n: int, rng: random.Random, active: list[int]) -> float:
+    """n/2 delistings (of entries still active) and n/2 new entries, through the
+    curation rules (submit, approve)."""
     alice = Actor("alice", Role.CURATOR, "Agency A")
     bruno = Actor("bruno", Role.VETTER, "Agency B")
     t0 = time.perf_counter()
-    last = core.store.last_entry_id()
-    for entry_id in rng.sample(range(1, last + 1), n // 2):
+    for _ in range(n // 2):
+        entry_id = active.pop(rng.randrange(len(active)))
         core.curation.act(bruno, entry_id, "delist", "site gone")
     new_ids = [core.curation.submit(alice, f"fresh{i}-{rng.randrange(10**9)}.example-bench.test").id
                for i in range(n - n // 2)]
@@ -96,7 +77,7 @@ def main() -> None:
             core.publisher._key = ensure_key(settings.signing_key_file)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})
-            load_s = load(core, values)
+            load_s = load_active(core, values)
             ref_s = reference(values, work)
 
             t0 = time.perf_counter()
@@ -106,14 +87,15 @@ def main() -> None:
             snapshot_size = core.publisher.latest()["snapshot"]["size"]
             zone_size = core.publisher.latest()["rpz"]["size"]
 
-            change_s = changes(core, args.changes, rng)
+            active = list(range(1, args.count + 1))
+            change_s = changes(core, args.changes, rng, active)
             t0 = time.perf_counter()
             inc = core.publisher.publish(reason="bench: changes")
             inc_s = time.perf_counter() - t0
             assert inc.status == "published", inc
 
             # The same after a worker restart: the previous list comes from its snapshot file.
-            changes(core, args.changes, rng)
+            changes(core, args.changes, rng, active)
             cold = Publisher(core.store, settings, core.curation, key=core.publisher.key)
             t0 = time.perf_counter()
             inc_cold = cold.publish(reason="bench: changes after restart")

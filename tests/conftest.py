@@ -187,6 +187,23 @@ def live_server(app: Any) -> Iterator[LiveServer]:
         yield server
 
 
+@pytest.fixture
+def feed(core: Core, personas: Personas, clock: FakeClock, live_server: LiveServer, tmp_path: Path) -> Any:
+    """A published feed with an ISP account, served over HTTP (see tests/test_client_support.py)."""
+    from tests.test_client_support import make_feed
+
+    return make_feed(core, personas, clock, live_server.url, tmp_path)
+
+
+@pytest.fixture
+def proxy(feed: Any) -> Iterator[Any]:
+    """A man in the middle between the pull tool and the feed (see tests/test_client_support.py)."""
+    from tests.test_client_support import Proxy
+
+    with Proxy(feed.url) as p:
+        yield p
+
+
 def publish(core: Core, **kwargs: Any) -> Any:
     """Publish now, as the worker would; the outcome must be a published version."""
     outcome = core.publisher.publish(**kwargs)

@@ -14,28 +14,12 @@ import hashlib
 import http.server
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.clock import FakeClock
-from app.core import Core
 from client.minisign import SecretKey
-from tests.conftest import Personas
-from tests.test_client_support import Feed, Proxy, make_feed
-
-
-@pytest.fixture
-def feed(core: Core, personas: Personas, clock: FakeClock, live_server: Any, tmp_path: Path) -> Feed:
-    return make_feed(core, personas, clock, live_server.url, tmp_path)
-
-
-@pytest.fixture
-def proxy(feed: Feed) -> Iterator[Proxy]:
-    with Proxy(feed.url) as p:
-        yield p
+from tests.test_client_support import Feed, Proxy
 
 
 def hold(feed: Feed, proxy: Proxy, bulk: int = 0) -> None:

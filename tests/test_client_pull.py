@@ -11,29 +11,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from app.clock import FakeClock
-from app.core import Core
 from app.domain import SYSTEM
 from client.minisign import SecretKey
-from tests.conftest import Personas
-from tests.test_client_support import OUTPUTS, Feed, Proxy, make_feed
-
-
-@pytest.fixture
-def feed(core: Core, personas: Personas, clock: FakeClock, live_server: Any, tmp_path: Path) -> Feed:
-    return make_feed(core, personas, clock, live_server.url, tmp_path)
-
-
-@pytest.fixture
-def proxy(feed: Feed) -> Iterator[Proxy]:
-    with Proxy(feed.url) as p:
-        yield p
+from tests.test_client_support import OUTPUTS, Feed, Proxy
 
 
 def body(path: Path) -> str:

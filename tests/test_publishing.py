@@ -215,21 +215,29 @@ def test_publication_refuses_an_entry_that_conflicts_with_the_allowlist(core: Co
     assert eid
 
 
-def test_versions_never_go_down_after_redis_is_restored(tmp_path: Path, clock) -> None:
+def own_redis_core(tmp_path: Path, clock) -> tuple[EmbeddedRedis, Settings, Core]:
+    """A Redis of the test's own (to stop, kill or restore it) with two curators."""
     srv = EmbeddedRedis(tmp_path / "redis", port=free_port())
     srv.start()
-    try:
-        settings = Settings(redis_url=srv.url, data_dir=tmp_path, artifact_dir=tmp_path / "artifacts",
-                            signing_key_file=tmp_path / "keys" / "k")
-        core = Core.from_settings(settings, clock=clock)
-        core.publisher._key = ensure_key(settings.signing_key_file)
-        core.curation.set_policy(SYSTEM, {"require_other_agency": False})
-        core.users.add(SYSTEM, "alice", "curator", "A")
-        core.users.add(SYSTEM, "bruno", "vetter", "B")
-        alice, bruno = core.users.get("alice").actor, core.users.get("bruno").actor
+    settings = Settings(redis_url=srv.url, data_dir=tmp_path, artifact_dir=tmp_path / "artifacts",
+                        signing_key_file=tmp_path / "keys" / "k")
+    core = Core.from_settings(settings, clock=clock)
+    core.publisher._key = ensure_key(settings.signing_key_file)
+    core.users.add(SYSTEM, "alice", "curator", "A")
+    core.users.add(SYSTEM, "bruno", "vetter", "B")
+    return srv, settings, core
 
+
+def add_active(core: Core, value: str) -> None:
+    e = core.curation.submit(core.users.get("alice").actor, value)
+    core.curation.act(core.users.get("bruno").actor, e.id, "approve")
+
+
+def test_versions_never_go_down_after_redis_is_restored(tmp_path: Path, clock) -> None:
+    srv, settings, core = own_redis_core(tmp_path, clock)
+    try:
         def add(v: str) -> None:
-            core.curation.act(bruno, core.curation.submit(alice, v).id, "approve")
+            add_active(core, v)
 
         add("r1.example.test")
         assert core.publisher.publish().version == 1
@@ -249,8 +257,7 @@ def test_versions_never_go_down_after_redis_is_restored(tmp_path: Path, clock) -
         core = Core.from_settings(settings, clock=clock)
         core.publisher._key = ensure_key(settings.signing_key_file)
         assert core.publisher.latest()["version"] == 1
-        core.curation.act(core.users.get("bruno").actor,
-                          core.curation.submit(core.users.get("alice").actor, "r4.example.test").id, "approve")
+        add_active(core, "r4.example.test")
         out = core.publisher.publish()
         assert out.status == "published" and out.version == 4
         snap = json.loads(core.artifacts.read("snapshots/4.json"))
@@ -261,27 +268,17 @@ def test_versions_never_go_down_after_redis_is_restored(tmp_path: Path, clock) -
 
 
 def test_the_version_keeps_rising_across_a_redis_restart_from_its_aof(tmp_path: Path, clock) -> None:
-    srv = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    srv.start()
+    srv, settings, core = own_redis_core(tmp_path, clock)
     try:
-        settings = Settings(redis_url=srv.url, data_dir=tmp_path, artifact_dir=tmp_path / "artifacts",
-                            signing_key_file=tmp_path / "keys" / "k")
-        core = Core.from_settings(settings, clock=clock)
-        core.publisher._key = ensure_key(settings.signing_key_file)
-        core.curation.set_policy(SYSTEM, {"require_other_agency": False})
-        core.users.add(SYSTEM, "alice", "curator", "A")
-        core.users.add(SYSTEM, "bruno", "vetter", "B")
         for i in range(2):
-            e = core.curation.submit(core.users.get("alice").actor, f"aof{i}.example.test")
-            core.curation.act(core.users.get("bruno").actor, e.id, "approve")
+            add_active(core, f"aof{i}.example.test")
             core.publisher.publish()
         srv.kill()  # no clean shutdown: the AOF is all there is
         srv.start()
         core = Core.from_settings(settings, clock=clock)
         core.publisher._key = ensure_key(settings.signing_key_file)
         assert core.publisher.latest()["version"] == 2
-        e = core.curation.submit(core.users.get("alice").actor, "aof9.example.test")
-        core.curation.act(core.users.get("bruno").actor, e.id, "approve")
+        add_active(core, "aof9.example.test")
         assert core.publisher.publish().version == 3
         assert audit.verify(core.store).ok
     finally:
@@ -359,7 +356,7 @@ def test_a_publisher_killed_mid_publication_leaves_the_previous_version_served(c
     out = core.publisher.publish(full=True)
     latest = core.publisher.latest()
     assert latest["count"] == 121_000
-    assert out.status in ("published", "unchanged")
+    assert out.status in ("published", "unchanged", "refreshed")
     assert not list(core.artifacts.root.glob(".staging-*"))
     v = latest["version"]
     pub = tmp_path / "k.pub"
