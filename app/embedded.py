@@ -64,7 +64,7 @@ class EmbeddedRedis:
         fsync: str = "always",
         extra_config: dict[str, str] | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # Redis changes into its dir: relative paths would break
         self.port = port
         self.binary = binary or find_server_binary()
         self.fsync = fsync

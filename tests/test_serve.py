@@ -103,3 +103,19 @@ def test_serve_runs_everything_with_an_embedded_redis_and_prints_a_working_login
         assert wait_http(f"http://127.0.0.1:{web}/readyz")
     finally:
         stop(proc)
+
+
+def test_serve_works_with_a_relative_data_dir(tmp_path: Path) -> None:
+    """`make run` uses ./var: every path must survive Redis changing into its own directory."""
+    web, dns = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKLIST_")}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--web", f"127.0.0.1:{web}", "--dns",
+                             f"127.0.0.1:{dns}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_http(f"http://127.0.0.1:{web}/livez") == b'{"status":"ok"}\n'
+        assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or \
+            (tmp_path / "var" / "redis" / "appendonlydir").exists()
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
