@@ -351,9 +351,8 @@ class Curation:
                     if len(out) >= limit:
                         break
         more = pos < end
-        if filtered:
-            total = None
-        else:
+        total = None
+        if not filtered:
             total = end if status is not None else sum(self.counts().values())
         return Page(out, pos if more else None, total, partial=filtered and more and scanned >= scan_budget)
 
