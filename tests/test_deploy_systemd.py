@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,37 +80,23 @@ def process_env(core: Core, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def running(process_env: dict[str, str], tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.mark.parametrize(("unit", "command"), [("blocklist-worker.service", "worker"),
                                                ("blocklist-xfrd.service", "xfrd")])
 def test_the_start_up_health_check_passes_once_the_process_serves(
-    unit: str, command: str, process_env: dict[str, str], running: list[subprocess.Popen[bytes]], tmp_path: Path
+    unit: str, command: str, process_env: dict[str, str], processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     health_dir = tmp_path / "run"
     # Nothing running: the check gives up.
     waited = subprocess.run(health_check(unit, health_dir, 2), capture_output=True, timeout=30, check=False)
     assert waited.returncode != 0
     with (tmp_path / f"{command}.log").open("wb") as log:
-        running.append(subprocess.Popen([str(BLOCKLIST), command], env=process_env, stdout=log,
+        processes.append(subprocess.Popen([str(BLOCKLIST), command], env=process_env, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
     started = time.monotonic()
     ok = subprocess.run(health_check(unit, health_dir, 30), capture_output=True, timeout=60, check=False)
     assert ok.returncode == 0, (tmp_path / f"{command}.log").read_text()
     assert time.monotonic() - started < 30
-    assert running[0].poll() is None
+    assert processes[0].poll() is None
 
 
 def test_a_stale_heartbeat_does_not_count(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -155,20 +154,6 @@ def sign_in(web: Gunicorn, user: str, password: str) -> int:
         r'value="([^"]+)"[^>]*name="csrf_token"', page)
     assert m, "the sign-in form has a CSRF token"
     return browser.post("/login", {"csrf_token": m.group(1), "username": user, "password": password})
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_no_secret_ever_reaches_a_log(tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> None:
