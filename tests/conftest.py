@@ -228,7 +228,8 @@ def record_key(core: Core, key: SecretKey) -> None:
     from app.store import Txn
 
     txn = Txn()
-    core.store.keys_put(txn, core.store.keys_raw(), ProgrammeKeys(KeyInfo.of(key.public, "2027-01-15T08:00:00Z")).to_json())
+    record = ProgrammeKeys(KeyInfo.of(key.public, "2027-01-15T08:00:00Z"))
+    core.store.keys_put(txn, core.store.keys_raw(), record.to_json())
     core.store.commit(txn)
 
 
