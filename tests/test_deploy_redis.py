@@ -198,7 +198,8 @@ def make_core(redis_url: str, data_dir: Path, clock: Clock = system_clock, **ove
     )
     core = Core.from_settings(settings, clock=clock)
     core.publisher._key = ensure_key(settings.signing_key_file)
-    record_key(core, core.publisher._key)
+    if core.store.keys_raw() is None:  # a replica, or a restored store, has it already
+        record_key(core, core.publisher._key)
     return core
 
 
