@@ -965,6 +965,11 @@ class Publisher:
                                    force=bool(req.get("force")), full=bool(req.get("full")))
         except BlocklistError as e:
             outcome = Outcome("failed", message=e.message)
+        except Exception:
+            # Answer the requester before the error reaches the worker's log.
+            failed = Outcome("failed", message="the publisher failed; see its log")
+            self.store.pub_set_result(request_id, json.dumps(failed.to_dict()))
+            raise
         self.store.pub_set_result(request_id, json.dumps(outcome.to_dict()))
         return outcome
 

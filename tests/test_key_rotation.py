@@ -114,6 +114,8 @@ def test_a_rotation_keeps_the_isp_applying_new_versions_without_touching_its_con
     state = pull()
     assert state["version"] == v2 and state["key_id"] == old_id
     assert [k["key_id"] for k in learned()["learned"]] == [new_id]  # type: ignore[index]
+    status = run("blocklist-pull", "-c", str(cfg), "status", env={**os.environ}).stdout
+    assert new_id in status  # what the ISP reads to compare over a second channel
 
     # After the overlap the new key takes over; the old one is retired.
     early = run("blocklist", "keys", "rotate", "--complete", env=env, cwd=ops)
