@@ -229,9 +229,9 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, serve_data_d
         s = replace(s, redis_url=redis_url)
         ctx._settings = s
         core = Core.from_settings(s)
+        _programme_key(core)
         secret_file = bootstrap.ensure_secret_file(s.data_dir / "secret_key")
         first = bootstrap.first_start(core)
-        _programme_key(core)
         env = _child_env(s, redis_url, secret_file)
         for name, argv in _components():
             children.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))

@@ -230,3 +230,20 @@ def test_publish_is_done_by_the_running_worker_with_the_programme_key(
     assert list((tmp_path / "ops").iterdir()) == []
     rec = Keyring(core.store, settings.signing_key_file).require()
     assert rec.current.key_id == core.publisher.key.public.id_hex
+
+
+def test_serve_pointed_at_an_existing_programme_without_its_key_makes_no_second_key(
+        core: Core, settings: Settings, tmp_path: Path) -> None:
+    before = core.store.keys_raw()
+    users = [u.name for u in core.users.list()]
+    data = tmp_path / "new-host"
+
+    r = blocklist(tmp_path / "ops", "serve", "--data-dir", str(data), "--web", "127.0.0.1:1", "--dns",
+                  "127.0.0.1:1", BLOCKLIST_REDIS_URL=settings.redis_url or "")
+
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert f"the programme's signing key {core.publisher.key.public.id_hex} is not in" in r.stderr
+    assert not (data / "keys").exists()
+    assert core.store.keys_raw() == before
+    assert [u.name for u in core.users.list()] == users
