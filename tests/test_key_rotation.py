@@ -21,6 +21,7 @@ from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM
 from tests.conftest import LiveServer, Personas, require_binary
+from tests.test_publishing import validate
 
 BIN = Path(sys.executable).parent
 
@@ -111,6 +112,8 @@ def test_a_rotation_keeps_the_isp_applying_new_versions_without_touching_its_con
     v2 = publish()
     manifest = json.loads(core.store.pub_manifest()[0])  # type: ignore[index]
     assert manifest["key_id"] == old_id and manifest["next_key"]["key_id"] == new_id
+    assert manifest["next_key"]["public_key"] == new_pub.splitlines()[1]
+    validate("manifest", manifest)  # the announcement is part of the published format
     state = pull()
     assert state["version"] == v2 and state["key_id"] == old_id
     assert [k["key_id"] for k in learned()["learned"]] == [new_id]  # type: ignore[index]
