@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from app.core import Core
@@ -180,7 +181,7 @@ def test_keys_init_never_overwrites_a_key_file_and_records_it_once(settings: Set
 
 
 def test_a_worker_holding_another_key_refuses_to_sign_and_says_so_in_readyz(
-        core: Core, personas: Personas, settings: Settings, tmp_path: Path,
+        core: Core, personas: Personas, settings: Settings, tmp_path: Path, client: Any,
         processes: list[subprocess.Popen[bytes]]) -> None:
     add_active(core, personas, "first.example.test")
     publish(core)
@@ -206,6 +207,9 @@ def test_a_worker_holding_another_key_refuses_to_sign_and_says_so_in_readyz(
             break
         time.sleep(0.2)
     assert not ok and "cannot sign" in detail and "not the programme's current key" in detail
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "not the programme's current key" in ready.json["checks"]["signing"]
     assert "not the programme's current key" in log.read_text()
 
 
