@@ -279,8 +279,11 @@ def _programme_key(core: Core) -> None:
     rec = ring.record()
     if rec is None:
         rec, made = ring.init(SYSTEM, "first start of blocklist serve")
-        what = "made the signing key" if made else "recorded the existing signing key"
-        click.echo(f"first start: {what} {rec.current.key_id} ({core.settings.signing_key_file})")
+        if made:
+            click.echo(f"first start: made the signing key {rec.current.key_id} ({core.settings.signing_key_file})")
+        else:
+            click.echo(f"recorded the signing key {rec.current.key_id} ({core.settings.signing_key_file}) "
+                       "as the programme's key")
         return
     if ring.local_key(rec.current.key_id) is None:
         fail(f"the programme's signing key {rec.current.key_id} is not in {core.settings.signing_key_file}: "
