@@ -752,8 +752,8 @@ def keys_rotate(ctx: Context, complete: bool, early: bool, reason: str, timeout:
     if not complete:
         rec = ring.rotate(cli_actor(), core.settings.key_rotation_overlap, reason)
         assert rec.next is not None
-        click.echo(f"made the next key {rec.next.key_id} in {ring.key_file}.next; every manifest signed by "
-                   f"{rec.current.key_id} now announces it", err=True)
+        click.echo(f"made the next key {rec.next.key_id} in {ring.key_file}.next; the publisher re-signs the "
+                   f"manifest with {rec.current.key_id} announcing it within a minute", err=True)
         click.echo(f"it may sign from {rec.next_from}: then run `blocklist keys rotate --complete`", err=True)
         click.echo("copy the .next file to every standby publisher host before then", err=True)
         click.echo(rec.next.public().text(), nl=False)
