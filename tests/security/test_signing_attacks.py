@@ -251,3 +251,18 @@ def test_serve_pointed_at_an_existing_programme_without_its_key_makes_no_second_
     assert not (data / "keys").exists()
     assert core.store.keys_raw() == before
     assert [u.name for u in core.users.list()] == users
+
+
+def test_a_worker_pointed_at_a_redis_holding_no_programme_exits_and_signs_nothing(
+        settings: Settings, tmp_path: Path) -> None:
+    url = (settings.redis_url or "").rsplit("/", 1)[0] + "/9"
+    empty = connect(url)
+    empty.flushdb()
+    try:
+        r = blocklist(tmp_path / "ops", "worker", BLOCKLIST_REDIS_URL=url,
+                      BLOCKLIST_SIGNING_KEY_FILE=str(settings.signing_key_file))
+        assert r.returncode != 0
+        assert "names no programme signing key" in r.stderr and "Traceback" not in r.stderr
+        assert empty.dbsize() == 0
+    finally:
+        empty.close()
