@@ -594,7 +594,7 @@ def _ask_publisher(core: Core, reason: str, timeout: int | None, *, force: bool 
     """Queue a publish request and wait for the publisher's answer."""
     pub = core.publisher
     limit = timeout or core.settings.publish_answer_timeout
-    request_id = pub.request(cli_actor(), reason, force=force, full=full)
+    request_id = pub.request(cli_actor(), reason, force=force, full=full, timeout=limit)
     started = time.monotonic()
     while True:
         result = pub.answer(request_id, timeout=limit)

@@ -905,19 +905,23 @@ class Publisher:
                            "force": force, "full": full})
 
     def _enqueue(self, actor: Actor, reason: str, txn: Txn | None = None, *, force: bool = False,
-                 full: bool = False) -> str:
+                 full: bool = False, timeout: int | None = None) -> str:
         request_id = secrets.token_hex(8)
         pending = json.dumps({"status": "requested", "requested_at": self.clock()})
+        # Not taken in time, a request is dropped: nobody is waiting for it any more.
         self.store.pub_set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
-                                                                     full=full), pending, txn)
+                                                                     full=full), pending, txn,
+                                   request_ttl=(timeout or self.settings.publish_answer_timeout) + 5)
         return request_id
 
-    def request(self, actor: Actor, reason: str = "", *, force: bool = False, full: bool = False) -> str:
+    def request(self, actor: Actor, reason: str = "", *, force: bool = False, full: bool = False,
+                timeout: int | None = None) -> str:
         """Ask the publisher to publish now: only the publisher holds the key and
         signs. Returns the request id; the publisher stores its answer under it
-        (see :meth:`answer`)."""
+        (see :meth:`answer`). A request no publisher took within ``timeout``
+        (default ``publish_answer_timeout``) seconds is never served."""
         actor.require("publish.now")
-        return self._enqueue(actor, reason, force=force, full=full)
+        return self._enqueue(actor, reason, force=force, full=full, timeout=timeout)
 
     def answer(self, request_id: str, timeout: float | None = None) -> dict[str, Any] | None:
         """The answer to a request: ``requested`` (queued), ``working`` (taken by
