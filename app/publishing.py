@@ -81,6 +81,12 @@ class _FeedFields(msgspec.Struct):
 _FEED_DECODER = msgspec.json.Decoder(_FeedFields)
 
 
+def no_publisher_message(seconds: float) -> str:
+    """What "publish now" says when no publisher took the request in time."""
+    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
+            "with the programme's signing key?")
+
+
 def line_key(line: bytes) -> str:
     """The sort/identity key of a snapshot line (``d:<value>`` or ``u:<value>``)."""
     if line.startswith(_PREFIX_D):
@@ -282,6 +288,24 @@ class Publisher:
             return False
         self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
         return True
+
+    def _keys_changed(self, body: str | None) -> bool:
+        """The manifest in the store was signed by another key, or announces
+        another next key, than the store now names: re-sign it at once."""
+        if body is None:
+            return False
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return True
+        return bool(doc.get("key_id") != self.key.public.id_hex or doc.get("next_key") != self._key_announcement())
+
+    def _key_announcement(self) -> dict[str, str] | None:
+        """The next key, announced by the current key's signature over the manifest."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     # ------------------------------------------------------------------ reads
 
@@ -717,8 +741,8 @@ class Publisher:
             "count": meta["count"], "entries_sha256": meta["entries_sha256"],
             "snapshot": meta["snapshot"]["path"], "rpz": meta["rpz"]["path"],
             "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
-            "key_id": self.key.public.id_hex,
         }
+        body["key_id"] = self.key.public.id_hex
         announced = self._key_announcement()
         if announced is not None:
             body["next_key"] = announced
@@ -727,24 +751,6 @@ class Publisher:
                   "expires": expires}
         sig = self.key.sign_bytes(text.encode(), format_trusted_comment(fields)).text()
         return text, sig
-
-    def _keys_changed(self, body: str | None) -> bool:
-        """The manifest in the store was signed by another key, or announces
-        another next key, than the store now names: re-sign it at once."""
-        if body is None:
-            return False
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return True
-        return bool(doc.get("key_id") != self.key.public.id_hex or doc.get("next_key") != self._key_announcement())
-
-    def _key_announcement(self) -> dict[str, str] | None:
-        """The next key, announced by the current key's signature over the manifest."""
-        from app.keys import ProgrammeKeys
-
-        raw = self.store.keys_raw()
-        return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     def _delta_chain(self, meta: dict[str, Any], lowest: int) -> list[dict[str, Any]]:
         """Deltas reaching back from this version while they are retained."""
@@ -998,11 +1004,6 @@ class Publisher:
             meta = self.version_meta(v)
             if meta and meta.get("delta"):
                 self.artifacts.remove(meta["delta"]["path"])
-
-
-def no_publisher_message(seconds: float) -> str:
-    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
-            "with the programme's signing key?")
 
 
 def rules_parents(domain: str) -> list[str]:
