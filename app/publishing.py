@@ -81,12 +81,6 @@ class _FeedFields(msgspec.Struct):
 _FEED_DECODER = msgspec.json.Decoder(_FeedFields)
 
 
-def no_publisher_message(seconds: float) -> str:
-    """What "publish now" says when no publisher took the request in time."""
-    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
-            "with the programme's signing key?")
-
-
 def line_key(line: bytes) -> str:
     """The sort/identity key of a snapshot line (``d:<value>`` or ``u:<value>``)."""
     if line.startswith(_PREFIX_D):
@@ -1025,3 +1019,8 @@ def parse_version(value: Any) -> int:
         raise ValidationError("versions start at 1")
     return v
 
+
+def no_publisher_message(seconds: float) -> str:
+    """What "publish now" says when no publisher took the request in time."""
+    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
+            "with the programme's signing key?")
