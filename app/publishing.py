@@ -230,6 +230,7 @@ class Publisher:
         self.clock = clock
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self._key = key
+        self._reminded_at = 0.0
         self._state: ListState | None = None
         self.soa = SoaParams(
             zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
@@ -281,7 +282,22 @@ class Publisher:
             self.store.signer_report(mine, SIGNER_REPORT_TTL, problem=e.message)
             return False
         self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
+        self._remind_rotation()
         return True
+
+    def _remind_rotation(self) -> None:
+        """Once an hour, say that an announced key may take over and is waiting for the operator."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        rec = ProgrammeKeys.from_json(raw) if raw else None
+        now = self.clock()
+        if rec is None or rec.next is None or rec.next_from_ts is None or now < rec.next_from_ts:
+            return
+        if now - self._reminded_at >= 3600:
+            self._reminded_at = now
+            log.warning("the announced key %s may sign since %s: run `blocklist keys rotate --complete` "
+                        "on the publisher host", rec.next.key_id, rec.next_from)
 
     def _keys_changed(self, body: str | None) -> bool:
         """The manifest in the store was signed by another key, or announces

@@ -84,3 +84,18 @@ def test_a_key_file_readable_by_others_is_refused_when_rotating(core: Core, sett
     record, files = core.store.keys_raw(), key_files(settings)
     r = keys(settings, "rotate")
     unchanged(core, settings, r, "is readable by other users", record, files, code=2)  # a setting to fix
+
+
+def test_the_publisher_reminds_the_operator_once_the_next_key_may_take_over(core: Core, clock, caplog) -> None:
+    from app.domain import SYSTEM
+    from app.keys import Keyring
+
+    Keyring(core.store, core.settings.signing_key_file, clock).rotate(SYSTEM, overlap=3600)
+    with caplog.at_level("WARNING", logger="blocklist.publisher"):
+        assert core.publisher.check_key()
+        assert "keys rotate --complete" not in caplog.text  # still announcing
+        clock.advance(3600)
+        assert core.publisher.check_key()
+        assert caplog.text.count("run `blocklist keys rotate --complete`") == 1
+        core.publisher.check_key()  # not again within the hour
+        assert caplog.text.count("run `blocklist keys rotate --complete`") == 1
