@@ -103,8 +103,7 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
 
 
 def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
-    return sock
+    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
 
 
 def cnames(wire_messages: list[bytes]) -> list[str]:
