@@ -421,11 +421,12 @@ class XfrServer:
                                               "isp": answer.isp.name if answer.isp else None})
         return answer
 
-    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float) -> None:
+    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float,
+                    over: str = "TCP") -> None:
         isp = answer.isp
         what = "IXFR" if answer.transfer == "xfr:ixfr" else "AXFR"
-        log.info("%s of version %s to %s (%s): %d messages, %d bytes, %.3f s", what, answer.serial,
-                 isp.name if isp else "?", peer, messages, size, seconds,
+        log.info("%s of version %s to %s (%s) over %s: %d messages, %d bytes, %.3f s", what, answer.serial,
+                 isp.name if isp else "?", peer, over, messages, size, seconds,
                  extra={"peer": peer, "isp": isp.name if isp else None, "version": answer.serial,
                         "qtype": answer.kind})
         if isp is not None and self.isps is not None and answer.transfer and self.loop is not None:
@@ -500,7 +501,7 @@ class XfrServer:
                     trusted_at, unsigned = self.loop.time(), 0
                 else:
                     unsigned += 1
-                if not await self._send(writer, answer, peer):
+                if not await self._send(writer, answer, peer, over):
                     break
                 if answer.authenticated:
                     trusted_at = self.loop.time()  # a long transfer does not count as idle time
@@ -531,7 +532,7 @@ class XfrServer:
             return False
         return True
 
-    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str) -> bool:
+    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str, over: str = "TCP") -> bool:
         """Write an answer; False when the client is gone or too slow."""
         assert self.loop is not None
         idle = self.settings.dns_tcp_idle
@@ -559,7 +560,7 @@ class XfrServer:
             return False
         self.metrics.bytes.inc(sent)
         if answer.transfer and answer.result == "ok" and count:
-            self.transferred(answer, peer, count, sent, self.loop.time() - start)
+            self.transferred(answer, peer, count, sent, self.loop.time() - start, over)
         return True
 
     # -- NOTIFY (RFC 1996)
@@ -690,7 +691,7 @@ class _Udp(asyncio.DatagramProtocol):
             size += len(message)
         self.server.metrics.bytes.inc(size)
         if answer.transfer and answer.result == "ok" and answer.isp is not None:
-            self.server.transferred(answer, str(addr[0]), 1, size, 0.0)
+            self.server.transferred(answer, str(addr[0]), 1, size, 0.0, "UDP")
 
     def error_received(self, exc: Exception) -> None:
         pass
