@@ -8,6 +8,7 @@ in the data directory, or files given in the settings.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -99,7 +99,7 @@ def test_the_pin_an_isp_is_given_is_the_pin_of_the_certificate_served(
     wait_for(lambda: soa_serial(xot.port) == version)
     shown = cli(xot_settings, "isp", "show", "acme")
     assert shown.returncode == 0, shown.stderr
-    pin = __import__("json").loads(shown.stdout)["xot"]["spki_pin_sha256"]
+    pin = json.loads(shown.stdout)["xot"]["spki_pin_sha256"]
     pem = cli(xot_settings, "xot", "cert").stdout
     assert spki_pin(pem) == pin
     assert pem == ca_file(xot_settings).read_text()
