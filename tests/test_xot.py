@@ -296,3 +296,49 @@ def test_an_eavesdropper_reads_listed_names_from_a_tcp_transfer_but_none_from_an
         assert cnames(out.stdout) == zone_names(ENTRIES)
     assert len(tls.seen) > 500, "the transfer did go through the relay"
     assert not [label for label in [*labels, b"blocklist", b"acme"] if label in tls.seen], "nothing readable"
+
+
+def test_serve_with_xot_prints_the_pin_that_isp_add_gives_and_kdig_checks(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    web, dns_port, xot_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOCKLIST_")}
+    env.update(BLOCKLIST_LOG_FORMAT="text", BLOCKLIST_XOT_NAME=XOT_NAME, BLOCKLIST_XFRD_METRICS_LISTEN="")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--data-dir", str(data), "--web",
+                             f"127.0.0.1:{web}", "--dns", f"127.0.0.1:{dns_port}", "--xot", f"127.0.0.1:{xot_port}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while "press Ctrl-C" not in (line := proc.stdout.readline()):
+            assert line, "\n".join(lines)
+            lines.append(line)
+        printed = re.search(r"XoT \(TLS\):\s+127\.0\.0\.1 port (\d+), name (\S+), SPKI pin (\S+)", "".join(lines))
+        assert printed, "".join(lines)
+        assert printed.groups()[:2] == (str(xot_port), XOT_NAME)
+        pin = printed.group(3)
+        cli_env = {**env, "BLOCKLIST_DATA_DIR": str(data)}
+
+        def blocklist(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "app.cli", *args], env=cli_env, capture_output=True,
+                                  text=True, timeout=60, check=False)
+
+        # Once the transfer server serves TLS it has stored its certificate.
+        pem = wait_for(lambda: blocklist("xot", "cert").stdout, timeout=30, step=0.3)
+        assert spki_pin(pem) == pin
+        r = blocklist("isp", "add", "acme")
+        assert r.returncode == 0, r.stderr
+        created = json.loads(r.stdout)
+        assert created["xot"]["spki_pin_sha256"] == pin
+        assert created["xot"]["name"] == XOT_NAME
+        # The TLS session checked against the pin, then a signed answer (SERVFAIL: nothing published yet)
+        # once the transfer server has loaded the new key (it reloads the ISPs every 2 s).
+        def answered() -> str | None:
+            out = kdig(xot_port, "-y", tsig(created), f"+tls-pin={pin}", "SOA", ZONE).stdout
+            return out if "status: SERVFAIL" in out else None
+
+        out = wait_for(answered, timeout=10, step=0.5)
+        assert "TLS session (TLS1.3)" in out
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
