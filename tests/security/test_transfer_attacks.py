@@ -165,6 +165,7 @@ def test_one_address_cannot_hold_more_than_its_share_of_connections(
         caplog: pytest.LogCaptureFixture) -> None:
     with serve(dns_settings, core, version, dns_max_connections=6, dns_max_connections_per_address=3) as t:
         wait_for(lambda: soa_serial(t.port) == version)
+        time.sleep(0.5)  # the SOA polls above (over TCP) are closed on the server side too
         held = [connect(t.port) for _ in range(3)]
         try:
             time.sleep(0.2)

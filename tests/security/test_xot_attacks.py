@@ -164,6 +164,7 @@ def test_half_open_tls_handshakes_from_one_address_cannot_fill_the_server(
     t = start(xot_settings, core, personas, dns_max_connections=8, dns_max_connections_per_address=3,
               dns_tcp_idle=1.5)
     try:
+        time.sleep(0.5)  # the SOA polls of start() (over TCP) are closed on the server side too
         stalled = [socket.create_connection(("127.0.0.1", t.xot_port), timeout=5) for _ in range(3)]
         time.sleep(0.2)
         with socket.create_connection(("127.0.0.1", t.xot_port), timeout=5) as extra:
