@@ -99,12 +99,17 @@ def ensure_certificate(settings: Settings) -> XotCertificate:
         folder = settings.data_dir / "xot"
         cert_file, key_file = folder / "cert.pem", folder / "key.pem"
         if not (cert_file.is_file() and key_file.is_file()):
-            folder.mkdir(parents=True, exist_ok=True)
             cert_pem, key_pem = self_signed(settings.xot_name)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key_pem)
-            cert_file.write_bytes(cert_pem)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(key_pem)
+                cert_file.write_bytes(cert_pem)
+            except OSError as e:
+                raise ConfigError(f"cannot make the self-signed XoT certificate in {folder}: {e.strerror}; "
+                                  "make that folder writable once, or set BLOCKLIST_XOT_CERT_FILE and "
+                                  "BLOCKLIST_XOT_KEY_FILE") from e
     try:
         pem = cert_file.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as e:
