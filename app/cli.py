@@ -637,15 +637,9 @@ def isp() -> None:
 
 def _xot_details(core: Core) -> dict[str, Any]:
     """What an ISP needs to check our XoT server: the certificate's SPKI pin and name."""
-    from app.xot import spki_pin
+    from app.xot import details
 
-    pem = core.store.xot_cert()
-    if pem is None:
-        return {"xot": None}
-    s = core.settings
-    listen = f"{s.xot_listen[0]}:{s.xot_listen[1]}" if s.xot_listen else None
-    return {"xot": {"spki_pin_sha256": spki_pin(pem), "name": s.xot_name, "listen": listen,
-                    "certificate": "blocklist xot cert (PEM)"}}
+    return {"xot": details(core.store.xot_cert(), core.settings)}
 
 
 @isp.command("add")

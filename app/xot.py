@@ -129,3 +129,14 @@ def server_context(cert: XotCertificate) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"cannot load the XoT certificate {cert.cert_file} and key {cert.key_file}: {e}") from e
     return ctx
+
+
+def details(pem: str | None, settings: Settings) -> dict[str, str | None] | None:
+    """What an ISP needs to check our XoT server (None until a transfer server has served XoT):
+    the SPKI pin and name of the certificate served, and where."""
+    if pem is None:
+        return None
+    listen = settings.xot_listen
+    return {"spki_pin_sha256": spki_pin(pem), "name": settings.xot_name,
+            "listen": (f"[{listen[0]}]:{listen[1]}" if ":" in listen[0] else f"{listen[0]}:{listen[1]}")
+            if listen else None}

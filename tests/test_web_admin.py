@@ -308,6 +308,11 @@ def test_the_isp_page_says_in_one_line_how_transfers_are_authenticated_and_shows
     cert = ada.get("/isps/xot-certificate.pem")
     assert cert.status_code == 200
     assert cert.get_data(as_text=True) == pem
+    api = app.test_client().get("/api/v1/isps/unbound-isp", headers=personas.ada.headers).json
+    assert (api["transfer_auth"], api["tsig_key_name"]) == ("address-only", None)
+    assert api["xot"]["spki_pin_sha256"] == spki_pin(pem)
+    outsider = app.test_client().get("/isps/xot-certificate.pem")
+    assert outsider.status_code in (302, 303, 401), "only signed-in staff download it here"
 
 
 def test_isps_behind_the_latest_version_are_shown(app, core: Core, personas: Personas) -> None:
