@@ -484,7 +484,10 @@ class XfrServer:
                     if left <= 0:
                         raise TimeoutError
                     head = await asyncio.wait_for(reader.readexactly(2), left)
-                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), idle)
+                    # The rest of the message within the same budget (a second at least, for a signed
+                    # request that arrives just as it runs out).
+                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")),
+                                                  max(1.0, idle - (self.loop.time() - trusted_at)))
                 except TimeoutError:
                     if unsigned:
                         self.refuse(peer, "idle", "closed a %s connection from %s after %.0f s without an "
