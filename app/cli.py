@@ -669,6 +669,17 @@ def isp_show(ctx: Context, name: str) -> None:
     click.echo(json.dumps({**core.isps.get(name).public(core.latest_version()), **_xot_details(core)}, indent=2))
 
 
+@isp.command("mode")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(["tsig", "address-only"]))
+@click.option("--reason", default="")
+@pass_ctx
+def isp_mode(ctx: Context, name: str, mode: str, reason: str) -> None:
+    """Switch how NAME's zone transfers are authenticated: tsig (a new key, printed once) or
+    address-only (the weaker mode: its key stops working, its --allow-from list is the only gate)."""
+    click.echo(json.dumps(ctx.core().isps.set_transfer_auth(cli_actor(), name, mode, reason), indent=2))
+
+
 @isp.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
