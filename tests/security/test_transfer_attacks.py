@@ -216,15 +216,15 @@ def test_unsigned_soa_queries_do_not_keep_a_connection_open(
 
 def test_a_flood_of_udp_queries_from_one_address_is_cut_while_others_are_answered(
         dns_settings: Settings, core: Core, version: int, acme: dict[str, Any]) -> None:
-    with serve(dns_settings, core, version, dns_queries_per_second=20.0, dns_query_burst=20) as t:
+    with serve(dns_settings, core, version, dns_queries_per_second=5.0, dns_query_burst=20) as t:
         wait_for(lambda: soa_serial(t.port) == version)
-        time.sleep(1.2)  # the bucket refills after the start-up probes
+        time.sleep(4.5)  # the bucket refills after the start-up probes
         q = dns.message.make_query(ZONE, "SOA")
         q.use_tsig(key_of(acme))
         answered = 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
-            s.settimeout(0.05)
+            s.settimeout(1.0)  # answers wait in the socket buffer; this only ends the count
             for _ in range(200):
                 q.id = (q.id + 1) & 0xFFFF
                 q.use_tsig(key_of(acme), original_id=q.id)
@@ -235,7 +235,7 @@ def test_a_flood_of_udp_queries_from_one_address_is_cut_while_others_are_answere
                     answered += 1
             except TimeoutError:
                 pass
-        assert 15 <= answered <= 40, answered
+        assert 15 <= answered <= 35, answered
         other = dns.message.make_query(ZONE, "SOA")
         other.use_tsig(key_of(acme))
         r = dns.query.udp(other, "127.0.0.1", port=t.port, source=OTHER, timeout=2)
