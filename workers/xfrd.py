@@ -335,6 +335,10 @@ class XfrServer:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.settings.xot_listen is not None:  # a bad certificate stops the start before any listener
+            cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
+            self._tls = server_context(cert)
+            self.xot_certificate = cert
         host, port = self.settings.dns_listen
         self.tcp = await asyncio.start_server(self._tcp, host, port, reuse_address=True,
                                               limit=70_000, backlog=256)
@@ -349,10 +353,8 @@ class XfrServer:
             await self._start_xot(self.settings.xot_listen)
 
     async def _start_xot(self, listen: tuple[str, int]) -> None:
-        assert self.loop is not None
-        cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
-        self._tls = server_context(cert)
-        self.xot_certificate = cert
+        cert = self.xot_certificate
+        assert cert is not None
         host, port = listen
         # The TLS handshake runs inside the connection handler, after the
         # per-address limits, so a failed one is logged and counted.
