@@ -152,7 +152,7 @@ def test_xfrd_with_a_missing_certificate_file_stops_with_one_sentence_and_serves
     env = {**os.environ, "BLOCKLIST_REDIS_URL": str(s.redis_url), "BLOCKLIST_DATA_DIR": str(s.data_dir),
            "BLOCKLIST_DNS_LISTEN": f"127.0.0.1:{s.dns_listen[1]}", "BLOCKLIST_XFRD_METRICS_LISTEN": "",
            "BLOCKLIST_XOT_CERT_FILE": str(tmp_path / "missing.crt"), "BLOCKLIST_XOT_KEY_FILE": str(tmp_path / "k")}
-    r = subprocess.run([sys.executable, "-m", "app.cli", "xfrd", "--xot", "127.0.0.1:0"], env=env,
+    r = subprocess.run([sys.executable, "-m", "app.cli", "xfrd", "--xot", f"127.0.0.1:{free_port()}"], env=env,
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2
     assert r.stderr.strip() == f"blocklist: BLOCKLIST_XOT_CERT_FILE: {tmp_path / 'missing.crt'} does not exist"
