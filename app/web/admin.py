@@ -226,6 +226,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(common.size)
     app.add_template_filter(common.number)
     app.add_template_filter(common.plural)
+    app.add_template_filter(common.link_entries)
     app.add_template_filter(common.compact_json, "json_compact")
     app.add_template_filter(common.pretty_json, "json_pretty")
     app.add_template_filter(display_domain, "display")

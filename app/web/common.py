@@ -18,9 +18,11 @@ What must stay true:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, request, url_for
+from markupsafe import Markup, escape
 
 from app.core import Core
 from app.domain import Entry, iso, parse_bool
@@ -127,6 +129,24 @@ def pretty_json(value: Any, limit: int = 20_000) -> str:
 def entry_label(entry: Entry) -> str:
     """An entry's value for messages: Unicode, with the A-label form beside it."""
     return entry.label()
+
+
+_ENTRY_NUMBER = re.compile(r"\b([Ee]ntry|entries) (\d{1,12})\b")
+
+
+def link_entries(message: str) -> Markup:
+    """A message with every "entry 12" made a link to that entry's page; the
+    rest of the text is escaped as usual."""
+    out = []
+    pos = 0
+    text = str(message)
+    for m in _ENTRY_NUMBER.finditer(text):
+        out.append(escape(text[pos:m.start(2)]))
+        href = url_for("entries.show", entry_id=int(m.group(2)))
+        out.append(Markup('<a href="{}">{}</a>').format(href, m.group(2)))
+        pos = m.end(2)
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
 
 
 # --------------------------------------------------------------------------- rules shown on pages
