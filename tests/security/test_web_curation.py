@@ -152,3 +152,16 @@ def test_markup_in_a_refused_name_is_shown_as_text_in_messages(app, core: Core, 
     assert "Not added" in page
     assert "<img src=x" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_another_user_cannot_withdraw_an_entry_through_the_api(client, core: Core, personas: Personas) -> None:
+    entry_id = _pending(core, personas.alice, "api-theirs.example")
+    r = client.post(f"/api/v1/entries/{entry_id}/withdraw", json={"reason": "x"}, headers=personas.carlos.headers)
+    assert r.status_code == 403
+    assert r.get_json() == {"error": f"entry {entry_id} was submitted by alice; only the submitter may withdraw it"}
+    r = client.post(f"/api/v1/entries/{entry_id}/delist", json={"reason": "x"}, headers=personas.bruno.headers)
+    assert r.status_code == 409  # a pending entry is not delisted
+    assert core.curation.get(entry_id).status == "pending"
+    r = client.post(f"/api/v1/entries/{entry_id}/withdraw", json={}, headers=personas.alice.headers)
+    assert r.status_code == 200
+    assert r.get_json()["status"] == "rejected"
