@@ -358,6 +358,10 @@ class Curation:
                     out.append(e)
                     if len(out) >= limit:
                         break
+        if oldest_first:
+            # Redis orders equal scores (an import shares one second) by the
+            # id's text, which puts 10 before 9; people expect numbers.
+            out.sort(key=lambda e: (self._score(e), e.id))
         more = pos < end
         total = None
         if not filtered:

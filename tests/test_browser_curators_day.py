@@ -224,3 +224,23 @@ def test_a_long_audit_log_stays_inside_the_page(day: Day, core: Core, personas: 
     audrey.get_by_role("link", name="older ›").click()
     expect(rows.first).to_be_visible()
     assert audrey.locator("#audit tbody tr").count() >= 10
+
+
+def test_the_vetting_queue_fits_many_rows_on_a_screen(day: Day, core: Core, personas: Personas) -> None:
+    for i in range(25):
+        core.curation.submit(personas.carlos.actor, f"forum-{i:02d}.bad-site.example", "domain", True, None,
+                             "distributes material; seen on 2027-01-10 in a referral from a hotline", f"case-{i}")
+    core.curation.submit(personas.vera.actor, "vera-own.example", "domain", True, None, "seen", "case-v")
+    vera = day.signed_in(personas.vera)
+    go(vera, "Vetting")
+    rows = vera.locator("#queue tbody tr")
+    expect(rows).to_have_count(25)  # her own entry is not offered to her
+    heights = vera.evaluate("[...document.querySelectorAll('#queue tbody tr')].map(r => r.offsetHeight)")
+    assert max(heights) <= 48, heights  # one line a row
+    visible = vera.evaluate(
+        "[...document.querySelectorAll('#queue tbody tr')].filter(r => r.getBoundingClientRect().bottom <= innerHeight)"
+        ".length")
+    assert visible >= 12, visible
+    ids = [int(t) for t in rows.locator("td.num").all_inner_texts()]
+    assert ids == sorted(ids)  # oldest first
+    shoot(vera, "11-vetting-many")
