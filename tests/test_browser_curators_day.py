@@ -98,6 +98,9 @@ def test_a_curators_day(day: Day, core: Core, personas: Personas, tmp_path: Path
     expect(alice.get_by_role("status").first).to_contain_text("bücher-shop.example (xn--bcher-shop-")
     entry_id = int(alice.url.rsplit("/", 1)[1])
     assert core.curation.get(entry_id).subdomains is False
+    expect(alice.get_by_role("button", name="Withdraw")).to_be_visible()  # her own pending entry
+    expect(alice.get_by_role("button", name="Delist")).to_have_count(0)  # it was never published
+    shoot(alice, "1b-entry-pending")
 
     # Vera (vetter, agency A) is not offered what she may not approve.
     vera = day.signed_in(personas.vera)
