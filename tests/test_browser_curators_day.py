@@ -8,6 +8,7 @@ first. Each step leaves screenshots at 1366x768 and at 390 px wide in
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app import audit
 from app.core import Core
+from app.curation import parse_import
 from tests.conftest import LiveServer, Persona, Personas, require_binary
 from tests.test_browser_admin import CHROMIUM_ARGS, SCREENSHOTS
 
@@ -200,10 +202,6 @@ def test_a_curators_day(day: Day, core: Core, personas: Personas, tmp_path: Path
 
 
 def test_a_long_audit_log_stays_inside_the_page(day: Day, core: Core, personas: Personas) -> None:
-    import io
-
-    from app.curation import parse_import
-
     long_source = "national-referrals-" + "x" * 80 + ".csv"
     core.curation.import_rows(personas.alice.actor,
                               parse_import(io.StringIO("\n".join(f"n{i}.example" for i in range(40)))),
