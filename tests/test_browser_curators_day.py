@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from app import audit
 from app.core import Core
 from app.curation import parse_import
+from app.domain import SYSTEM
 from tests.conftest import LiveServer, Persona, Personas, require_binary
 from tests.test_browser_admin import CHROMIUM_ARGS, SCREENSHOTS
 
@@ -245,3 +246,25 @@ def test_the_vetting_queue_fits_many_rows_on_a_screen(day: Day, core: Core, pers
     ids = [int(t) for t in rows.locator("td.num").all_inner_texts()]
     assert ids == sorted(ids)  # oldest first
     shoot(vera, "11-vetting-many")
+
+
+def test_discarding_a_held_publication_asks_on_a_page_of_its_own(
+    day: Day, core: Core, personas: Personas
+) -> None:
+    core.curation.set_policy(SYSTEM, {"guard_add_max": 1}, "test")
+    for value in ("one.example", "two.example"):
+        entry = core.curation.submit(personas.alice.actor, value, "domain", True, None, "seen", "case-1")
+        core.curation.act(personas.bruno.actor, entry.id, "approve")
+    assert core.publisher.publish().status == "held"
+    ada = day.signed_in(personas.ada)
+    ada.on("dialog", lambda dialog: pytest.fail(f"a script dialog asked instead of the page: {dialog.message}"))
+    go(ada, "Publications")
+    ada.get_by_label("Reason for “Discard”").fill("not what we expected")
+    ada.get_by_role("button", name="Discard").click()
+    expect(ada.get_by_role("heading", level=1)).to_have_text("Discard the held publication?")
+    expect(ada.locator("main")).to_contain_text("2 added, 0 removed")
+    assert core.publisher.held() is not None  # nothing happened yet
+    shoot(ada, "12-discard-confirm")
+    ada.get_by_role("button", name="Yes, discard it").click()
+    expect(ada.get_by_role("status").first).to_contain_text("Discarded")
+    assert core.publisher.held() is None
