@@ -171,10 +171,8 @@ def appeal() -> Any:
     if not form.validate():
         message = "; ".join(m for ms in form.errors.values() for m in ms)
         return _page(form, 400, message, token=form.form_token.data)
-    from app.web.admin import appeals
-
     try:
-        filed, new = appeals().file(form.domain.data, form.contact.data, form.statement.data, once=nonce)
+        filed, new = _core().appeals.file(form.domain.data, form.contact.data, form.statement.data, once=nonce)
     except BlocklistError as e:
         return _page(form, e.status, e.message, token=form.form_token.data)
     if new:
