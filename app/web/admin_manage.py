@@ -113,7 +113,7 @@ def _users_page(form: UserAddForm | None = None, error: str | None = None, statu
     _agency_choices(form)
     return render_template("users.html", users=core().users.list(), form=form, error=error,
                            agencies=core().users.agencies(), agency_names=core().users.agency_names(),
-                           agency_form=agency_form or AgencyForm(), agency_error=agency_error,
+                           agency_form=agency_form or AgencyForm(prefix="agency"), agency_error=agency_error,
                            rename=AgencyRenameForm(), retire=ReasonForm()), status
 
 
@@ -146,7 +146,7 @@ def users_add() -> Any:
 @bp.post("/agencies")
 @page("user.manage")
 def agencies_add() -> Any:
-    form = AgencyForm()
+    form = AgencyForm(prefix="agency")
     if not form.validate():
         return _users_page(agency_form=form, agency_error=_errors(form), status=400)
     try:
