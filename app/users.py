@@ -376,13 +376,13 @@ class Users:
         actor.require("user.manage")
         validate_name(name)
         r = validate_role(role)
+        if self.find(name) is not None:
+            raise ConflictError(f"a user named {name!r} already exists")
         if actor == SYSTEM:
             # The program's own accounts (first start) bring their agency with them.
             agency_id = self._ensure_agency(clean_text(agency, "agency", 100, required=True))
         else:
             agency_id = self.resolve_agency(agency)
-        if self.find(name) is not None:
-            raise ConflictError(f"a user named {name!r} already exists")
         fields = {
             "name": name, "role": str(r), "agency": agency_id, "disabled": "0",
             "created_at": str(int(self.clock())),
