@@ -318,3 +318,11 @@ def test_an_account_added_without_a_password_gets_one_shown_once(app, core: Core
     assert password not in text(admin.get("/users/newbie"))
     assert sign_in(app.test_client(), "newbie", password).status_code == 302
     assert core.users.get("newbie").role == "curator"
+
+
+def test_a_refused_page_says_in_words_what_the_role_may_not_do(app, personas: Personas) -> None:
+    auditor = signed_in(app.test_client(), personas.audrey)
+    r = auditor.get("/users")
+    assert r.status_code == 403
+    assert "as an auditor you may not manage user accounts; only admins may" in text(r)
+    assert "(user manage)" not in text(r)
