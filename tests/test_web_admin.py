@@ -121,7 +121,7 @@ def test_suspend_and_delist_need_a_reason(app, core: Core, personas: Personas) -
 
 def test_submit_checks_first_and_refusals_change_nothing(app, core: Core, personas: Personas) -> None:
     alice = signed_in(app.test_client(), personas.alice)
-    r = post(alice, "/submit", {"value": "Bad.Example", "type": "", "subdomains": "", "category": "csam",
+    r = post(alice, "/submit", {"value": "Bad.Example", "type": "", "subdomains": "y", "category": "csam",
                                 "check": "Check what it covers"})
     assert r.status_code == 200
     assert "would block: bad.example and every name under it" in text(r)
@@ -218,7 +218,12 @@ def test_an_admin_adds_to_the_allowlist_and_conflicting_entries_are_suspended(
     ada = signed_in(app.test_client(), personas.ada)
     r = post(ada, "/allowlist", {"domain": "bigplatform.example", "subdomains": "y", "reason": "platform"},
              follow_redirects=True)
-    assert f"Suspended at once because they conflict with it: entry {entry_id}" in text(r)
+    assert "This suspends 1 active entry at once" in text(r)  # first it says what happens, and asks
+    assert "cdn.bigplatform.example" in text(r)
+    assert core.curation.get(entry_id).status == "active"
+    r = post(ada, "/allowlist", {"domain": "bigplatform.example", "subdomains": "y", "reason": "platform",
+                                 "confirmed": "yes", "expect": str(entry_id)}, follow_redirects=True)
+    assert f"Suspended because they conflict with it: entry {entry_id}" in text(r)
     assert core.curation.get(entry_id).status == "suspended"
     r = post(ada, "/allowlist", {"domain": "co.uk!", "reason": "x"}, follow_redirects=True)
     assert "Not added" in text(r)
@@ -349,7 +354,13 @@ def test_a_held_publication_is_released_by_an_admin(app, core: Core, personas: P
     r = post(ada, "/publications/held/release", {"reason": ""}, follow_redirects=True)
     assert "Give a reason" in text(r)
     r = post(ada, "/publications/held/release", {"reason": "expected: new national list"}, follow_redirects=True)
+    assert "Release the held publication?" in text(r)
+    assert not core.publisher.held().get("released_by")  # nothing is done before the confirmation
+    expect = re.search(r'name="expect" value="([^"]+)"', text(r)).group(1)
+    r = post(ada, "/publications/held/release", {"reason": "expected: new national list", "confirmed": "yes",
+                                                 "expect": expect}, follow_redirects=True)
     assert "Released" in text(r)
+    assert 'http-equiv="refresh"' in text(r)  # the page follows the publisher until it has published
     core.publisher.serve_request()
     assert core.latest_version() == 1
 

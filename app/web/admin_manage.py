@@ -18,10 +18,11 @@ import segno
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from markupsafe import Markup
 
+from app.domain import display_domain
 from app.errors import AuthenticationError, BlocklistError, ValidationError
 from app.users import totp_uri
-from app.web.admin import core
 from app.web.auth import SIGNED_IN, actor, complete_login, current_user, page, record_failure, second_factor_fresh
+from app.web.common import core
 from app.web.forms import (
     AgencyForm,
     AgencyRenameForm,
@@ -64,19 +65,29 @@ def allowlist() -> Any:
 @bp.post("/allowlist")
 @page("allowlist.write")
 def allowlist_add() -> Any:
+    """Add a never-block name. When active entries conflict with it, the first
+    post shows which ones it would suspend and asks; the confirmed post
+    carries that set, and the server refuses it if the set changed since."""
     form = AllowForm()
     if not form.validate():
         flash(_errors(form), "error")
         return redirect(url_for("manage.allowlist"), 303)
+    c = core()
     try:
-        suspended: list[int] = core().curation.allowlist_add(actor(), form.domain.data, bool(form.subdomains.data),
-                                                  form.reason.data or "")
+        name, sub, conflicting = c.curation.allowlist_effect(form.domain.data, bool(form.subdomains.data))
+        if form.confirmed.data != "yes" and conflicting:
+            return render_template("allowlist_confirm.html", form=form, name=name, subdomains=sub,
+                                   conflicting=conflicting, expect=",".join(str(e.id) for e in conflicting))
+        expect = [int(i) for i in (form.expect.data or "").split(",") if i.strip().isdigit()]
+        suspended: list[int] = c.curation.allowlist_add(
+            actor(), form.domain.data, sub, form.reason.data or "",
+            expect_suspended=expect if form.confirmed.data == "yes" else [])
     except BlocklistError as e:
         flash(f"Not added: {e.message}", "error")
         return redirect(url_for("manage.allowlist"), 303)
-    text = f"{form.domain.data.strip()} is on the never-block allowlist."
+    text = f"{display_domain(name)} is on the never-block allowlist."
     if suspended:
-        text += " Suspended at once because they conflict with it: " + ", ".join(f"entry {i}" for i in suspended)
+        text += " Suspended because they conflict with it: " + ", ".join(f"entry {i}" for i in suspended) + "."
     flash(text, "ok")
     return redirect(url_for("manage.allowlist"), 303)
 

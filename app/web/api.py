@@ -17,14 +17,14 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app import audit
 from app.curation import parse_import
-from app.domain import Actor, Entry, iso
+from app.domain import ENTRY_ACTIONS, Actor, Entry, iso
 from app.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ValidationError
 from app.users import User
 from app.web import core_of
+from app.web.common import bearer_token, yes_no
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-ENTRY_ACTIONS = ("approve", "reject", "reverify", "suspend", "reinstate", "delist")
 
 
 def core() -> Any:
@@ -35,11 +35,7 @@ def core() -> Any:
 def _authenticate() -> None:
     if request.endpoint == "api.openapi":
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("a valid API token is required (Authorization: Bearer blu_...)")
-    user: User = core().users.authenticate_token(token.strip())
+    user: User = core().users.authenticate_token(bearer_token("API token", "blu_..."))
     g.user = user
     g.actor = user.actor
 
@@ -179,11 +175,10 @@ def import_file() -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValidationError("the file must be UTF-8 text") from None
-    dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
-    subdomains = request.args.get("subdomains")
+    dry_run = bool(yes_no(request.args.get("dry_run"), "dry_run", default=False))
     report = core().curation.import_rows(
         actor(), parse_import(io.StringIO(text)), source=source[:100],
-        default_subdomains=None if subdomains in (None, "") else subdomains.lower() in ("1", "true", "yes"),
+        default_subdomains=yes_no(request.args.get("subdomains"), "subdomains"),
         default_category=request.args.get("category") or None,
         default_reason=request.args.get("reason", ""),
         dry_run=dry_run,
@@ -500,5 +495,6 @@ def revoke_isp(name: str) -> Any:
 @bp.post("/isps/<name>/rotate")
 def rotate_isp(name: str) -> Any:
     d = body()
-    return jsonify(core().isps.rotate(actor(), name, token=bool(d.get("token", True)),
-                                      tsig=bool(d.get("tsig", False)), reason=d.get("reason", ""))), 201
+    token = bool(yes_no(d.get("token"), "token", default=True))
+    tsig = bool(yes_no(d.get("tsig"), "tsig", default=False))
+    return jsonify(core().isps.rotate(actor(), name, token=token, tsig=tsig, reason=d.get("reason", ""))), 201

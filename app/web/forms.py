@@ -17,6 +17,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired, FileSize
 from wtforms import (
     BooleanField,
+    DateField,
     HiddenField,
     PasswordField,
     SelectField,
@@ -116,15 +117,21 @@ class EntryForm(Form):
 
 
 class ImportForm(Form):
-    file = FileField("File (CSV with a header naming value, or one domain or URL a line)",
+    """Shown on the same page as :class:`EntryForm`: its fields have ids of
+    their own (``upload-...``), so a label of one form never works the other."""
+
+    file = FileField("File (CSV with a header naming value, or one domain or URL a line)", id="upload-file",
                      validators=[FileRequired(message="choose a file"),
                                  FileSize(MAX_UPLOAD, message="the file is larger than 20 MB")])
-    subdomains = SelectField("Subdomains", choices=choices([("", "as the file says (default: yes)"),
-                                                            ("true", "yes, block names under each domain"),
-                                                            ("false", "no, exact names only")]))
-    category = SelectField("Category", choices=[])
-    reason = _reason("Reason for lines that give none")
-    dry_run = BooleanField("Only check: change nothing")
+    subdomains = SelectField("Subdomains for the file's domains", id="upload-subdomains",
+                             choices=choices([("", "as the file says (default: yes)"),
+                                              ("true", "yes, block names under each domain"),
+                                              ("false", "no, exact names only")]))
+    category = SelectField("Category for lines that give none", id="upload-category", choices=[])
+    reason = TextAreaField("Reason for lines that give none", id="upload-reason",
+                           validators=[Optional(), Length(max=MAX_TEXT_LENGTH)],
+                           render_kw={"rows": 2, "maxlength": MAX_TEXT_LENGTH})
+    dry_run = BooleanField("Only check: change nothing", id="upload-dry-run")
 
 
 class EntryFilterForm(QueryForm):
@@ -147,6 +154,10 @@ class AllowForm(Form):
                          render_kw={"spellcheck": "false"})
     subdomains = BooleanField("Also never block any name under it")
     reason = _reason("Why it must never be blocked")
+    # Set by the confirmation step: the entries the admin saw would be
+    # suspended (comma-separated ids; empty: none). Absent on the first post.
+    confirmed = HiddenField()
+    expect = HiddenField()
 
 
 class UserAddForm(Form):
@@ -232,6 +243,8 @@ class AuditFilterForm(QueryForm):
                          render_kw={"spellcheck": "false"})
     target = StringField("Target (e.g. entry:12, user:alice)", validators=[Optional(), Length(max=200)],
                          render_kw={"spellcheck": "false"})
+    since = DateField("From (day, UTC)", validators=[Optional()])
+    until = DateField("To (day, UTC, included)", validators=[Optional()])
 
 
 # --------------------------------------------------------------------------- public appeal

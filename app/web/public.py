@@ -225,10 +225,8 @@ def appeal() -> Any:
         log.warning("appeal refused: the limit for everyone (%d an hour) is reached", overall)
         return _page(form, 429, "Too many appeals reached us in the last hour; please try again later.",
                      token=form.form_token.data)
-    from app.web.admin import appeals
-
     try:
-        filed, new = appeals().file(form.domain.data, form.contact.data, form.statement.data, once=nonce)
+        filed, new = _core().appeals.file(form.domain.data, form.contact.data, form.statement.data, once=nonce)
     except BlocklistError as e:
         return _page(form, e.status, e.message, token=form.form_token.data)
     if new:
