@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+import segno
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app import bootstrap
@@ -104,6 +105,12 @@ def test_first_admin_changes_the_printed_password_sets_up_totp_by_qr_and_curates
     assert len(secret) == 32
     uri = admin.locator("#totp-uri").text_content() or ""
     assert uri.startswith("otpauth://totp/") and secret in uri
+    # The QR code is the link shown as text (the same dark modules), with no inline style.
+    svg = admin.locator("#totp-qr").inner_html()
+    assert "style" not in svg and "<script" not in svg
+    expected = segno.make(uri, error="m").svg_inline(scale=4, border=2, dark="#000", light="#fff")
+    dark = re.compile(r'stroke="#000" d="([^"]+)"')
+    assert dark.search(svg) and dark.search(svg).group(1) == dark.search(expected).group(1)  # type: ignore[union-attr]
     admin.get_by_label("Six-digit code").fill(pyotp.TOTP(secret).at(clock()))
     admin.get_by_role("button", name="Turn on").click()
 
