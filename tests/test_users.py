@@ -10,6 +10,7 @@ import pytest
 
 from app import audit, bootstrap
 from app.clock import FakeClock
+from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM, Actor
 from app.errors import AuthenticationError, ConflictError, PermissionDeniedError, ValidationError
@@ -118,3 +119,32 @@ def test_the_first_admin_password_is_temporary(core: Core) -> None:
     admin = core.users.authenticate_password("admin", first.admin_password or "")
     assert admin.must_change
     assert SYSTEM.agency not in {a.id for a in core.users.agencies()}
+
+
+def test_agency_and_password_commands_say_what_is_wrong_in_one_sentence_and_change_nothing(
+    core: Core, settings: Settings, personas: Personas
+) -> None:
+    from tests.test_cli import run
+
+    assert run(settings, "user", "agency", "add", "Agency North").returncode == 0
+    r = run(settings, "user", "agency", "add", "agency north")
+    assert r.returncode == 1 and "already on the list" in r.stderr and "Traceback" not in r.stderr
+    r = run(settings, "user", "agency", "rename", "Agency North", "Agency North (NO)")
+    assert r.returncode == 0 and "is now called Agency North (NO)" in r.stdout
+    r = run(settings, "user", "agency", "retire", "Agency Nowhere")
+    assert r.returncode == 1 and "there is no agency 'Agency Nowhere'" in r.stderr
+    assert run(settings, "user", "agency", "retire", "agency north (no)").returncode == 0
+    listing = json.loads(run(settings, "user", "agency", "list", "--json").stdout)
+    assert {"id": "Agency North", "name": "Agency North (NO)", "retired": True} in listing
+    r = run(settings, "user", "add", "nils", "--role", "vetter", "--agency", "Agency North (NO)")
+    assert r.returncode == 1 and "no agency" in r.stderr
+    assert core.users.find("nils") is None
+    r = run(settings, "user", "password", "sessions:alice", stdin="a long enough password\n")
+    assert r.returncode == 1 and "user name is 2-32 characters" in r.stderr and "Traceback" not in r.stderr
+    before = core.store.user_raw("alice")["password_hash"]
+    r = run(settings, "user", "password", "alice", stdin="short\n")
+    assert r.returncode == 1 and "at least 12 characters" in r.stderr
+    assert core.store.user_raw("alice")["password_hash"] == before
+    r = run(settings, "user", "password", "alice", stdin="a long enough password\n")
+    assert r.returncode == 0 and "must choose a new one" in r.stdout
+    assert core.users.get("alice").must_change
