@@ -92,6 +92,7 @@ class K:
     # Appeals: idempotency claims (same content, same form) -> appeal id.
     appeal_claim = PREFIX + "appeal-claim:{digest}"
     rate = PREFIX + "rate:{scope}:{who}"
+    rate_set = PREFIX + "rate-set:{scope}:{who}"
     login_failures = PREFIX + "login:failures:{name}"
     session = PREFIX + "session:{sid}"
     user_sessions = PREFIX + "sessions-of:{name}"
@@ -611,6 +612,17 @@ class Store:
         slot = int(time.time() // window)
         key = K.rate.format(scope=key_part(scope, "rate scope"), who=f"{key_part(who, 'rate subject')}:{slot}")
         return int(self.r.get(key) or 0)
+
+    def distinct_hit(self, scope: str, who: str, item: str, window: int) -> int:
+        """Fixed-window count of the different ``item`` values ``who`` used (``item`` is stored as a digest)."""
+        slot = int(time.time() // window)
+        key = K.rate_set.format(scope=key_part(scope, "rate scope"), who=f"{key_part(who, 'rate subject')}:{slot}")
+        pipe = self.r.pipeline()
+        pipe.sadd(key, hashlib.sha256(item.encode()).hexdigest()[:16])
+        pipe.expire(key, window * 2)
+        pipe.scard(key)
+        _, _, n = pipe.execute()
+        return int(n)
 
     # ------------------------------------------------------------------ sessions
 

@@ -20,6 +20,10 @@ What must stay true:
   a name delisted since the ISP last pulled) gets a neutral page, status 404,
   that does not repeat the name and says nothing about any list.
 * The stop host itself (no name) shows the programme's general page.
+* Naming listed sites makes the page an oracle for the confidential list,
+  so one client address gets at most ``BLOCKLIST_STOP_NAMES_PER_HOUR``
+  different names checked an hour; beyond that it gets the neutral page
+  (429) without any check.
 
 The appeal form resists abuse without a CAPTCHA: a signed, time-stamped
 form token that must be at least :data:`MIN_FORM_SECONDS` old and at most a
@@ -37,7 +41,8 @@ import logging
 import secrets
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, render_template, request
+from flask import Blueprint, Flask, Response, current_app, render_template, request
+from flask.globals import request_ctx
 from itsdangerous import BadSignature, Signer
 
 from app.core import Core
@@ -180,8 +185,19 @@ def check_form_token(token: str) -> str:
 # --------------------------------------------------------------------------- views
 
 
+def _too_many_names(host: str) -> bool:
+    """This address has had more different names checked this hour than anyone
+    sent by a resolver would: it is testing the list name by name."""
+    c = _core()
+    seen = c.store.distinct_hit("stop-names", address_key(client_address()), host, 3600)
+    return seen > c.settings.stop_names_per_hour
+
+
 def _page(form: AppealForm, status: int, error: str | None = None, token: str | None = None) -> Any:
     host = requested_name()
+    if host and _too_many_names(host):
+        log.warning("stop page: too many different names from one address; not checking")
+        return render_template("stop_neutral.html", s=_core().settings), 429
     name = listed_as(host) if host else None
     if host and name is None:
         # A name nobody listed (or no longer listed): say nothing about it.
@@ -246,6 +262,11 @@ def _limit_body() -> None:
 
 def _walled_garden() -> Any:
     """Requests for blocked names get the stop page, whatever their path."""
+    if request_ctx.url_adapter is None:
+        # Werkzeug could not route a Host it finds malformed ("a..b"): no page
+        # (not even an error page) can be built for it, so answer in plain text.
+        return Response("The Host header is not a valid host name.\n", 400, mimetype="text/plain",
+                        headers={"Cache-Control": "no-store"})
     if not stop_mode() or request.endpoint in _ANY_HOST:
         return None
     return _page(AppealForm(formdata=None), 451)

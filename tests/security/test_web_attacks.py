@@ -109,6 +109,41 @@ def test_a_url_entry_gets_only_its_own_url_named_not_the_whole_host(
         assert "host.example" not in a.text
 
 
+def test_one_address_cannot_test_the_confidential_list_name_by_name(core: Core, personas: Personas) -> None:
+    _listed(core, personas, "bad.example")
+    with _server(core, stop_host=STOP_HOST, public_url="https://admin.example.org", stop_names_per_hour=3,
+                 trust_proxy=1) as server:
+        prober = {"X-Forwarded-For": "198.51.100.66"}
+        for i in range(3):
+            a = Http(server.url).get("/", headers={"Host": f"guess{i}.example", **prober})
+            assert a.status == 404
+        a = Http(server.url).get("/", headers={"Host": "bad.example", **prober})
+        assert a.status == 429
+        assert "bad.example" not in a.text and "child sexual abuse" not in a.text
+        # Someone else, sent there by their resolver, still gets the page naming the site.
+        a = Http(server.url).get("/", headers={"Host": "bad.example", "X-Forwarded-For": "203.0.113.5"})
+        assert a.status == 451
+        assert "<strong>bad.example</strong>" in a.text
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "[2001:db8::1]", "-bad-.example", "xn--zz.example"])
+def test_an_address_or_malformed_host_gets_the_neutral_page(stop_server: LiveServer, host: str) -> None:
+    a = _as_host(stop_server, host)
+    assert a.status == 404
+    assert "child sexual abuse" not in a.text
+
+
+@pytest.mark.parametrize("host", ["a..b", "bad.example.."])
+def test_a_host_header_werkzeug_cannot_route_is_a_clear_400_not_a_server_error(
+    live_server: LiveServer, stop_server: LiveServer, core: Core, personas: Personas, host: str
+) -> None:
+    _listed(core, personas, "bad.example")
+    for server in (live_server, stop_server):
+        a = _as_host(server, host)
+        assert a.status == 400, (server.url, a.status)
+        assert a.text == "The Host header is not a valid host name.\n"
+
+
 # --------------------------------------------------------------------------- crafted user names
 
 
