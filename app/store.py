@@ -60,6 +60,11 @@ class K:
     entries = PREFIX + "entries:{bucket}"
     value_index = PREFIX + "ix:value:{bucket}"
     status_index = PREFIX + "ix:status:{status}"
+    # URL entries by host (a set of ids per host), so a search for a host
+    # finds the URLs on it without reading every record; "ready" once the
+    # entries made before this index existed were added to it.
+    url_host = PREFIX + "ix:urlhost:{host}"
+    url_host_ready = PREFIX + "ix:urlhost-ready"
     dirty = PREFIX + "dirty"
     allowlist = PREFIX + "allowlist"
     users = PREFIX + "users"
@@ -134,6 +139,14 @@ def _digest(index_key: str) -> bytes:
 
 def value_key(index_key: str) -> str:
     return K.value_index.format(bucket=int.from_bytes(_digest(index_key)[:4], "big") % INDEX_BUCKETS)
+
+
+def url_host_of(index_key: str) -> str | None:
+    """The host of a URL entry's index key (``u:scheme://host[:port]/...``)."""
+    if not index_key.startswith("u:"):
+        return None
+    rest = index_key[2:].partition("://")[2]
+    return rest.partition("/")[0].partition(":")[0] or None
 
 
 def value_field(index_key: str) -> str:
@@ -444,6 +457,9 @@ class Store:
             vkey, vfield = value_key(index_key), value_field(index_key)
             txn.expect_hget(vkey, vfield, index_expect)
             txn.op("HSET", vkey, vfield, f"{index_expect},{member}" if index_expect else member)
+            host = url_host_of(index_key)
+            if host:
+                txn.op("SADD", K.url_host.format(host=host), member)
         txn.op("HSET", ek, member, new_json)
         if old_status is not None and old_status != new_status:
             txn.op("ZREM", status_key(old_status), member)
@@ -457,6 +473,7 @@ class Store:
         fresh ids from :meth:`allocate_entry_ids`, in few large writes."""
         buckets: dict[str, list[str]] = {}
         index: dict[str, list[str]] = {}
+        hosts: dict[str, list[str]] = {}
         zadd_args: list[str] = []
         sc = repr(float(score))
         for entry_id, ikey, js, index_expect in items:
@@ -467,13 +484,34 @@ class Store:
             index.setdefault(vkey, []).extend(
                 (vfield, f"{index_expect},{member}" if index_expect else member)
             )
+            host = url_host_of(ikey)
+            if host:
+                hosts.setdefault(K.url_host.format(host=host), []).append(member)
             zadd_args += (sc, member)
         for key, args in buckets.items():
             txn.op("HSET", key, *args)
         for key, args in index.items():
             txn.op("HSET", key, *args)
+        for key, args in hosts.items():
+            txn.op("SADD", key, *args)
         if zadd_args:
             txn.op("ZADD", status_key(status), *zadd_args)
+
+    def url_host_ids(self, host: str) -> list[int]:
+        """Ids of the URL entries on ``host``."""
+        return sorted(int(i) for i in self.r.smembers(K.url_host.format(host=host)))
+
+    def url_host_index_ready(self) -> bool:
+        return bool(self.r.exists(K.url_host_ready))
+
+    def add_url_hosts(self, pairs: Iterable[tuple[str, int]], done: bool = False) -> None:
+        """Add (host, id) pairs to the URL host index; ``done`` marks it complete."""
+        pipe = self.r.pipeline(transaction=False)
+        for host, entry_id in pairs:
+            pipe.sadd(K.url_host.format(host=host), str(entry_id))
+        if done:
+            pipe.set(K.url_host_ready, "1")
+        pipe.execute()
 
     def count_by_status(self, statuses: Iterable[str]) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)

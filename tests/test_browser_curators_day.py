@@ -8,6 +8,7 @@ first. Each step leaves screenshots at 1366x768 and at 390 px wide in
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app import audit
 from app.core import Core
+from app.curation import parse_import
 from tests.conftest import LiveServer, Persona, Personas, require_binary
 from tests.test_browser_admin import CHROMIUM_ARGS, SCREENSHOTS
 
@@ -98,6 +100,9 @@ def test_a_curators_day(day: Day, core: Core, personas: Personas, tmp_path: Path
     expect(alice.get_by_role("status").first).to_contain_text("bücher-shop.example (xn--bcher-shop-")
     entry_id = int(alice.url.rsplit("/", 1)[1])
     assert core.curation.get(entry_id).subdomains is False
+    expect(alice.get_by_role("button", name="Withdraw")).to_be_visible()  # her own pending entry
+    expect(alice.get_by_role("button", name="Delist")).to_have_count(0)  # it was never published
+    shoot(alice, "1b-entry-pending")
 
     # Vera (vetter, agency A) is not offered what she may not approve.
     vera = day.signed_in(personas.vera)
@@ -197,10 +202,6 @@ def test_a_curators_day(day: Day, core: Core, personas: Personas, tmp_path: Path
 
 
 def test_a_long_audit_log_stays_inside_the_page(day: Day, core: Core, personas: Personas) -> None:
-    import io
-
-    from app.curation import parse_import
-
     long_source = "national-referrals-" + "x" * 80 + ".csv"
     core.curation.import_rows(personas.alice.actor,
                               parse_import(io.StringIO("\n".join(f"n{i}.example" for i in range(40)))),
@@ -224,3 +225,23 @@ def test_a_long_audit_log_stays_inside_the_page(day: Day, core: Core, personas: 
     audrey.get_by_role("link", name="older ›").click()
     expect(rows.first).to_be_visible()
     assert audrey.locator("#audit tbody tr").count() >= 10
+
+
+def test_the_vetting_queue_fits_many_rows_on_a_screen(day: Day, core: Core, personas: Personas) -> None:
+    for i in range(25):
+        core.curation.submit(personas.carlos.actor, f"forum-{i:02d}.bad-site.example", "domain", True, None,
+                             "distributes material; seen on 2027-01-10 in a referral from a hotline", f"case-{i}")
+    core.curation.submit(personas.vera.actor, "vera-own.example", "domain", True, None, "seen", "case-v")
+    vera = day.signed_in(personas.vera)
+    go(vera, "Vetting")
+    rows = vera.locator("#queue tbody tr")
+    expect(rows).to_have_count(25)  # her own entry is not offered to her
+    heights = vera.evaluate("[...document.querySelectorAll('#queue tbody tr')].map(r => r.offsetHeight)")
+    assert max(heights) <= 48, heights  # one line a row
+    visible = vera.evaluate(
+        "[...document.querySelectorAll('#queue tbody tr')].filter(r => r.getBoundingClientRect().bottom <= innerHeight)"
+        ".length")
+    assert visible >= 12, visible
+    ids = [int(t) for t in rows.locator("td.num").all_inner_texts()]
+    assert ids == sorted(ids)  # oldest first
+    shoot(vera, "11-vetting-many")

@@ -158,6 +158,20 @@ def test_an_exact_search_for_a_host_lists_the_url_entries_on_it(app, core: Core,
     assert "no entry lists or covers this name" not in page
 
 
+def test_url_entries_made_before_the_host_index_existed_are_found_too(
+    app, core: Core, personas: Personas
+) -> None:
+    from app.store import K
+
+    url_id = approved(core, personas, "http://old-files.example:8080/a", kind="url")
+    # As a store written by an earlier version: no host index, not marked ready.
+    core.store.r.delete(K.url_host.format(host="old-files.example"), K.url_host_ready)
+    alice = signed_in(app.test_client(), personas.alice)
+    assert f'href="/entries/{url_id}"' in text(alice.get("/entries?q=old-files.example"))
+    assert core.store.url_host_index_ready()
+    assert core.store.url_host_ids("old-files.example") == [url_id]
+
+
 def test_the_contains_search_matches_unicode_and_a_labels(app, core: Core, personas: Personas) -> None:
     entry_id = approved(core, personas, "bücher-test.example")
     alice = signed_in(app.test_client(), personas.alice)

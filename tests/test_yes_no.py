@@ -4,6 +4,9 @@ is refused with a sentence and changes nothing."""
 
 from __future__ import annotations
 
+import io
+import re
+
 import pytest
 
 from app.core import Core
@@ -67,6 +70,10 @@ def test_false_is_false_in_entries_imports_and_the_allowlist(client, core: Core,
                     headers=personas.alice.headers)
     assert r.status_code == 201, r.get_json()
     assert core.curation.find("domain", "b.example").subdomains is False
+    r = client.post("/api/v1/import", data=b"value,subdomains\nd.example,false\ne.example,FALSE\n",
+                    headers=personas.alice.headers)
+    assert r.status_code == 201, r.get_json()
+    assert [core.curation.find("domain", v).subdomains for v in ("d.example", "e.example")] == [False, False]
     r = client.post("/api/v1/allowlist", json={"domain": "platform.example", "subdomains": "false"},
                     headers=personas.ada.headers)
     assert r.status_code == 201
@@ -79,3 +86,10 @@ def test_false_is_false_in_the_web_forms(app, core: Core, personas: Personas) ->
                                 "submit": "Submit for vetting"})
     assert r.status_code == 303
     assert core.curation.find("domain", "c.example").subdomains is False
+    r = alice.post("/submit/file", data={"csrf_token": re.search(r'name="csrf_token" type="hidden" value="([^"]+)"',
+                                                                   alice.get("/submit").get_data(as_text=True))[1],
+                                         "category": "csam", "subdomains": "false",
+                                         "file": (io.BytesIO(b"f.example\n"), "list.txt")},
+                   content_type="multipart/form-data")
+    assert r.status_code == 200
+    assert core.curation.find("domain", "f.example").subdomains is False

@@ -4,8 +4,8 @@ re-verification.
 The entries list stays fast at a million entries: a page is one range read
 of a status index (or of the id sequence) and one pipelined read of the
 records, and totals come from the index sizes. The exact search is an index
-lookup of the name and of each parent that could cover it, plus one scan
-filtered inside Redis for URL entries on that host; the "contains" search
+lookup of the name, of each parent that could cover it and of the URL
+entries on that host (an index by host); the "contains" search
 reads every record and says so. Names typed in Unicode and their A-label
 forms find the same entries.
 
