@@ -123,6 +123,22 @@ def test_first_admin_changes_the_printed_password_sets_up_totp_by_qr_and_curates
     expect(admin.get_by_text("Unused recovery codes: 10")).to_be_visible()
     assert core.users.get("admin").totp_enabled
 
+    # 3b. A recovery code signs in once in place of the app; new codes replace the old ones.
+    admin.get_by_role("button", name="Sign out").click()
+    sign_in(admin, "admin", "the admin's own long passphrase")
+    admin.get_by_label("Six-digit code").fill(codes[0])
+    snap(admin, "04b-recovery-code-sign-in")
+    admin.get_by_role("button", name="Continue").click()
+    expect(admin.get_by_role("heading", name="Dashboard")).to_be_visible()
+    admin.goto("/account")
+    expect(admin.get_by_text("Unused recovery codes: 9")).to_be_visible()
+    admin.get_by_label("Your password").fill("the admin's own long passphrase")
+    admin.get_by_role("button", name="New recovery codes").click()
+    expect(admin.get_by_text("New recovery codes: the earlier ones no longer work.")).to_be_visible()
+    fresh = [c.strip() for c in admin.locator("#recovery-codes code").all_text_contents()]
+    assert len(fresh) == 10 and not set(fresh) & set(codes)
+    snap(admin, "04c-new-recovery-codes")
+
     # 4. Agencies: a list admins curate.
     admin.goto("/users")
     for agency in ("Agency North (NO)", "Agency South (ES)"):

@@ -399,7 +399,7 @@ def _account(**extra: Any) -> Any:
     user = core().users.get(u.name)
     return render_template("account.html", user=user, password=extra.pop("password", None)
                            or PasswordForm(), code=extra.pop("code", None) or CodeForm(), button=EmptyForm(),
-                           recovery=extra.pop("recovery", None) or RecoveryCodesForm(),
+                           recovery=extra.pop("recovery", None) or RecoveryCodesForm(prefix="recovery"),
                            agency_name=core().users.agency_names().get(user.agency, user.agency),
                            ask_code=user.totp_enabled and not second_factor_fresh(),
                            pending_uri=uri, pending_secret=secret, qr=_qr_svg(uri) if uri else None, **extra)
@@ -484,7 +484,7 @@ def account_mfa_confirm() -> Any:
 @bp.post("/account/recovery-codes")
 @page(SIGNED_IN)
 def account_recovery_codes() -> Any:
-    form = RecoveryCodesForm()
+    form = RecoveryCodesForm(prefix="recovery")
     if not form.validate():
         return _account(recovery=form, recovery_error=_errors(form)), 400
     try:

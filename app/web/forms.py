@@ -230,7 +230,7 @@ class PasswordForm(Form):
 
 
 class RecoveryCodesForm(Form):
-    current = PasswordField("Current password", validators=[InputRequired(), Length(max=1024)],
+    current = PasswordField("Your password", validators=[InputRequired(), Length(max=1024)],
                             render_kw={"autocomplete": "current-password"})
 
 
