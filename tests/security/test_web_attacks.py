@@ -223,6 +223,21 @@ def test_an_api_token_alone_cannot_change_its_own_password(
     assert Http(live_server.url).sign_in("alice", "stolen token new pw").status == 401
 
 
+def test_guessing_the_current_password_with_a_stolen_token_locks_the_account(
+    live_server: LiveServer, core: Core, personas: Personas
+) -> None:
+    http = Http(live_server.url)
+    for i in range(core.settings.login_max_failures):
+        a = http.api("POST", "/users/alice/password", personas.alice.token,
+                     {"current": f"guess number {i:04d}", "new": "stolen token new pw"})
+        assert a.status == 403
+    assert core.users.get("alice").locked
+    a = http.api("POST", "/users/alice/password", personas.alice.token,
+                 {"current": PASSWORD, "new": "stolen token new pw"})
+    assert a.status == 403 and "locked" in a.json()["error"]
+    assert Http(live_server.url).sign_in("alice", "stolen token new pw").status == 401
+
+
 def test_a_locked_account_stays_locked_when_its_holder_changes_the_password_by_token(
     live_server: LiveServer, core: Core, personas: Personas
 ) -> None:
@@ -284,6 +299,24 @@ def test_an_admin_cannot_skip_the_current_password_for_their_own_account(
                                   {"password": "admin sets own pw"})
     assert a.status == 400
     assert Http(live_server.url).sign_in("ada", "admin sets own pw").status == 401
+
+
+def test_agencies_cannot_be_changed_by_a_forged_post_or_by_someone_who_is_not_an_admin(
+    live_server: LiveServer, core: Core, personas: Personas
+) -> None:
+    before = core.store.agencies_raw()
+    admin = Http(live_server.url)
+    assert admin.sign_in("ada", PASSWORD).status == 302
+    a = admin.request("POST", "/agencies", form={"agency-name": "Forged Agency"})  # no CSRF token
+    assert a.status == 400
+    vera = Http(live_server.url)
+    assert vera.sign_in("vera", PASSWORD).status == 302
+    a = vera.post_form("/agencies", {"agency-name": "Vetters' Own Agency"})
+    assert a.status == 403
+    assert "as a vetter you may not manage user accounts; only admins may" in a.text
+    a = vera.api("POST", "/agencies/rename", personas.vera.token, {"agency": "Agency A (UK)", "name": "Mine"})
+    assert a.status == 403
+    assert core.store.agencies_raw() == before
 
 
 # --------------------------------------------------------------------------- TOTP replay
