@@ -61,6 +61,10 @@ TOTP_WINDOW = 1
 RECOVERY_CODES = 10
 _RECOVERY_RE = re.compile(r"[a-z2-7]{4}-?[a-z2-7]{4}-?[a-z2-7]{4}")
 
+class SecondFactorError(AuthenticationError):
+    """The password was right but the second-factor code was not."""
+
+
 _hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
 
 
@@ -451,7 +455,7 @@ class Users:
         user = self.get(actor.name)
         self.authenticate_password(user.name, current)
         if user.totp_enabled and not second_factor_checked and not self.check_second_factor(user, code or ""):
-            raise AuthenticationError("the code from your authenticator app (or a recovery code) is not right")
+            raise SecondFactorError("the code from your authenticator app (or a recovery code) is not right")
         validate_password(new)
         if check_password(user.password_hash, new):
             raise ValidationError("the new password must differ from the current one")

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from app.domain import display_domain
 from app.errors import AuthenticationError, BlocklistError, ValidationError
-from app.users import totp_uri
+from app.users import SecondFactorError, totp_uri
 from app.web.auth import SIGNED_IN, actor, complete_login, current_user, page, record_failure, second_factor_fresh
 from app.web.common import core
 from app.web.forms import (
@@ -430,7 +430,7 @@ def account_password() -> Any:
                                    second_factor_checked=not code and second_factor_fresh())
     except AuthenticationError as e:
         record_failure(name)
-        message = ("the current password is not right" if "password" in e.message else e.message)
+        message = (e.message if isinstance(e, SecondFactorError) else "the current password is not right")
         return _account(password=form, change_error=message), 400
     except BlocklistError as e:
         return _account(password=form, change_error=e.message), e.status

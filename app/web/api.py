@@ -19,7 +19,7 @@ from app import audit
 from app.curation import parse_import
 from app.domain import ENTRY_ACTIONS, Actor, Entry, iso
 from app.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ValidationError
-from app.users import User
+from app.users import SecondFactorError, User
 from app.web import core_of
 from app.web.common import bearer_token, yes_no
 
@@ -324,7 +324,7 @@ def _password(name: str, d: dict[str, Any], reason: str) -> Any:
 
             record_failure(name)
             raise PermissionDeniedError(
-                "the current password is not right" if "password" in e.message else e.message
+                e.message if isinstance(e, SecondFactorError) else "the current password is not right"
             ) from None
         return jsonify(users_.get(name).public())
     given = d.get("password")
