@@ -48,7 +48,9 @@ class Core:
     def from_settings(cls, settings: Settings, clock: Clock = system_clock) -> Core:
         if not settings.redis_url:
             raise ConfigError("BLOCKLIST_REDIS_URL is not set (blocklist serve starts an embedded Redis)")
-        return cls(settings=settings, store=Store.from_url(settings.redis_url), clock=clock)
+        store = Store.from_url(settings.redis_url)
+        store.upgrade_key_names()
+        return cls(settings=settings, store=store, clock=clock)
 
     def latest_version(self) -> int | None:
         latest = self.publisher.latest()

@@ -117,6 +117,36 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "appeal.decide": frozenset({Role.VETTER, Role.ADMIN}),
 }
 
+#: What each permission lets a person do, as a person would say it.
+PERMISSION_WORDS: dict[str, str] = {
+    "entry.read": "see the list's entries",
+    "entry.submit": "submit entries",
+    "entry.resubmit": "submit entries again",
+    "entry.approve": "approve entries",
+    "entry.reject": "reject entries",
+    "entry.reverify": "re-verify entries",
+    "entry.suspend": "suspend entries",
+    "entry.reinstate": "reinstate entries",
+    "entry.delist": "delist entries",
+    "entry.import": "import entries",
+    "allowlist.read": "see the never-block allowlist",
+    "allowlist.write": "change the never-block allowlist",
+    "user.manage": "manage user accounts",
+    "isp.manage": "manage ISPs",
+    "isp.read": "see the ISPs",
+    "settings.write": "change settings",
+    "publish.now": "publish the list",
+    "publish.release": "release or discard held publications",
+    "publish.read": "see publications",
+    "audit.read": "read the audit log",
+    "appeal.read": "see appeals",
+    "appeal.decide": "decide appeals",
+}
+
+
+def _with_article(role: str) -> str:
+    return ("an " if role[:1] in "aeiou" else "a ") + role
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -132,8 +162,12 @@ class Actor:
 
     def require(self, permission: str) -> None:
         if not self.may(permission):
-            what = permission.replace(".", " ")
-            raise PermissionDeniedError(f"the {self.role} role may not {what.split(' ', 1)[1]} ({what})")
+            allowed = sorted(str(r) for r in PERMISSIONS[permission])
+            who = " or ".join(f"{r}s" for r in allowed)
+            raise PermissionDeniedError(
+                f"as {_with_article(str(self.role))} you may not {PERMISSION_WORDS.get(permission, permission)}; "
+                f"only {who} may"
+            )
 
 
 SYSTEM = Actor(name="system", role=Role.ADMIN, agency="system", system=True)

@@ -239,6 +239,8 @@ def test_an_admin_adds_to_the_allowlist_and_conflicting_entries_are_suspended(
 
 
 def test_an_admin_manages_users(app, core: Core, personas: Personas) -> None:
+    for agency in ("Agency C", "Oversight"):
+        core.users.add_agency(personas.ada.actor, agency)
     ada = signed_in(app.test_client(), personas.ada)
     r = post(ada, "/users", {"name": "dora", "role": "vetter", "agency": "Agency C", "password": "a" * 14})
     assert r.status_code == 200

@@ -77,6 +77,16 @@ class CodeForm(Form):
                                   "maxlength": 8})
 
 
+class SignInCodeForm(Form):
+    code = StringField("Six-digit code from your authenticator app, or a recovery code",
+                       validators=[InputRequired(),
+                                   Regexp(r"^\s*(\d{6}|[A-Za-z2-7]{4}-?[A-Za-z2-7]{4}-?[A-Za-z2-7]{4})\s*$",
+                                          message="enter the six digits your app shows, or a recovery code "
+                                                  "such as abcd-efgh-ijkl")],
+                       render_kw={"autocomplete": "one-time-code", "autofocus": True, "maxlength": 20,
+                                  "spellcheck": "false"})
+
+
 class EmptyForm(Form):
     """A button that changes something and needs nothing but the CSRF token."""
 
@@ -154,14 +164,28 @@ class UserAddForm(Form):
     name = StringField("User name", validators=[InputRequired(), Length(max=32)],
                        render_kw={"spellcheck": "false", "autocomplete": "off"})
     role = SelectField("Role", choices=choices((r.value, r.value) for r in Role), default=Role.CURATOR.value)
-    agency = StringField("Agency", validators=[InputRequired(), Length(max=100)])
+    agency = SelectField("Agency", choices=[], validators=[InputRequired(message="pick an agency")],
+                         validate_choice=False)
     password = PasswordField(f"Initial password (at least {MIN_PASSWORD} characters; empty: make one)",
                              validators=[Optional(), Length(max=1024)], render_kw={"autocomplete": "new-password"})
 
 
 class UserEditForm(Form):
     role = SelectField("Role", choices=choices((r.value, r.value) for r in Role))
-    agency = StringField("Agency", validators=[InputRequired(), Length(max=100)])
+    agency = SelectField("Agency", choices=[], validators=[InputRequired(message="pick an agency")],
+                         validate_choice=False)
+    reason = _reason()
+
+
+class AgencyForm(Form):
+    name = StringField("Agency name (as people will pick it)", validators=[InputRequired(), Length(min=2, max=100)],
+                       render_kw={"spellcheck": "false"})
+    reason = _reason()
+
+
+class AgencyRenameForm(Form):
+    name = StringField("New name", validators=[InputRequired(), Length(min=2, max=100)],
+                       render_kw={"spellcheck": "false"})
     reason = _reason()
 
 
@@ -202,6 +226,14 @@ class PasswordForm(Form):
     confirm = PasswordField("New password again",
                             validators=[InputRequired(), EqualTo("new", message="the two new passwords differ")],
                             render_kw={"autocomplete": "new-password"})
+    code = StringField("Code from your authenticator app, or a recovery code",
+                       validators=[Optional(), Length(max=20)],
+                       render_kw={"autocomplete": "one-time-code", "spellcheck": "false", "maxlength": 20})
+
+
+class RecoveryCodesForm(Form):
+    current = PasswordField("Your password", validators=[InputRequired(), Length(max=1024)],
+                            render_kw={"autocomplete": "current-password"})
 
 
 # --------------------------------------------------------------------------- publications, audit
