@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 .PHONY: run test venv peers lint bench clean
 
 run: venv
-	$(BIN)/blocklist serve
+	@$(BIN)/blocklist serve
 
 test: venv peers
 	$(BIN)/python -m pytest
@@ -16,10 +16,10 @@ test: venv peers
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $@
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $@
 
 peers:
 	bash scripts/install-peers.sh
