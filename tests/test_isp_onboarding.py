@@ -1,0 +1,266 @@
+"""An ISP's onboarding page and bundle, and the ISP form.
+
+The bundle is checked with the tools ISPs use: ``named-checkconf``,
+``unbound-checkconf``, the pull tool's own configuration loader, and a real
+BIND configured from it that transfers the zone from a live transfer server
+and blocks a listed name.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app import audit
+from app.core import Core
+from app.embedded import free_port
+from app.onboarding import PLACEHOLDER
+from app.web import create_app
+from client import config as pull_config
+from tests.conftest import Personas, publish, require_binary
+from tests.test_web_admin import secret_values
+from tests.test_web_helpers import post, signed_in, text
+from tests.test_xfr_peers import ENTRIES, Peer, answered_not_blocked, blocked
+from tests.test_xfr_server import listed, soa_serial, wait_for
+from workers.xfrd import ServerThread
+
+
+def add_isp(client: Any, name: str = "acme", **fields: str) -> tuple[str, dict[str, str]]:
+    """Add an ISP through the form; the page shown and its secrets."""
+    r = post(client, "/isps", {"name": name, "notify": "", "allow_from": "", "reason": "contract", **fields})
+    assert r.status_code == 200, text(r)[:3000]
+    page = text(r)
+    shown = secret_values(page)
+    return page, {"feed_token": shown[0], "tsig_secret": shown[3]}
+
+
+def download_with_secrets(client: Any, name: str, page: str, secrets: dict[str, str]) -> Any:
+    """Press the download button of the page shown after creation or rotation."""
+    assert f'action="/isps/{name}/bundle.zip"' in page
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
+        r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    return client.post(f"/isps/{name}/bundle.zip", data={"csrf_token": token.group(1), **secrets})
+
+
+def unpack(body: bytes, into: Path) -> Path:
+    with zipfile.ZipFile(io.BytesIO(body)) as z:
+        names = z.namelist()
+        assert all(n.startswith("blocklist-") and ".." not in n for n in names)
+        z.extractall(into)
+    (folder,) = list(into.iterdir())
+    return folder
+
+
+def bundle_text(folder: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def named_conf(tmp: Path, bundle: Path, port: int) -> Path:
+    """A resolver's named.conf that takes the zones and policy from the bundle, unchanged."""
+    conf = tmp / "named.conf"
+    conf.write_text(f"""
+options {{
+    directory "{bundle}";
+    pid-file "{tmp}/named.pid";
+    session-keyfile "{tmp}/session.key";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-query {{ 127.0.0.1; }};
+    forwarders {{ 127.0.0.1 port 9; }};
+    forward only;
+    dnssec-validation no;
+    notify no;
+    include "{bundle}/bind/response-policy.conf";
+}};
+controls {{ }};
+include "{bundle}/bind/blocklist-rpz.conf";
+""")
+    return conf
+
+
+def checkconf(conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_binary("named-checkconf"), str(conf)], capture_output=True, text=True,
+                          check=False, timeout=60)
+
+
+# --------------------------------------------------------------------------- the ISP form
+
+
+def test_the_isp_form_reports_every_mistake_at_once_and_adds_nothing(app, core: Core, personas: Personas) -> None:
+    ada = signed_in(app.test_client(), personas.ada)
+    records = core.store.audit_length()
+    r = post(ada, "/isps", {"name": "Bad Name!", "notify": "192.0.2.53:53\nnot-an-address\n192.0.2.9",
+                            "allow_from": "192.0.2.0/24\nten-dot-something", "reason": "contract"})
+    assert r.status_code == 400
+    page = text(r)
+    assert "ISP name is 1-40 lower-case letters" in page
+    assert "notify target &#39;not-an-address&#39; must be an IP address and port" in page
+    assert "notify target &#39;192.0.2.9&#39; must be an IP address and port" in page
+    assert "&#39;ten-dot-something&#39; is not an IP address or CIDR prefix" in page
+    # Each message sits under its own field, too.
+    assert page.count('class="error"') >= 4
+    assert core.isps.list() == []
+    assert core.store.audit_length() == records
+
+    core.isps.add(personas.ada.actor, "acme")
+    r = post(ada, "/isps", {"name": "acme", "notify": "", "allow_from": "300.1.1.1/8", "reason": ""})
+    assert r.status_code == 400
+    assert "an ISP named &#39;acme&#39; already exists" in text(r)
+    assert "&#39;300.1.1.1/8&#39; is not an IP address" in text(r)
+
+    r = post(ada, "/isps/acme/edit", {"notify": "x:1\n192.0.2.1", "allow_from": "nope"}, follow_redirects=True)
+    page = text(r)
+    assert "notify target &#39;x:1&#39;" in page
+    assert "notify target &#39;192.0.2.1&#39;" in page
+    assert "&#39;nope&#39; is not an IP address" in page
+    assert core.isps.get("acme").notify == []
+
+
+# --------------------------------------------------------------------------- onboarding page and bundle
+
+
+def test_after_adding_an_isp_the_bundle_with_its_secrets_configures_bind_unbound_and_the_pull_tool(
+        app, core: Core, personas: Personas, tmp_path: Path) -> None:
+    ada = signed_in(app.test_client(), personas.ada)
+    page, secrets = add_isp(ada, "acme", allow_from="192.0.2.0/24", notify="192.0.2.53:53")
+    # The page that shows the secrets shows the rest of the onboarding too.
+    assert "http://127.0.0.1:8000/feed/v1" in page
+    assert "blocklist.rpz." in page
+    key = core.publisher.key.public
+    assert key.id_hex in page
+    assert key.base64() in page
+
+    r = download_with_secrets(ada, "acme", page, secrets)
+    assert r.status_code == 200, text(r)[:2000]
+    assert r.headers["Content-Type"] == "application/zip"
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["Content-Disposition"] == 'attachment; filename="blocklist-acme-with-secrets.zip"'
+    folder = unpack(r.data, tmp_path / "bundle")
+    assert (folder / "feed-token").read_text().strip() == secrets["feed_token"]
+    assert PLACEHOLDER not in bundle_text(folder)
+
+    cfg = pull_config.load(folder / "pull.toml", environ={})
+    assert cfg.token == secrets["feed_token"]
+    assert cfg.feed_url == "http://127.0.0.1:8000/feed/v1"
+    assert [k.id_hex for k in cfg.keys] == [key.id_hex]
+    assert cfg.list_name == core.settings.list_name
+    assert [(o.format, o.zone) for o in cfg.outputs] == [("rpz", "blocklist.rpz.")]
+
+    result = checkconf(named_conf(tmp_path, folder, free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    bind = (folder / "bind" / "blocklist-rpz.conf").read_text()
+    assert f'secret "{secrets["tsig_secret"]}"' in bind
+    assert 'primaries { 127.0.0.1 port 8053 key "acme.tsig"; }' in bind
+
+    unbound_conf = tmp_path / "unbound.conf"
+    unbound_conf.write_text(f"""server:
+    directory: "{tmp_path}"
+    chroot: ""
+    username: ""
+    pidfile: "{tmp_path}/unbound.pid"
+include: "{folder}/unbound/blocklist-rpz.conf"
+""")
+    result = subprocess.run([require_binary("unbound-checkconf"), str(unbound_conf)], capture_output=True,
+                            text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "primary: 127.0.0.1@8053" in (folder / "unbound" / "blocklist-rpz.conf").read_text()
+    lua = (folder / "powerdns" / "recursor.lua").read_text()
+    assert f'tsigsecret = "{secrets["tsig_secret"]}"' in lua
+    readme = (folder / "README.txt").read_text()
+    assert key.id_hex in readme
+    assert "second channel" in readme
+
+    record = audit.search(core.store, action="isp.bundle")[0][0]
+    assert record.actor == "ada"
+    assert record.reason == "credentials bundle downloaded"
+    assert record.after == {"secrets": "included"}
+    raw = str(core.store.audit_range())
+    assert secrets["feed_token"] not in raw
+    assert secrets["tsig_secret"] not in raw
+
+
+def test_later_the_onboarding_page_and_bundle_hold_marked_placeholders_and_no_secret(
+        app, core: Core, personas: Personas, tmp_path: Path) -> None:
+    ada = signed_in(app.test_client(), personas.ada)
+    _page, secrets = add_isp(ada, "acme")
+    page = text(ada.get("/isps/acme/onboarding"))
+    assert "http://127.0.0.1:8000/feed/v1" in page
+    assert core.publisher.key.public.id_hex in page
+    assert secrets["feed_token"] not in page
+    assert secrets["tsig_secret"] not in page
+    assert PLACEHOLDER in page
+
+    r = ada.get("/isps/acme/bundle.zip")
+    assert r.status_code == 200
+    assert r.headers["Cache-Control"] == "no-store"
+    folder = unpack(r.data, tmp_path / "bundle")
+    everything = bundle_text(folder)
+    assert secrets["feed_token"] not in everything
+    assert secrets["tsig_secret"] not in everything
+    assert not (folder / "feed-token").exists()
+    bind = (folder / "bind" / "blocklist-rpz.conf").read_text()
+    assert f'secret "{PLACEHOLDER}' in bind
+    # A configuration with the placeholder left in fails loudly, never runs with a dummy secret.
+    result = checkconf(named_conf(tmp_path, folder, free_port()))
+    assert result.returncode != 0
+    # The pull configuration is complete but for the token file.
+    cfg = pull_config.load(folder / "pull.toml", environ={}, need_token=False)
+    assert cfg.feed_url == "http://127.0.0.1:8000/feed/v1"
+    assert "feed-token" in (folder / "pull.toml").read_text()
+    record = audit.search(core.store, action="isp.bundle")[0][0]
+    assert record.after == {"secrets": "placeholders"}
+    assert record.reason == "credentials bundle downloaded"
+
+
+def test_after_a_rotation_the_bundle_carries_the_new_token(app, core: Core, personas: Personas,
+                                                           tmp_path: Path) -> None:
+    ada = signed_in(app.test_client(), personas.ada)
+    _page, old = add_isp(ada, "acme")
+    r = post(ada, "/isps/acme/rotate", {"token": "y", "reason": "staff change"})
+    page = text(r)
+    new_token = secret_values(page)[0]
+    assert new_token != old["feed_token"]
+    r = download_with_secrets(ada, "acme", page, {"feed_token": new_token})
+    assert r.status_code == 200
+    folder = unpack(r.data, tmp_path / "bundle")
+    assert pull_config.load(folder / "pull.toml", environ={}).token == new_token
+    # The TSIG secret was not part of this rotation: it stays a placeholder.
+    assert old["tsig_secret"] not in bundle_text(folder)
+
+
+def test_a_bind_resolver_configured_from_the_bundle_transfers_the_zone_and_blocks(
+        core: Core, personas: Personas, tmp_path: Path, settings) -> None:
+    dns_port = free_port()
+    live = Core(settings=replace(settings, dns_listen=("127.0.0.1", dns_port), xfrd_metrics_listen=None),
+                store=core.store, clock=core.clock)
+    live.publisher._key = core.publisher._key
+    app = create_app(core=live, test_config={"TESTING": True})
+    ada = signed_in(app.test_client(), personas.ada)
+    page, secrets = add_isp(ada, "acme")
+    folder = unpack(download_with_secrets(ada, "acme", page, secrets).data, tmp_path / "bundle")
+
+    listed(core, personas, ENTRIES)
+    version = publish(core).version
+    port = free_port()
+    conf = named_conf(tmp_path, folder, port)
+    with ServerThread(live.settings, core.store) as xfrd:
+        assert xfrd.port == dns_port
+        wait_for(lambda: soa_serial(dns_port) == version)
+        bind = Peer([require_binary("named"), "-g", "-u", "root", "-c", str(conf)], tmp_path / "named.log", port)
+        bind.start()
+        try:
+            wait_for(lambda: blocked(bind.ask("csam-forum.example")), timeout=20, step=0.1)
+            assert blocked(bind.ask("www.csam-forum.example"))
+            assert answered_not_blocked(bind.ask("innocent.example"))
+            log = bind.log
+        finally:
+            bind.stop()
+    assert re.search(r"Transfer completed: \d+ messages, \d+ records", log), log[-3000:]
+    assert (folder / "blocklist.rpz.db").exists()
