@@ -122,6 +122,23 @@ def test_nothing_published_yet_is_a_clear_404(client, core: Core, isp) -> None:
     assert r.status_code == 404 and "nothing has been published" in r.json["error"]
 
 
+def test_api_publish_without_a_running_publisher_answers_503_and_withdraws_the_request(
+        client, core: Core, personas: Personas, clock) -> None:
+    e = core.curation.submit(personas.alice.actor, "api.example.test")
+    core.curation.act(personas.bruno.actor, e.id, "approve")
+    r = client.post("/api/v1/publish", json={"reason": "urgent"}, headers=personas.bruno.headers)
+    assert r.status_code == 202 and r.json["status"] == "requested"
+    request_id = r.json["request"]
+    clock.advance(core.settings.publish_answer_timeout + 1)
+    late = client.get(f"/api/v1/publish/{request_id}", headers=personas.bruno.headers)
+    assert late.status_code == 503
+    assert late.json["error"].startswith("no publisher answered within 30 s")
+    assert core.publisher.serve_request() is None
+    assert core.latest_version() is None
+    unknown = client.get("/api/v1/publish/0123456789abcdef", headers=personas.bruno.headers)
+    assert unknown.status_code == 404
+
+
 def test_publishing_over_the_api_needs_the_worker(client, core: Core, personas: Personas, isp) -> None:
     e = core.curation.submit(personas.alice.actor, "api.example.test")
     core.curation.act(personas.bruno.actor, e.id, "approve")

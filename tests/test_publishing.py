@@ -22,7 +22,7 @@ from app.rpz import parse_zone_names
 from app.signing import ensure_key
 from app.store import Txn
 from client.minisign import PublicKey, Signature, parse_trusted_comment
-from tests.conftest import Personas, publish, require_binary
+from tests.conftest import Personas, publish, record_key, require_binary
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "blocklist_schema.json").read_text())
 
@@ -223,6 +223,7 @@ def own_redis_core(tmp_path: Path, clock) -> tuple[EmbeddedRedis, Settings, Core
                         signing_key_file=tmp_path / "keys" / "k")
     core = Core.from_settings(settings, clock=clock)
     core.publisher._key = ensure_key(settings.signing_key_file)
+    record_key(core, core.publisher._key)
     core.users.add(SYSTEM, "alice", "curator", "A")
     core.users.add(SYSTEM, "bruno", "vetter", "B")
     return srv, settings, core

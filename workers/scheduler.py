@@ -77,9 +77,9 @@ class Worker:
         return self.core.publisher.refresh_manifest()
 
     def heartbeat(self) -> bool:
-        """Report the loaded signing key (/readyz on every web host reads it)."""
-        self.core.publisher.report_key()
-        return True
+        """Report whether this publisher holds the programme's current key
+        (/readyz on every web host reads it)."""
+        return self.core.publisher.check_key()
 
     def guarded(self, name: str, step: Callable[[], bool]) -> Callable[[], None]:
         def run() -> None:
