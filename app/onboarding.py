@@ -42,6 +42,16 @@ KEY_PLACEHOLDER = f"{PLACEHOLDER}: the programme's public key (blocklist keys sh
 
 
 @dataclass(frozen=True)
+class Xot:
+    """Zone transfers over TLS (RFC 9103) as ISPs configure them."""
+
+    port: int
+    name: str
+    pin: str
+    certificate: str
+
+
+@dataclass(frozen=True)
 class Onboarding:
     """One ISP's subscription, as its engineers configure it."""
 
@@ -56,6 +66,12 @@ class Onboarding:
     notify: tuple[str, ...] = ()
     allow_from: tuple[str, ...] = ()
     public_key: PublicKey | None = None
+    #: The next key, while a signed manifest announces it (pinned too, so a rotation needs no visit).
+    next_key: PublicKey | None = None
+    next_from: str | None = None
+    #: No TSIG key: the ISP's addresses are the only gate (resolvers that cannot sign).
+    address_only: bool = False
+    xot: Xot | None = None
     feed_token: str | None = None
     tsig_secret: str | None = None
     generated_at: float = 0.0
@@ -99,6 +115,9 @@ class Onboarding:
         digest = hashlib.sha256(self.public_key.base64().encode()).hexdigest().upper()
         return " ".join(digest[i:i + 4] for i in range(0, len(digest), 4))
 
+    def _key_lines(self) -> list[str]:
+        return [self.key_line] + ([self.next_key.base64()] if self.next_key else [])
+
     @property
     def folder(self) -> str:
         return f"blocklist-{self.isp}"
@@ -121,6 +140,10 @@ class Onboarding:
             "powerdns/recursor.lua": self.powerdns(),
             "knot-resolver/kresd.conf": self.knot(),
         }
+        if self.next_key is not None:
+            out["blocklist-next.pub"] = self.next_key.text()
+        if self.xot is not None:
+            out["blocklist-xot.pem"] = self.xot.certificate
         if self.feed_token:
             out["feed-token"] = self.feed_token + "\n"
         return out
@@ -160,18 +183,22 @@ class Onboarding:
             f"  token in path   {self.feed_url}/t/<feed token>/rpz/latest.zone (for Unbound's url:)",
             f"  list name       {self.list_name}",
             "",
-            "RPZ zone transfer (AXFR/IXFR over TCP, TSIG on every transfer, NOTIFY after each publication)",
+            "RPZ zone transfer (AXFR/IXFR over TCP, NOTIFY after each publication)",
             f"  zones           {zones}" + ("  (list them in this order: the first wins)" if len(self.zones) > 1
                                             else ""),
             f"  primaries       {', '.join(self.primary_list(' port '))}",
-            f"  TSIG key        {self.key_name} ({self.tsig_algorithm})",
+            *self._readme_auth(),
             f"  NOTIFY sent to  {', '.join(self.notify) or 'none registered (resolvers poll at the SOA refresh)'}",
             f"  transfers from  {', '.join(self.allow_from) or 'any address holding the TSIG key'}",
+            *self._readme_xot(),
             "",
             "The programme's signing key (minisign)",
             f"  key id          {self.key_id or 'not known to this server yet: ask the programme'}",
             f"  public key      {self.key_line}",
             f"  fingerprint     {self.key_fingerprint or '-'}",
+            *([f"  next key        {self.next_key.id_hex} {self.next_key.base64()}",
+               f"                  announced by the signed manifest; signs from {self.next_from or 'a date it names'}"
+               " (blocklist-next.pub; pinned in pull.toml too)"] if self.next_key else []),
             "",
             "  Check the key over a second channel before you trust it: call the programme's operations",
             "  desk on the number in your agreement (not one found in this bundle or an e-mail) and have",
@@ -193,12 +220,26 @@ class Onboarding:
         ]
         return "\n".join(lines)
 
+    def _readme_auth(self) -> list[str]:
+        if self.address_only:
+            return ["  TSIG            none: address-only mode (the addresses below are the only gate)"]
+        return [f"  TSIG key        {self.key_name} ({self.tsig_algorithm}), required on every transfer"]
+
+    def _readme_xot(self) -> list[str]:
+        if self.xot is None:
+            return []
+        return [f"  over TLS (XoT)  port {self.xot.port}, certificate name {self.xot.name}",
+                f"  SPKI pin        {self.xot.pin} (sha256, base64; certificate in blocklist-xot.pem)"]
+
     def pull_toml(self) -> str:
         token_note = ("# The feed token is in the file feed-token next to this one; keep both readable only by root."
                       if self.feed_token else
                       "# Put the feed token (blf_..., shown once when the ISP was added or its token rotated) in\n"
                       "# the file feed-token next to this one, readable only by root.")
         first_zone = self.zones[-1]
+        keys = "".join(f"  {_toml(k)},\n" for k in self._key_lines())
+        next_note = ("\n# The second key is the announced next key; remove the first once the next one signs."
+                     if self.next_key else "")
         return f"""# blocklist-pull configuration for ISP {self.isp}: install as
 # /etc/blocklist-pull/pull.toml (see docs/isp-pull.md for every setting).
 # Relative paths are relative to this file.
@@ -209,10 +250,9 @@ feed_url = {_toml(self.feed_url)}
 token_file = "feed-token"
 
 # The programme's signing key, key id {self.key_id or "unknown"}: check it over a second channel
-# (README.txt) before the first run.
+# (README.txt) before the first run.{next_note}
 public_keys = [
-  {_toml(self.key_line)},
-]
+{keys}]
 
 state_dir = "/var/lib/blocklist-pull"
 list = {_toml(self.list_name)}
@@ -234,13 +274,25 @@ ttl = 60
 """
 
     def bind_zones(self) -> str:
-        primaries = " ".join(f'{h} port {p} key "{self.key_name}";' for h, p in self.primaries)
+        key = "" if self.address_only else f' key "{self.key_name}"'
+        if self.xot is not None:
+            tls = " tls blocklist-xot"
+            primaries = " ".join(f"{h} port {self.xot.port}{key}{tls};" for h, _p in self.primaries)
+            plain = " ".join(f"{h} port {p}{key};" for h, p in self.primaries)
+            via = f"""    // Over TLS (XoT): the list is not readable on the wire. Without TLS:
+    //   primaries {{ {plain} }};
+"""
+        else:
+            primaries = " ".join(f"{h} port {p}{key};" for h, p in self.primaries)
+            via = ""
         notifiers = " ".join(f"{h};" for h, _p in self.primaries)
+        signed = ("    // Address-only mode: no TSIG key; the primaries let your registered addresses transfer.\n"
+                  if self.address_only else
+                  "    // Every transfer (AXFR, IXFR) and SOA check is signed with your key.\n")
         zones = "\n".join(f"""
 zone "{z.rstrip('.')}" {{
     type secondary;
-    // Every transfer (AXFR, IXFR) and SOA check is signed with your key.
-    primaries {{ {primaries} }};
+{signed}{via}    primaries {{ {primaries} }};
     file "{z.rstrip('.')}.db";
     // The primary NOTIFYs you within a second of each publication.
     allow-notify {{ {notifiers} }};
@@ -249,20 +301,31 @@ zone "{z.rstrip('.')}" {{
     allow-query {{ localhost; }};
     allow-transfer {{ none; }};
 }};""" for z in self.zones)
-        secret_note = ("" if self.tsig_secret else
-                       f"// {PLACEHOLDER}: put the TSIG secret you were given in place of the marked text.\n")
-        return f"""// Blocklist response policy zones for ISP {self.isp}, BIND 9.16+ (tested with 9.18).
+        head = f"""// Blocklist response policy zones for ISP {self.isp}, BIND 9.18.
 // Include from named.conf, outside the options block:
 //     include "/etc/bind/blocklist-rpz.conf";
 // and put the statement of response-policy.conf inside the options block.
 // The zone files are relative to BIND's directory (Debian: /var/cache/bind).
-{secret_note}
+"""
+        if not self.address_only:
+            if not self.tsig_secret:
+                head += f"// {PLACEHOLDER}: put the TSIG secret you were given in place of the marked text.\n"
+            head += f"""
 key "{self.key_name}" {{
     algorithm {self.tsig_algorithm};
     secret "{self.tsig_text}";
 }};
-{zones}
 """
+        if self.xot is not None:
+            head += f"""
+// The transfer server's certificate (blocklist-xot.pem in the bundle; SPKI
+// pin {self.xot.pin}). BIND checks the name and the chain against it.
+tls blocklist-xot {{
+    ca-file "/etc/bind/blocklist-xot.pem";
+    remote-hostname "{self.xot.name}";
+}};
+"""
+        return head + zones + "\n"
 
     def bind_response_policy(self) -> str:
         zones = "\n".join(f'    zone "{z.rstrip(".")}" policy given;' for z in self.zones)
@@ -322,12 +385,12 @@ server:
 
     def powerdns(self) -> str:
         prims = ", ".join(f'"{_bracket(h)}:{p}"' for h, p in self.primaries)
+        tsig = ("  -- address-only mode: no TSIG key\n" if self.address_only else
+                f'  tsigname = "{self.key_name}",\n  tsigalgo = "{self.tsig_algorithm}",\n'
+                f'  tsigsecret = "{self.tsig_text}",\n')
         zones = "\n".join(f"""
 rpzPrimary({{{prims}}}, "{z.rstrip('.')}", {{
-  tsigname = "{self.key_name}",
-  tsigalgo = "{self.tsig_algorithm}",
-  tsigsecret = "{self.tsig_text}",
-  -- Your stop page for every listed name (or leave defpol out for the list's NXDOMAIN).
+{tsig}  -- Your stop page for every listed name (or leave defpol out for the list's NXDOMAIN).
   -- defpol = Policy.Custom, defcontent = "stop.isp.example.net",
   policyName = "blocklist",
   refresh = 300,
@@ -348,6 +411,7 @@ rpzPrimary({{{prims}}}, "{z.rstrip('.')}", {{
     def knot(self) -> str:
         z = self.zones[-1].rstrip(".")
         host, port = self.primaries[0]
+        tsig = "" if self.address_only else f"-y {self.tsig_algorithm}:{self.key_name}:{self.tsig_text} "
         return f"""-- Blocklist response policy zone for ISP {self.isp}, Knot Resolver 5 (file based).
 --
 -- Knot Resolver does not transfer zones itself. Keep the zone file fresh from
@@ -357,7 +421,7 @@ rpzPrimary({{{prims}}}, "{z.rstrip('.')}", {{
 --     signature; point the path below at it), or
 --   * with a TSIG-signed transfer into a temporary file, moved into place
 --     only when complete:
---       kdig -y {self.tsig_algorithm}:{self.key_name}:{self.tsig_text} @{host} -p {port} +tcp +noall +answer \\
+--       kdig {tsig}@{host} -p {port} +tcp +noall +answer \\
 --           AXFR {z} > /var/lib/knot-resolver/.blocklist.tmp &&
 --       mv /var/lib/knot-resolver/.blocklist.tmp /var/lib/knot-resolver/{z}.zone
 --
@@ -389,7 +453,8 @@ def primaries_text(primaries: Sequence[tuple[str, int]]) -> str:
     return ", ".join(f"{_bracket(h)}:{p}" for h, p in primaries)
 
 
-def for_isp(settings: Settings, isp: Isp, public_key: PublicKey | None, *, now: float,
+def for_isp(settings: Settings, isp: Isp, *, now: float, public_key: PublicKey | None = None,
+            next_key: PublicKey | None = None, next_from: str | None = None, xot: Xot | None = None,
             feed_token: str | None = None, tsig_secret: str | None = None) -> Onboarding:
     """The onboarding of ``isp`` under these settings; secrets only when given."""
     overlay = getattr(settings, "rpz_overlay_zone", None)
@@ -398,5 +463,6 @@ def for_isp(settings: Settings, isp: Isp, public_key: PublicKey | None, *, now: 
         zones=zones_in_order(settings.rpz_zone, overlay if isinstance(overlay, str) else None),
         primaries=settings.dns_primaries, tsig_name=isp.tsig_name, tsig_algorithm=TSIG_ALGORITHM,
         notify=tuple(isp.notify), allow_from=tuple(isp.allow_from), public_key=public_key,
-        feed_token=feed_token, tsig_secret=tsig_secret, generated_at=now,
+        next_key=next_key, next_from=next_from, address_only=isp.address_only, xot=xot,
+        feed_token=feed_token, tsig_secret=None if isp.address_only else tsig_secret, generated_at=now,
     )

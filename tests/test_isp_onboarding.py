@@ -36,7 +36,10 @@ def add_isp(client: Any, name: str = "acme", **fields: str) -> tuple[str, dict[s
     assert r.status_code == 200, text(r)[:3000]
     page = text(r)
     shown = secret_values(page)
-    return page, {"feed_token": shown[0], "tsig_secret": shown[3]}
+    found = {"feed_token": shown[0]}
+    if len(shown) > 3:  # an address-only ISP has no TSIG secret
+        found["tsig_secret"] = shown[3]
+    return page, found
 
 
 def download_with_secrets(client: Any, name: str, page: str, secrets: dict[str, str]) -> Any:
@@ -114,6 +117,10 @@ def test_the_isp_form_reports_every_mistake_at_once_and_adds_nothing(app, core: 
     assert r.status_code == 400
     assert "an ISP named &#39;acme&#39; already exists" in text(r)
     assert "&#39;300.1.1.1/8&#39; is not an IP address" in text(r)
+
+    r = post(ada, "/isps", {"name": "Nope", "address_only": "y", "notify": "", "allow_from": "", "reason": ""})
+    assert "ISP name is 1-40" in text(r)
+    assert "an address-only ISP needs at least one allowed address" in text(r)
 
     r = post(ada, "/isps/acme/edit", {"notify": "x:1\n192.0.2.1", "allow_from": "nope"}, follow_redirects=True)
     page = text(r)
@@ -264,3 +271,47 @@ def test_a_bind_resolver_configured_from_the_bundle_transfers_the_zone_and_block
             bind.stop()
     assert re.search(r"Transfer completed: \d+ messages, \d+ records", log), log[-3000:]
     assert (folder / "blocklist.rpz.db").exists()
+
+
+def test_an_address_only_isps_bundle_has_no_tsig_and_its_bind_and_unbound_files_load(
+        app, core: Core, personas: Personas, tmp_path: Path) -> None:
+    ada = signed_in(app.test_client(), personas.ada)
+    page, secrets = add_isp(ada, "uniq", allow_from="192.0.2.0/24", address_only="y")
+    assert set(secrets) == {"feed_token"}
+    assert "address-only mode" in page
+    r = download_with_secrets(ada, "uniq", page, secrets)
+    assert r.status_code == 200, text(r)[:2000]
+    folder = unpack(r.data, tmp_path / "bundle")
+    bind = (folder / "bind" / "blocklist-rpz.conf").read_text()
+    assert "key " not in bind
+    assert PLACEHOLDER not in bundle_text(folder)
+    result = checkconf(named_conf(tmp_path, folder, free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tsig" not in (folder / "powerdns" / "recursor.lua").read_text()
+
+
+def test_when_xot_is_offered_the_bind_file_transfers_over_tls_with_the_certificate(
+        core: Core, personas: Personas, tmp_path: Path, settings) -> None:
+    from app.xot import self_signed, spki_pin
+
+    pem = self_signed("transfer.example.org")[0].decode()
+    core.store.set_xot_cert(pem)
+    xot_core = Core(settings=replace(settings, xot_listen=("0.0.0.0", 853), xot_name="transfer.example.org",
+                                     dns_public=(("192.0.2.53", 53),)),
+                    store=core.store, clock=core.clock)
+    app = create_app(core=xot_core, test_config={"TESTING": True})
+    ada = signed_in(app.test_client(), personas.ada)
+    page, secrets = add_isp(ada, "acme")
+    assert spki_pin(pem) in page
+    folder = unpack(download_with_secrets(ada, "acme", page, secrets).data, tmp_path / "bundle")
+    assert (folder / "blocklist-xot.pem").read_text() == pem
+    bind = (folder / "bind" / "blocklist-rpz.conf").read_text()
+    assert 'primaries { 192.0.2.53 port 853 key "acme.tsig" tls blocklist-xot; }' in bind
+    assert 'remote-hostname "transfer.example.org";' in bind
+    bind_dir = tmp_path / "etc"
+    bind_dir.mkdir()
+    (bind_dir / "blocklist-xot.pem").write_text(pem)
+    (folder / "bind" / "blocklist-rpz.conf").write_text(bind.replace("/etc/bind/", f"{bind_dir}/"))
+    result = checkconf(named_conf(tmp_path, folder, free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert spki_pin(pem) in (folder / "README.txt").read_text()

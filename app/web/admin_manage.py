@@ -26,9 +26,9 @@ from app.errors import (
     PermissionDeniedError,
     ValidationError,
 )
+from app.isps import _check_address_only as check_address_only
 from app.isps import parse_cidrs, parse_notify, validate_name
 from app.onboarding import Onboarding
-from app.signing import public_key_path
 from app.web.admin import core
 from app.web.auth import SIGNED_IN, actor, current_user, page, record_failure, server_session
 from app.web.forms import (
@@ -45,7 +45,6 @@ from app.web.forms import (
     UserEditForm,
 )
 from app.web.pages import error_page
-from client.minisign import MinisignError, PublicKey
 
 bp = Blueprint("manage", __name__)
 
@@ -232,6 +231,9 @@ def _check_isp_form(form: Any) -> bool:
         check(name, [(name.data or "").strip()], _new_isp_name)
     check(form.notify, _lines(form.notify.data), lambda t: parse_notify([t]))
     check(form.allow_from, _lines(form.allow_from.data), lambda c: parse_cidrs([c]))
+    only = getattr(form, "address_only", None)
+    if only is not None and only.data and not form.allow_from.errors:
+        check(form.allow_from, [form.allow_from.data or ""], lambda text: check_address_only(parse_cidrs(text)))
     form._errors = None  # WTForms caches form.errors: recompute it from the fields
     return ok
 
@@ -269,18 +271,24 @@ def isps_add() -> Any:
     return _isp_secrets(f"ISP {created['name']} added", created)
 
 
-def _programme_key() -> PublicKey | None:
-    """The public key ISPs pin, as the publisher wrote it beside its key file (None: not on this host)."""
-    try:
-        return PublicKey.parse(public_key_path(core().settings.signing_key_file).read_text())
-    except (OSError, UnicodeDecodeError, MinisignError):
-        return None
-
-
 def _onboarding(name: str, *, feed_token: str | None = None, tsig_secret: str | None = None) -> Onboarding:
+    """The ISP's onboarding: the programme's keys as the store records them (what
+    ``blocklist keys show`` prints), XoT once a transfer server has served it."""
+    from app.keys import Keyring
+    from app.xot import spki_pin
+
     c = core()
-    return onboarding.for_isp(c.settings, c.isps.get(name), _programme_key(), now=c.clock(),
-                              feed_token=feed_token, tsig_secret=tsig_secret)
+    rec = Keyring(c.store, c.settings.signing_key_file, c.clock).record()
+    xot = None
+    pem = c.store.xot_cert()
+    if pem is not None and c.settings.xot_listen is not None:
+        xot = onboarding.Xot(port=c.settings.xot_listen[1], name=c.settings.xot_name, pin=spki_pin(pem),
+                             certificate=pem)
+    return onboarding.for_isp(
+        c.settings, c.isps.get(name), now=c.clock(),
+        public_key=rec.current.public() if rec else None,
+        next_key=rec.next.public() if rec and rec.next else None, next_from=rec.next_from if rec else None,
+        xot=xot, feed_token=feed_token, tsig_secret=tsig_secret)
 
 
 def _isp_secrets(title: str, created: dict[str, Any]) -> Any:
