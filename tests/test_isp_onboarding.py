@@ -315,3 +315,31 @@ def test_when_xot_is_offered_the_bind_file_transfers_over_tls_with_the_certifica
     result = checkconf(named_conf(tmp_path, folder, free_port()))
     assert result.returncode == 0, result.stdout + result.stderr
     assert spki_pin(pem) in (folder / "README.txt").read_text()
+
+
+def test_with_an_overlay_zone_every_resolver_file_lists_it_first_and_bind_accepts_them(tmp_path: Path) -> None:
+    from app.onboarding import Onboarding, zones_in_order
+    from app.signing import SecretKey
+
+    zones = zones_in_order("blocklist.rpz.", "overlay.blocklist.rpz.")
+    assert zones == ("overlay.blocklist.rpz.", "blocklist.rpz.")
+    ob = Onboarding(isp="acme", public_url="https://blocklist.example.org", list_name="worst-of", zones=zones,
+                    primaries=(("192.0.2.53", 53), ("2001:db8::53", 53)), tsig_name="acme.tsig.",
+                    tsig_algorithm="hmac-sha256", tsig_secret="c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ=",
+                    feed_token="blf_" + "x" * 43, public_key=SecretKey.generate().public,
+                    generated_at=1_800_000_000)
+    files = ob.files()
+    policy = files["bind/response-policy.conf"]
+    assert policy.index('zone "overlay.blocklist.rpz"') < policy.index('zone "blocklist.rpz"')
+    assert files["unbound/blocklist-rpz.conf"].index('name: "overlay.blocklist.rpz"') < \
+        files["unbound/blocklist-rpz.conf"].index('name: "blocklist.rpz"')
+    assert "primary: 2001:db8::53@53" in files["unbound/blocklist-rpz.conf"]
+    assert '"[2001:db8::53]:53"' in files["powerdns/recursor.lua"]
+    folder = tmp_path / "bundle"
+    for path, body in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(body)
+    result = checkconf(named_conf(tmp_path, folder, free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The pull tool writes the base zone (the feed carries the whole list).
+    assert pull_config.load(folder / "pull.toml", environ={}, need_token=False).outputs[0].zone == "blocklist.rpz."
