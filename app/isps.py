@@ -112,6 +112,9 @@ class Isp:
     last_pull_at: int | None = None
     last_pull_via: str | None = None
     address_only: bool = False
+    # The version the ISP's resolvers were last seen enforcing, and when (enforcement reports).
+    enforced_version: int | None = None
+    enforced_at: int | None = None
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 
     def address_allowed(self, address: str) -> bool:
@@ -162,6 +165,8 @@ def _from_raw(raw: dict[str, str]) -> Isp:
         last_pull_at=int(raw["last_pull_at"]) if raw.get("last_pull_at") else None,
         last_pull_via=raw.get("last_pull_via") or None,
         address_only=raw.get("address_only") == "1",
+        enforced_version=int(raw["enforced_version"]) if raw.get("enforced_version") else None,
+        enforced_at=int(raw["enforced_at"]) if raw.get("enforced_at") else None,
         networks=[ipaddress.ip_network(c) for c in allow],
     )
 

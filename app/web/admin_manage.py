@@ -26,6 +26,7 @@ from app.errors import (
     PermissionDeniedError,
     ValidationError,
 )
+from app.isp_lag import lags
 from app.isps import _check_address_only as check_address_only
 from app.isps import parse_cidrs, parse_notify, validate_name
 from app.onboarding import Onboarding
@@ -202,7 +203,9 @@ def user_action(name: str, action: str) -> Any:
 def _isp_rows() -> tuple[list[dict[str, Any]], int | None]:
     c = core()
     latest = c.latest_version()
-    return [i.public(latest) for i in c.isps.list()], latest
+    isps = c.isps.list()
+    behind = lags(c, [i for i in isps if i.active])
+    return [dict(i.public(latest), lag=behind[i.name].public() if i.name in behind else None) for i in isps], latest
 
 
 def _check_isp_form(form: Any) -> bool:
@@ -363,7 +366,8 @@ def isp(name: str) -> Any:
     i = c.isps.get(name)
     latest = c.latest_version()
     edit = IspEditForm(data={"notify": "\n".join(i.notify), "allow_from": "\n".join(i.allow_from)})
-    return render_template("isp.html", isp=i.public(latest), latest=latest, edit=edit, rotate=IspRotateForm(),
+    lag = lags(c, [i])[i.name].public() if i.active else None
+    return render_template("isp.html", isp=i.public(latest), latest=latest, lag=lag, edit=edit, rotate=IspRotateForm(),
                            revoke=ReasonForm(), xot=_xot())
 
 
