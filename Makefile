@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test venv peers lint bench clean
 
+# Quiet by default: the sign-in instructions, then warnings and errors only
+# (BLOCKLIST_LOG_LEVEL=INFO make run shows every request and publication).
 run: venv
-	@$(BIN)/blocklist serve
+	@BLOCKLIST_LOG_LEVEL=$${BLOCKLIST_LOG_LEVEL:-WARNING} $(BIN)/blocklist serve
 
 test: venv peers
 	$(BIN)/python -m pytest
