@@ -5,7 +5,7 @@ primaries, TSIG key, the programme's public key) is rendered into the
 files they install: ``pull.toml`` for the pull tool, and BIND, Unbound,
 PowerDNS Recursor and Knot Resolver stanzas (from the templates in
 ``deploy/isp/``), with a README that says how to check the public key over a
-second channel. No I/O and no Flask: the web tier serves what this builds.
+second channel. No Flask: the web admin and the command line serve what this builds.
 
 What must stay true:
 
@@ -14,6 +14,7 @@ What must stay true:
   needs one holds a placeholder that is plainly marked and that no resolver
   or the pull tool accepts, so a half-filled configuration fails loudly
   instead of running with a dummy secret.
+* Rendering does no I/O; only ``gather`` reads the store (through a Core).
 * Every file is generated from the same values, so the feed URL, zones,
   primaries and key are the same in all of them; the generated ``pull.toml``
   loads with ``client.config.load``; the BIND and Unbound files pass
@@ -28,10 +29,14 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.isps import TSIG_ALGORITHM, Isp
 from client.minisign import PublicKey
+
+if TYPE_CHECKING:
+    from app.core import Core
 
 #: Marks every placeholder; neither BIND (bad base64), nor the pull tool
 #: (not a feed token), nor a reader can mistake it for a value.
@@ -466,3 +471,23 @@ def for_isp(settings: Settings, isp: Isp, *, now: float, public_key: PublicKey |
         next_key=next_key, next_from=next_from, address_only=isp.address_only, xot=xot,
         feed_token=feed_token, tsig_secret=None if isp.address_only else tsig_secret, generated_at=now,
     )
+
+
+def gather(core: Core, name: str, *, feed_token: str | None = None, tsig_secret: str | None = None) -> Onboarding:
+    """The onboarding of ISP ``name`` as the store describes it now: the
+    programme's keys as recorded (what ``blocklist keys show`` prints), XoT
+    once a transfer server has served its certificate. The one function here
+    that reads anything, through ``core``."""
+    from app.keys import Keyring
+    from app.xot import spki_pin
+
+    rec = Keyring(core.store, core.settings.signing_key_file, core.clock).record()
+    xot = None
+    pem = core.store.xot_cert()
+    if pem is not None and core.settings.xot_listen is not None:
+        xot = Xot(port=core.settings.xot_listen[1], name=core.settings.xot_name, pin=spki_pin(pem), certificate=pem)
+    return for_isp(
+        core.settings, core.isps.get(name), now=core.clock(),
+        public_key=rec.current.public() if rec else None,
+        next_key=rec.next.public() if rec and rec.next else None, next_from=rec.next_from if rec else None,
+        xot=xot, feed_token=feed_token, tsig_secret=tsig_secret)

@@ -343,3 +343,32 @@ def test_with_an_overlay_zone_every_resolver_file_lists_it_first_and_bind_accept
     assert result.returncode == 0, result.stdout + result.stderr
     # The pull tool writes the base zone (the feed carries the whole list).
     assert pull_config.load(folder / "pull.toml", environ={}, need_token=False).outputs[0].zone == "blocklist.rpz."
+
+
+def test_the_command_line_writes_the_bundle_with_the_secrets_it_prints_and_never_overwrites(
+        core: Core, settings, tmp_path: Path) -> None:
+    import json
+    import os
+    import stat
+
+    from tests.test_cli import run
+
+    target = tmp_path / "acme.zip"
+    r = run(settings, "isp", "add", "acme", "--notify", "192.0.2.53:53", "--bundle", str(target))
+    assert r.returncode == 0, r.stderr
+    created = json.loads(r.stdout)
+    assert f"onboarding bundle written to {target}" in r.stderr
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    folder = unpack(target.read_bytes(), tmp_path / "bundle")
+    assert pull_config.load(folder / "pull.toml", environ={}).token == created["feed_token"]
+    assert created["tsig_secret"] in (folder / "bind" / "blocklist-rpz.conf").read_text()
+    record = audit.search(core.store, action="isp.bundle")[0][0]
+    assert record.actor.startswith("cli:")
+    assert record.after == {"secrets": "included"}
+
+    before = target.read_bytes()
+    r = run(settings, "isp", "rotate", "acme", "--bundle", str(target))
+    assert r.returncode == 1
+    assert "already exists" in r.stderr
+    assert target.read_bytes() == before
+    assert core.isps.authenticate_feed(created["feed_token"]).name == "acme"  # nothing was rotated

@@ -275,23 +275,10 @@ def isps_add() -> Any:
 
 
 def _onboarding(name: str, *, feed_token: str | None = None, tsig_secret: str | None = None) -> Onboarding:
-    """The ISP's onboarding: the programme's keys as the store records them (what
-    ``blocklist keys show`` prints), XoT once a transfer server has served it."""
-    from app.keys import Keyring
-    from app.xot import spki_pin
-
-    c = core()
-    rec = Keyring(c.store, c.settings.signing_key_file, c.clock).record()
-    xot = None
-    pem = c.store.xot_cert()
-    if pem is not None and c.settings.xot_listen is not None:
-        xot = onboarding.Xot(port=c.settings.xot_listen[1], name=c.settings.xot_name, pin=spki_pin(pem),
-                             certificate=pem)
-    return onboarding.for_isp(
-        c.settings, c.isps.get(name), now=c.clock(),
-        public_key=rec.current.public() if rec else None,
-        next_key=rec.next.public() if rec and rec.next else None, next_from=rec.next_from if rec else None,
-        xot=xot, feed_token=feed_token, tsig_secret=tsig_secret)
+    isp = core().isps.get(name)
+    if not isp.active:
+        raise ConflictError(f"{name} is revoked: it has no subscription to configure")
+    return onboarding.gather(core(), name, feed_token=feed_token, tsig_secret=tsig_secret)
 
 
 def _isp_secrets(title: str, created: dict[str, Any]) -> Any:
