@@ -7,7 +7,8 @@ Two figures per ISP, both against the latest published version:
 * **enforced**: the version its resolvers were last seen enforcing, from the
   enforcement reports its pull tool sends (``blocklist-pull check``). An ISP
   that has never reported has no enforced figure: it is shown as unknown,
-  not as behind.
+  not as behind. A report that found resolvers not applying the list at all
+  leaves the time but no version: that ISP is behind by every version.
 
 "Behind since" is when the oldest version it lacks was published, or when
 the ISP was added if that is later (an ISP is not late for a version older
@@ -36,11 +37,14 @@ class IspLag:
     fetched: int | None
     fetched_at: int | None
     fetched_via: str | None
+    #: None with ``enforced_at`` set: the last report said its resolvers enforce nothing.
     enforced: int | None
     enforced_at: int | None
     #: Unix time since which the ISP lacks a published version; None when up to date.
     fetched_behind_since: float | None
     enforced_behind_since: float | None
+    #: The last report's resolvers: label, version, blocked, checked_at (bounded by the report's reader).
+    resolvers: tuple[dict[str, Any], ...] = ()
 
     @property
     def fetched_versions_behind(self) -> int | None:
@@ -53,6 +57,15 @@ class IspLag:
         if self.latest is None or self.enforced is None:
             return None
         return max(0, self.latest - self.enforced)
+
+    @property
+    def reported(self) -> bool:
+        return self.enforced_at is not None
+
+    @property
+    def not_enforcing(self) -> bool:
+        """The last report found resolvers that do not apply the list at all."""
+        return self.reported and self.enforced is None
 
     @property
     def behind(self) -> bool:
@@ -72,6 +85,8 @@ class IspLag:
             "enforced": self.enforced, "enforced_at": iso(self.enforced_at),
             "enforced_versions_behind": self.enforced_versions_behind,
             "enforced_behind_since": iso(self.enforced_behind_since),
+            "reported": self.reported, "not_enforcing": self.not_enforcing,
+            "resolvers": list(self.resolvers),
             "behind": self.behind,
         }
 
@@ -99,7 +114,10 @@ def lag_of(isp: Isp, latest: int | None, published_after: Callable[[int], float 
         name=isp.name, latest=latest, fetched=isp.last_version, fetched_at=isp.last_pull_at,
         fetched_via=isp.last_pull_via, enforced=enforced, enforced_at=enforced_at,
         fetched_behind_since=since(isp.last_version),
-        enforced_behind_since=since(enforced) if enforced is not None else None,
+        # Not enforcing at all is behind by every version it lacks; never reported is unknown.
+        enforced_behind_since=(since(enforced) if enforced is not None
+                               else since(0) if enforced_at is not None else None),
+        resolvers=tuple(r for r in getattr(isp, "resolvers", None) or () if isinstance(r, dict)),
     )
 
 

@@ -17,9 +17,11 @@ from tests.test_metrics import app_for, list_domain, scrape
 from tests.test_web_helpers import signed_in, text
 
 
-def report_enforcing(core: Core, name: str, version: int) -> None:
-    """What an enforcement report from the ISP's pull tool leaves on the ISP record."""
-    core.store.isp_record_pull(name, {"enforced_version": str(version), "enforced_at": str(int(core.clock()))})
+def report_enforcing(core: Core, name: str, version: int | None) -> None:
+    """What an enforcement report from the ISP's pull tool leaves on the ISP record
+    (no version: a resolver did not block the always-blocked canary)."""
+    core.store.isp_record_pull(name, {"enforced_version": "" if version is None else str(version),
+                                      "enforced_at": str(int(core.clock()))})
 
 
 def row(page: str, name: str) -> str:
@@ -34,7 +36,7 @@ def test_an_isp_whose_resolvers_stop_applying_updates_shows_as_behind_on_the_pag
     t0 = clock()
     list_domain(core, personas, "enf-one.test")
     v1 = publish(core).version
-    for name in ("stuck", "healthy", "silent"):
+    for name in ("stuck", "healthy", "silent", "broken"):
         core.isps.add(SYSTEM, name)
         core.isps.record_pull(core.isps.get(name), v1, "xfr:axfr")
     report_enforcing(core, "stuck", v1)
@@ -47,10 +49,11 @@ def test_an_isp_whose_resolvers_stop_applying_updates_shows_as_behind_on_the_pag
     v3 = publish(core).version
     clock.advance(1200)
     # Every ISP keeps transferring; only "stuck"'s resolvers stay on v1.
-    for name in ("stuck", "healthy", "silent"):
+    for name in ("stuck", "healthy", "silent", "broken"):
         core.isps.record_pull(core.isps.get(name), v3, "xfr:ixfr")
     report_enforcing(core, "stuck", v1)
     report_enforcing(core, "healthy", v3)
+    report_enforcing(core, "broken", None)
     now = t0 + 2400
     v2_published = t0 + 600
 
@@ -69,6 +72,10 @@ def test_an_isp_whose_resolvers_stop_applying_updates_shows_as_behind_on_the_pag
     assert "no report yet" in silent
     assert 'class="behind"' not in silent
 
+    broken = row(page, "broken")
+    assert 'class="behind"' in broken
+    assert "<strong>not enforcing</strong>" in broken
+
     one = text(ada.get("/isps/stuck"))
     assert re.search(r'<dd class="enforced">1 <strong>\(2 behind\)</strong>', one)
     assert "2027-01-15 08:10 UTC" in one
@@ -78,6 +85,7 @@ def test_an_isp_whose_resolvers_stop_applying_updates_shows_as_behind_on_the_pag
     assert "stuck" in behind
     assert "healthy" not in behind
     assert "silent" not in behind
+    assert "broken" in behind
 
     found = scrape(app.test_client())
     assert labelled(found, "blocklist_isp_enforced_version", isp="stuck") == v1
@@ -87,6 +95,9 @@ def test_an_isp_whose_resolvers_stop_applying_updates_shows_as_behind_on_the_pag
     assert labelled(found, "blocklist_isp_enforcing_behind_seconds", isp="healthy") == 0
     assert labelled(found, "blocklist_isp_enforcing_behind_seconds", isp="silent") is None
     assert labelled(found, "blocklist_isp_last_enforcement_report_timestamp_seconds", isp="stuck") == now
+    # Enforcing nothing: behind since the first version published after it was added.
+    assert labelled(found, "blocklist_isp_enforced_version", isp="broken") == 0
+    assert labelled(found, "blocklist_isp_enforcing_behind_seconds", isp="broken") == now - t0
 
     # Its resolvers catch up: it is no longer behind anywhere.
     report_enforcing(core, "stuck", v3)

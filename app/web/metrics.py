@@ -266,7 +266,8 @@ class StoreCollector(Collector):
                                        "Seconds since the ISP last fetched anything.", labels=labels)
         enforced = GaugeMetricFamily("blocklist_isp_enforced_version",
                                      "Version the ISP's resolvers were last seen enforcing (enforcement reports; "
-                                     "absent for an ISP that never reported).", labels=labels)
+                                     "0: they enforce nothing; absent for an ISP that never reported).",
+                                     labels=labels)
         enforcing_behind = GaugeMetricFamily(
             "blocklist_isp_enforcing_behind_seconds",
             "How long the ISP's resolvers have lacked a published version: time since the first version they "
@@ -284,8 +285,8 @@ class StoreCollector(Collector):
             if isp.last_pull_at is not None:
                 last_pull.add_metric([isp.name], float(isp.last_pull_at))
                 since_pull.add_metric([isp.name], max(0.0, now - isp.last_pull_at))
-            if lag.enforced is not None:
-                enforced.add_metric([isp.name], float(lag.enforced))
+            if lag.reported:
+                enforced.add_metric([isp.name], float(lag.enforced or 0))
                 enforcing_behind.add_metric([isp.name], lag.behind_for(now, "enforced") or 0.0)
             if lag.enforced_at is not None:
                 last_report.add_metric([isp.name], float(lag.enforced_at))
