@@ -154,7 +154,7 @@ class Onboarding:
         return out
 
     def bundle(self) -> bytes:
-        """The files as a zip archive, under one folder; the token file readable by its owner only."""
+        """The files as a zip archive, under one folder; files holding a secret readable by their owner only."""
         buf = io.BytesIO()
         stamp = datetime.fromtimestamp(self.generated_at or 0, UTC)
         when = (max(stamp.year, 1980), stamp.month, stamp.day, stamp.hour, stamp.minute, stamp.second)
@@ -162,8 +162,7 @@ class Onboarding:
             for path, text in self.files().items():
                 info = zipfile.ZipInfo(f"{self.folder}/{path}", date_time=when)
                 info.compress_type = zipfile.ZIP_DEFLATED
-                secret = path == "feed-token" or (self.tsig_secret is not None and path != "README.txt"
-                                                  and self.tsig_secret in text)
+                secret = any(s and s in text for s in (self.feed_token, self.tsig_secret))
                 info.external_attr = (0o600 if secret else 0o644) << 16
                 z.writestr(info, text)
         return buf.getvalue()
@@ -346,6 +345,40 @@ response-policy {{
 """
 
     def unbound(self) -> str:
+        """Unbound cannot sign transfers: zone transfer by address for an
+        address-only ISP, else the zone file over HTTPS with the token in the path."""
+        stop_page = """    # Send blocked users to your own stop page instead of NXDOMAIN:
+    # rpz-action-override: cname
+    # rpz-cname-override: "stop.isp.example.net."
+    rpz-log: yes
+    rpz-log-name: "blocklist"
+"""
+        base = self.zones[-1].rstrip(".")
+        url = f"{self.feed_url}/t/{self.token_text}/rpz/latest.zone"
+        https = f"""rpz:
+    name: "{base}"
+    # The whole list as a zone file over HTTPS, refetched at the zone's SOA
+    # refresh. The feed token is in the path because Unbound cannot send
+    # headers: keep this file readable by root and unbound only.
+    url: "{url}"
+    zonefile: "/var/lib/unbound/{base}.zone"
+{stop_page}"""
+        head = f"""# Blocklist response policy zones for ISP {self.isp}, Unbound 1.14+ (tested with 1.17).
+# Include from unbound.conf:   include: "/etc/unbound/blocklist-rpz.conf"
+
+server:
+    # RPZ needs the respip module in front of the iterator.
+    module-config: "respip validator iterator"
+
+"""
+        if not self.address_only:
+            return head.replace("\n\nserver:", f"""
+#
+# Released Unbound cannot sign zone transfers, and {self.isp} transfers with a
+# TSIG key: this resolver takes the zone file over HTTPS instead. (To
+# transfer by address, the programme registers an address-only ISP for it.)
+
+server:""", 1) + https
         blocks = []
         for z in self.zones:
             name = z.rstrip(".")
@@ -357,35 +390,21 @@ response-policy {{
 {prims}
 {notifiers}
     zonefile: "/var/lib/unbound/{name}.zone"
-    # Send blocked users to your own stop page instead of NXDOMAIN:
-    # rpz-action-override: cname
-    # rpz-cname-override: "stop.isp.example.net."
-    rpz-log: yes
-    rpz-log-name: "blocklist"
-""")
-        registered = ", ".join(self.allow_from) or "none yet"
-        url = f"{self.feed_url}/t/{self.token_text}/rpz/latest.zone"
-        return f"""# Blocklist response policy zones for ISP {self.isp}, Unbound 1.14+ (tested with 1.17).
-# Include from unbound.conf:   include: "/etc/unbound/blocklist-rpz.conf"
+{stop_page}""")
+        registered = ", ".join(self.allow_from)
+        return head.replace("\n\nserver:", f"""
 #
-# Released Unbound has no TSIG: the primaries let this resolver transfer the
-# zones by its address. Addresses registered for {self.isp}: {registered}.
-# Ask the programme to register this resolver's address if it is not listed,
-# or use the signed HTTPS variant at the end instead.
+# Address-only mode: no TSIG; the primaries let these addresses transfer:
+# {registered}. Transfers from any other address are refused.
 
-server:
-    # RPZ needs the respip module in front of the iterator.
-    module-config: "respip validator iterator"
-
-{chr(10).join(blocks)}
-# HTTPS variant (no address registration; the feed token goes in the path
-# because Unbound cannot send headers: keep this file readable by root and
-# unbound only). Use it in place of the rpz: clauses above:
+server:""", 1) + "\n".join(blocks) + f"""
+# Or the zone file over HTTPS instead of the rpz: clauses above (the feed
+# token goes in the path: keep this file readable by root and unbound only):
 #
 # rpz:
-#     name: "{self.zones[-1].rstrip('.')}"
+#     name: "{base}"
 #     url: "{url}"
-#     zonefile: "/var/lib/unbound/{self.zones[-1].rstrip('.')}.zone"
+#     zonefile: "/var/lib/unbound/{base}.zone"
 """
 
     def powerdns(self) -> str:

@@ -151,6 +151,12 @@ def test_after_adding_an_isp_the_bundle_with_its_secrets_configures_bind_unbound
     assert r.headers["Content-Disposition"] == 'attachment; filename="blocklist-acme-with-secrets.zip"'
     folder = unpack(r.data, tmp_path / "bundle")
     assert (folder / "feed-token").read_text().strip() == secrets["feed_token"]
+    with zipfile.ZipFile(io.BytesIO(r.data)) as z:
+        modes = {i.filename.split("/", 1)[1]: (i.external_attr >> 16) & 0o777 for i in z.infolist()}
+    for secret_file in ("feed-token", "bind/blocklist-rpz.conf", "unbound/blocklist-rpz.conf",
+                        "powerdns/recursor.lua"):
+        assert modes[secret_file] == 0o600, secret_file
+    assert modes["README.txt"] == 0o644
     assert PLACEHOLDER not in bundle_text(folder)
 
     cfg = pull_config.load(folder / "pull.toml", environ={})
@@ -177,7 +183,10 @@ include: "{folder}/unbound/blocklist-rpz.conf"
     result = subprocess.run([require_binary("unbound-checkconf"), str(unbound_conf)], capture_output=True,
                             text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "primary: 127.0.0.1@8053" in (folder / "unbound" / "blocklist-rpz.conf").read_text()
+    # Unbound cannot sign: for an ISP with a TSIG key it takes the zone file over HTTPS.
+    unbound_text = (folder / "unbound" / "blocklist-rpz.conf").read_text()
+    assert f'url: "http://127.0.0.1:8000/feed/v1/t/{secrets["feed_token"]}/rpz/latest.zone"' in unbound_text
+    assert "\n    primary:" not in unbound_text
     lua = (folder / "powerdns" / "recursor.lua").read_text()
     assert f'tsigsecret = "{secrets["tsig_secret"]}"' in lua
     readme = (folder / "README.txt").read_text()
@@ -288,6 +297,20 @@ def test_an_address_only_isps_bundle_has_no_tsig_and_its_bind_and_unbound_files_
     result = checkconf(named_conf(tmp_path, folder, free_port()))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tsig" not in (folder / "powerdns" / "recursor.lua").read_text()
+    unbound_text = (folder / "unbound" / "blocklist-rpz.conf").read_text()
+    assert "\n    primary: 127.0.0.1@8053" in unbound_text
+    assert "192.0.2.0/24" in unbound_text
+    unbound_conf = tmp_path / "unbound.conf"
+    unbound_conf.write_text(f"""server:
+    directory: "{tmp_path}"
+    chroot: ""
+    username: ""
+    pidfile: "{tmp_path}/unbound.pid"
+include: "{folder}/unbound/blocklist-rpz.conf"
+""")
+    result = subprocess.run([require_binary("unbound-checkconf"), str(unbound_conf)], capture_output=True,
+                            text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_when_xot_is_offered_the_bind_file_transfers_over_tls_with_the_certificate(
@@ -331,9 +354,12 @@ def test_with_an_overlay_zone_every_resolver_file_lists_it_first_and_bind_accept
     files = ob.files()
     policy = files["bind/response-policy.conf"]
     assert policy.index('zone "overlay.blocklist.rpz"') < policy.index('zone "blocklist.rpz"')
-    assert files["unbound/blocklist-rpz.conf"].index('name: "overlay.blocklist.rpz"') < \
-        files["unbound/blocklist-rpz.conf"].index('name: "blocklist.rpz"')
-    assert "primary: 2001:db8::53@53" in files["unbound/blocklist-rpz.conf"]
+    # Unbound cannot sign: with a TSIG key it takes the whole list over HTTPS, as the base zone.
+    assert 'name: "blocklist.rpz"' in files["unbound/blocklist-rpz.conf"]
+    assert "url: \"https://blocklist.example.org/feed/v1/t/blf_" in files["unbound/blocklist-rpz.conf"]
+    by_address = replace(ob, address_only=True, tsig_secret=None, allow_from=("192.0.2.0/24",)).unbound()
+    assert by_address.index('name: "overlay.blocklist.rpz"') < by_address.index('name: "blocklist.rpz"')
+    assert "primary: 2001:db8::53@53" in by_address
     assert '"[2001:db8::53]:53"' in files["powerdns/recursor.lua"]
     folder = tmp_path / "bundle"
     for path, body in files.items():
