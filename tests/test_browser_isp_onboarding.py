@@ -102,3 +102,41 @@ def test_an_admin_adds_an_isp_sees_its_onboarding_and_downloads_the_bundle(
     shot(phone, "onboarding-page-390")
     for context in (page.context, phone.context):
         context.close()
+
+
+def test_an_admin_sees_which_isps_resolvers_are_behind_on_a_laptop_and_a_phone(
+    browser: Browser, live_server: LiveServer, core: Core, personas: Personas  # noqa: F811
+) -> None:
+    from app.domain import SYSTEM
+    from tests.conftest import publish
+    from tests.test_isp_enforcement import report_enforcing
+    from tests.test_metrics import list_domain
+
+    list_domain(core, personas, "screen-one.test")
+    v1 = publish(core).version
+    for name in ("stuck-isp", "healthy-isp"):
+        core.isps.add(SYSTEM, name)
+    list_domain(core, personas, "screen-two.test")
+    v2 = publish(core).version
+    for name in ("stuck-isp", "healthy-isp"):
+        core.isps.record_pull(core.isps.get(name), v2, "xfr:ixfr")
+    report_enforcing(core, "stuck-isp", v1)
+    report_enforcing(core, "healthy-isp", v2)
+
+    page = signed_in(browser, live_server.url, personas.ada, 1366, 768)
+    expect(page.locator("table.isps-behind")).to_contain_text("stuck-isp")
+    expect(page.locator("table.isps-behind")).not_to_contain_text("healthy-isp")
+    page.get_by_role("link", name="ISPs", exact=True).click()
+    stuck = page.locator("tr.behind", has_text="stuck-isp")
+    expect(stuck.locator("td.enforced")).to_contain_text("1 (1 behind)")
+    expect(stuck.locator("td.behind-since")).to_contain_text("(enforcing)")
+    expect(page.locator("tr", has_text="healthy-isp").locator("td.behind-since")).to_have_text("up to date")
+    shot(page, "isps-enforcement-1366")
+
+    phone = signed_in(browser, live_server.url, personas.ada, 390, 844)
+    phone.goto("/isps/stuck-isp")
+    expect(phone.locator("dd.enforced")).to_contain_text("1 (1 behind)")
+    assert fits(phone), "the ISP page scrolls sideways on a 390 px wide screen"
+    shot(phone, "isp-enforcement-390")
+    for context in (page.context, phone.context):
+        context.close()
