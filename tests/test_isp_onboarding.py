@@ -398,3 +398,34 @@ def test_the_command_line_writes_the_bundle_with_the_secrets_it_prints_and_never
     assert "already exists" in r.stderr
     assert target.read_bytes() == before
     assert core.isps.authenticate_feed(created["feed_token"]).name == "acme"  # nothing was rotated
+
+
+def test_the_pull_tool_run_with_the_bundles_pull_toml_fetches_verifies_and_writes_the_list(
+        core: Core, personas: Personas, settings, clock, tmp_path: Path) -> None:
+    import contextlib
+
+    from client.pull import main as pull_main
+    from tests.conftest import LiveServer
+
+    holder: dict[str, Any] = {}
+    # The feed URL in the bundle must name the server's port, known only once it exists.
+    server = LiveServer(lambda environ, start: holder["app"](environ, start))  # noqa: PLW0108 (app bound later)
+    live = Core(settings=replace(settings, public_url=server.url), store=core.store, clock=core.clock)
+    live.publisher._key = core.publisher._key
+    holder["app"] = create_app(core=live, test_config={"TESTING": True})
+    ada = signed_in(holder["app"].test_client(), personas.ada)
+    page, secrets = add_isp(ada, "acme")
+    folder = unpack(download_with_secrets(ada, "acme", page, secrets).data, tmp_path / "bundle")
+    listed(core, personas, ENTRIES)
+    publish(core)
+
+    # Only the system paths change, as an ISP installing it elsewhere would do.
+    toml = folder / "pull.toml"
+    toml.write_text(toml.read_text().replace("/var/lib/blocklist-pull", str(tmp_path / "state")))
+    out, err = io.StringIO(), io.StringIO()
+    with server, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = pull_main(["-c", str(toml), "once"], clock=clock)
+    assert code == 0, err.getvalue()
+    zone = (tmp_path / "state" / "blocklist.rpz.zone").read_text()
+    assert "csam-forum.example" in zone
+    assert core.isps.get("acme").last_version == core.latest_version()
