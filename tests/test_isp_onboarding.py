@@ -429,3 +429,21 @@ def test_the_pull_tool_run_with_the_bundles_pull_toml_fetches_verifies_and_write
     zone = (tmp_path / "state" / "blocklist.rpz.zone").read_text()
     assert "csam-forum.example" in zone
     assert core.isps.get("acme").last_version == core.latest_version()
+
+
+def test_the_bundles_resolver_files_keep_every_setting_of_the_guides_templates() -> None:
+    """deploy/isp/ is the guide an ISP may read; the bundle must not drift from it."""
+    from app.onboarding import Onboarding
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "isp"
+    ob = Onboarding(isp="acme", public_url="https://blocklist.example.org", list_name="worst-of",
+                    zones=("blocklist.rpz.",), primaries=(("192.0.2.53", 53),), tsig_name="acme.tsig.",
+                    tsig_algorithm="hmac-sha256", allow_from=("192.0.2.0/24",), address_only=False)
+    pairs = [("bind/blocklist-rpz.conf", ob.bind_zones()), ("bind/response-policy.conf", ob.bind_response_policy()),
+             ("unbound/blocklist-rpz.conf", replace(ob, address_only=True).unbound())]
+    for template, generated in pairs:
+        fixed = [line.strip() for line in (deploy / template).read_text().splitlines()
+                 if line.strip() and "{{" not in line and not line.lstrip().startswith(("//", "#", "--"))]
+        assert fixed, template
+        missing = [line for line in fixed if line not in generated]
+        assert missing == [], f"{template}: the bundle lacks {missing}"
