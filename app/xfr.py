@@ -23,8 +23,8 @@ What must stay true:
 * Transfers need TSIG from every ISP that has a key; a source-address
   list is a second gate, and the only one just for ISPs registered
   address-only. A request is accepted only within :data:`FUDGE` seconds of
-  our clock, whatever fudge the client asks for, and a request MAC is
-  accepted once (:class:`ReplayGuard`).
+  our clock, whatever fudge the client asks for, and the MAC of a transfer
+  request is accepted once (:class:`ReplayGuard`).
 * Over UDP an unauthenticated request never gets an answer larger than
   itself (a larger one is sent truncated, so the client comes back over
   TCP): the server is no amplifier for spoofed queries.
@@ -753,13 +753,15 @@ class ReplayGuard:
     def first_use(self, mac: bytes, now: float) -> bool:
         """True the first time a MAC is offered within the window."""
         seen = self.seen
-        while seen:
+        while seen:  # forget what the window has passed
             oldest, at = next(iter(seen.items()))
-            if now - at <= self.window and len(seen) < self.limit:
+            if now - at <= self.window:
                 break
             del seen[oldest]
         if mac in seen:
             return False
+        while len(seen) >= self.limit:  # make room: the oldest go first
+            del seen[next(iter(seen))]
         seen[mac] = now
         return True
 
@@ -943,7 +945,9 @@ class Dispatcher:
             now = self.now()
             if rd is None or abs(now - rd.time_signed) > FUDGE:  # our window, whatever fudge the client chose
                 return self._tsig_refusal(msg, req, kind, (BADTIME, "badtime"), peer)
-            if not self.replays.first_use(bytes(rd.mac), now):
+            # Only transfers carry the list: an SOA query may be sent again as it was (a secondary's
+            # UDP retry resends the same bytes) and tells nothing an unsigned one does not.
+            if qtype in (T_AXFR, T_IXFR) and not self.replays.first_use(bytes(rd.mac), now):
                 return Answer(kind, "refused", self._single(req, REFUSED), reason="replay", isp=entry[0],
                               detail=f"key {key_text}: a request already answered was sent again (from {peer})")
             isp_by_key = entry[0]

@@ -436,6 +436,29 @@ def test_an_address_acl_applies_on_top_of_a_valid_key_and_the_refusal_is_signed(
     assert r.rcode() == dns.rcode.REFUSED
 
 
+def test_a_signed_transfer_request_is_served_once_but_a_retried_soa_query_is_answered_again() -> None:
+    d = Dispatcher(INFO, zone_of(["a.example"]), Access.from_isps([isp()]))
+    axfr = query("AXFR").to_wire()
+    assert d.handle(axfr, "192.0.2.1", True).result == "ok"
+    again = d.handle(axfr, "192.0.2.1", True)
+    assert (again.result, again.reason) == ("refused", "replay")
+    soa = query("SOA").to_wire()
+    for _ in range(2):  # a secondary's UDP retry resends the same bytes
+        answer = d.handle(soa, "192.0.2.1", False)
+        assert answer.result == "ok"
+        assert dns.message.from_wire(next(iter(answer.messages)), keyring=False).answer
+
+
+def test_the_replay_memory_is_bounded_and_forgets_after_the_window() -> None:
+    guard = xfr.ReplayGuard(window=600, limit=3)
+    assert all(guard.first_use(bytes([i]), 1000.0) for i in range(3))
+    assert not guard.first_use(b"\x00", 1000.0)
+    assert guard.first_use(b"\x09", 1001.0)
+    assert len(guard.seen) == 3, "the oldest MAC went first"
+    assert guard.first_use(b"\x01", 1700.0), "after the window a MAC is forgotten (and its time is BADTIME anyway)"
+    assert len(guard.seen) == 1
+
+
 def test_a_revoked_isps_key_is_refused() -> None:
     d = Dispatcher(INFO, zone_of(["a.example"]), Access.from_isps([isp(active=False)]))
     answer, _ = ask(d, query("AXFR"))

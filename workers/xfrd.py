@@ -335,6 +335,10 @@ class XfrServer:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.settings.xot_listen is not None:  # a bad certificate stops the start before any listener
+            cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
+            self._tls = server_context(cert)
+            self.xot_certificate = cert
         host, port = self.settings.dns_listen
         self.tcp = await asyncio.start_server(self._tcp, host, port, reuse_address=True,
                                               limit=70_000, backlog=256)
@@ -349,10 +353,8 @@ class XfrServer:
             await self._start_xot(self.settings.xot_listen)
 
     async def _start_xot(self, listen: tuple[str, int]) -> None:
-        assert self.loop is not None
-        cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
-        self._tls = server_context(cert)
-        self.xot_certificate = cert
+        cert = self.xot_certificate
+        assert cert is not None
         host, port = listen
         # The TLS handshake runs inside the connection handler, after the
         # per-address limits, so a failed one is logged and counted.
@@ -421,11 +423,12 @@ class XfrServer:
                                               "isp": answer.isp.name if answer.isp else None})
         return answer
 
-    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float) -> None:
+    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float,
+                    over: str = "TCP") -> None:
         isp = answer.isp
         what = "IXFR" if answer.transfer == "xfr:ixfr" else "AXFR"
-        log.info("%s of version %s to %s (%s): %d messages, %d bytes, %.3f s", what, answer.serial,
-                 isp.name if isp else "?", peer, messages, size, seconds,
+        log.info("%s of version %s to %s (%s) over %s: %d messages, %d bytes, %.3f s", what, answer.serial,
+                 isp.name if isp else "?", peer, over, messages, size, seconds,
                  extra={"peer": peer, "isp": isp.name if isp else None, "version": answer.serial,
                         "qtype": answer.kind})
         if isp is not None and self.isps is not None and answer.transfer and self.loop is not None:
@@ -483,7 +486,10 @@ class XfrServer:
                     if left <= 0:
                         raise TimeoutError
                     head = await asyncio.wait_for(reader.readexactly(2), left)
-                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), idle)
+                    # The rest of the message within the same budget (a second at least, for a signed
+                    # request that arrives just as it runs out).
+                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")),
+                                                  max(1.0, idle - (self.loop.time() - trusted_at)))
                 except TimeoutError:
                     if unsigned:
                         self.refuse(peer, "idle", "closed a %s connection from %s after %.0f s without an "
@@ -500,7 +506,7 @@ class XfrServer:
                     trusted_at, unsigned = self.loop.time(), 0
                 else:
                     unsigned += 1
-                if not await self._send(writer, answer, peer):
+                if not await self._send(writer, answer, peer, over):
                     break
                 if answer.authenticated:
                     trusted_at = self.loop.time()  # a long transfer does not count as idle time
@@ -531,7 +537,7 @@ class XfrServer:
             return False
         return True
 
-    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str) -> bool:
+    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str, over: str = "TCP") -> bool:
         """Write an answer; False when the client is gone or too slow."""
         assert self.loop is not None
         idle = self.settings.dns_tcp_idle
@@ -559,7 +565,7 @@ class XfrServer:
             return False
         self.metrics.bytes.inc(sent)
         if answer.transfer and answer.result == "ok" and count:
-            self.transferred(answer, peer, count, sent, self.loop.time() - start)
+            self.transferred(answer, peer, count, sent, self.loop.time() - start, over)
         return True
 
     # -- NOTIFY (RFC 1996)
@@ -690,7 +696,7 @@ class _Udp(asyncio.DatagramProtocol):
             size += len(message)
         self.server.metrics.bytes.inc(size)
         if answer.transfer and answer.result == "ok" and answer.isp is not None:
-            self.server.transferred(answer, str(addr[0]), 1, size, 0.0)
+            self.server.transferred(answer, str(addr[0]), 1, size, 0.0, "UDP")
 
     def error_received(self, exc: Exception) -> None:
         pass
