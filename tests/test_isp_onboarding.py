@@ -447,3 +447,17 @@ def test_the_bundles_resolver_files_keep_every_setting_of_the_guides_templates()
         assert fixed, template
         missing = [line for line in fixed if line not in generated]
         assert missing == [], f"{template}: the bundle lacks {missing}"
+
+
+def test_the_public_transfer_address_is_read_strictly() -> None:
+    import pytest
+
+    from app.config import Settings
+    from app.errors import ConfigError
+
+    s = Settings.from_env({"BLOCKLIST_DNS_PUBLIC": "192.0.2.53:53, [2001:db8::53]:5353"})
+    assert s.dns_primaries == (("192.0.2.53", 53), ("2001:db8::53", 5353))
+    assert Settings.from_env({"BLOCKLIST_DNS_LISTEN": "127.0.0.1:9053"}).dns_primaries == (("127.0.0.1", 9053),)
+    for bad in ("dns.example.org:53", "192.0.2.53", "192.0.2.53:0"):
+        with pytest.raises(ConfigError, match="BLOCKLIST_DNS_PUBLIC"):
+            Settings.from_env({"BLOCKLIST_DNS_PUBLIC": bad})
