@@ -238,9 +238,9 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, xot_addr: st
         s = replace(s, redis_url=redis_url)
         ctx._settings = s
         core = Core.from_settings(s)
+        _programme_key(core)
         secret_file = bootstrap.ensure_secret_file(s.data_dir / "secret_key")
         first = bootstrap.first_start(core)
-        _programme_key(core)
         xot_pin = None
         if s.xot_listen is not None:  # made here, before the transfer server starts and reads it
             from app.xot import ensure_certificate
@@ -296,8 +296,11 @@ def _programme_key(core: Core) -> None:
     rec = ring.record()
     if rec is None:
         rec, made = ring.init(SYSTEM, "first start of blocklist serve")
-        what = "made the signing key" if made else "recorded the existing signing key"
-        click.echo(f"first start: {what} {rec.current.key_id} ({core.settings.signing_key_file})")
+        if made:
+            click.echo(f"first start: made the signing key {rec.current.key_id} ({core.settings.signing_key_file})")
+        else:
+            click.echo(f"recorded the signing key {rec.current.key_id} ({core.settings.signing_key_file}) "
+                       "as the programme's key")
         return
     if ring.local_key(rec.current.key_id) is None:
         fail(f"the programme's signing key {rec.current.key_id} is not in {core.settings.signing_key_file}: "
@@ -613,7 +616,7 @@ def _ask_publisher(core: Core, reason: str, timeout: int | None, *, force: bool 
     """Queue a publish request and wait for the publisher's answer."""
     pub = core.publisher
     limit = timeout or core.settings.publish_answer_timeout
-    request_id = pub.request(cli_actor(), reason, force=force, full=full)
+    request_id = pub.request(cli_actor(), reason, force=force, full=full, timeout=limit)
     started = time.monotonic()
     while True:
         result = pub.answer(request_id, timeout=limit)
@@ -771,8 +774,8 @@ def keys_rotate(ctx: Context, complete: bool, early: bool, reason: str, timeout:
     if not complete:
         rec = ring.rotate(cli_actor(), core.settings.key_rotation_overlap, reason)
         assert rec.next is not None
-        click.echo(f"made the next key {rec.next.key_id} in {ring.key_file}.next; every manifest signed by "
-                   f"{rec.current.key_id} now announces it", err=True)
+        click.echo(f"made the next key {rec.next.key_id} in {ring.key_file}.next; the publisher re-signs the "
+                   f"manifest with {rec.current.key_id} announcing it within a minute", err=True)
         click.echo(f"it may sign from {rec.next_from}: then run `blocklist keys rotate --complete`", err=True)
         click.echo("copy the .next file to every standby publisher host before then", err=True)
         click.echo(rec.next.public().text(), nl=False)

@@ -34,7 +34,7 @@ from typing import Any
 from app import audit
 from app.clock import Clock, system_clock
 from app.domain import Actor, iso
-from app.errors import BlocklistError, ConflictError, NotFoundError, RetryableConflictError
+from app.errors import BlocklistError, ConflictError, NotFoundError, RetryableConflictError, StoreError
 from app.signing import PublicKey, SecretKey, create_key, load_key, public_key_path
 from app.store import Store, Txn
 
@@ -94,13 +94,16 @@ class ProgrammeKeys:
 
     @classmethod
     def from_json(cls, raw: str) -> ProgrammeKeys:
-        d = json.loads(raw)
-        return cls(
-            current=KeyInfo.from_dict(d["current"]),
-            next=KeyInfo.from_dict(d["next"]) if d.get("next") else None,
-            next_from=d.get("next_from"), next_from_ts=d.get("next_from_ts"),
-            retired=tuple(KeyInfo.from_dict(k) for k in d.get("retired", [])),
-        )
+        try:
+            d = json.loads(raw)
+            return cls(
+                current=KeyInfo.from_dict(d["current"]),
+                next=KeyInfo.from_dict(d["next"]) if d.get("next") else None,
+                next_from=d.get("next_from"), next_from_ts=d.get("next_from_ts"),
+                retired=tuple(KeyInfo.from_dict(k) for k in d.get("retired", [])),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise StoreError("the programme's key record in Redis is damaged; restore it from a backup") from None
 
     def announcement(self) -> dict[str, str] | None:
         """The manifest's ``next_key`` field, while a next key is announced."""
@@ -191,8 +194,7 @@ class Keyring:
                 f"key {rec.next.key_id} is already announced as the next key (from {rec.next_from}); "
                 "finish with blocklist keys rotate --complete"
             )
-        if self.local_key(rec.current.key_id) is None or not self.key_file.exists() \
-                or load_key(self.key_file).public.id_hex != rec.current.key_id:
+        if not self.key_file.exists() or load_key(self.key_file).public.id_hex != rec.current.key_id:
             raise ConflictError(
                 f"{self.key_file} does not hold the programme's current key {rec.current.key_id}: "
                 "run keys rotate on the publisher host"

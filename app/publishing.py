@@ -230,6 +230,7 @@ class Publisher:
         self.clock = clock
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self._key = key
+        self._reminded_at = 0.0
         self._state: ListState | None = None
         self.soa = SoaParams(
             zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
@@ -281,7 +282,40 @@ class Publisher:
             self.store.signer_report(mine, SIGNER_REPORT_TTL, problem=e.message)
             return False
         self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
+        self._remind_rotation()
         return True
+
+    def _remind_rotation(self) -> None:
+        """Once an hour, say that an announced key may take over and is waiting for the operator."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        rec = ProgrammeKeys.from_json(raw) if raw else None
+        now = self.clock()
+        if rec is None or rec.next is None or rec.next_from_ts is None or now < rec.next_from_ts:
+            return
+        if now - self._reminded_at >= 3600:
+            self._reminded_at = now
+            log.warning("the announced key %s may sign since %s: run `blocklist keys rotate --complete` "
+                        "on the publisher host", rec.next.key_id, rec.next_from)
+
+    def _keys_changed(self, body: str | None) -> bool:
+        """The manifest in the store was signed by another key, or announces
+        another next key, than the store now names: re-sign it at once."""
+        if body is None:
+            return False
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return True
+        return bool(doc.get("key_id") != self.key.public.id_hex or doc.get("next_key") != self._key_announcement())
+
+    def _key_announcement(self) -> dict[str, str] | None:
+        """The next key, announced by the current key's signature over the manifest."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     # ------------------------------------------------------------------ reads
 
@@ -717,8 +751,8 @@ class Publisher:
             "count": meta["count"], "entries_sha256": meta["entries_sha256"],
             "snapshot": meta["snapshot"]["path"], "rpz": meta["rpz"]["path"],
             "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
-            "key_id": self.key.public.id_hex,
         }
+        body["key_id"] = self.key.public.id_hex
         announced = self._key_announcement()
         if announced is not None:
             body["next_key"] = announced
@@ -727,24 +761,6 @@ class Publisher:
                   "expires": expires}
         sig = self.key.sign_bytes(text.encode(), format_trusted_comment(fields)).text()
         return text, sig
-
-    def _keys_changed(self, body: str | None) -> bool:
-        """The manifest in the store was signed by another key, or announces
-        another next key, than the store now names: re-sign it at once."""
-        if body is None:
-            return False
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return True
-        return bool(doc.get("key_id") != self.key.public.id_hex or doc.get("next_key") != self._key_announcement())
-
-    def _key_announcement(self) -> dict[str, str] | None:
-        """The next key, announced by the current key's signature over the manifest."""
-        from app.keys import ProgrammeKeys
-
-        raw = self.store.keys_raw()
-        return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     def _delta_chain(self, meta: dict[str, Any], lowest: int) -> list[dict[str, Any]]:
         """Deltas reaching back from this version while they are retained."""
@@ -905,19 +921,23 @@ class Publisher:
                            "force": force, "full": full})
 
     def _enqueue(self, actor: Actor, reason: str, txn: Txn | None = None, *, force: bool = False,
-                 full: bool = False) -> str:
+                 full: bool = False, timeout: int | None = None) -> str:
         request_id = secrets.token_hex(8)
         pending = json.dumps({"status": "requested", "requested_at": self.clock()})
+        # Not taken in time, a request is dropped: nobody is waiting for it any more.
         self.store.pub_set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
-                                                                     full=full), pending, txn)
+                                                                     full=full), pending, txn,
+                                   request_ttl=(timeout or self.settings.publish_answer_timeout) + 5)
         return request_id
 
-    def request(self, actor: Actor, reason: str = "", *, force: bool = False, full: bool = False) -> str:
+    def request(self, actor: Actor, reason: str = "", *, force: bool = False, full: bool = False,
+                timeout: int | None = None) -> str:
         """Ask the publisher to publish now: only the publisher holds the key and
         signs. Returns the request id; the publisher stores its answer under it
-        (see :meth:`answer`)."""
+        (see :meth:`answer`). A request no publisher took within ``timeout``
+        (default ``publish_answer_timeout``) seconds is never served."""
         actor.require("publish.now")
-        return self._enqueue(actor, reason, force=force, full=full)
+        return self._enqueue(actor, reason, force=force, full=full, timeout=timeout)
 
     def answer(self, request_id: str, timeout: float | None = None) -> dict[str, Any] | None:
         """The answer to a request: ``requested`` (queued), ``working`` (taken by
@@ -965,6 +985,11 @@ class Publisher:
                                    force=bool(req.get("force")), full=bool(req.get("full")))
         except BlocklistError as e:
             outcome = Outcome("failed", message=e.message)
+        except Exception:
+            # Answer the requester before the error reaches the worker's log.
+            failed = Outcome("failed", message="the publisher failed; see its log")
+            self.store.pub_set_result(request_id, json.dumps(failed.to_dict()))
+            raise
         self.store.pub_set_result(request_id, json.dumps(outcome.to_dict()))
         return outcome
 
@@ -991,11 +1016,6 @@ class Publisher:
                 self.artifacts.remove(meta["delta"]["path"])
 
 
-def no_publisher_message(seconds: float) -> str:
-    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
-            "with the programme's signing key?")
-
-
 def rules_parents(domain: str) -> list[str]:
     from app.domain import parents
 
@@ -1015,3 +1035,8 @@ def parse_version(value: Any) -> int:
         raise ValidationError("versions start at 1")
     return v
 
+
+def no_publisher_message(seconds: float) -> str:
+    """What "publish now" says when no publisher took the request in time."""
+    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
+            "with the programme's signing key?")

@@ -742,11 +742,12 @@ class Store:
             txn.op("SET", K.pub_held, held_json)
 
     def pub_set_request(self, request_id: str, payload: str, pending: str, txn: Txn | None = None,
-                        ttl: int = 3600) -> None:
-        """Queue a "publish now" request; its answer starts as ``pending``."""
+                        ttl: int = 3600, request_ttl: int = 3600) -> None:
+        """Queue a "publish now" request; its answer starts as ``pending``. A
+        request not taken within ``request_ttl`` seconds is dropped unserved."""
         own = txn is None
         t = Txn() if txn is None else txn
-        t.op("SET", K.pub_request.format(id=request_id), payload, "EX", ttl)
+        t.op("SET", K.pub_request.format(id=request_id), payload, "EX", request_ttl)
         t.op("SET", K.pub_result.format(id=request_id), pending, "EX", ttl)
         t.op("RPUSH", K.pub_queue, request_id)
         if own:

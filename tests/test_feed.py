@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import time
 
 import pytest
 
@@ -137,6 +138,15 @@ def test_api_publish_without_a_running_publisher_answers_503_and_withdraws_the_r
     assert core.latest_version() is None
     unknown = client.get("/api/v1/publish/0123456789abcdef", headers=personas.bruno.headers)
     assert unknown.status_code == 404
+
+
+def test_a_publish_request_no_publisher_took_in_time_is_never_served_later(core: Core, personas: Personas) -> None:
+    e = core.curation.submit(personas.alice.actor, "late.example.test")
+    core.curation.act(personas.bruno.actor, e.id, "approve")
+    core.publisher.request(personas.bruno.actor, "nobody polls this one", timeout=1)
+    time.sleep(6.5)  # the request lives its timeout plus 5 s
+    assert core.publisher.serve_request() is None  # a publisher starting now does not act on it
+    assert core.latest_version() is None
 
 
 def test_publishing_over_the_api_needs_the_worker(client, core: Core, personas: Personas, isp) -> None:

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM
 from tests.conftest import LiveServer, Personas, require_binary
+from tests.test_publishing import validate
 
 BIN = Path(sys.executable).parent
 
@@ -63,7 +64,8 @@ def test_a_rotation_keeps_the_isp_applying_new_versions_without_touching_its_con
         core: Core, personas: Personas, settings: Settings, live_server: LiveServer, tmp_path: Path,
         processes: list[subprocess.Popen[bytes]]) -> None:
     minisign = require_binary("minisign")
-    env = service_env(settings, BLOCKLIST_KEY_ROTATION_OVERLAP="15")
+    # The manifest job runs every 10 s; a re-signing merely due comes only after 40 s.
+    env = service_env(settings, BLOCKLIST_KEY_ROTATION_OVERLAP="25", BLOCKLIST_MANIFEST_REFRESH="40")
     ops = tmp_path / "ops"
     ops.mkdir()
 
@@ -107,13 +109,25 @@ def test_a_rotation_keeps_the_isp_applying_new_versions_without_touching_its_con
     new_id = new_pub.splitlines()[0].rsplit(" ", 1)[1]
     assert new_id != old_id
     assert blocklist("keys", "show", "--next").stdout == new_pub
+    # The worker re-signs the manifest with the announcement by itself, without a new version.
+    deadline = time.monotonic() + 20
+    while "next_key" not in (manifest := json.loads(core.store.pub_manifest()[0])):  # type: ignore[index]
+        assert time.monotonic() < deadline, "the manifest did not announce the next key"
+        time.sleep(0.5)
+    assert manifest["version"] == v1
+    assert manifest["key_id"] == old_id and manifest["next_key"]["key_id"] == new_id
+    assert manifest["next_key"]["public_key"] == new_pub.splitlines()[1]
+    validate("manifest", manifest)  # the announcement is part of the published format
+    state = pull()
+    assert state["version"] == v1 and state["key_id"] == old_id
+    assert [k["key_id"] for k in learned()["learned"]] == [new_id]  # type: ignore[index]
     list_entry("two.example.test")
     v2 = publish()
-    manifest = json.loads(core.store.pub_manifest()[0])  # type: ignore[index]
-    assert manifest["key_id"] == old_id and manifest["next_key"]["key_id"] == new_id
     state = pull()
     assert state["version"] == v2 and state["key_id"] == old_id
     assert [k["key_id"] for k in learned()["learned"]] == [new_id]  # type: ignore[index]
+    status = run("blocklist-pull", "-c", str(cfg), "status", env={**os.environ}).stdout
+    assert new_id in status  # what the ISP reads to compare over a second channel
 
     # After the overlap the new key takes over; the old one is retired.
     early = run("blocklist", "keys", "rotate", "--complete", env=env, cwd=ops)

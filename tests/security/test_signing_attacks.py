@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from app.core import Core
@@ -180,7 +181,7 @@ def test_keys_init_never_overwrites_a_key_file_and_records_it_once(settings: Set
 
 
 def test_a_worker_holding_another_key_refuses_to_sign_and_says_so_in_readyz(
-        core: Core, personas: Personas, settings: Settings, tmp_path: Path,
+        core: Core, personas: Personas, settings: Settings, tmp_path: Path, client: Any,
         processes: list[subprocess.Popen[bytes]]) -> None:
     add_active(core, personas, "first.example.test")
     publish(core)
@@ -206,6 +207,9 @@ def test_a_worker_holding_another_key_refuses_to_sign_and_says_so_in_readyz(
             break
         time.sleep(0.2)
     assert not ok and "cannot sign" in detail and "not the programme's current key" in detail
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "not the programme's current key" in ready.json["checks"]["signing"]
     assert "not the programme's current key" in log.read_text()
 
 
@@ -230,3 +234,35 @@ def test_publish_is_done_by_the_running_worker_with_the_programme_key(
     assert list((tmp_path / "ops").iterdir()) == []
     rec = Keyring(core.store, settings.signing_key_file).require()
     assert rec.current.key_id == core.publisher.key.public.id_hex
+
+
+def test_serve_pointed_at_an_existing_programme_without_its_key_makes_no_second_key(
+        core: Core, settings: Settings, tmp_path: Path) -> None:
+    before = core.store.keys_raw()
+    users = [u.name for u in core.users.list()]
+    data = tmp_path / "new-host"
+
+    r = blocklist(tmp_path / "ops", "serve", "--data-dir", str(data), "--web", "127.0.0.1:1", "--dns",
+                  "127.0.0.1:1", BLOCKLIST_REDIS_URL=settings.redis_url or "")
+
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert f"the programme's signing key {core.publisher.key.public.id_hex} is not in" in r.stderr
+    assert not (data / "keys").exists()
+    assert core.store.keys_raw() == before
+    assert [u.name for u in core.users.list()] == users
+
+
+def test_a_worker_pointed_at_a_redis_holding_no_programme_exits_and_signs_nothing(
+        settings: Settings, tmp_path: Path) -> None:
+    url = (settings.redis_url or "").rsplit("/", 1)[0] + "/9"
+    empty = connect(url)
+    empty.flushdb()
+    try:
+        r = blocklist(tmp_path / "ops", "worker", BLOCKLIST_REDIS_URL=url,
+                      BLOCKLIST_SIGNING_KEY_FILE=str(settings.signing_key_file))
+        assert r.returncode != 0
+        assert "names no programme signing key" in r.stderr and "Traceback" not in r.stderr
+        assert empty.dbsize() == 0
+    finally:
+        empty.close()
