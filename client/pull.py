@@ -133,8 +133,11 @@ def describe(report: Report) -> list[str]:
         head = f"{verb} version {report.version} ({how}{change}; {report.count} entries)"
     lines = [head]
     for o in report.outputs:
-        if o.changed:
-            lines.append(f"  {would}write {o.spec.label} (+{o.lines_added} -{o.lines_removed} lines)")
+        if o.changed and o.lines_added is not None:
+            how = ", patched" if o.how == "patch" else ""
+            lines.append(f"  {would}write {o.spec.label} (+{o.lines_added} -{o.lines_removed} lines{how})")
+        elif o.changed:
+            lines.append(f"  {would}write {o.spec.label} (rewritten in full)")
         else:
             lines.append(f"  unchanged {o.spec.label}")
     if report.post_apply == "ran":

@@ -7,6 +7,10 @@ Files (the directory is private to the tool, mode 0700):
   times and outcome of the last runs;
 * ``entries.jsonl``: the held list as canonical lines, exactly the bytes
   whose sha256 is the version's ``entries_sha256`` (the base for deltas);
+* ``parents.json``: how many listed names sit directly under each parent
+  name, for the held list (tells whether a change to a name with its
+  subdomains touches names already listed under it); a cache, rebuilt
+  from ``entries.jsonl`` whenever its digest differs;
 * ``lock``: held with ``flock`` by the run in progress.
 
 What must stay true:
@@ -16,6 +20,9 @@ What must stay true:
   silently replaced (that would drop the baseline).
 * ``entries.jsonl`` is used only if its digest is the one in ``state.json``;
   otherwise the next run fetches the full snapshot.
+* ``state.json`` records, for each output, the sha256 of the file as written
+  and the options it was written with; an output is patched in place of a
+  full rewrite only while both still hold.
 * Both files are replaced atomically; ``entries.jsonl`` is written before
   ``state.json`` names its digest.
 """
@@ -28,15 +35,18 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from client import files
-from client.errors import LocalError, LockedError, RefusedError
-from client.verify import EntryList, Held, check_order, load_json
+from client.errors import LocalError, LockedError
+from client.listfile import Lines, find_url_start
+from client.verify import Held
 
 STATE_FILE = "state.json"
 ENTRIES_FILE = "entries.jsonl"
+PARENTS_FILE = "parents.json"
 LOCK_FILE = "lock"
 
 
@@ -60,6 +70,9 @@ class State:
     last_error_at: float | None = None
     last_error_code: int | None = None
     reload_pending: bool = False
+    wide_count: int | None = None
+    # output path -> {"fingerprint": options, "sha256": of the file as written, "count": entries in it}
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def held(self) -> Held | None:
         if self.version is None or self.list_name is None or self.snapshot_sha256 is None \
@@ -132,29 +145,42 @@ class StateDir:
         except OSError as e:
             raise LocalError(f"cannot write {self.path / STATE_FILE}: {e.strerror}") from None
 
-    def load_entries(self, state: State) -> EntryList | None:
-        """The held list, or None if it is missing or does not match the state's digest."""
-        if state.entries_sha256 is None:
+    def load_lines(self, state: State) -> Lines | None:
+        """The held list, or None if it is missing or does not match the state's digest.
+
+        Its lines were checked when they were first held; the digest shows they are those lines."""
+        if state.entries_sha256 is None or state.count is None:
             return None
         try:
             data = (self.path / ENTRIES_FILE).read_bytes()
         except OSError:
             return None
-        if hashlib.sha256(data).hexdigest() != state.entries_sha256:
+        if hashlib.sha256(data).hexdigest() != state.entries_sha256 or data.count(b"\n") != state.count:
             return None
-        lines = data.split(b"\n")[:-1] if data else []
-        try:
-            records = load_json(b"[" + b",".join(lines) + b"]", ENTRIES_FILE)
-            check_order(records, ENTRIES_FILE)
-        except RefusedError:
-            return None
-        # The file's bytes are the canonical lines, so their sha256 (checked
-        # above) is the list's digest: no need to serialise every entry again.
-        return EntryList(tuple(records), state.entries_sha256)
+        return Lines(data, state.count, find_url_start(data), state.entries_sha256)
 
-    def save_entries(self, entries: EntryList) -> None:
-        data = "".join(f"{r.line()}\n" for r in entries.records).encode()
+    def save_lines(self, lines: Lines) -> None:
         try:
-            files.write_atomic(self.path / ENTRIES_FILE, data)
+            files.write_atomic(self.path / ENTRIES_FILE, lines.data)
         except OSError as e:
             raise LocalError(f"cannot write {self.path / ENTRIES_FILE}: {e.strerror}") from None
+
+    def load_parents(self, digest: str) -> dict[str, int] | None:
+        """The parent counts saved for the list with this digest, if any."""
+        try:
+            doc = json.loads((self.path / PARENTS_FILE).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("entries_sha256") != digest or not isinstance(doc.get("parents"), dict):
+            return None
+        parents: dict[str, int] = doc["parents"]
+        if not all(isinstance(v, int) for v in parents.values()):
+            return None
+        return parents
+
+    def save_parents(self, digest: str, parents: dict[str, int]) -> None:
+        data = json.dumps({"entries_sha256": digest, "parents": parents}, separators=(",", ":")).encode()
+        try:
+            files.write_atomic(self.path / PARENTS_FILE, data)
+        except OSError as e:
+            raise LocalError(f"cannot write {self.path / PARENTS_FILE}: {e.strerror}") from None

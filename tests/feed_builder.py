@@ -1,0 +1,130 @@
+"""A feed built in the publisher's file layout and signed with the real minisign code, no server.
+
+For tests of the pull tool that need lists and histories the curation rules
+would make slow or impossible to set up (thousands of random changes, names
+nested under names, subdomain flags that flip, a manifest naming an older
+snapshot and the chain of deltas after it). The layouts follow
+``app.publishing``: a snapshot is a one-line head and one entry a line; a
+delta lists added and removed entries; the manifest is indented JSON; every
+file has a ``.minisig`` whose trusted comment names list, version, file and
+expiry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from client.errors import NotFoundError
+from client.minisign import SecretKey, format_trusted_comment
+from client.verify import Record, iso
+
+LIST = "worst-of"
+ZONE = "blocklist.rpz."
+T = "2027-01-15T08:00:00Z"
+
+
+def rec(value: str, subdomains: bool = False, etype: str = "domain") -> Record:
+    return Record(etype, value, subdomains, "csam", T, T)
+
+
+def lines_of(records: list[Record]) -> list[bytes]:
+    return [r.line().encode() for r in sorted(records)]
+
+
+@dataclass
+class Version:
+    number: int
+    records: list[Record]
+    snapshot_sha256: str
+    entries_sha256: str
+
+
+@dataclass
+class FeedBuilder:
+    key: SecretKey = field(default_factory=SecretKey.generate)
+    now: float = 1_800_000_000.0
+    files: dict[str, bytes] = field(default_factory=dict)
+    versions: list[Version] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------ signing
+
+    def sign(self, rel: str, data: bytes, version: int, expires: str) -> bytes:
+        fields = {"list": LIST, "version": str(version), "file": rel, "expires": expires}
+        return self.key.sign_bytes(data, format_trusted_comment(fields)).text().encode()
+
+    def put(self, rel: str, data: bytes, version: int, expires: str) -> dict[str, object]:
+        self.files[rel] = data
+        self.files[rel + ".minisig"] = self.sign(rel, data, version, expires)
+        return {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    # ------------------------------------------------------------ publishing
+
+    def publish(self, records: list[Record], *, snapshot_from: int | None = None, chain: bool = True,
+                keep_snapshot: bool = True) -> int:
+        """Publish the next version; the manifest names the snapshot of ``snapshot_from``
+        (default: this version) and the deltas after it (or, with ``chain`` true and the
+        default snapshot, every delta since the first version)."""
+        number = (self.versions[-1].number if self.versions else 0) + 1
+        published = iso(self.now)
+        expires = iso(self.now + 86400)
+        lines = lines_of(records)
+        entries_sha = hashlib.sha256(b"".join(ln + b"\n" for ln in lines)).hexdigest()
+        previous = self.versions[-1] if self.versions else None
+        head = {"schema": 1, "list": LIST, "version": number, "published_at": published, "expires_at": expires,
+                "previous_version": previous.number if previous else None,
+                "previous_sha256": previous.snapshot_sha256 if previous else None,
+                "count": len(lines), "entries_sha256": entries_sha}
+        snapshot = (json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"entries":[\n'
+                    + b",\n".join(lines) + b"\n]}\n")
+        snap_rel = f"snapshots/{number}.json"
+        snap = self.put(snap_rel, snapshot, number, expires)
+        if not keep_snapshot:
+            del self.files[snap_rel]
+        if previous is not None:
+            before, after = set(lines_of(previous.records)), set(lines)
+            delta = {"schema": 1, "list": LIST, "from": previous.number, "to": number, "published_at": published,
+                     "expires_at": expires, "from_sha256": previous.snapshot_sha256, "to_sha256": snap["sha256"],
+                     "from_count": len(previous.records), "to_count": len(lines), "to_entries_sha256": entries_sha}
+            added, removed = sorted(after - before), sorted(before - after)
+            text = (json.dumps(delta, separators=(",", ":"))[:-1].encode()
+                    + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
+                    + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"") + b"]}\n")
+            self.put(f"deltas/{previous.number}/{number}.json", text, number, expires)
+        self.versions.append(Version(number, sorted(records), str(snap["sha256"]), entries_sha))
+        self.files[f"meta/{number}/snapshot"] = json.dumps(snap).encode()
+        self.manifest(snapshot_from=snapshot_from, chain=chain)
+        return number
+
+    def manifest(self, *, snapshot_from: int | None = None, chain: bool = True) -> None:
+        v = self.versions[-1]
+        base = snapshot_from or v.number
+        expires = iso(self.now + 3600)
+        snap = json.loads(self.files[f"meta/{base}/snapshot"])
+        artifacts: list[dict[str, object]] = [{"kind": "snapshot", **snap}]
+        rpz = self.put(f"rpz/{v.number}.zone", b"; zone\n", v.number, iso(self.now + 86400))
+        artifacts.append({"kind": "rpz", **rpz})
+        lowest = 1 if (chain and snapshot_from is None) else base
+        for w in self.versions:
+            if lowest < w.number <= v.number:
+                rel = f"deltas/{w.number - 1}/{w.number}.json"
+                data = self.files[rel]
+                artifacts.append({"kind": "delta", "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
+                                  "size": len(data), "from": w.number - 1, "to": w.number})
+        body = {"schema": 1, "list": LIST, "version": v.number, "published_at": iso(self.now),
+                "signed_at": iso(self.now), "expires_at": expires, "count": len(v.records),
+                "entries_sha256": v.entries_sha256, "snapshot": snap["path"], "rpz": rpz["path"],
+                "rpz_zone": ZONE, "artifacts": artifacts}
+        data = (json.dumps(body, indent=1) + "\n").encode()
+        self.files["manifest.json"] = data
+        self.files["manifest.json.minisig"] = self.sign("manifest.json", data, v.number, expires)
+
+    # ------------------------------------------------------------ the transport interface
+
+    def get(self, rel: str, limit: int) -> bytes:
+        self.fetched.append(rel)
+        if rel not in self.files or rel.startswith("meta/"):
+            raise NotFoundError(f"the feed has no {rel} (404)")
+        return self.files[rel][: limit + 1]
