@@ -38,6 +38,35 @@ def stage(path: Path, data: bytes | Sequence[bytes], mode: int) -> Staged:
     return Staged(path, Path(tmp))
 
 
+class StagedWriter:
+    """A temp file next to ``path`` written in pieces; :meth:`finish` syncs it (raises OSError)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.tmp = Path(tmp)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def finish(self) -> Staged:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.chmod(self.tmp, self.mode)
+        except BaseException:
+            self.abandon()
+            raise
+        return Staged(self.path, self.tmp)
+
+    def abandon(self) -> None:
+        self.file.close()
+        _unlink(self.tmp)
+
+
 def commit(staged: Iterable[Staged]) -> None:
     """Rename every staged file into place, then sync the directories."""
     dirs: set[Path] = set()

@@ -300,27 +300,55 @@ def ancestors(parents: Iterable[str]) -> set[str]:
     return out
 
 
+Sink = Callable[[bytes], object]
+
+
+def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sinks: Sequence[Sink]) -> list[int]:
+    """Write each output, in full, to its sink (in pieces, in order); returns the entry count
+    of each. The list is read once, a slab at a time, for all of them together, so no whole
+    output is ever held in memory."""
+    specs = [_styled(s) for s in specs]
+    counts: list[int] = []
+    domain_outputs: list[tuple[Format, Sink]] = []
+    domains = view.domain_count
+    for spec, sink in zip(specs, sinks, strict=True):
+        if spec.format == "urls":
+            urls = view.lines.url_records()
+            sink(header(spec, info, len(urls), _url_notes(spec)))
+            if spec.style == "squid":
+                sink("".join(f"{url_regex(r.value)}\n" for r in urls).encode())
+            else:
+                sink("".join(f"{r.value}\n" for r in urls).encode())
+            counts.append(len(urls))
+            continue
+        fmt = format_of(spec)
+        count = domains - len(view.covered) if fmt.nested else domains
+        sink(header(spec, info, count, fmt.notes(view.wide_count)))
+        sink(preamble(spec, info))
+        domain_outputs.append((fmt, sink))
+        counts.append(count)
+    if domain_outputs:
+        skip = view.covered if any(fmt.nested for fmt, _ in domain_outputs) else set()
+        for slab, wide in view.slabs():
+            flags = [v in wide for v in slab]
+            kept: tuple[list[bytes], list[bool]] | None = None
+            for fmt, sink in domain_outputs:
+                if fmt.nested and skip:
+                    if kept is None:
+                        pairs = [(v, w) for v, w in zip(slab, flags, strict=True) if v not in skip]
+                        kept = ([v for v, _ in pairs], [w for _, w in pairs])
+                    sink(b"".join(map(fmt.chunk, *kept)))
+                else:
+                    sink(b"".join(map(fmt.chunk, slab, flags)))
+    return counts
+
+
 def render_view(spec: OutputSpec, view: ListView, info: ListInfo) -> Rendered:
-    spec = _styled(spec)
-    if spec.format == "urls":
-        urls = view.lines.url_records()
-        if spec.style == "squid":
-            body = "".join(f"{url_regex(r.value)}\n" for r in urls).encode()
-        else:
-            body = "".join(f"{r.value}\n" for r in urls).encode()
-        return Rendered(header(spec, info, len(urls), _url_notes(spec)), b"", body, len(urls), view.wide_count)
-    fmt = format_of(spec)
-    skip = view.covered if fmt.nested else set()
     parts: list[bytes] = []
-    count = 0
-    for slab, wide in view.slabs():
-        values = [v for v in slab if v not in skip] if skip else slab
-        count += len(values)
-        parts.append(b"".join(map(fmt.chunk, values, [v in wide for v in values])))
-    body = b"".join(parts)
-    del parts
-    return Rendered(header(spec, info, count, fmt.notes(view.wide_count)), preamble(spec, info), body, count,
-                    view.wide_count)
+    [count] = render_into([spec], view, info, [parts.append])
+    head, rest = parts[0], parts[1:]
+    pre = rest.pop(0) if spec.format != "urls" else b""
+    return Rendered(head, pre, b"".join(rest), count, view.wide_count)
 
 
 def render(spec: OutputSpec, records: Sequence[Record], info: ListInfo) -> Rendered:

@@ -35,7 +35,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from client import files
 from client.config import Config, OutputSpec
@@ -46,13 +46,12 @@ from client.outputs import (
     Change,
     ListInfo,
     ListView,
-    Rendered,
     ancestors,
     fingerprint,
     format_of,
     is_ours,
     patch,
-    render_view,
+    render_into,
     split_file,
 )
 from client.state import State, StateDir
@@ -192,7 +191,7 @@ class Updater:
         try:
             report = Report(version=manifest.version, previous=state.version, via=got.via, steps=got.steps,
                             count=len(lines), added=added, removed=removed,
-                            outputs=[outputs.prepare(spec) for spec in self.config.outputs], dry_run=dry_run)
+                            outputs=outputs.prepare(self.config.outputs), dry_run=dry_run)
         except BaseException:
             outputs.discard()
             raise
@@ -336,12 +335,9 @@ def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
 
 def _covered(lines: Lines, name: str) -> bool:
     """True if a parent of ``name`` is listed with its subdomains in ``lines``."""
-    i = name.find(".")
-    while i != -1:
-        if lines.is_wide(name[i + 1 :].encode()):
-            return True
-        i = name.find(".", i + 1)
-    return False
+    labels = name.split(".")
+    # A listed name has at least two labels: the last label alone is never one.
+    return any(lines.is_wide(".".join(labels[i:]).encode()) for i in range(1, len(labels) - 1))
 
 
 def _sha256(parts: Sequence[bytes]) -> str:
@@ -410,66 +406,153 @@ class _Outputs:
         files.discard(self.staged)
         self.staged = []
 
-    def prepare(self, spec: OutputSpec) -> OutputChange:
+    def prepare(self, specs: Sequence[OutputSpec]) -> list[OutputChange]:
+        """Each output's change, staged (unless this is a dry run). Patches are made one
+        output at a time; outputs that need a full rendering are rendered together."""
+        done: dict[int, OutputChange] = {}
+        pending: list[tuple[int, OutputSpec, _Existing | None]] = []
+        for i, spec in enumerate(specs):
+            result = self._patch_or_keep(spec)
+            if isinstance(result, OutputChange):
+                done[i] = result
+            else:
+                pending.append((i, spec, result))
+        if pending:
+            for i, change in zip([i for i, _, _ in pending], self._render([(s, e) for _, s, e in pending]),
+                                 strict=True):
+                done[i] = change
+        return [done[i] for i in range(len(specs))]
+
+    def _patch_or_keep(self, spec: OutputSpec) -> OutputChange | _Existing | None:
+        """The change if the output is kept or patched; else what the file holds now (None: no file)."""
         if not spec.path.parent.is_dir():
             raise LocalError(f"the directory of output {spec.path} does not exist")
         try:
             existing = spec.path.read_bytes()
         except FileNotFoundError:
-            existing = None
+            return None
         except OSError as e:
             raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
-        if existing is not None and not is_ours(existing, spec):
+        if not is_ours(existing, spec):
             raise LocalError(
                 f"{spec.path} was not written by blocklist-pull; refusing to replace it "
                 "(move it away or choose another path)"
             )
         record = self.state.outputs.get(str(spec.path))
-        fp = fingerprint(spec)
-        trusted = (existing is not None and record is not None and record.get("fingerprint") == fp
-                   and isinstance(record.get("count"), int)
-                   and record.get("sha256") == hashlib.sha256(existing).hexdigest())
-        if trusted and self.got.via == "held":
+        digest = hashlib.sha256(existing).hexdigest()
+        trusted = (record is not None and record.get("fingerprint") == fingerprint(spec)
+                   and isinstance(record.get("count"), int) and record.get("sha256") == digest)
+        if trusted and record is not None and self.got.via == "held":
             return OutputChange(spec, False, record=record)
-        if trusted and existing is not None and record is not None and self.change is not None \
+        if trusted and record is not None and self.change is not None \
                 and spec.format != "urls" and (self.nested_ok or not format_of(spec).nested):
             patched = patch(spec, existing, record["count"], self.change, self.info, self.wide_count)
             if patched is None:
                 return OutputChange(spec, False, record=record)
-            return self._stage(spec, [patched.data], patched.count, patched.lines_added, patched.lines_removed,
-                               "patch")
-        rendered = render_view(spec, self.view, self.info)
-        if existing is not None:
-            h = split_file(existing, spec)
-            if len(existing) - h == len(rendered.body) and existing.endswith(rendered.entries) \
-                    and existing[h : h + len(rendered.preamble)] == rendered.preamble:
-                return OutputChange(spec, False, record={"fingerprint": fp, "sha256": hashlib.sha256(
-                    existing).hexdigest(), "count": rendered.count})
-        added, removed = _line_changes(existing, rendered, spec)
-        return self._stage(spec, [rendered.header, rendered.preamble, rendered.entries], rendered.count,
-                           added, removed, "render")
+            change = OutputChange(spec, True, patched.lines_added, patched.lines_removed, "patch",
+                                  {"fingerprint": fingerprint(spec), "sha256": _sha256([patched.data]),
+                                   "count": patched.count})
+            if self.stage:
+                writer = self._writer(spec)
+                try:
+                    writer.write(patched.data)
+                    change.staged = writer.finish()
+                except OSError as e:
+                    self._failed(e, spec)
+                self.staged.append(change.staged)
+            return change
+        h = split_file(existing, spec)
+        body = hashlib.sha256(memoryview(existing)[h:]).hexdigest()
+        return _Existing(digest, body, existing if len(existing) <= _DIFF_MAX else None)
 
-    def _stage(self, spec: OutputSpec, parts: list[bytes], count: int, added: int | None, removed: int | None,
-               how: str) -> OutputChange:
-        record = {"fingerprint": fingerprint(spec), "sha256": _sha256(parts), "count": count}
-        change = OutputChange(spec, True, added, removed, how, record)
-        if self.stage:
-            try:
-                change.staged = files.stage(spec.path, parts, spec.mode)
-            except OSError as e:
-                self.discard()
-                where = e.filename or spec.path
-                raise LocalError(f"cannot write {where}: {e.strerror}; no output was changed") from None
-            self.staged.append(change.staged)
-        return change
+    def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
+        sinks = [_Sink(self._writer(spec) if self.stage else None) for spec, _ in items]
+        try:
+            counts = render_into([s for s, _ in items], self.view, self.info, [k.write for k in sinks])
+        except OSError as e:
+            for k in sinks:
+                k.abandon()
+            self._failed(e, items[0][0])
+        out: list[OutputChange] = []
+        for (spec, existing), sink, count in zip(items, sinks, counts, strict=True):
+            record = {"fingerprint": fingerprint(spec), "sha256": sink.whole.hexdigest(), "count": count}
+            if existing is not None and existing.body_sha256 == sink.body.hexdigest():
+                sink.abandon()
+                # Same content: the file keeps its header (the version that last changed it).
+                out.append(OutputChange(spec, False, record=dict(record, sha256=existing.sha256)))
+                continue
+            added, removed = _line_changes(existing, sink)
+            change = OutputChange(spec, True, added, removed, "render", record)
+            if sink.writer is not None:
+                try:
+                    change.staged = sink.writer.finish()
+                except OSError as e:
+                    for k in sinks:
+                        k.abandon()
+                    self._failed(e, spec)
+                self.staged.append(change.staged)
+            out.append(change)
+        return out
+
+    def _writer(self, spec: OutputSpec) -> files.StagedWriter:
+        try:
+            return files.StagedWriter(spec.path, spec.mode)
+        except OSError as e:
+            self._failed(e, spec)
+
+    def _failed(self, error: OSError, spec: OutputSpec) -> NoReturn:
+        self.discard()
+        where = error.filename or spec.path
+        raise LocalError(f"cannot write {where}: {error.strerror}; no output was changed") from None
 
 
-def _line_changes(existing: bytes | None, rendered: Rendered, spec: OutputSpec) -> tuple[int | None, int | None]:
+@dataclass
+class _Existing:
+    sha256: str
+    body_sha256: str  # of everything after the comment header
+    data: bytes | None  # the file, when small enough to count changed lines
+
+
+class _Sink:
+    """Receives an output in pieces: the first piece is its header. Hashes the whole file and
+    its body, keeps a small body for counting lines, and writes to the staged file if any."""
+
+    def __init__(self, writer: files.StagedWriter | None) -> None:
+        self.writer = writer
+        self.whole = hashlib.sha256()
+        self.body = hashlib.sha256()
+        self.pieces = 0
+        self.kept: list[bytes] | None = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.whole.update(data)
+        if self.pieces:
+            self.body.update(data)
+            self.size += len(data)
+            if self.kept is not None:
+                self.kept.append(data)
+                if self.size > _DIFF_MAX:
+                    self.kept = None
+        self.pieces += 1
+        if self.writer is not None:
+            self.writer.write(data)
+
+    def abandon(self) -> None:
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+
+
+def _line_changes(existing: _Existing | None, sink: _Sink) -> tuple[int | None, int | None]:
+    if sink.kept is None:
+        return (None, None)
+    body = b"".join(sink.kept)
     if existing is None:
-        return rendered.body.count(b"\n"), 0
-    if len(existing) > _DIFF_MAX or len(rendered.entries) > _DIFF_MAX:
+        return body.count(b"\n"), 0
+    if existing.data is None:
         return None, None
     c = (b"#", b";")
-    old = {ln for ln in existing.splitlines() if not ln.startswith(c)}
-    new = {ln for ln in rendered.body.splitlines() if not ln.startswith(c)}
+    old = {ln for ln in existing.data.splitlines() if not ln.startswith(c)}
+    new = {ln for ln in body.splitlines() if not ln.startswith(c)}
     return len(new - old), len(old - new)

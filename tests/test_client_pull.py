@@ -190,7 +190,7 @@ def test_dry_run_shows_what_would_change_and_writes_nothing(feed: Feed) -> None:
 
     assert r.code == 0
     assert "would apply version 2 (1 delta from version 1, 1 added and 0 removed; 4 entries)" in r.out
-    assert f"would write hosts {feed.output('hosts')} (+2 -0 lines)" in r.out
+    assert f"would write hosts {feed.output('hosts')} (+2 -0 lines, patched)" in r.out
     assert "unchanged urls" in r.out
     assert "would run the post-apply command" in r.out
     assert feed.snapshot_outputs() == before
