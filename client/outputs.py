@@ -40,6 +40,7 @@ What must stay true:
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -244,6 +245,7 @@ class ListView:
         self.lines = lines
         self._wide_count: int | None = None
         self._covered: set[bytes] | None = None
+        self._parents: dict[str, int] | None = None
 
     @property
     def wide_count(self) -> int:
@@ -259,21 +261,25 @@ class ListView:
     def covered(self) -> set[bytes]:
         """Names that a listed parent with subdomains already covers."""
         if self._covered is None:
-            values = self.lines.domain_values()
-            wide_parents = [p for p in ancestors({v.partition(b".")[2].decode() for v in values})
-                            if self.lines.is_wide(p.encode())]
-            ends = tuple(f".{p}".encode() for p in wide_parents)
-            self._covered = {v for v in values if v.endswith(ends)} if ends else set()
+            self._scan_parents()
+        assert self._covered is not None
         return self._covered
 
     def parent_counts(self) -> dict[str, int]:
         """How many listed names sit directly under each parent name."""
-        counts: dict[str, int] = {}
-        for slab, _ in self.slabs():
-            for v in slab:
-                p = v.partition(b".")[2].decode()
-                counts[p] = counts.get(p, 0) + 1
-        return counts
+        if self._parents is None:
+            self._scan_parents()
+        assert self._parents is not None
+        return self._parents
+
+    def _scan_parents(self) -> None:
+        values = self.lines.domain_values()
+        counts = Counter(v.partition(b".")[2] for v in values)
+        self._parents = {p.decode(): n for p, n in counts.items()}
+        del counts
+        wide_parents = [p for p in ancestors(self._parents) if self.lines.is_wide(p.encode())]
+        ends = tuple(f".{p}".encode() for p in wide_parents)
+        self._covered = {v for v in values if v.endswith(ends)} if ends else set()
 
     def slabs(self) -> Iterable[tuple[list[bytes], set[bytes]]]:
         """(domains, those with subdomains) a few megabytes of list at a time, in order."""
