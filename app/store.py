@@ -655,6 +655,12 @@ class Store:
             args += [k, v]
         txn.op("HSET", key, *args)
 
+    def put_isp_report(self, txn: Txn, name: str, fields: dict[str, str]) -> None:
+        """What an ISP's resolvers were seen enforcing; only while the ISP is active."""
+        key = K.isp.format(name=name)
+        txn.expect_hget(key, "status", "active")
+        txn.op("HSET", key, *[x for kv in fields.items() for x in kv])
+
     def set_isp_token(self, txn: Txn, name: str, token_hash: str, old_hash: str | None) -> None:
         if old_hash:
             txn.op("HDEL", K.isp_tokens, old_hash)

@@ -5,6 +5,9 @@
   ``/feed/v1/t/<token>/rpz/latest.zone``.
 * 401 without a valid token, 403 for a revoked ISP, 404 for what is not
   (or no longer) published; every successful pull is recorded.
+* ``POST /feed/v1/reports``: what the ISP's resolvers were seen enforcing
+  (``blocklist-pull check``); checked strictly (400 for anything else,
+  nothing recorded), at most ``REPORTS_PER_HOUR`` an hour (429), audited.
 * Versioned artifacts are immutable: strong ``ETag`` (their sha256),
   ``If-None-Match`` answers 304, and they are streamed from the artifact
   store (or handed to nginx with ``X-Accel-Redirect``), never built per
@@ -23,11 +26,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 
 from app.core import Core
-from app.errors import AuthenticationError, NotFoundError
-from app.isps import Isp
+from app.errors import AuthenticationError, NotFoundError, ValidationError
+from app.isps import REPORTS_PER_HOUR, Isp
 from app.web import core_of
 
 bp = Blueprint("feed", __name__, url_prefix="/feed/v1")
@@ -39,6 +42,7 @@ _ARTIFACT = re.compile(
     r"|(?P<key>key\.pub)"
 )
 _GZIP_MIN = 256
+REPORT_MAX_BYTES = 16 * 1024
 IMMUTABLE = "private, max-age=31536000, immutable"
 REVALIDATE = "private, no-cache"
 
@@ -61,6 +65,25 @@ def _authenticate(token: str | None) -> Isp:
     isp = _core().isps.authenticate_feed(token)
     g.isp = isp
     return isp
+
+
+@bp.post("/reports")
+def report() -> Any:
+    """What ``blocklist-pull check`` saw the ISP's resolvers enforce (see ``Isps.record_report``)."""
+    isp = _authenticate(None)
+    core = _core()
+    if not core.isps.report_allowed(isp):
+        resp = jsonify(error=f"too many reports from {isp.name}; at most {REPORTS_PER_HOUR} an hour")
+        resp.status_code = 429
+        resp.headers["Retry-After"] = "3600"
+        return resp
+    if request.content_length is not None and request.content_length > REPORT_MAX_BYTES:
+        raise ValidationError(f"a report is at most {REPORT_MAX_BYTES} bytes")
+    body = request.get_json(silent=True) if request.is_json else None
+    if body is None:
+        raise ValidationError("the report must be a JSON body (Content-Type: application/json)")
+    recorded = core.isps.record_report(isp, body)
+    return jsonify(recorded=recorded), 201
 
 
 @bp.get("/<path:rel>")
