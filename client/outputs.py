@@ -225,13 +225,22 @@ def header(spec: OutputSpec, info: ListInfo, count: int, notes: Iterable[str]) -
 
 
 def preamble(spec: OutputSpec, info: ListInfo) -> bytes:
+    """The lines before the entries. The DNS formats carry the canaries that
+    ``blocklist-pull check`` asks a resolver for: ``version.canary`` TXT with the
+    version, and ``blocked.canary``, always blocked."""
     if spec.format == "rpz":
         zone = spec.zone or info.rpz_zone
         return (f"$ORIGIN {zone}\n$TTL {spec.ttl}\n"
                 f"@ SOA localhost. hostmaster.localhost. {info.version} 300 60 2592000 {spec.ttl}\n"
-                "@ NS localhost.\n").encode()
+                "@ NS localhost.\n"
+                f'version.canary TXT "{info.version}"\n'
+                "blocked.canary CNAME .\n").encode()
     if spec.format == "unbound":
-        return b"server:\n"
+        return (b"server:\n"
+                + f'    local-data: \'version.canary. TXT "{info.version}"\'\n'.encode()
+                + b'    local-zone: "blocked.canary." always_nxdomain\n')
+    if spec.format == "dnsmasq":
+        return f'txt-record=version.canary,"{info.version}"\naddress=/blocked.canary/\n'.encode()
     return b""
 
 
@@ -393,11 +402,11 @@ def patch(spec: OutputSpec, existing: bytes, old_count: int, change: Change, inf
     where a full rendering would place them, so the result is that rendering's bytes."""
     spec = _styled(spec)
     fmt = format_of(spec)
+    new_pre = preamble(spec, info)
     start = split_file(existing, spec)
     pre_start = start
-    for _ in range({"rpz": 4, "unbound": 1}.get(spec.format, 0)):
+    for _ in range(new_pre.count(b"\n")):  # same options, so the same number of lines as before
         start = existing.index(b"\n", start) + 1
-    new_pre = preamble(spec, info)
     cuts: list[tuple[int, int]] = []
     inserts: list[tuple[int, bytes]] = []
     lines_removed = lines_added = 0
