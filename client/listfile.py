@@ -145,7 +145,7 @@ class Lines:
 
     # ------------------------------------------------------------ deltas
 
-    def apply(self, delta: Delta, ref: ArtifactRef, base_version: int, base_snapshot_sha256: str) -> Lines:
+    def apply(self, delta: Delta, ref: ArtifactRef, base_version: int, base_snapshot_sha256: str | None) -> Lines:
         """The list after ``delta``; refused unless it was made from exactly this list."""
         what = ref.path
         if delta.from_version != base_version or delta.from_version != ref.from_version \
@@ -154,7 +154,10 @@ class Lines:
                 f"{what} goes from version {delta.from_version} to {delta.to_version}, "
                 f"but the version held is {base_version}: refusing a delta made from another base"
             )
-        if delta.from_sha256 != base_snapshot_sha256:
+        # Either side may be unknown (a version published as a delta only); the
+        # removed lines, the count and the resulting digest still pin the base.
+        if delta.from_sha256 is not None and base_snapshot_sha256 is not None \
+                and delta.from_sha256 != base_snapshot_sha256:
             raise RefusedError(
                 f"{what} was made from a different version {base_version} than the one held "
                 "(its from_sha256 differs): refusing it"
@@ -277,7 +280,7 @@ def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[L
         return Lines.of_records(strict.records), strict_published
     if head.get("schema") != SCHEMA:
         raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
-    if head.get("list") != manifest.list_name or head.get("version") != manifest.version:
+    if head.get("list") != manifest.list_name or head.get("version") != manifest.full_version:
         raise RefusedError(f"{what} is for another list or version than the manifest")
     start = i + len(_ENTRIES_OPEN)
     if start == len(data) - len(_ENTRIES_CLOSE):
@@ -293,10 +296,15 @@ def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[L
             lines = buf[start : len(buf) - len(_ENTRIES_CLOSE) + 1]
         del buf
     listed = Lines.check(lines, what)  # type: ignore[arg-type]  # a bytearray reads like bytes
-    if head.get("count") != len(listed) or len(listed) != manifest.count:
+    # A snapshot older than the manifest is checked against itself; the deltas after it
+    # must then lead to the manifest's count and entries_sha256.
+    current = manifest.full_version == manifest.version
+    count = manifest.count if current else head.get("count")
+    digest = manifest.entries_sha256 if current else head.get("entries_sha256")
+    if head.get("count") != len(listed) or len(listed) != count:
         raise RefusedError(f"{what} holds {len(listed)} entries, but states {head.get('count')!r} "
                            f"and the manifest {manifest.count}")
-    if listed.digest != head.get("entries_sha256") or listed.digest != manifest.entries_sha256:
+    if listed.digest != head.get("entries_sha256") or listed.digest != digest:
         raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
     published = head.get("published_at")
     if not isinstance(published, str):

@@ -183,6 +183,9 @@ def describe(report: Report) -> list[str]:
     else:
         if report.via == "delta":
             how = f"{report.steps} delta{'s' if report.steps != 1 else ''} from version {report.previous}"
+        elif report.steps > 1:
+            more = report.steps - 1
+            how = f"the full snapshot of version {report.snapshot_version} and {more} delta{'s' if more != 1 else ''}"
         else:
             how = "the full snapshot"
         change = f", {report.added} added and {report.removed} removed" if report.added is not None else ""

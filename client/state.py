@@ -75,8 +75,7 @@ class State:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def held(self) -> Held | None:
-        if self.version is None or self.list_name is None or self.snapshot_sha256 is None \
-                or self.entries_sha256 is None or self.count is None:
+        if self.version is None or self.list_name is None or self.entries_sha256 is None or self.count is None:
             return None
         return Held(self.list_name, self.version, self.snapshot_sha256, self.entries_sha256, self.count)
 

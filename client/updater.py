@@ -59,7 +59,6 @@ from client.verify import (
     MANIFEST_MAX,
     SIGNATURE_MAX,
     ArtifactRef,
-    Held,
     Manifest,
     Record,
     TrustPolicy,
@@ -97,6 +96,7 @@ class Report:
     outputs: list[OutputChange] = field(default_factory=list)
     post_apply: str = "none"  # none | ran | would-run | not-configured
     dry_run: bool = False
+    snapshot_version: int | None = None  # the version of the snapshot taken, if one was
 
     @property
     def changed(self) -> list[OutputChange]:
@@ -128,7 +128,7 @@ class Obtained:
     lines: Lines
     via: str
     steps: int
-    snapshot_sha256: str
+    snapshot_sha256: str | None  # None when the version was published as a delta only
     published_at: str
     net: NetChange | None = None  # set when the list came from deltas
 
@@ -191,7 +191,8 @@ class Updater:
         try:
             report = Report(version=manifest.version, previous=state.version, via=got.via, steps=got.steps,
                             count=len(lines), added=added, removed=removed,
-                            outputs=outputs.prepare(self.config.outputs), dry_run=dry_run)
+                            outputs=outputs.prepare(self.config.outputs), dry_run=dry_run,
+                            snapshot_version=manifest.full_version if got.via == "snapshot" else None)
         except BaseException:
             outputs.discard()
             raise
@@ -261,23 +262,30 @@ class Updater:
                                 state.published_at or manifest.published_at)
             if steps[0].kind == "delta":
                 try:
-                    return self._apply_deltas(manifest, held, base, steps)
+                    return self._apply_deltas(manifest, held.version, held.snapshot_sha256, base, steps)
                 except NotFoundError:
                     pass  # history was pruned since the manifest was signed: take the snapshot
+        # The newest full snapshot, then the deltas from its version to the manifest's.
+        steps = plan(manifest, None, have_entries=False)
         data = self._fetch(manifest.snapshot, manifest)
         lines, published_at = parse_snapshot_lines(data, manifest)
         del data
-        return Obtained(lines, "snapshot", 1, manifest.snapshot.sha256, published_at)
+        if len(steps) == 1:
+            return Obtained(lines, "snapshot", 1, manifest.snapshot.sha256, published_at)
+        got = self._apply_deltas(manifest, manifest.full_version, manifest.snapshot.sha256, lines, steps[1:])
+        # The outputs are rendered in full: the deltas were applied to the snapshot, not to what was held.
+        return Obtained(got.lines, "snapshot", len(steps), got.snapshot_sha256, got.published_at)
 
-    def _apply_deltas(self, manifest: Manifest, held: Held, base: Lines, chain: Sequence[ArtifactRef]) -> Obtained:
-        current, version, sha, published_at = base, held.version, held.snapshot_sha256, ""
+    def _apply_deltas(self, manifest: Manifest, version: int, sha: str | None, base: Lines,
+                      chain: Sequence[ArtifactRef]) -> Obtained:
+        current, published_at = base, ""
         net = NetChange()
         for ref in chain:
             delta = parse_delta(self._fetch(ref, manifest), ref, manifest)
             current = current.apply(delta, ref, version, sha)
             net.take(delta.removed, delta.added)
             version, sha, published_at = delta.to_version, delta.to_sha256, delta.published_at
-        if sha != manifest.snapshot.sha256:
+        if manifest.full_version == manifest.version and sha is not None and sha != manifest.snapshot.sha256:
             raise RefusedError(
                 f"the deltas lead to a version {manifest.version} whose snapshot differs from the manifest's"
             )

@@ -37,7 +37,7 @@ def lines_of(records: list[Record]) -> list[bytes]:
 class Version:
     number: int
     records: list[Record]
-    snapshot_sha256: str
+    snapshot_sha256: str | None  # None: published as a delta only
     entries_sha256: str
 
 
@@ -62,69 +62,80 @@ class FeedBuilder:
 
     # ------------------------------------------------------------ publishing
 
-    def publish(self, records: list[Record], *, snapshot_from: int | None = None, chain: bool = True,
-                keep_snapshot: bool = True) -> int:
-        """Publish the next version; the manifest names the snapshot of ``snapshot_from``
-        (default: this version) and the deltas after it (or, with ``chain`` true and the
-        default snapshot, every delta since the first version)."""
+    def publish(self, records: list[Record], *, full: bool = True, retain: int = 100) -> int:
+        """Publish the next version: its delta and, with ``full``, its snapshot and zone file.
+        The manifest names the newest full snapshot and the deltas from it (and older ones
+        while within ``retain`` versions), newest first, as the service's publisher does."""
         number = (self.versions[-1].number if self.versions else 0) + 1
         published = iso(self.now)
         expires = iso(self.now + 86400)
         lines = lines_of(records)
         entries_sha = hashlib.sha256(b"".join(ln + b"\n" for ln in lines)).hexdigest()
         previous = self.versions[-1] if self.versions else None
-        head = {"schema": 1, "list": LIST, "version": number, "published_at": published, "expires_at": expires,
-                "previous_version": previous.number if previous else None,
-                "previous_sha256": previous.snapshot_sha256 if previous else None,
-                "count": len(lines), "entries_sha256": entries_sha}
-        snapshot = (json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"entries":[\n'
-                    + b",\n".join(lines) + b"\n]}\n")
-        snap_rel = f"snapshots/{number}.json"
-        snap = self.put(snap_rel, snapshot, number, expires)
-        if not keep_snapshot:
-            del self.files[snap_rel]
+        snap_sha = None
+        if full or previous is None:
+            last_full = next((v for v in reversed(self.versions) if v.snapshot_sha256), None)
+            head = {"schema": 1, "list": LIST, "version": number, "published_at": published, "expires_at": expires,
+                    "previous_version": last_full.number if last_full else None,
+                    "previous_sha256": last_full.snapshot_sha256 if last_full else None,
+                    "count": len(lines), "entries_sha256": entries_sha}
+            snapshot = (json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"entries":[\n'
+                        + b",\n".join(lines) + b"\n]}\n")
+            snap = self.put(f"snapshots/{number}.json", snapshot, number, expires)
+            self.put(f"rpz/{number}.zone", b"; zone\n", number, expires)
+            snap_sha = str(snap["sha256"])
         if previous is not None:
             before, after = set(lines_of(previous.records)), set(lines)
             delta = {"schema": 1, "list": LIST, "from": previous.number, "to": number, "published_at": published,
-                     "expires_at": expires, "from_sha256": previous.snapshot_sha256, "to_sha256": snap["sha256"],
+                     "expires_at": expires, "from_sha256": previous.snapshot_sha256, "to_sha256": snap_sha,
                      "from_count": len(previous.records), "to_count": len(lines), "to_entries_sha256": entries_sha}
             added, removed = sorted(after - before), sorted(before - after)
             text = (json.dumps(delta, separators=(",", ":"))[:-1].encode()
                     + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
                     + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"") + b"]}\n")
             self.put(f"deltas/{previous.number}/{number}.json", text, number, expires)
-        self.versions.append(Version(number, sorted(records), str(snap["sha256"]), entries_sha))
-        self.files[f"meta/{number}/snapshot"] = json.dumps(snap).encode()
-        self.manifest(snapshot_from=snapshot_from, chain=chain)
+        self.versions.append(Version(number, sorted(records), snap_sha, entries_sha))
+        self.manifest(retain=retain)
         return number
 
-    def manifest(self, *, snapshot_from: int | None = None, chain: bool = True) -> None:
+    def manifest(self, *, retain: int = 100, drop: tuple[str, ...] = ()) -> dict[str, object]:
+        """Sign the manifest of the latest version (leaving out the artifacts named in ``drop``)."""
         v = self.versions[-1]
-        base = snapshot_from or v.number
+        base = next(w for w in reversed(self.versions) if w.snapshot_sha256)
         expires = iso(self.now + 3600)
-        snap = json.loads(self.files[f"meta/{base}/snapshot"])
-        artifacts: list[dict[str, object]] = [{"kind": "snapshot", **snap}]
-        rpz = self.put(f"rpz/{v.number}.zone", b"; zone\n", v.number, iso(self.now + 86400))
-        artifacts.append({"kind": "rpz", **rpz})
-        lowest = 1 if (chain and snapshot_from is None) else base
-        for w in self.versions:
-            if lowest < w.number <= v.number:
-                rel = f"deltas/{w.number - 1}/{w.number}.json"
-                data = self.files[rel]
-                artifacts.append({"kind": "delta", "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
-                                  "size": len(data), "from": w.number - 1, "to": w.number})
-        body = {"schema": 1, "list": LIST, "version": v.number, "published_at": iso(self.now),
-                "signed_at": iso(self.now), "expires_at": expires, "count": len(v.records),
-                "entries_sha256": v.entries_sha256, "snapshot": snap["path"], "rpz": rpz["path"],
-                "rpz_zone": ZONE, "artifacts": artifacts}
+        artifacts: list[dict[str, object]] = []
+        for kind, rel in (("snapshot", f"snapshots/{base.number}.json"), ("rpz", f"rpz/{base.number}.zone")):
+            data = self.files[rel]
+            artifacts.append({"kind": kind, "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
+                              "size": len(data)})
+        lowest = min(v.number - retain, base.number)
+        for w in reversed(self.versions):
+            rel = f"deltas/{w.number - 1}/{w.number}.json"
+            if w.number <= lowest or rel not in self.files:
+                break
+            data = self.files[rel]
+            artifacts.append({"kind": "delta", "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
+                              "size": len(data), "from": w.number - 1, "to": w.number})
+        artifacts = [a for a in artifacts if a["path"] not in drop]
+        body: dict[str, object] = {
+            "schema": 1, "list": LIST, "version": v.number, "published_at": iso(self.now),
+            "signed_at": iso(self.now), "expires_at": expires, "count": len(v.records),
+            "entries_sha256": v.entries_sha256, "snapshot": f"snapshots/{base.number}.json",
+            "rpz": f"rpz/{base.number}.zone", "snapshot_version": base.number, "rpz_zone": ZONE,
+            "artifacts": artifacts}
+        self.sign_manifest(body)
+        return body
+
+    def sign_manifest(self, body: dict[str, object]) -> None:
         data = (json.dumps(body, indent=1) + "\n").encode()
         self.files["manifest.json"] = data
-        self.files["manifest.json.minisig"] = self.sign("manifest.json", data, v.number, expires)
+        self.files["manifest.json.minisig"] = self.sign("manifest.json", data, int(str(body["version"])),
+                                                        str(body["expires_at"]))
 
     # ------------------------------------------------------------ the transport interface
 
     def get(self, rel: str, limit: int) -> bytes:
         self.fetched.append(rel)
-        if rel not in self.files or rel.startswith("meta/"):
+        if rel not in self.files:
             raise NotFoundError(f"the feed has no {rel} (404)")
         return self.files[rel][: limit + 1]
