@@ -3,13 +3,14 @@
 What must stay true:
 
 * Version numbers only go up and are never reused: the next version is
-  ``max(latest in Redis, HIGHWATER on disk) + 1``.
-* A publication is all or nothing. Files are built in a staging directory,
-  signed, verified, moved into place, the high-water mark is written, and
-  only then one atomic Redis step (compare-and-set on the latest version
-  and on our lock) makes the version visible, consumes the change feed and
-  appends the audit record. A publisher killed at any point leaves the
-  previous version served; the next run publishes cleanly.
+  ``max(latest in Redis, high-water mark in Redis, HIGHWATER on this host) + 1``.
+* A publication is all or nothing. Artifacts are built, signed, verified
+  and uploaded to Redis as blobs nobody can see yet (see app.artifacts), the
+  high-water mark is raised, and only then one atomic Redis step
+  (compare-and-set on the latest version and on our lock) makes the
+  artifacts and the version visible, consumes the change feed and appends
+  the audit record. A publisher killed at any point leaves the previous
+  version served; the next run publishes cleanly.
 * Only one publisher acts at a time (a Redis lock with expiry, extended
   while working); a publisher that lost its lock cannot commit.
 * The guard holds a publication that removes or adds more than the policy
@@ -38,7 +39,7 @@ from typing import Any
 import msgspec
 
 from app import audit
-from app.artifacts import ArtifactStore
+from app.artifacts import ArtifactStore, Staging
 from app.clock import Clock, system_clock
 from app.config import Settings
 from app.curation import Curation, Policy
@@ -228,7 +229,7 @@ class Publisher:
         self.settings = settings
         self.curation = curation
         self.clock = clock
-        self.artifacts = ArtifactStore(settings.artifact_dir)
+        self.artifacts = ArtifactStore(settings.artifact_dir, store)
         self._key = key
         self._state: ListState | None = None
         self.soa = SoaParams(
@@ -526,34 +527,28 @@ class Publisher:
     def _sign(self, data_hash: bytes, fields: dict[str, str]) -> str:
         return self.key.sign(data_hash, format_trusted_comment(fields)).text()
 
-    def _artifact(self, staging: Any, rel: str, parts: list[bytes], version: int, expires: str,
-                  extra_hash: tuple[list[bytes], Any] | None = None) -> dict[str, Any]:
-        """Write, hash, sign and verify one artifact. The three digests (sha256
-        for the manifest, BLAKE2b-512 for minisign, and an optional extra one)
-        run in threads: hashlib releases the GIL, so they overlap each other
-        and the write."""
-        sha = hashlib.sha256()
+    def _artifact(self, staging: Staging, rel: str, parts: list[bytes], version: int,
+                  expires: str) -> dict[str, Any]:
+        """Upload, hash, sign and verify one artifact. The BLAKE2b-512 digest
+        minisign signs runs in a thread beside the upload's sha256 and
+        compression: hashlib and zstd release the GIL, so they overlap."""
         pre = Prehasher()
 
-        def feed(h: Any, chunks: list[bytes]) -> None:
-            for chunk in chunks:
-                h.update(chunk)
+        def feed() -> None:
+            for chunk in parts:
+                pre.update(chunk)
 
-        jobs = [threading.Thread(target=feed, args=(sha, parts)), threading.Thread(target=feed, args=(pre, parts))]
-        if extra_hash is not None:
-            jobs.append(threading.Thread(target=feed, args=(extra_hash[1], extra_hash[0])))
-        for j in jobs:
-            j.start()
-        staging.write_parts(rel, parts)
-        for j in jobs:
-            j.join()
+        job = threading.Thread(target=feed)
+        job.start()
+        ref = staging.write_parts(rel, parts)
+        job.join()
         fields = {"list": self.settings.list_name, "version": str(version), "file": rel, "expires": expires}
         digest = pre.digest()
         sig_text = self._sign(digest, fields)
         # Verify what we signed before anything is published.
         self.key.public.verify(Signature.parse(sig_text), digest)
         staging.write(rel + ".minisig", sig_text)
-        return {"path": rel, "sha256": sha.hexdigest(), "size": sum(len(p) for p in parts)}
+        return {"path": rel, "sha256": ref.sha256, "size": ref.size}
 
     def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
                        diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
@@ -616,20 +611,21 @@ class Publisher:
             manifest_body, manifest_sig = self._manifest(meta, now)
             if self.store.pub_lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing; nothing was published")
-            staging.commit()
+            self.artifacts.set_highwater(version)
+            t = time.perf_counter()
+            self._commit(token, version, meta, manifest_body, manifest_sig, feed_len, actor, reason, now,
+                         staging)
+            timings["commit"] = time.perf_counter() - t
         except BaseException:
             staging.abort()
             raise
-        self.artifacts.set_highwater(version)
-        t = time.perf_counter()
-        self._commit(token, version, meta, manifest_body, manifest_sig, feed_len, actor, reason, now)
-        timings["commit"] = time.perf_counter() - t
+        staging.finish()
         self._write_manifest_files(manifest_body, manifest_sig)
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
         return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
 
     def _commit(self, token: str, version: int, meta: dict[str, Any], manifest_body: str, manifest_sig: str,
-                feed_len: int, actor: Actor, reason: str, now: float) -> None:
+                feed_len: int, actor: Actor, reason: str, now: float, staging: Staging) -> None:
         latest = {k: meta[k] for k in ("version", "published_at", "expires_at", "count", "snapshot", "rpz",
                                        "delta", "entries_sha256", "previous_version")}
         for _ in range(20):
@@ -644,6 +640,7 @@ class Publisher:
                              "snapshot_sha256": meta["snapshot"]["sha256"]},
                       reason=reason, ts=now)
             self.store.pub_set_manifest(txn, manifest_body, manifest_sig, version, int(now))
+            staging.commit_ops(txn)
             self.store.pub_add_version(txn, version, json.dumps(meta, separators=(",", ":")),
                                        json.dumps(latest, separators=(",", ":")), feed_len)
             try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.exceptions
+from redis.client import NEVER_DECODE
 
 from app.errors import ConfigError, RetryableConflictError, StoreError
 
@@ -75,6 +77,15 @@ class K:
     pub_result = PREFIX + "pub:result:{id}"
     signer = PREFIX + "health:signer"
     pub_channel = PREFIX + "pub:events"
+    pub_highwater = PREFIX + "pub:highwater"
+    # Artifacts: path -> ArtifactRef JSON; blobs are lists of compressed chunks.
+    art_index = PREFIX + "art:index"
+    art_blob = PREFIX + "art:blob:{sha256}"
+    art_upload = PREFIX + "art:upload:{sha256}:{token}"
+    # Change signal: curation publishes here when the change feed grows.
+    dirty_channel = PREFIX + "dirty:events"
+    # Workers report here (host, key held or not) for /readyz.
+    workers = PREFIX + "health:workers"
     appeal_seq = PREFIX + "seq:appeal"
     appeals = PREFIX + "appeals"
     appeal = PREFIX + "appeal:{id}"
@@ -153,6 +164,13 @@ for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   if value and string.find(value, ARGV[1], 1, true) then out[#out + 1] = v end
 end
 return out
+"""
+
+# Raise a number, never lower it.
+_RAISE_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return tonumber(ARGV[1]) end
+return cur
 """
 
 # Release a lock only if we still hold it.
@@ -289,6 +307,7 @@ class Store:
         self._unlock_script = client.register_script(_UNLOCK_LUA)
         self._extend_script = client.register_script(_EXTEND_LUA)
         self._search_script = client.register_script(_SEARCH_LUA)
+        self._raise_script = client.register_script(_RAISE_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -768,6 +787,78 @@ class Store:
 
     def pub_lock_holder(self) -> str | None:
         return self.lock_holder(K.pub_lock)
+
+    def pub_highwater(self) -> int:
+        return int(self.r.get(K.pub_highwater) or 0)
+
+    def pub_raise_highwater(self, version: int) -> int:
+        return int(self._raise_script(keys=[K.pub_highwater], args=[version]))
+
+    # ------------------------------------------------------------------ artifacts
+
+    def art_blob_put(self, sha256: str, chunks: Sequence[bytes], ttl: int) -> None:
+        """Upload a blob under its content address, expiring unless a commit keeps it.
+
+        Chunks go to a private upload key first and are renamed in place, so
+        a writer killed half-way never leaves a partial blob under the address."""
+        key = K.art_blob.format(sha256=sha256)
+        if self.r.exists(key):
+            # Same bytes already stored (an earlier, unfinished attempt): reuse.
+            if self.r.ttl(key) >= 0:
+                self.r.expire(key, ttl)
+            return
+        upload = K.art_upload.format(sha256=sha256, token=secrets.token_hex(8))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(upload)
+        for chunk in chunks:
+            pipe.rpush(upload, chunk)
+        pipe.expire(upload, ttl)
+        pipe.execute()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rename(upload, key)
+        pipe.expire(key, ttl)
+        pipe.execute()
+
+    def art_blob_get(self, sha256: str) -> list[bytes]:
+        return [bytes(c) for c in self.r.execute_command("LRANGE", K.art_blob.format(sha256=sha256), 0, -1,
+                                                         **{NEVER_DECODE: True})]
+
+    def art_index_put(self, txn: Txn, items: Sequence[tuple[str, str, str]]) -> None:
+        """Make artifacts visible in a publication's atomic step: (path, sha256, ref JSON)."""
+        if not items:
+            return
+        args: list[str] = []
+        for path, sha, ref in items:
+            args += [path, ref]
+            txn.op("PERSIST", K.art_blob.format(sha256=sha))
+        txn.op("HSET", K.art_index, *args)
+
+    def art_index_get(self, path: str) -> str | None:
+        v = self.r.hget(K.art_index, path)
+        return None if v is None else str(v)
+
+    def art_index_many(self, paths: Sequence[str]) -> list[str | None]:
+        if not paths:
+            return []
+        return [None if v is None else str(v) for v in self.r.hmget(K.art_index, list(paths))]
+
+    def art_remove(self, paths: Sequence[str], shas: Sequence[str]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        if paths:
+            pipe.hdel(K.art_index, *paths)
+        for sha in shas:
+            pipe.delete(K.art_blob.format(sha256=sha))
+        pipe.execute()
+
+    def art_stats(self) -> dict[str, Any]:
+        refs = [json.loads(v) for v in self.r.hvals(K.art_index)]
+        stored = 0
+        pipe = self.r.pipeline(transaction=False)
+        for ref in refs:
+            pipe.memory_usage(K.art_blob.format(sha256=ref["sha256"]))
+        for n in pipe.execute():
+            stored += int(n or 0)
+        return {"artifacts": len(refs), "bytes": sum(int(r["size"]) for r in refs), "stored_bytes": stored}
 
     # ------------------------------------------------------------------ locks
 

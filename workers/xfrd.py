@@ -639,7 +639,7 @@ async def serve(settings: Settings, store: Store, stop: asyncio.Event,
     server = XfrServer(settings, isps=isps, metrics=metrics)
     await server.start()
     loop = asyncio.get_running_loop()
-    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir), server.info, settings.dns_history)
+    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir, store), server.info, settings.dns_history)
     watcher = Watcher(server, store, loader, isps, loop)
     watcher.start()
     http = None
