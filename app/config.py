@@ -141,6 +141,10 @@ class Settings:
 
     # Publication
     publish_interval: int = 300
+    # A change is published once the change feed has been quiet this long,
+    # and at the latest this long after the first unpublished change.
+    publish_quiet: float = 2.0
+    publish_quiet_max: float = 10.0
     manifest_ttl: int = 3600
     manifest_refresh: int = 900
     artifact_ttl: int = 30 * 86400
@@ -229,6 +233,8 @@ class Settings:
             rpz_ns=env.text("BLOCKLIST_RPZ_NS", "localhost."),
             categories=cats,
             publish_interval=env.whole("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
+            publish_quiet=env.number("BLOCKLIST_PUBLISH_QUIET", 2.0, 0.0, 60.0),
+            publish_quiet_max=env.number("BLOCKLIST_PUBLISH_QUIET_MAX", 10.0, 0.0, 600.0),
             manifest_ttl=env.whole("BLOCKLIST_MANIFEST_TTL", 3600, 60),
             manifest_refresh=env.whole("BLOCKLIST_MANIFEST_REFRESH", 900, 1),
             artifact_ttl=env.whole("BLOCKLIST_ARTIFACT_TTL", 30 * 86400, 3600),
@@ -267,6 +273,8 @@ class Settings:
             health_dir=Path(health) if health else None,
             metrics_token=env.opt("BLOCKLIST_METRICS_TOKEN"),
         )
+        if s.publish_quiet_max < s.publish_quiet:
+            raise ConfigError("BLOCKLIST_PUBLISH_QUIET_MAX must not be below BLOCKLIST_PUBLISH_QUIET")
         if overrides:
             s = replace(s, **overrides)  # type: ignore[arg-type]
         return s

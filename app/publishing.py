@@ -28,7 +28,9 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +62,9 @@ from client.minisign import Prehasher, Signature, format_trusted_comment
 log = logging.getLogger("blocklist.publisher")
 
 SCHEMA = 1
-LOCK_TTL_MS = 120_000
+#: The lock expires this long after its holder died mid-publication; a live
+#: holder extends it every quarter of it. A standby takes over within it.
+LOCK_TTL_MS = 30_000
 #: /readyz counts a publisher as present for this long after it last reported.
 SIGNER_REPORT_TTL = 300
 _PREFIX_D = b'{"type":"domain","value":"'
@@ -232,6 +236,8 @@ class Publisher:
         self.artifacts = ArtifactStore(settings.artifact_dir, store)
         self._key = key
         self._state: ListState | None = None
+        #: Who publishes, as recorded with each version (the worker sets host:pid).
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.soa = SoaParams(
             zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
             retry=settings.rpz_soa_retry, expire=settings.rpz_soa_expire, minimum=settings.rpz_ttl,
@@ -607,6 +613,7 @@ class Publisher:
                 "changes": diff.summary(), "snapshot": snap, "rpz": rpz, "delta": delta_meta,
                 "entries_sha256": entries_sha, "by": actor.name, "reason": reason,
                 "released": released, "build_seconds": round(sum(timings.values()), 3),
+                "publisher": self.name,
             }
             manifest_body, manifest_sig = self._manifest(meta, now)
             if self.store.pub_lock_holder() != token:

@@ -198,6 +198,7 @@ class Txn:
     keys: list[str] = field(default_factory=list)
     checks: list[list[Any]] = field(default_factory=list)
     ops: list[list[Any]] = field(default_factory=list)
+    dirty: bool = False
     _index: dict[str, int] = field(default_factory=dict)
 
     def k(self, key: str) -> int:
@@ -232,6 +233,11 @@ class Txn:
         self.ops.insert(0, [command, self.k(key), *(str(a) for a in args)])
 
     def mark_dirty(self, entry_id: int) -> None:
+        if not self.dirty:
+            # One signal per step, however many entries it changes: the
+            # worker wakes on it and publishes after a quiet period.
+            self.dirty = True
+            self.ops.append(["PUBLISH", self.k(K.dirty_channel), "1"])
         self.op("RPUSH", K.dirty, entry_id)
 
 
@@ -503,6 +509,12 @@ class Store:
     def dirty_count(self) -> int:
         return int(self.r.llen(K.dirty))
 
+    def dirty_subscribe(self) -> redis.client.PubSub:
+        """Signals that the change feed grew (see :meth:`Txn.mark_dirty`)."""
+        ps: redis.client.PubSub = self.r.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(K.dirty_channel)
+        return ps
+
     # ------------------------------------------------------------------ allowlist
 
     def allowlist_raw(self) -> dict[str, str]:
@@ -771,6 +783,24 @@ class Store:
     def signer_report(self, key_id: str, ttl: int) -> None:
         """The publisher says it holds the signing key (read by /readyz on any host)."""
         self.r.set(K.signer, json.dumps({"key_id": key_id, "at": int(time.time())}), ex=ttl)
+
+    def worker_report(self, name: str, fields: dict[str, Any], ttl: int) -> None:
+        """A worker says it is alive, and whether it can publish (read by /readyz)."""
+        now = int(time.time())
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(K.workers, {json.dumps({"name": name, **fields}, sort_keys=True): now + ttl})
+        pipe.zremrangebyscore(K.workers, "-inf", now)
+        pipe.execute()
+
+    def workers_alive(self) -> list[dict[str, Any]]:
+        now = int(time.time())
+        latest: dict[str, dict[str, Any]] = {}
+        for raw, score in self.r.zrangebyscore(K.workers, now, "+inf", withscores=True):
+            d = dict(json.loads(raw))
+            d["until"] = int(score)
+            if d["name"] not in latest or latest[d["name"]]["until"] < d["until"]:
+                latest[str(d["name"])] = d
+        return sorted(latest.values(), key=lambda d: str(d["name"]))
 
     def signer_status(self) -> dict[str, Any] | None:
         v = self.r.get(K.signer)
