@@ -150,6 +150,13 @@ class Settings:
     artifact_ttl: int = 30 * 86400
     retain_snapshots: int = 5
     retain_deltas: int = 100
+    # Background compaction: a full snapshot and zone file are written when
+    # the deltas since the last ones reach this share of its size, half of
+    # retain_deltas versions, or this age; lists up to compact_small_bytes
+    # are written in full with every version.
+    compact_ratio: float = 0.1
+    compact_age: int = 3600
+    compact_small_bytes: int = 1_000_000
     expire_interval: int = 60
 
     # Curation policy defaults (admins may override them at run time; see app.policy)
@@ -240,6 +247,9 @@ class Settings:
             artifact_ttl=env.whole("BLOCKLIST_ARTIFACT_TTL", 30 * 86400, 3600),
             retain_snapshots=env.whole("BLOCKLIST_RETAIN_SNAPSHOTS", 5, 1),
             retain_deltas=env.whole("BLOCKLIST_RETAIN_DELTAS", 100, 1),
+            compact_ratio=env.number("BLOCKLIST_COMPACT_RATIO", 0.1, 0.0, 100.0),
+            compact_age=env.whole("BLOCKLIST_COMPACT_AGE", 3600, 1),
+            compact_small_bytes=env.whole("BLOCKLIST_COMPACT_SMALL_BYTES", 1_000_000, 0),
             expire_interval=env.whole("BLOCKLIST_EXPIRE_INTERVAL", 60, 1),
             reverify_days=env.whole("BLOCKLIST_REVERIFY_DAYS", 90, 1),
             require_other_agency=env.flag("BLOCKLIST_REQUIRE_OTHER_AGENCY", True),

@@ -116,6 +116,8 @@ class ListState:
     lines: list[bytes]
     zone: list[bytes]
     snapshot_sha256: str | None
+    #: False when only the number is known (its list could not be rebuilt).
+    known: bool = True
 
     @property
     def count(self) -> int:
@@ -308,22 +310,71 @@ class Publisher:
     # ------------------------------------------------------------------ state
 
     def _load_state(self, latest: dict[str, Any] | None) -> ListState:
+        """The list of the latest version: kept in memory, else rebuilt from
+        its newest full snapshot and the deltas after it (a standby taking
+        over, or a restarted worker)."""
         if latest is None:
             return ListState(version=0, lines=[], zone=[], snapshot_sha256=None)
         v = int(latest["version"])
         if self._state is not None and self._state.version == v:
             return self._state
-        rel = f"snapshots/{v}.json"
-        data = self.artifacts.read(rel)
-        if hashlib.sha256(data).hexdigest() != latest["snapshot"]["sha256"]:
-            raise PublicationError(f"{rel} does not match its recorded sha256; refusing to build on it")
+        meta = self.version_meta(v)
+        if meta is None:
+            raise PublicationError(f"version {v} has no publication record")
+        base_v = int(meta.get("base") or v)
+        base_meta = meta if base_v == v else self.version_meta(base_v)
+        if base_meta is None or not base_meta.get("snapshot"):
+            raise PublicationError(f"the full snapshot of version {base_v} is no longer stored")
+        lines = self._snapshot_lines(base_meta["snapshot"])
+        chain: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = meta
+        while current is not None and int(current["version"]) > base_v:
+            delta = current.get("delta")
+            if not delta:
+                raise PublicationError(f"version {current['version']} has no delta to rebuild it from")
+            chain.append(delta)
+            current = self.version_meta(int(delta["from"]))
+        state = ListState(base_v, lines, [], None)
+        for delta in reversed(chain):
+            lines, _ = self._splice(state, self._delta_diff(delta))
+            state = ListState(int(delta["to"]), lines, [], None)
+        zone = [zone_fragment_of(ln) for ln in state.lines]
+        own = meta.get("snapshot")
+        self._state = ListState(v, state.lines, zone, own["sha256"] if own else None)
+        return self._state
+
+    def _checked(self, ref: dict[str, Any]) -> bytes:
+        data = self.artifacts.read(str(ref["path"]))
+        if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+            raise PublicationError(f"{ref['path']} does not match its recorded sha256; refusing to build on it")
+        return data
+
+    def _snapshot_lines(self, ref: dict[str, Any]) -> list[bytes]:
+        data = self._checked(ref)
         start = data.index(b'"entries":[\n') + len(b'"entries":[\n')
         end = data.rindex(b"\n]}")
         body = data[start:end]
-        lines = body.split(b",\n") if body else []
-        zone = [zone_fragment_of(ln) for ln in lines]
-        self._state = ListState(version=v, lines=lines, zone=zone, snapshot_sha256=latest["snapshot"]["sha256"])
-        return self._state
+        return body.split(b",\n") if body else []
+
+    def _delta_diff(self, ref: dict[str, Any]) -> Diff:
+        """A published delta as the change it made (see :meth:`_delta_text`)."""
+        data = self._checked(ref)
+        a0 = data.index(b',"added":[') + len(b',"added":[')
+        a1 = data.index(b'],"removed":[', a0)
+        r0 = a1 + len(b'],"removed":[')
+        r1 = data.rindex(b"]}")
+        # Entry lines are compact JSON objects: no raw newline, no unquoted ']'.
+        added = data[a0:a1].strip(b"\n")
+        removed = data[r0:r1].strip(b"\n")
+        changes: dict[str, Change] = {}
+        for line in removed.split(b",\n") if removed else []:
+            key = line_key(line)
+            changes[key] = Change(key, line, None)
+        for line in added.split(b",\n") if added else []:
+            key = line_key(line)
+            old = changes.get(key)
+            changes[key] = Change(key, old.old if old else None, line)
+        return Diff.of(sorted(changes.values(), key=lambda c: c.key))
 
     def _full_state(self) -> tuple[list[bytes], list[bytes]]:
         """Every active entry, from Redis, sorted (the path without a previous version).
@@ -462,11 +513,30 @@ class Publisher:
     # ------------------------------------------------------------------ publish
 
     def publish(self, *, actor: Actor = SYSTEM, reason: str = "", force: bool = False,
-                wait_lock: float = 0.0, full: bool = False) -> Outcome:
+                wait_lock: float = 0.0, full: bool = False, compact: bool | None = None) -> Outcome:
+        """Publish the change since the last version.
+
+        ``compact``: None compacts right away only when that is cheap (a small
+        list); True compacts when due, whatever the size; False leaves it to
+        :meth:`compact` (the worker runs it after the publication is visible).
+        """
         with self.lock(wait=wait_lock) as token:
             if token is None:
                 return Outcome("busy", message="another publisher is working; try again shortly")
-            return self._publish_locked(token, actor=actor, reason=reason, force=force, full=full)
+            outcome = self._publish_locked(token, actor=actor, reason=reason, force=force, full=full)
+            if outcome.status == "published" and compact is not False:
+                t = time.perf_counter()
+                if self._compact_locked(token, only_small=compact is None).status == "compacted":
+                    outcome.timings["compact"] = time.perf_counter() - t
+            return outcome
+
+    def compact(self, wait_lock: float = 0.0) -> Outcome:
+        """Write the full snapshot and zone file of the latest version when the
+        delta chain since the last full one has grown enough (size or age)."""
+        with self.lock(wait=wait_lock) as token:
+            if token is None:
+                return Outcome("busy", message="another publisher is working; try again shortly")
+            return self._compact_locked(token, only_small=False)
 
     def _publish_locked(self, token: str, *, actor: Actor, reason: str, force: bool,
                         full: bool) -> Outcome:
@@ -491,14 +561,14 @@ class Publisher:
         else:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
-            # last version Redis knows, if its snapshot is still here.
+            # last version Redis knows, if it can still be rebuilt.
             lines, zone = self._full_state()
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
                     base = self._load_state(latest)
                 except (BlocklistError, OSError, ValueError):
-                    base = ListState(int(latest["version"]), [], [], None)
+                    base = ListState(int(latest["version"]), [], [], None, known=False)
             diff = self._diff_lists(base.lines, lines)
         timings["diff"] = time.perf_counter() - t0
         policy = self.curation.policy()
@@ -523,8 +593,16 @@ class Publisher:
             return Outcome("held", version=int(latest["version"]) if latest else None,
                            message="held for an admin: " + "; ".join(reasons), diff=diff.summary())
         version = highwater + 1
+        # A delta needs the previous list exactly; without one (first version,
+        # rebuild after a restore) this version is published in full.
+        with_delta = previous is not None or (base.known and base.version > 0)
+        prev_meta = self.version_meta(base.version) if base.version and with_delta else None
+        # A small list is written in full with every version (it costs less
+        # than keeping clients on a chain); a large one is compacted later.
+        small = prev_meta is not None and self.compaction_due(prev_meta, only_small=True)
         outcome, snapshot_sha = self._write_version(token, version, base, lines, zone, diff, feed_len, actor,
-                                                    reason, now, timings, released=released)
+                                                    reason, now, timings, released=released, prev_meta=prev_meta,
+                                                    full=not with_delta or full or small)
         self._state = ListState(version, lines, zone, snapshot_sha)
         self._prune(version)
         outcome.timings["total"] = time.perf_counter() - t0
@@ -556,61 +634,92 @@ class Publisher:
         staging.write(rel + ".minisig", sig_text)
         return {"path": rel, "sha256": ref.sha256, "size": ref.size}
 
-    def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
-                       diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
-                       timings: dict[str, float], released: bool) -> tuple[Outcome, str]:
-        t = time.perf_counter()
-        published_at = iso(now) or ""
-        expires_at = iso(now + self.settings.artifact_ttl) or ""
-        body = b",\n".join(lines)
-        # entries_sha256 covers the canonical lines, each followed by "\n".
-        entries_hasher = hashlib.sha256(b"\n".join(lines))
+    @staticmethod
+    def _entries_sha256(lines: list[bytes]) -> str:
+        """sha256 of the canonical lines, each followed by "\\n" (what a client rebuilds)."""
+        hasher = hashlib.sha256(b"\n".join(lines))
         if lines:
-            entries_hasher.update(b"\n")
-        entries_sha = entries_hasher.hexdigest()
+            hasher.update(b"\n")
+        return hasher.hexdigest()
+
+    def _write_full(self, staging: Staging, version: int, lines: list[bytes], zone: list[bytes],
+                    published_at: str, expires_at: str, entries_sha: str,
+                    previous: tuple[int, str] | None, timings: dict[str, float]) -> tuple[dict[str, Any],
+                                                                                       dict[str, Any]]:
+        """The full snapshot and zone file of a version (first publication or compaction)."""
+        from app.rpz import header
+
+        t = time.perf_counter()
         head = {
             "schema": SCHEMA, "list": self.settings.list_name, "version": version,
             "published_at": published_at, "expires_at": expires_at,
-            "previous_version": base.version or None, "previous_sha256": base.snapshot_sha256,
+            "previous_version": previous[0] if previous else None,
+            "previous_sha256": previous[1] if previous else None,
             "count": len(lines), "entries_sha256": entries_sha,
         }
         head_text = json.dumps(head, separators=(",", ":"))[:-1] + ',"entries":[\n'
-        snapshot_parts = [head_text.encode(), body, b"\n]}\n"]
+        snapshot_parts = [head_text.encode(), b",\n".join(lines), b"\n]}\n"]
+        snap = self._artifact(staging, f"snapshots/{version}.json", snapshot_parts, version, expires_at)
+        timings["snapshot"] = time.perf_counter() - t
+        t = time.perf_counter()
+        zone_head = header(self.soa, list_name=self.settings.list_name, version=version,
+                           published_at=published_at, expires_at=expires_at)
+        rpz = self._artifact(staging, f"rpz/{version}.zone", [zone_head.encode(), b"".join(zone)], version,
+                             expires_at)
+        timings["rpz"] = time.perf_counter() - t
+        return snap, rpz
+
+    def _previous_full(self, meta: dict[str, Any] | None) -> tuple[int, str] | None:
+        """(version, snapshot sha256) of the newest full snapshot at or before ``meta``."""
+        if meta is None:
+            return None
+        base_v = int(meta.get("base") or meta["version"])
+        base_meta = meta if base_v == int(meta["version"]) else self.version_meta(base_v)
+        if base_meta is None or not base_meta.get("snapshot"):
+            return None
+        return base_v, str(base_meta["snapshot"]["sha256"])
+
+    def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
+                       diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
+                       timings: dict[str, float], released: bool, prev_meta: dict[str, Any] | None,
+                       full: bool) -> tuple[Outcome, str | None]:
+        published_at = iso(now) or ""
+        expires_at = iso(now + self.settings.artifact_ttl) or ""
+        # The one cost that grows with the list: the digest a client checks
+        # its rebuilt list against. It runs beside the delta's upload.
+        digest: list[str] = []
+        hasher = threading.Thread(target=lambda: digest.append(self._entries_sha256(lines)))
+        hasher.start()
         staging = self.artifacts.stage()
         try:
-            snap = self._artifact(staging, f"snapshots/{version}.json", snapshot_parts, version, expires_at)
-            timings["snapshot"] = time.perf_counter() - t
-            t = time.perf_counter()
-            from app.rpz import header
-
-            zone_head = header(self.soa, list_name=self.settings.list_name, version=version,
-                               published_at=published_at, expires_at=expires_at)
-            rpz = self._artifact(staging, f"rpz/{version}.zone",
-                                 [zone_head.encode(), b"".join(zone)], version, expires_at)
-            timings["rpz"] = time.perf_counter() - t
+            snap = rpz = None
+            if full:
+                hasher.join()
+                snap, rpz = self._write_full(staging, version, lines, zone, published_at, expires_at, digest[0],
+                                             self._previous_full(prev_meta), timings)
             t = time.perf_counter()
             delta_meta = None
-            if base.version and base.snapshot_sha256:  # a delta only from a version we really hold
-                delta = {
-                    "schema": SCHEMA, "list": self.settings.list_name, "from": base.version, "to": version,
-                    "published_at": published_at, "expires_at": expires_at,
-                    "from_sha256": base.snapshot_sha256, "to_sha256": snap["sha256"],
-                    "from_count": base.count, "to_count": len(lines), "to_entries_sha256": entries_sha,
-                }
-                added = diff.new_lines()
-                removed = diff.old_lines()
-                text = (json.dumps(delta, separators=(",", ":"))[:-1].encode()
-                        + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
-                        + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"")
-                        + b"]}\n")
+            if prev_meta is not None:
+                text = self._delta_text(base, version, diff, published_at, expires_at,
+                                        to_sha256=snap["sha256"] if snap else None,
+                                        to_count=len(lines), digest=digest, hasher=hasher)
                 delta_meta = self._artifact(staging, f"deltas/{base.version}/{version}.json",
                                             [text], version, expires_at)
                 delta_meta.update({"from": base.version, "to": version})
             timings["delta"] = time.perf_counter() - t
+            hasher.join()
+            entries_sha = digest[0]
+            if snap is not None or prev_meta is None or delta_meta is None:
+                base_v, chain = version, {"length": 0, "bytes": 0}
+            else:
+                before = prev_meta.get("chain") or {"length": 0, "bytes": 0}
+                base_v = int(prev_meta.get("base") or prev_meta["version"])
+                chain = {"length": int(before["length"]) + 1, "bytes": int(before["bytes"]) + delta_meta["size"]}
             meta = {
                 "version": version, "published_at": published_at, "expires_at": expires_at,
                 "count": len(lines), "previous_version": base.version or None,
                 "changes": diff.summary(), "snapshot": snap, "rpz": rpz, "delta": delta_meta,
+                "base": base_v, "chain": chain, "full_at": int(now) if snap else None,
                 "entries_sha256": entries_sha, "by": actor.name, "reason": reason,
                 "released": released, "build_seconds": round(sum(timings.values()), 3),
                 "publisher": self.name,
@@ -624,62 +733,171 @@ class Publisher:
                          staging)
             timings["commit"] = time.perf_counter() - t
         except BaseException:
+            hasher.join()
             staging.abort()
             raise
         staging.finish()
         self._write_manifest_files(manifest_body, manifest_sig)
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
-        return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
+        return (Outcome("published", version=version, diff=diff.summary(), timings=timings),
+                snap["sha256"] if snap else None)
+
+    def _delta_text(self, base: ListState, version: int, diff: Diff, published_at: str, expires_at: str, *,
+                    to_sha256: str | None, to_count: int, digest: list[str], hasher: threading.Thread) -> bytes:
+        added = diff.new_lines()
+        removed = diff.old_lines()
+        hasher.join()
+        head = {
+            "schema": SCHEMA, "list": self.settings.list_name, "from": base.version, "to": version,
+            "published_at": published_at, "expires_at": expires_at,
+            "from_sha256": base.snapshot_sha256, "to_sha256": to_sha256,
+            "from_count": base.count, "to_count": to_count, "to_entries_sha256": digest[0],
+        }
+        return (json.dumps(head, separators=(",", ":"))[:-1].encode()
+                + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
+                + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"")
+                + b"]}\n")
+
+    @staticmethod
+    def _latest_record(meta: dict[str, Any], base_meta: dict[str, Any]) -> dict[str, Any]:
+        """What ``pub:latest`` says: the version, and its newest full snapshot and zone."""
+        latest = {k: meta[k] for k in ("version", "published_at", "expires_at", "count", "delta",
+                                       "entries_sha256", "previous_version", "base")}
+        latest.update(snapshot=base_meta["snapshot"], rpz=base_meta["rpz"])
+        return latest
 
     def _commit(self, token: str, version: int, meta: dict[str, Any], manifest_body: str, manifest_sig: str,
                 feed_len: int, actor: Actor, reason: str, now: float, staging: Staging) -> None:
-        latest = {k: meta[k] for k in ("version", "published_at", "expires_at", "count", "snapshot", "rpz",
-                                       "delta", "entries_sha256", "previous_version")}
-        for _ in range(20):
+        base_meta = meta if meta["base"] == version else self.version_meta(int(meta["base"]))
+        if base_meta is None:
+            raise PublicationError(f"the record of version {meta['base']} is gone")
+        latest = self._latest_record(meta, base_meta)
+
+        def step(txn: Txn) -> None:
             current = self.store.pub_latest_raw()
             head = audit.head(self.store)
-            txn = Txn()
             self.store.pub_expect(txn, latest=current, lock=token)
             audit.add(txn, self.store, head, actor=actor, action="publication.publish",
                       target=f"version:{version}",
                       before={"version": meta["previous_version"]},
                       after={"version": version, "count": meta["count"], **meta["changes"],
-                             "snapshot_sha256": meta["snapshot"]["sha256"]},
+                             "entries_sha256": meta["entries_sha256"]},
                       reason=reason, ts=now)
             self.store.pub_set_manifest(txn, manifest_body, manifest_sig, version, int(now))
             staging.commit_ops(txn)
+            if meta["snapshot"]:
+                self.store.pub_add_full(txn, version)
             self.store.pub_add_version(txn, version, json.dumps(meta, separators=(",", ":")),
                                        json.dumps(latest, separators=(",", ":")), feed_len)
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if self.store.pub_lock_holder() != token:
-                    raise PublicationError("lost the publisher lock before committing") from None
-                if self.store.pub_latest_raw() != current:
-                    raise PublicationError("another publisher committed a version meanwhile") from None
-        raise PublicationError("could not commit the publication (too much concurrent activity)")
+
+        first = self.store.pub_latest_raw()
+
+        def still_ours() -> None:
+            if self.store.pub_lock_holder() != token:
+                raise PublicationError("lost the publisher lock before committing") from None
+            if self.store.pub_latest_raw() != first:
+                raise PublicationError("another publisher committed a version meanwhile") from None
+
+        try:
+            self.store.transact(step, on_conflict=still_ours)
+        except ConflictError as e:
+            raise PublicationError(f"could not commit the publication: {e.message}") from None
+
+    # ------------------------------------------------------------------ compaction
+
+    def compaction_due(self, meta: dict[str, Any], only_small: bool = False) -> bool:
+        """The chain since the last full snapshot (at or before ``meta``'s
+        version) has grown past a share of it, a length, or an age; or the
+        list is small. ``only_small``: just the last test."""
+        if meta.get("snapshot") and not only_small:
+            return False
+        base_meta = self.version_meta(int(meta.get("base") or 0))
+        if base_meta is None or not base_meta.get("snapshot"):
+            return True
+        size = int(base_meta["snapshot"]["size"])
+        if size <= self.settings.compact_small_bytes:
+            return True
+        if only_small:
+            return False
+        chain = meta.get("chain") or {}
+        if int(chain.get("bytes", 0)) >= self.settings.compact_ratio * size:
+            return True
+        if int(chain.get("length", 0)) >= max(1, self.settings.retain_deltas // 2):
+            return True
+        return self.clock() - float(base_meta.get("full_at") or 0) >= self.settings.compact_age
+
+    def _compact_locked(self, token: str, only_small: bool) -> Outcome:
+        latest_raw = self.store.pub_latest_raw()
+        if not latest_raw:
+            return Outcome("unchanged", message="nothing has been published yet")
+        latest = json.loads(latest_raw)
+        version = int(latest["version"])
+        meta = self.version_meta(version)
+        if meta is None or meta.get("snapshot") or not self.compaction_due(meta, only_small):
+            return Outcome("unchanged", version=version, message="no compaction due")
+        t0 = time.perf_counter()
+        state = self._load_state(latest)
+        now = self.clock()
+        timings: dict[str, float] = {}
+        staging = self.artifacts.stage()
+        try:
+            snap, rpz = self._write_full(staging, version, state.lines, state.zone, meta["published_at"],
+                                         meta["expires_at"], meta["entries_sha256"], self._previous_full(meta),
+                                         timings)
+            meta.update(snapshot=snap, rpz=rpz, base=version, chain={"length": 0, "bytes": 0},
+                        full_at=int(now))
+            body, sig = self._manifest(meta, now)
+            new_latest = self._latest_record(meta, meta)
+
+            def step(txn: Txn) -> None:
+                self.store.pub_expect(txn, latest=latest_raw, lock=token)
+                self.store.pub_set_manifest(txn, body, sig, version, int(now))
+                staging.commit_ops(txn)
+                self.store.pub_add_full(txn, version)
+                self.store.pub_update_version(txn, version, json.dumps(meta, separators=(",", ":")),
+                                              json.dumps(new_latest, separators=(",", ":")))
+
+            self.store.transact(step, retries=0)
+        except ConflictError:
+            staging.abort()
+            return Outcome("busy", version=version, message="a publication moved on meanwhile")
+        except BaseException:
+            staging.abort()
+            raise
+        staging.finish()
+        self._state = ListState(version, state.lines, state.zone, snap["sha256"])
+        self._write_manifest_files(body, sig)
+        self._prune(version)
+        timings["total"] = time.perf_counter() - t0
+        log.info("compacted version %s: full snapshot and zone file written in %.2fs", version, timings["total"])
+        return Outcome("compacted", version=version, timings=timings)
 
     # ------------------------------------------------------------------ manifest
 
     def _manifest(self, meta: dict[str, Any], now: float) -> tuple[str, str]:
+        """The manifest of a version: its newest full snapshot and zone file,
+        and the deltas leading from there (and from older retained versions)
+        to this version, newest first."""
         version = int(meta["version"])
+        base_v = int(meta.get("base") or version)
+        base_meta = meta if base_v == version else self.version_meta(base_v)
+        if base_meta is None or not base_meta.get("snapshot"):
+            raise PublicationError(f"the full snapshot of version {base_v} is no longer recorded")
         expires = iso(now + self.settings.manifest_ttl) or ""
-        deltas = []
-        lo = version - self.settings.retain_deltas
-        for m in self._delta_chain(meta, lo):
-            deltas.append(m)
+        # Every delta after the full snapshot, and older ones while retained.
+        lowest = min(version - self.settings.retain_deltas, base_v)
+        deltas = self._delta_chain(meta, lowest)
         artifacts = [
-            {"kind": "snapshot", **meta["snapshot"]},
-            {"kind": "rpz", **meta["rpz"]},
+            {"kind": "snapshot", **base_meta["snapshot"]},
+            {"kind": "rpz", **base_meta["rpz"]},
             *({"kind": "delta", **d} for d in deltas),
         ]
         body = {
             "schema": SCHEMA, "list": self.settings.list_name, "version": version,
             "published_at": meta["published_at"], "signed_at": iso(now), "expires_at": expires,
             "count": meta["count"], "entries_sha256": meta["entries_sha256"],
-            "snapshot": meta["snapshot"]["path"], "rpz": meta["rpz"]["path"],
-            "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
+            "snapshot": base_meta["snapshot"]["path"], "rpz": base_meta["rpz"]["path"],
+            "snapshot_version": base_v, "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
         }
         text = json.dumps(body, indent=1) + "\n"
         fields = {"list": self.settings.list_name, "version": str(version), "file": "manifest.json",
@@ -886,15 +1104,21 @@ class Publisher:
     # ------------------------------------------------------------------ retention
 
     def _prune(self, version: int) -> None:
-        keep_snap = version - self.settings.retain_snapshots
-        keep_delta = version - self.settings.retain_deltas
-        for v in range(max(1, keep_snap - 50), keep_snap + 1):
+        """Bounded retention: the newest full snapshots and zone files, and the
+        deltas of the last versions; never what the latest version needs."""
+        meta = self.version_meta(version)
+        base_v = int(meta.get("base") or version) if meta else version
+        for v in self.store.pub_full_versions_older(self.settings.retain_snapshots):
+            if v == base_v:
+                continue
             self.artifacts.remove(f"snapshots/{v}.json")
             self.artifacts.remove(f"rpz/{v}.zone")
+            self.store.pub_drop_full(v)
+        keep_delta = min(version - self.settings.retain_deltas, base_v)
         for v in range(max(1, keep_delta - 50), keep_delta + 1):
-            meta = self.version_meta(v)
-            if meta and meta.get("delta"):
-                self.artifacts.remove(meta["delta"]["path"])
+            old = self.version_meta(v)
+            if old and old.get("delta"):
+                self.artifacts.remove(old["delta"]["path"])
 
 
 def rules_parents(domain: str) -> list[str]:

@@ -30,7 +30,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -39,7 +39,7 @@ import redis
 import redis.exceptions
 from redis.client import NEVER_DECODE
 
-from app.errors import ConfigError, RetryableConflictError, StoreError
+from app.errors import ConfigError, ConflictError, RetryableConflictError, StoreError
 
 PREFIX = "bl:"
 BUCKET_SIZE = 1024
@@ -78,6 +78,8 @@ class K:
     signer = PREFIX + "health:signer"
     pub_channel = PREFIX + "pub:events"
     pub_highwater = PREFIX + "pub:highwater"
+    # Versions that have a full snapshot and zone file (compacted).
+    pub_full = PREFIX + "pub:full"
     # Artifacts: path -> ArtifactRef JSON; blobs are lists of compressed chunks.
     art_index = PREFIX + "art:index"
     art_blob = PREFIX + "art:blob:{sha256}"
@@ -339,6 +341,24 @@ class Store:
             raise StoreError(f"Redis refused a write: {e}") from e
         except redis.exceptions.RedisError as e:
             raise StoreError(f"Redis is not reachable: {e}") from e
+
+    def transact(self, build: Callable[[Txn], None], *, retries: int = 20,
+                 on_conflict: Callable[[], None] | None = None) -> None:
+        """The one compare-and-set loop: ``build`` reads what it needs and fills
+        a fresh :class:`Txn` (checks and writes); when a check fails because
+        the data changed meanwhile, ``on_conflict`` may give up by raising,
+        else the whole step is read and built again, ``retries`` times at
+        most. Then :class:`ConflictError`: nothing was written."""
+        for _ in range(retries + 1):
+            txn = Txn()
+            build(txn)
+            try:
+                self.commit(txn)
+                return
+            except RetryableConflictError:
+                if on_conflict is not None:
+                    on_conflict()
+        raise ConflictError("too many concurrent changes; try again")
 
     def server_time(self) -> float:
         sec, usec = self.r.time()
@@ -748,6 +768,21 @@ class Store:
         txn.op("LTRIM", K.dirty, consumed, -1)
         txn.op("DEL", K.pub_held)
         txn.op("PUBLISH", K.pub_channel, version)
+
+    def pub_update_version(self, txn: Txn, version: int, meta_json: str, latest_json: str) -> None:
+        """Record a version's full files once compacted (its list never changes)."""
+        txn.op("SET", K.pub_version.format(version=version), meta_json)
+        txn.op("SET", K.pub_latest, latest_json)
+
+    def pub_add_full(self, txn: Txn, version: int) -> None:
+        txn.op("ZADD", K.pub_full, version, version)
+
+    def pub_full_versions_older(self, keep: int) -> list[int]:
+        """Versions with full files, except the newest ``keep``."""
+        return [int(v) for v in self.r.zrange(K.pub_full, 0, -(keep + 1))]
+
+    def pub_drop_full(self, version: int) -> None:
+        self.r.zrem(K.pub_full, version)
 
     def pub_set_manifest(self, txn: Txn, body: str, sig: str, version: int, signed_at: int) -> None:
         txn.op("HSET", K.pub_manifest, "body", body, "sig", sig, "version", version, "signed_at", signed_at)

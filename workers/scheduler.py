@@ -11,6 +11,9 @@ once):
   the publish job at once;
 * publish every ``BLOCKLIST_PUBLISH_INTERVAL`` seconds when the list changed
   (the safety net);
+* compact: after a publication (once it is served) and every minute, write
+  the latest version's full snapshot and zone file when the delta chain
+  since the last ones is due (``BLOCKLIST_COMPACT_*``);
 * serve "publish now" requests from the API within about a second;
 * expire entries not re-verified in time;
 * re-sign the manifest before it expires, so a quiet feed never looks frozen;
@@ -69,10 +72,19 @@ class Worker:
                      outcome.timings.get("total", 0.0))
         elif outcome.status == "held":
             log.warning("publication held: %s", outcome.message)
+        if outcome.status == "published":
+            # The version is already served; now, if due, its full files.
+            self.compact()
         return outcome.status == "published"
 
     def publish_change(self) -> bool:
         return self.publish(reason="change")
+
+    def compact(self) -> bool:
+        """Write the latest version's full snapshot and zone file when the
+        delta chain since the last ones has grown enough (size, length, age)."""
+        outcome = self.core.publisher.compact()
+        return outcome.status == "compacted"
 
     def reconcile(self) -> bool:
         """A full rebuild from every entry, daily: the change feed is how
@@ -219,6 +231,7 @@ def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
     sched.add_job(worker.guarded("publish", worker.publish), "interval", seconds=settings.publish_interval,
                   id="publish", next_run_time=_soon())
     sched.add_job(worker.guarded("requests", worker.requests), "interval", seconds=1, id="requests")
+    sched.add_job(worker.guarded("compact", worker.compact), "interval", seconds=60, id="compact")
     sched.add_job(worker.guarded("reconcile", worker.reconcile), "interval", hours=24, id="reconcile")
     sched.add_job(worker.guarded("manifest", worker.refresh_manifest), "interval",
                   seconds=max(1, min(60, settings.manifest_refresh // 4)), id="manifest")
