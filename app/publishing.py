@@ -23,8 +23,6 @@ What must stay true:
 
 from __future__ import annotations
 
-import bisect
-import gc
 import hashlib
 import json
 import logging
@@ -38,23 +36,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from app import audit
 from app.artifacts import ArtifactStore, Staging
 from app.clock import Clock, system_clock
 from app.config import Settings
-from app.curation import Curation, Policy
-from app.domain import SYSTEM, Actor, Entry, EntryType, Status, iso
+from app.curation import Curation
+from app.domain import SYSTEM, Actor, iso
 from app.errors import (
     BlocklistError,
     ConflictError,
     NotFoundError,
     PublicationError,
-    RetryableConflictError,
     ValidationError,
 )
-from app.rpz import SoaParams, fragment
+from app.guard import guard_reasons, safety_problems
+from app.listbuild import (
+    Diff,
+    ListState,
+    changes_from_records,
+    delta_diff,
+    diff_lists,
+    entries_sha256,
+    full_lines,
+    snapshot_lines,
+    splice,
+    zone_fragment_of,
+)
+from app.rpz import SoaParams
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
 from client.minisign import Prehasher, Signature, format_trusted_comment
@@ -67,128 +75,6 @@ SCHEMA = 1
 LOCK_TTL_MS = 30_000
 #: /readyz counts a publisher as present for this long after it last reported.
 SIGNER_REPORT_TTL = 300
-_PREFIX_D = b'{"type":"domain","value":"'
-_PREFIX_U = b'{"type":"url","value":"'
-
-
-class _FeedFields(msgspec.Struct):
-    """The fields of a stored entry record that its feed line needs (see Entry.to_json)."""
-
-    v: str
-    t: str
-    s: int = 0
-    c: str = ""
-    at: int = 0
-    ls: int | None = None
-    va: int | None = None
-
-
-_FEED_DECODER = msgspec.json.Decoder(_FeedFields)
-
-
-def line_key(line: bytes) -> str:
-    """The sort/identity key of a snapshot line (``d:<value>`` or ``u:<value>``)."""
-    if line.startswith(_PREFIX_D):
-        start = len(_PREFIX_D)
-        return "d:" + line[start : line.index(b'"', start)].decode()
-    start = len(_PREFIX_U)
-    return "u:" + line[start : line.index(b'"', start)].decode()
-
-
-def zone_fragment_of(line: bytes) -> bytes:
-    if not line.startswith(_PREFIX_D):
-        return b""
-    start = len(_PREFIX_D)
-    end = line.index(b'"', start)
-    return fragment(line[start:end].decode(), line.startswith(b'"subdomains":true', end + 2)).encode()
-
-
-@dataclass
-class ListState:
-    """A published version's entries, sorted by key, with their zone lines.
-
-    Kept as bytes: a million-entry version is written, hashed and signed as
-    a few large buffers, and encoding it again on every publication would
-    cost more than the change itself.
-    """
-
-    version: int
-    lines: list[bytes]
-    zone: list[bytes]
-    snapshot_sha256: str | None
-    #: False when only the number is known (its list could not be rebuilt).
-    known: bool = True
-
-    @property
-    def count(self) -> int:
-        return len(self.lines)
-
-    def find(self, key: str) -> int:
-        return bisect.bisect_left(self.lines, key, key=line_key)
-
-
-@dataclass
-class Change:
-    key: str
-    old: bytes | None
-    new: bytes | None
-
-
-@dataclass
-class Diff:
-    """What a publication changes.
-
-    ``changes`` (sorted by key) is kept when the new list is spliced from the
-    previous one; a full rebuild from nothing only needs the lines it adds.
-    """
-
-    changes: list[Change]
-    added: int = 0
-    removed: int = 0
-    changed: int = 0
-    all_new: list[bytes] | None = None
-
-    @classmethod
-    def of(cls, changes: list[Change]) -> Diff:
-        d = cls(changes=[c for c in changes if c.old != c.new])
-        for c in d.changes:
-            if c.old is None:
-                d.added += 1
-            elif c.new is None:
-                d.removed += 1
-            else:
-                d.changed += 1
-        return d
-
-    @classmethod
-    def everything_new(cls, lines: list[bytes]) -> Diff:
-        return cls(changes=[], added=len(lines), all_new=lines)
-
-    @property
-    def empty(self) -> bool:
-        return not self.changes and not self.all_new
-
-    def summary(self) -> dict[str, int]:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed}
-
-    def sample(self, n: int = 10) -> dict[str, list[str]]:
-        if self.all_new is not None:
-            return {"added": [line_key(x)[2:] for x in self.all_new[:n]], "removed": []}
-        added = [c.key[2:] for c in self.changes if c.old is None][:n]
-        removed = [c.key[2:] for c in self.changes if c.new is None][:n]
-        return {"added": added, "removed": removed}
-
-    def new_lines(self) -> list[bytes]:
-        """Lines of entries added or changed (the delta's "added")."""
-        if self.all_new is not None:
-            return self.all_new
-        return [c.new for c in self.changes if c.new is not None]
-
-    def old_lines(self) -> list[bytes]:
-        """Previous lines of entries removed or changed (the delta's "removed")."""
-        return [c.old for c in self.changes if c.old is not None]
-
-
 @dataclass
 class Outcome:
     status: str  # published | unchanged | held | refreshed | busy
@@ -200,29 +86,6 @@ class Outcome:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "version": self.version, "message": self.message,
                 **({"changes": self.diff} if self.diff else {})}
-
-
-def guard_reasons(diff: Diff, previous_count: int, policy: Policy) -> list[str]:
-    reasons: list[str] = []
-    if previous_count == 0:
-        if diff.added > policy.guard_add_max:
-            reasons.append(f"adds {diff.added} entries, more than {policy.guard_add_max}")
-        return reasons
-    significant = diff.added + diff.removed >= policy.guard_min_changes
-    removed_pct = 100.0 * diff.removed / previous_count
-    added_pct = 100.0 * diff.added / previous_count
-    if significant and removed_pct > policy.guard_remove_pct:
-        reasons.append(
-            f"removes {diff.removed} of {previous_count} entries ({removed_pct:.1f} %, "
-            f"more than {policy.guard_remove_pct:g} %)"
-        )
-    if significant and added_pct > policy.guard_add_pct:
-        reasons.append(
-            f"adds {diff.added} entries to {previous_count} ({added_pct:.1f} %, more than {policy.guard_add_pct:g} %)"
-        )
-    if diff.added > policy.guard_add_max:
-        reasons.append(f"adds {diff.added} entries, more than {policy.guard_add_max}")
-    return reasons
 
 
 class Publisher:
@@ -325,7 +188,7 @@ class Publisher:
         base_meta = meta if base_v == v else self.version_meta(base_v)
         if base_meta is None or not base_meta.get("snapshot"):
             raise PublicationError(f"the full snapshot of version {base_v} is no longer stored")
-        lines = self._snapshot_lines(base_meta["snapshot"])
+        lines = snapshot_lines(self._checked(base_meta["snapshot"]))
         chain: list[dict[str, Any]] = []
         current: dict[str, Any] | None = meta
         while current is not None and int(current["version"]) > base_v:
@@ -336,179 +199,27 @@ class Publisher:
             current = self.version_meta(int(delta["from"]))
         state = ListState(base_v, lines, [], None)
         for delta in reversed(chain):
-            lines, _ = self._splice(state, self._delta_diff(delta))
+            lines, _ = splice(state, delta_diff(self._checked(delta)))
             state = ListState(int(delta["to"]), lines, [], None)
         zone = [zone_fragment_of(ln) for ln in state.lines]
         own = meta.get("snapshot")
         self._state = ListState(v, state.lines, zone, own["sha256"] if own else None)
         return self._state
 
+    def _changes_from_feed(self, state: ListState, ids: list[int]) -> Diff:
+        unique = sorted(set(ids))
+
+        def records() -> Iterator[str | None]:
+            for start in range(0, len(unique), 5000):
+                yield from self.store.entries_raw(unique[start : start + 5000])
+
+        return changes_from_records(state, records())
+
     def _checked(self, ref: dict[str, Any]) -> bytes:
         data = self.artifacts.read(str(ref["path"]))
         if hashlib.sha256(data).hexdigest() != ref["sha256"]:
             raise PublicationError(f"{ref['path']} does not match its recorded sha256; refusing to build on it")
         return data
-
-    def _snapshot_lines(self, ref: dict[str, Any]) -> list[bytes]:
-        data = self._checked(ref)
-        start = data.index(b'"entries":[\n') + len(b'"entries":[\n')
-        end = data.rindex(b"\n]}")
-        body = data[start:end]
-        return body.split(b",\n") if body else []
-
-    def _delta_diff(self, ref: dict[str, Any]) -> Diff:
-        """A published delta as the change it made (see :meth:`_delta_text`)."""
-        data = self._checked(ref)
-        a0 = data.index(b',"added":[') + len(b',"added":[')
-        a1 = data.index(b'],"removed":[', a0)
-        r0 = a1 + len(b'],"removed":[')
-        r1 = data.rindex(b"]}")
-        # Entry lines are compact JSON objects: no raw newline, no unquoted ']'.
-        added = data[a0:a1].strip(b"\n")
-        removed = data[r0:r1].strip(b"\n")
-        changes: dict[str, Change] = {}
-        for line in removed.split(b",\n") if removed else []:
-            key = line_key(line)
-            changes[key] = Change(key, line, None)
-        for line in added.split(b",\n") if added else []:
-            key = line_key(line)
-            old = changes.get(key)
-            changes[key] = Change(key, old.old if old else None, line)
-        return Diff.of(sorted(changes.values(), key=lambda c: c.key))
-
-    def _full_state(self) -> tuple[list[bytes], list[bytes]]:
-        """Every active entry, from Redis, sorted (the path without a previous version).
-
-        The hot loop of a full rebuild: a million records are decoded with a
-        typed msgspec decoder into just the fields the feed needs, formatted
-        exactly like :meth:`Entry.feed_line`, and sorted with tuple fast paths.
-        """
-        decode = _FEED_DECODER.decode
-        lines: list[bytes] = []
-        frags: list[bytes] = []
-        urls: list[bytes] = []
-        add_line, add_frag, add_url = lines.append, frags.append, urls.append
-        marker = '"st":"active"'
-        gc_was = gc.isenabled()
-        gc.disable()  # a million small objects: the cyclic GC only costs time here
-        try:
-            for raw in self.store.iter_bucket_raw():
-                if marker not in raw:
-                    continue
-                e = decode(raw)
-                at = e.at
-                ls = at if e.ls is None else e.ls
-                va = at if e.va is None else e.va
-                v = e.v
-                if e.t == "d":
-                    sub = e.s == 1
-                    add_line(
-                        f'{{"type":"domain","value":"{v}","subdomains":{"true" if sub else "false"},'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
-                    )
-                    add_frag(fragment(v, sub).encode())
-                else:
-                    add_url(
-                        f'{{"type":"url","value":"{v}","subdomains":false,'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
-                    )
-            # Domain lines, and their zone lines, each sort like their values:
-            # '"' ends a value in a line and ' ' in a zone line, and both sort
-            # before every character a domain may hold. So two plain string
-            # sorts keep them aligned. URL values may hold '!', which sorts
-            # before '"', so URLs are sorted by their key.
-            lines.sort()
-            frags.sort()
-            urls.sort(key=line_key)
-            lines.extend(urls)
-            frags.extend([b""] * len(urls))
-            return lines, frags
-        finally:
-            if gc_was:
-                gc.enable()
-
-    def _changes_from_feed(self, state: ListState, ids: list[int]) -> Diff:
-        unique = sorted(set(ids))
-        changes: dict[str, Change] = {}
-        for start in range(0, len(unique), 5000):
-            chunk = unique[start : start + 5000]
-            for raw in self.store.entries_raw(chunk):
-                if raw is None:
-                    continue
-                e = Entry.from_json(raw)
-                new = e.feed_line().encode() if e.status is Status.ACTIVE else None
-                pos = state.find(e.key)
-                old = state.lines[pos] if pos < state.count and line_key(state.lines[pos]) == e.key else None
-                changes[e.key] = Change(e.key, old, new)
-        return Diff.of(sorted(changes.values(), key=lambda c: c.key))
-
-    @staticmethod
-    def _diff_lists(old: list[bytes], new: list[bytes]) -> Diff:
-        if not old:
-            return Diff.everything_new(new)
-        if old == new:
-            return Diff(changes=[])
-        changes: list[Change] = []
-        i = j = 0
-        old_keys = [line_key(x) for x in old]
-        new_keys = [line_key(x) for x in new]
-        while i < len(old) or j < len(new):
-            if j >= len(new) or (i < len(old) and old_keys[i] < new_keys[j]):
-                changes.append(Change(old_keys[i], old[i], None))
-                i += 1
-            elif i >= len(old) or new_keys[j] < old_keys[i]:
-                changes.append(Change(new_keys[j], None, new[j]))
-                j += 1
-            else:
-                if old[i] != new[j]:
-                    changes.append(Change(old_keys[i], old[i], new[j]))
-                i += 1
-                j += 1
-        return Diff.of(changes)
-
-    @staticmethod
-    def _splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes]]:
-        lines: list[bytes] = []
-        zone: list[bytes] = []
-        prev = 0
-        for c in diff.changes:
-            pos = state.find(c.key)
-            lines.extend(state.lines[prev:pos])
-            zone.extend(state.zone[prev:pos])
-            if c.new is not None:
-                lines.append(c.new)
-                zone.append(zone_fragment_of(c.new))
-            prev = pos + (1 if c.old is not None else 0)
-        lines.extend(state.lines[prev:])
-        zone.extend(state.zone[prev:])
-        return lines, zone
-
-    # ------------------------------------------------------------------ safety
-
-    def _safety_problems(self, diff: Diff, lines: list[bytes]) -> list[str]:
-        """Defence in depth: no entry that the rules refuse may be published,
-        whatever path it took into the active set."""
-        rules = self.curation.rules()
-        problems: list[str] = []
-        # Every entry was checked when it was submitted and approved; here the
-        # changed ones are checked again in full (cheap: few), and the whole
-        # list against the allowlist below (cheap: the allowlist is small).
-        for c in diff.changes:
-            if c.new is None:
-                continue
-            kind, value = c.key[0], c.key[2:]
-            try:
-                rules.check(EntryType.DOMAIN if kind == "d" else EntryType.URL, value)
-            except BlocklistError as e:
-                problems.append(e.message)
-        # Parents of allowlisted names and the names themselves, against the whole list.
-        keyed = ListState(0, lines, [], None)
-        for item in rules.allow.values():
-            for name in [item.domain, *rules_parents(item.domain)]:
-                pos = keyed.find("d:" + name)
-                if pos < len(lines) and line_key(lines[pos]) == "d:" + name:
-                    problems.append(f"{name} is listed but conflicts with allowlisted {item.domain}")
-        return problems[:20]
 
     # ------------------------------------------------------------------ publish
 
@@ -556,20 +267,20 @@ class Publisher:
                 log.warning("rebuilding from Redis: cannot use version %s: %s", latest["version"], e)
         if previous is not None:
             diff = self._changes_from_feed(previous, self.store.dirty_peek(feed_len))
-            lines, zone = self._splice(previous, diff)
+            lines, zone = splice(previous, diff)
             base = previous
         else:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
             # last version Redis knows, if it can still be rebuilt.
-            lines, zone = self._full_state()
+            lines, zone = full_lines(self.store.iter_bucket_raw())
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
                     base = self._load_state(latest)
                 except (BlocklistError, OSError, ValueError):
                     base = ListState(int(latest["version"]), [], [], None, known=False)
-            diff = self._diff_lists(base.lines, lines)
+            diff = diff_lists(base.lines, lines)
         timings["diff"] = time.perf_counter() - t0
         policy = self.curation.policy()
         held = self.held()
@@ -586,7 +297,7 @@ class Publisher:
                            version=int(latest["version"]) if latest else None,
                            message="nothing changed since the last publication")
         reasons = guard_reasons(diff, base.count, policy)
-        reasons += self._safety_problems(diff, lines)
+        reasons += safety_problems(diff, lines, self.curation.rules())
         released = bool(held and held.get("released_by"))
         if reasons and not (released and self._within_release(held, diff)):
             self._hold(diff, base, reasons, actor)
@@ -634,14 +345,6 @@ class Publisher:
         staging.write(rel + ".minisig", sig_text)
         return {"path": rel, "sha256": ref.sha256, "size": ref.size}
 
-    @staticmethod
-    def _entries_sha256(lines: list[bytes]) -> str:
-        """sha256 of the canonical lines, each followed by "\\n" (what a client rebuilds)."""
-        hasher = hashlib.sha256(b"\n".join(lines))
-        if lines:
-            hasher.update(b"\n")
-        return hasher.hexdigest()
-
     def _write_full(self, staging: Staging, version: int, lines: list[bytes], zone: list[bytes],
                     published_at: str, expires_at: str, entries_sha: str,
                     previous: tuple[int, str] | None, timings: dict[str, float]) -> tuple[dict[str, Any],
@@ -688,7 +391,7 @@ class Publisher:
         # The one cost that grows with the list: the digest a client checks
         # its rebuilt list against. It runs beside the delta's upload.
         digest: list[str] = []
-        hasher = threading.Thread(target=lambda: digest.append(self._entries_sha256(lines)))
+        hasher = threading.Thread(target=lambda: digest.append(entries_sha256(lines)))
         hasher.start()
         staging = self.artifacts.stage()
         try:
@@ -944,13 +647,15 @@ class Publisher:
         if meta is None:
             return False
         body, sig = self._manifest(meta, now)
-        txn = Txn()
-        self.store.pub_expect(txn, latest=latest_raw, lock=token)
-        self.store.pub_set_manifest(txn, body, sig, int(meta["version"]), int(now))
+
+        def step(txn: Txn) -> None:
+            self.store.pub_expect(txn, latest=latest_raw, lock=token)
+            self.store.pub_set_manifest(txn, body, sig, int(meta["version"]), int(now))
+
         try:
-            self.store.commit(txn)
-        except RetryableConflictError:
-            return False
+            self.store.transact(step, retries=0)
+        except ConflictError:
+            return False  # a publication moved on meanwhile: its manifest is newer
         self._write_manifest_files(body, sig)
         return True
 
@@ -970,28 +675,30 @@ class Publisher:
     # ------------------------------------------------------------------ guard
 
     def _hold(self, diff: Diff, base: ListState, reasons: list[str], actor: Actor) -> None:
-        held = self.held()
+        """Record the held publication for an admin, with its audit record, or
+        raise: a hold that was not recorded must not be reported as one."""
         record = {
             "held_at": iso(self.clock()), "base_version": base.version, "base_count": base.count,
             **diff.summary(), "reasons": reasons, "sample": diff.sample(),
         }
-        same = held and all(held.get(k) == record[k] for k in ("base_version", "added", "removed", "changed"))
-        if same:
-            return
-        for _ in range(20):
-            head = audit.head(self.store)
-            txn = Txn()
+
+        def step(txn: Txn) -> None:
             current = self.store.pub_held_raw()
+            held = json.loads(current) if current else None
+            if held and all(held.get(k) == record[k] for k in ("base_version", "added", "removed", "changed")):
+                return  # already held as it stands: nothing to write
+            head = audit.head(self.store)
             self.store.pub_expect(txn, held=current)
             self.store.pub_set_held(txn, json.dumps(record, separators=(",", ":")))
             audit.add(txn, self.store, head, actor=actor, action="publication.hold", target="publication",
                       before=None, after=record, reason="; ".join(reasons), ts=self.clock())
-            try:
-                self.store.commit(txn)
-                log.warning("publication held: %s", "; ".join(reasons))
-                return
-            except RetryableConflictError:
-                continue
+
+        try:
+            self.store.transact(step)
+        except ConflictError:
+            raise PublicationError("could not record the held publication (too much concurrent activity); "
+                                   "nothing was published") from None
+        log.warning("publication held: %s", "; ".join(reasons))
 
     @staticmethod
     def _within_release(held: dict[str, Any] | None, diff: Diff) -> bool:
@@ -1012,7 +719,9 @@ class Publisher:
         from app.domain import clean_text
 
         reason = clean_text(reason, "reason", required=True)
-        for _ in range(20):
+        decided: dict[str, Any] = {}
+
+        def step(txn: Txn) -> None:
             current = self.store.pub_held_raw()
             if current is None:
                 raise NotFoundError("no publication is held")
@@ -1020,7 +729,6 @@ class Publisher:
             if held.get("released_by"):
                 raise ConflictError(f"the held publication was already released by {held['released_by']}")
             head = audit.head(self.store)
-            txn = Txn()
             self.store.pub_expect(txn, held=current)
             if decision == "release":
                 held.update(released_by=actor.name, released_at=iso(self.clock()))
@@ -1031,27 +739,29 @@ class Publisher:
             audit.add(txn, self.store, head, actor=actor, action=f"publication.{decision}",
                       target="publication", before={k: held.get(k) for k in ("added", "removed", "changed")},
                       after={"decision": decision}, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return held
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            decided.clear()
+            decided.update(held)
+
+        self.store.transact(step)
+        return decided
 
     def _drop_held(self, why: str) -> None:
-        current = self.store.pub_held_raw()
-        if current is None:
-            return
-        head = audit.head(self.store)
-        txn = Txn()
-        self.store.pub_expect(txn, held=current)
-        self.store.pub_set_held(txn, None)
-        audit.add(txn, self.store, head, actor=SYSTEM, action="publication.unhold", target="publication",
-                  after=None, reason=why, ts=self.clock())
+        """The list no longer differs from the published version: the hold is moot."""
+
+        def step(txn: Txn) -> None:
+            current = self.store.pub_held_raw()
+            if current is None:
+                return
+            head = audit.head(self.store)
+            self.store.pub_expect(txn, held=current)
+            self.store.pub_set_held(txn, None)
+            audit.add(txn, self.store, head, actor=SYSTEM, action="publication.unhold", target="publication",
+                      after=None, reason=why, ts=self.clock())
+
         try:
-            self.store.commit(txn)
-        except RetryableConflictError:
-            pass
+            self.store.transact(step, retries=2)
+        except ConflictError:
+            log.warning("could not drop the held publication now; the next run will")
 
     # ------------------------------------------------------------------ requests
 
@@ -1097,8 +807,8 @@ class Publisher:
         latest = self.latest()
         state = self._load_state(latest) if latest else ListState(0, [], [], None)
         if latest is None:
-            lines, _ = self._full_state()
-            return self._diff_lists([], lines)
+            lines, _ = full_lines(self.store.iter_bucket_raw())
+            return diff_lists([], lines)
         return self._changes_from_feed(state, self.store.dirty_peek())
 
     # ------------------------------------------------------------------ retention
@@ -1119,12 +829,6 @@ class Publisher:
             old = self.version_meta(v)
             if old and old.get("delta"):
                 self.artifacts.remove(old["delta"]["path"])
-
-
-def rules_parents(domain: str) -> list[str]:
-    from app.domain import parents
-
-    return list(parents(domain))
 
 
 def make_publisher(core: Any, key: SecretKey | None = None) -> Publisher:
