@@ -26,7 +26,8 @@ What must stay true:
   cache file is never served.
 * The local directory (``BLOCKLIST_ARTIFACT_DIR``) is only a cache: files
   there may be deleted at any time and are refilled from Redis on demand
-  (nginx offload serves them with ``X-Accel-Redirect``).
+  (nginx offload serves them with ``X-Accel-Redirect``); files that
+  retention removed from Redis are swept from it every few minutes.
 * The version high-water mark is kept in Redis and in a ``HIGHWATER`` file
   on the publisher's host: a Redis restored from an older backup can never
   make that publisher reuse or lower a number.
@@ -41,6 +42,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +63,8 @@ _REL = re.compile(r"(?:snapshots/\d+\.json|deltas/\d+/\d+\.json|rpz/\d+\.zone|ma
 CHUNK = 4 << 20
 #: Blobs not (yet) committed by a publication expire after this many seconds.
 ORPHAN_TTL = 86400
+#: A host's cache drops files that retention removed from Redis this often.
+SWEEP_EVERY = 600.0
 #: zstd compresses a feed several times faster than zlib, at a better ratio;
 #: refs record their codec, so zlib blobs stay readable.
 CODEC = "zstd"
@@ -187,6 +191,7 @@ class ArtifactStore:
         self.store = store
         self._verified: set[tuple[str, str]] = set()
         self._fill_lock = threading.Lock()
+        self._swept = time.monotonic()
 
     # ------------------------------------------------------------ writing
 
@@ -279,7 +284,36 @@ class ArtifactStore:
                 gz = path.with_name(path.name + ".gz")
                 gz.unlink(missing_ok=True)  # made from the old file: make it again
             self._verified.add(key)
+        if time.monotonic() - self._swept > SWEEP_EVERY:
+            self.sweep_cache()
         return path
+
+    def sweep_cache(self) -> int:
+        """Delete cached files whose artifact retention removed from Redis
+        (each host's cache stays as bounded as Redis); returns how many."""
+        self._swept = time.monotonic()
+        if not self.root.is_dir():
+            return 0
+        files: dict[str, list[Path]] = {}
+        for path in self.root.rglob("*"):
+            if not path.is_file():
+                continue
+            rel = path.relative_to(self.root).as_posix()
+            base = rel.removesuffix(".gz")
+            if base.startswith("manifest.json") or not _REL.fullmatch(base):
+                continue
+            files.setdefault(base, []).append(path)
+        rels = sorted(files)
+        gone = 0
+        for start in range(0, len(rels), 1000):
+            chunk = rels[start : start + 1000]
+            for rel, raw in zip(chunk, self.store.art_index_many(chunk), strict=True):
+                if raw is None:
+                    for path in files[rel]:
+                        path.unlink(missing_ok=True)
+                        gone += 1
+        self._verified = {k for k in self._verified if k[0] not in files or (self.root / k[0]).exists()}
+        return gone
 
     @staticmethod
     def _cache_ok(path: Path, ref: ArtifactRef) -> bool:
