@@ -70,7 +70,7 @@ def test_a_change_is_applied_as_a_delta_and_matches_a_fresh_snapshot_pull(feed: 
     feed.delist("exact.example")
     version = feed.publish()
     # Without the snapshot on the server only the delta can bring version 2.
-    feed.core.artifacts.path(f"snapshots/{version}.json").unlink()
+    feed.core.artifacts.remove(f"snapshots/{version}.json")
 
     r = feed.pull()
 

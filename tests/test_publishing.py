@@ -395,3 +395,24 @@ def test_retention_prunes_old_files_and_the_delta_chain(core: Core, personas: Pe
     assert not (root / "deltas/1/2.json").exists()
     pk = PublicKey.parse(core.publisher.key.public.text())
     assert pk.id_hex == core.publisher.key.public.id_hex
+
+
+def test_a_hold_that_cannot_be_recorded_is_not_reported_as_held(core: Core, personas: Personas,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.errors import PublicationError, RetryableConflictError
+
+    core.curation.set_policy(personas.ada.actor, {"guard_add_max": 30})
+    bulk_active(core, 40)
+
+    def always_conflicting(txn: Txn) -> None:
+        raise RetryableConflictError("the data changed while the action ran; try again")
+
+    # Other writers win every compare-and-set: the hold is never recorded.
+    monkeypatch.setattr(core.store, "commit", always_conflicting)
+    with pytest.raises(PublicationError, match="could not record the held publication"):
+        core.publisher.publish()
+    monkeypatch.undo()
+    assert core.publisher.held() is None
+    assert core.publisher.latest() is None
+    assert core.publisher.publish().status == "held"
+    assert core.publisher.held() is not None

@@ -126,7 +126,8 @@ def _serve(rel: str, token: str | None) -> Any:
             latest = publisher.latest()
             if latest is None:
                 raise NotFoundError("nothing has been published yet")
-            version = int(latest["version"])
+            # The newest version with full files (see docs/isp-pull.md).
+            version = int(latest.get("base") or latest["version"])
             cache = REVALIDATE
         else:
             version = int(m.group("v"))
