@@ -11,7 +11,9 @@ writes. Manifests are built and signed with the real signing code
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from client.errors import RefusedError
 from client.pull import describe
@@ -135,3 +137,33 @@ def refusal(builder: FeedBuilder, d: Path) -> str:
     except RefusedError as e:
         return e.message
     raise AssertionError("the pull was not refused")
+
+
+def test_against_the_real_service_a_new_client_takes_the_compacted_snapshot_and_the_chain(
+        feed: Any, tmp_path: Path) -> None:
+    from tests.test_client_pull import body, seed
+    from tests.test_client_support import OUTPUTS, Feed
+
+    # Full files only when compaction is asked for: versions 2 and 3 are published as deltas.
+    feed.core.settings = replace(feed.core.settings, compact_small_bytes=0, compact_ratio=100.0, compact_age=10**9)
+    feed.core.publisher.settings = feed.core.settings
+    seed(feed)
+    assert feed.pull().code == 0  # a client that follows every version
+    feed.list("second.test", subdomains=True)
+    feed.publish()
+    assert feed.pull().code == 0
+    feed.delist("exact.example")
+    feed.list("www.second.test")
+    feed.publish()
+    assert "1 delta from version 2" in feed.pull().out
+
+    fresh = Feed(**{**feed.__dict__, "dir": feed.dir / "fresh", "current": None})
+    fresh.dir.mkdir()
+    r = fresh.pull()
+
+    assert r.code == 0, r.err
+    assert "applied version 3 (the full snapshot of version 1 and 2 deltas; 4 entries)" in r.out
+    for fmt in OUTPUTS:
+        assert body(fresh.output(fmt)) == body(feed.output(fmt)), fmt
+        if fmt in ("rpz", "unbound", "dnsmasq"):  # changed in version 3 for both: whole files equal
+            assert fresh.output(fmt).read_bytes() == feed.output(fmt).read_bytes(), fmt
