@@ -40,12 +40,13 @@ What must stay true:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from client.config import STYLES, OutputSpec
-from client.listfile import Lines, domain_values, lower_bound, splice, wide_values
+from client.listfile import Lines, domain_values, lower_bound, splice
 from client.verify import Record, split_url
 
 MARKER = "blocklist-pull output:"
@@ -116,14 +117,34 @@ def _styled(spec: OutputSpec) -> OutputSpec:
 # ---------------------------------------------------------------- formats
 
 
+Piece = bytes | None  # None stands for the entry's name
+
+
 @dataclass(frozen=True)
 class Format:
-    """How one output format writes an entry, and how to read an entry's name back from a line."""
+    """How one output format writes an entry, and how to read an entry's name back from a line.
 
-    chunk: Callable[[bytes, bool], bytes]  # (domain, subdomains) -> its lines
+    An entry's lines are a template of constant pieces and the name, one template for a
+    name with its subdomains and one for the name only: many entries are then written
+    by list operations that run in C, not once per entry in Python."""
+
+    wide: tuple[Piece, ...]
+    narrow: tuple[Piece, ...]
     key: Callable[[bytes], bytes]  # a line -> the domain it belongs to
     nested: bool  # leaves out names covered by a listed parent with subdomains
     notes: Callable[[int], list[str]] = field(default=lambda wide: [])
+
+    def chunk(self, name: bytes, wide: bool) -> bytes:
+        return b"".join(name if p is None else p for p in (self.wide if wide else self.narrow))
+
+    def run(self, names: list[bytes], wide: bool) -> bytes:
+        """The lines of consecutive entries that share their subdomains flag."""
+        template = self.wide if wide else self.narrow
+        k, n = len(template), len(names)
+        parts: list[bytes] = [b""] * (k * n)
+        for i, piece in enumerate(template):
+            parts[i::k] = names if piece is None else [piece] * n
+        return b"".join(parts)
 
 
 def _after_star(line: bytes) -> bytes:
@@ -159,49 +180,39 @@ def format_of(spec: OutputSpec) -> Format:
     """The writer of a domain output (every format but ``urls``)."""
     spec = _styled(spec)
     if spec.format == "rpz":
-        return Format(
-            lambda v, wide: v + b" CNAME .\n*." + v + b" CNAME .\n" if wide else v + b" CNAME .\n",
-            _after_star, False,
-            lambda wide: ["Response policy zone: 'CNAME .' answers NXDOMAIN; '*.name' covers subdomains."])
+        return Format((None, b" CNAME .\n*.", None, b" CNAME .\n"), (None, b" CNAME .\n"), _after_star, False,
+                      lambda wide: ["Response policy zone: 'CNAME .' answers NXDOMAIN; '*.name' covers subdomains."])
     if spec.format == "unbound":
         v4, v6 = _split(spec.redirect or NULL_ADDRESSES)
         data = [f' A {a}"\n'.encode() for a in v4] + [f' AAAA {a}"\n'.encode() for a in v6]
-        kinds = {True: b"redirect" if spec.redirect else b"always_nxdomain", False: b"transparent"}
-
-        def unbound(v: bytes, wide: bool) -> bytes:
-            zone = b'    local-zone: "' + v + b'." ' + kinds[wide] + b"\n"
-            if wide and not spec.redirect:
-                return zone
-            return zone + b"".join(b'    local-data: "' + v + b"." + d for d in data)
-
-        return Format(unbound, _quoted, True, lambda wide: [
+        local_data: list[Piece] = [x for d in data for x in (b'    local-data: "', None, b"." + d)]
+        narrow: tuple[Piece, ...] = (b'    local-zone: "', None, b'." transparent\n', *local_data)
+        if spec.redirect:
+            wide: tuple[Piece, ...] = (b'    local-zone: "', None, b'." redirect\n', *local_data)
+        else:
+            wide = (b'    local-zone: "', None, b'." always_nxdomain\n')
+        return Format(wide, narrow, _quoted, True, lambda wide: [
             "always_nxdomain (or redirect) zones cover a name and its subdomains;",
             "transparent zones block one name only (A/AAAA answered locally, names under it resolve)."])
     if spec.format == "dnsmasq":
         v4, v6 = _split(spec.redirect or NULL_ADDRESSES)
         pairs = [",".join(a[i] for a in (v4, v6) if i < len(a)).encode() for i in range(max(len(v4), len(v6)))]
-        wide_tails = [b"/" + a.encode() + b"\n" for a in spec.redirect] if spec.redirect else [b"/\n"]
-
-        def dnsmasq(v: bytes, wide: bool) -> bytes:
-            if wide:
-                return b"".join(b"address=/" + v + t for t in wide_tails)
-            return b"".join(b"host-record=" + v + b"," + p + b"\n" for p in pairs)
-
-        return Format(dnsmasq, _dnsmasq_key, True, lambda wide: [
-            "address=/name/ covers a name and its subdomains;",
-            "host-record covers one name only (A and AAAA answered locally)."])
+        tails = [b"/" + a.encode() + b"\n" for a in spec.redirect] if spec.redirect else [b"/\n"]
+        return Format(tuple(x for t in tails for x in (b"address=/", None, t)),
+                      tuple(x for p in pairs for x in (b"host-record=", None, b"," + p + b"\n")),
+                      _dnsmasq_key, True, lambda wide: [
+                          "address=/name/ covers a name and its subdomains;",
+                          "host-record covers one name only (A and AAAA answered locally)."])
     if spec.format == "hosts":
-        heads = [a.encode() + b" " for a in spec.addresses]
-        return Format(
-            lambda v, wide: b"".join(h + v + b"\n" for h in heads),
-            lambda line: line.split(b" ", 1)[1], False,
-            lambda wide: ["A hosts file cannot express 'a name and all its subdomains': for the entries "
-                          f"that cover subdomains ({wide} here), only the name itself is blocked."])
+        lines = tuple(x for a in spec.addresses for x in (a.encode() + b" ", None, b"\n"))
+        return Format(lines, lines, lambda line: line.split(b" ", 1)[1], False,
+                      lambda wide: ["A hosts file cannot express 'a name and all its subdomains': for the entries "
+                                    f"that cover subdomains ({wide} here), only the name itself is blocked."])
     if spec.format == "domains" and spec.style == "squid":
-        return Format(lambda v, wide: b"." + v + b"\n" if wide else v + b"\n", _domains_key, True,
+        return Format((b".", None, b"\n"), (None, b"\n"), _domains_key, True,
                       lambda wide: ["Squid dstdomain form: '.name' is the name and all its subdomains."])
     if spec.format == "domains":
-        return Format(lambda v, wide: v + b"\n*." + v + b"\n" if wide else v + b"\n", _domains_key, False,
+        return Format((None, b"\n*.", None, b"\n"), (None, b"\n"), _domains_key, False,
                       lambda wide: ["'*.name' lines stand for every name under name."])
     raise ValueError(f"{spec.format} is not a domain output")
 
@@ -282,7 +293,7 @@ class ListView:
         return self._parents
 
     def _scan_parents(self) -> None:
-        values = self.lines.domain_values()
+        values = self.lines.cached_values() or self.lines.domain_values()
         counts = Counter(v.partition(b".")[2] for v in values)
         self._parents = {p.decode(): n for p, n in counts.items()}
         del counts
@@ -290,17 +301,28 @@ class ListView:
         ends = tuple(f".{p}".encode() for p in wide_parents)
         self._covered = {v for v in values if v.endswith(ends)} if ends else set()
 
-    def slabs(self) -> Iterable[tuple[list[bytes], set[bytes]]]:
-        """(domains, those with subdomains) a few megabytes of list at a time, in order."""
+    def slabs(self) -> Iterable[tuple[list[bytes], bytes]]:
+        """(domains, their subdomain flags as b"t"/b"f" one byte each) a few megabytes of list
+        at a time, in order."""
         data, end = self.lines.data, self.lines.url_start
-        pos = 0
+        values = self.lines.cached_values()
+        pos = index = 0
         while pos < end:
             stop = min(end, pos + _SLAB)
             if stop < end:
                 stop = data.index(b"\n", stop) + 1
             view = memoryview(data)[pos:stop]
-            yield domain_values(view), wide_values(view)
+            flags = b"".join(_FLAG.findall(view))
+            if values is None:
+                yield domain_values(view), flags
+            else:
+                yield values[index : index + len(flags)], flags
+            index += len(flags)
             pos = stop
+
+
+_FLAG = re.compile(rb'"subdomains":([tf])')
+_RUNS = re.compile(rb"t+|f+")
 
 
 def ancestors(parents: Iterable[str]) -> set[str]:
@@ -344,18 +366,29 @@ def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sin
         counts.append(count)
     if domain_outputs:
         skip = view.covered if any(fmt.nested for fmt, _ in domain_outputs) else set()
-        for slab, wide in view.slabs():
-            flags = [v in wide for v in slab]
-            kept: tuple[list[bytes], list[bool]] | None = None
+        for slab, flags in view.slabs():
+            kept: tuple[list[bytes], bytes] | None = None
             for fmt, sink in domain_outputs:
                 if fmt.nested and skip:
                     if kept is None:
-                        pairs = [(v, w) for v, w in zip(slab, flags, strict=True) if v not in skip]
-                        kept = ([v for v, _ in pairs], [w for _, w in pairs])
-                    sink(b"".join(map(fmt.chunk, *kept)))
+                        keep = [i for i, v in enumerate(slab) if v not in skip]
+                        kept = ([slab[i] for i in keep], bytes(flags[i] for i in keep))
+                    sink(_render_slab(fmt, *kept))
                 else:
-                    sink(b"".join(map(fmt.chunk, slab, flags)))
+                    sink(_render_slab(fmt, slab, flags))
     return counts
+
+
+def _render_slab(fmt: Format, names: list[bytes], flags: bytes) -> bytes:
+    runs = _RUNS.findall(flags)
+    if len(runs) * 8 > len(names):  # flags change often: entry by entry costs less
+        return b"".join(map(fmt.chunk, names, [f == 116 for f in flags]))
+    out: list[bytes] = []
+    start = 0
+    for run in runs:
+        out.append(fmt.run(names[start : start + len(run)], run[0] == 116))  # 116: "t"
+        start += len(run)
+    return b"".join(out)
 
 
 def render_view(spec: OutputSpec, view: ListView, info: ListInfo) -> Rendered:

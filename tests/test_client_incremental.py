@@ -143,3 +143,19 @@ def test_a_parent_whose_subdomain_flag_changes_updates_the_names_listed_under_it
     unbound = (tmp_path / "out" / "1.unbound").read_bytes()
     assert unbound == fresh.outputs[1].spec.path.read_bytes()
     assert (b'"www.host.test." transparent' in unbound) == wide  # covered by its parent only when wide
+
+
+def test_outputs_written_in_runs_equal_those_written_entry_by_entry(tmp_path: Path) -> None:
+    from client.outputs import ListInfo, format_of, render
+
+    # Long runs of one subdomains flag (as in real lists) take the run path; the flags
+    # here flip every few hundred names.
+    records = [rec(f"n{i:05d}.test", subdomains=(i // 300) % 2 == 0) for i in range(3000)]
+    info = ListInfo("worst-of", 3, "2027-01-15T08:00:00Z", "blocklist.rpz.")
+    for i, (fmt, opts) in enumerate(SPECS):
+        if fmt == "urls":
+            continue
+        spec = OutputSpec(fmt, tmp_path / f"{i}", **opts)  # type: ignore[arg-type]
+        writer = format_of(spec)
+        one_by_one = b"".join(writer.chunk(r.value.encode(), r.subdomains) for r in records)
+        assert render(spec, records, info).entries == one_by_one, spec
