@@ -222,13 +222,14 @@ def splice(data: bytes, cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple
     cut that starts there."""
     edits = sorted([(a, 0, i, a, text) for i, (a, text) in enumerate(inserts)]
                    + [(a, 1, 0, b, b"") for a, b in cuts])
-    parts: list[bytes] = []
+    view = memoryview(data)  # slices of a view are not copies: only the joined result is
+    parts: list[bytes | memoryview] = []
     pos = 0
     for start, _kind, _seq, end, text in edits:
-        parts.append(data[pos:start])
+        parts.append(view[pos:start])
         parts.append(text)
         pos = max(pos, end)
-    parts.append(data[pos:])
+    parts.append(view[pos:])
     return b"".join(parts)
 
 

@@ -71,6 +71,7 @@ class State:
     last_error_code: int | None = None
     reload_pending: bool = False
     wide_count: int | None = None
+    entries_stamp: list[int] | None = None  # (size, mtime_ns, inode) of entries.jsonl as last written
     # output path -> {"fingerprint": options, "sha256": of the file as written, "count": entries in it}
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -145,24 +146,37 @@ class StateDir:
             raise LocalError(f"cannot write {self.path / STATE_FILE}: {e.strerror}") from None
 
     def load_lines(self, state: State) -> Lines | None:
-        """The held list, or None if it is missing or does not match the state's digest.
+        """The held list, or None if it is missing or does not match the state.
 
-        Its lines were checked when they were first held; the digest shows they are those lines."""
+        Its lines were checked when they were first held. If the file is the one this tool
+        last wrote (same size, time and inode) it is not hashed again: a delta applied to it
+        must produce the digest the delta states, and :meth:`verify_lines` tells a damaged
+        file from a bad delta. Otherwise its sha256 must be the state's digest."""
         if state.entries_sha256 is None or state.count is None:
             return None
+        path = self.path / ENTRIES_FILE
         try:
-            data = (self.path / ENTRIES_FILE).read_bytes()
+            data = path.read_bytes()
+            st = path.stat()
         except OSError:
             return None
-        if hashlib.sha256(data).hexdigest() != state.entries_sha256 or data.count(b"\n") != state.count:
+        if state.entries_stamp != [st.st_size, st.st_mtime_ns, st.st_ino] and not self.verify_lines(data, state):
             return None
         return Lines(data, state.count, find_url_start(data), state.entries_sha256)
 
-    def save_lines(self, lines: Lines) -> None:
+    @staticmethod
+    def verify_lines(data: bytes, state: State) -> bool:
+        return hashlib.sha256(data).hexdigest() == state.entries_sha256 and data.count(b"\n") == state.count
+
+    def save_lines(self, lines: Lines) -> list[int]:
+        """Write the list; returns the file's (size, mtime_ns, inode) for :meth:`load_lines`."""
+        path = self.path / ENTRIES_FILE
         try:
-            files.write_atomic(self.path / ENTRIES_FILE, lines.data)
+            files.write_atomic(path, lines.data)
+            st = path.stat()
         except OSError as e:
-            raise LocalError(f"cannot write {self.path / ENTRIES_FILE}: {e.strerror}") from None
+            raise LocalError(f"cannot write {path}: {e.strerror}") from None
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def load_parents(self, digest: str) -> dict[str, int] | None:
         """The parent counts saved for the list with this digest, if any."""

@@ -35,6 +35,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, NoReturn
 
 from client import files
@@ -214,13 +215,16 @@ class Updater:
             outputs.discard()
             state.reload_pending = was_pending  # nothing was renamed into place
             raise
+        entries_stamp = state.entries_stamp
         if got.via != "held":
-            self.dir.save_lines(lines)
+            entries_stamp = self.dir.save_lines(lines)
         if outputs.parents is not None:
             self.dir.save_parents(lines.digest, outputs.parents)
         records = dict(state.outputs)
         for o in report.outputs:
             if o.record is not None:
+                if o.changed:
+                    o.record["stamp"] = _stamp(o.spec.path)  # as renamed into place
                 records[str(o.spec.path)] = o.record
         new = replace(
             state, list_name=manifest.list_name, version=manifest.version, published_at=got.published_at,
@@ -229,6 +233,7 @@ class Updater:
             manifest_expires_at=manifest.expires_at, last_attempt=now, last_check=now,
             applied_via=got.via if got.via != "held" else state.applied_via,
             last_change=now if changed else state.last_change, wide_count=outputs.wide_count,
+            entries_stamp=entries_stamp,
             outputs={k: v for k, v in records.items() if k in {str(o.path) for o in self.config.outputs}},
         )
         self.dir.save(new)
@@ -265,6 +270,10 @@ class Updater:
                     return self._apply_deltas(manifest, held.version, held.snapshot_sha256, base, steps)
                 except NotFoundError:
                     pass  # history was pruned since the manifest was signed: take the snapshot
+                except RefusedError:
+                    if StateDir.verify_lines(base.data, state):
+                        raise  # the list held is intact: the feed is at fault
+                    # The list held was damaged on this host since it was written: start from the snapshot.
         # The newest full snapshot, then the deltas from its version to the manifest's.
         steps = plan(manifest, None, have_entries=False)
         data = self._fetch(manifest.snapshot, manifest)
@@ -348,11 +357,13 @@ def _covered(lines: Lines, name: str) -> bool:
     return any(lines.is_wide(".".join(labels[i:]).encode()) for i in range(1, len(labels) - 1))
 
 
-def _sha256(parts: Sequence[bytes]) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p)
-    return h.hexdigest()
+def _stamp(path: Path) -> list[int] | None:
+    """(size, modification time in ns, inode) of a file, or None if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 class _Outputs:
@@ -435,6 +446,13 @@ class _Outputs:
         """The change if the output is kept or patched; else what the file holds now (None: no file)."""
         if not spec.path.parent.is_dir():
             raise LocalError(f"the directory of output {spec.path} does not exist")
+        record = self.state.outputs.get(str(spec.path))
+        # The file is the one this tool last wrote if its size, modification time and inode
+        # are those recorded after writing it (an edit, a restore or a copy changes them).
+        trusted = (record is not None and record.get("fingerprint") == fingerprint(spec)
+                   and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path))
+        if trusted and record is not None and self.got.via == "held":
+            return OutputChange(spec, False, record=record)
         try:
             existing = spec.path.read_bytes()
         except FileNotFoundError:
@@ -446,20 +464,13 @@ class _Outputs:
                 f"{spec.path} was not written by blocklist-pull; refusing to replace it "
                 "(move it away or choose another path)"
             )
-        record = self.state.outputs.get(str(spec.path))
-        digest = hashlib.sha256(existing).hexdigest()
-        trusted = (record is not None and record.get("fingerprint") == fingerprint(spec)
-                   and isinstance(record.get("count"), int) and record.get("sha256") == digest)
-        if trusted and record is not None and self.got.via == "held":
-            return OutputChange(spec, False, record=record)
         if trusted and record is not None and self.change is not None \
                 and spec.format != "urls" and (self.nested_ok or not format_of(spec).nested):
             patched = patch(spec, existing, record["count"], self.change, self.info, self.wide_count)
             if patched is None:
                 return OutputChange(spec, False, record=record)
             change = OutputChange(spec, True, patched.lines_added, patched.lines_removed, "patch",
-                                  {"fingerprint": fingerprint(spec), "sha256": _sha256([patched.data]),
-                                   "count": patched.count})
+                                  {"fingerprint": fingerprint(spec), "count": patched.count})
             if self.stage:
                 writer = self._writer(spec)
                 try:
@@ -471,7 +482,7 @@ class _Outputs:
             return change
         h = split_file(existing, spec)
         body = hashlib.sha256(memoryview(existing)[h:]).hexdigest()
-        return _Existing(digest, body, existing if len(existing) <= _DIFF_MAX else None)
+        return _Existing(body, existing if len(existing) <= _DIFF_MAX else None)
 
     def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
         sinks = [_Sink(self._writer(spec) if self.stage else None) for spec, _ in items]
@@ -483,11 +494,11 @@ class _Outputs:
             self._failed(e, items[0][0])
         out: list[OutputChange] = []
         for (spec, existing), sink, count in zip(items, sinks, counts, strict=True):
-            record = {"fingerprint": fingerprint(spec), "sha256": sink.whole.hexdigest(), "count": count}
+            record: dict[str, Any] = {"fingerprint": fingerprint(spec), "count": count}
             if existing is not None and existing.body_sha256 == sink.body.hexdigest():
                 sink.abandon()
                 # Same content: the file keeps its header (the version that last changed it).
-                out.append(OutputChange(spec, False, record=dict(record, sha256=existing.sha256)))
+                out.append(OutputChange(spec, False, record=dict(record, stamp=_stamp(spec.path))))
                 continue
             added, removed = _line_changes(existing, sink)
             change = OutputChange(spec, True, added, removed, "render", record)
@@ -516,7 +527,6 @@ class _Outputs:
 
 @dataclass
 class _Existing:
-    sha256: str
     body_sha256: str  # of everything after the comment header
     data: bytes | None  # the file, when small enough to count changed lines
 

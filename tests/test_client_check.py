@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from app.domain import iso
 from app.embedded import free_port
 from client import dnsquery
 from client.pull import main
@@ -136,3 +137,21 @@ def test_check_refuses_a_resolver_that_is_not_an_address(feed: Feed) -> None:
     assert r.code == 2
     assert r.err.strip() == "blocklist-pull: --resolver 'dns.example.net' is not an IP address (optionally with :PORT)"
     assert feed.core.isps.get("acme").enforced_at is None
+
+
+def test_what_the_resolvers_enforce_is_exported_to_prometheus(feed: Feed) -> None:
+    from tests.test_deploy_gunicorn import labelled, samples
+    from tests.test_metrics import TOKEN, app_for
+
+    seed(feed)
+    feed.list("second.test")
+    feed.publish()
+    isp = feed.core.isps.authenticate_feed(feed.token)
+    item = {"resolver": "192.0.2.53", "version": 1, "blocked": True, "checked_at": iso(feed.clock())}
+    feed.core.isps.record_report(isp, {"resolvers": [item]})
+    client = app_for(feed.core).test_client()
+
+    found = samples(client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True))
+
+    assert labelled(found, "blocklist_isp_enforced_versions_behind", isp="acme") == 1
+    assert labelled(found, "blocklist_isp_resolvers_enforcing", isp="acme") == 1

@@ -262,7 +262,19 @@ class StoreCollector(Collector):
                                       "When the ISP last fetched anything (Unix time).", labels=labels)
         since_pull = GaugeMetricFamily("blocklist_isp_seconds_since_last_pull",
                                        "Seconds since the ISP last fetched anything.", labels=labels)
+        enforced = GaugeMetricFamily(
+            "blocklist_isp_enforced_versions_behind",
+            "Published versions beyond the one the ISP's resolvers were last seen enforcing "
+            "(blocklist-pull check); absent before the first report.", labels=labels)
+        enforcing = GaugeMetricFamily(
+            "blocklist_isp_resolvers_enforcing",
+            "1 if every resolver in the ISP's last report enforced the list, else 0; absent before the first "
+            "report.", labels=labels)
         for isp in isps:
+            if isp.enforced_at is not None:
+                enforcing.add_metric([isp.name], 0.0 if isp.enforced_version is None else 1.0)
+                if isp.enforced_version is not None:
+                    enforced.add_metric([isp.name], float(max(0, latest - isp.enforced_version)))
             have = isp.last_version or 0
             if isp.last_version is not None:
                 last_version.add_metric([isp.name], float(isp.last_version))
@@ -277,7 +289,7 @@ class StoreCollector(Collector):
             if isp.last_pull_at is not None:
                 last_pull.add_metric([isp.name], float(isp.last_pull_at))
                 since_pull.add_metric([isp.name], max(0.0, now - isp.last_pull_at))
-        yield from (count, last_version, behind, behind_for, last_pull, since_pull)
+        yield from (count, last_version, behind, behind_for, last_pull, since_pull, enforced, enforcing)
 
     def _first_published_after(self, have: int) -> float | None:
         """Publication time of the oldest version above ``have``."""
