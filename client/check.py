@@ -139,7 +139,7 @@ class Result:
 
 def current_version(config: Config | None, transport: HttpTransport | None, now: float) -> tuple[int | None, str]:
     """The feed's version from its verified manifest; else the version this host last applied."""
-    problem = "no feed configured"
+    problem = "no feed configured" if config is None else "no feed token configured"
     if config is not None and transport is not None:
         policy = TrustPolicy(keys=config.keys, max_version_jump=1 << 62, max_artifact_size=config.max_download,
                              list_name=config.list_name)

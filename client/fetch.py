@@ -178,7 +178,9 @@ def _read_body(resp: HTTPResponse, rel: str, limit: int, deadline: float) -> byt
             raise FeedError(f"the feed sent {rel} as truncated gzip")
         if len(out) > limit:
             raise _too_large(rel, limit)
-    return bytes(out)
+    # Not copied into bytes: a snapshot can be a few hundred megabytes. A bytearray reads like
+    # bytes everywhere it goes (hashing, slicing, decoding), and nothing writes to it.
+    return out  # type: ignore[return-value]
 
 
 def _too_large(rel: str, limit: int) -> RefusedError:
