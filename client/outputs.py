@@ -154,10 +154,9 @@ def _after_star(line: bytes) -> bytes:
 
 def _quoted(line: bytes) -> bytes:
     start = line.index(b'"') + 1
-    end = start
-    while line[end] not in b'" ':
-        end += 1
-    return line[start : end - 1]  # without the name's final dot
+    end = line.index(b'"', start)
+    space = line.find(b" ", start, end)  # local-data: "name. A 0.0.0.0"
+    return line[start : (end if space == -1 else space) - 1]  # without the name's final dot
 
 
 def _dnsmasq_key(line: bytes) -> bytes:
