@@ -20,11 +20,11 @@ What must stay true:
   silently replaced (that would drop the baseline).
 * ``entries.jsonl`` is used only if its digest is the one in ``state.json``;
   otherwise the next run fetches the full snapshot.
-* ``state.json`` records, for each output, the sha256 of the file as written
-  and the options it was written with; an output is patched in place of a
-  full rewrite only while both still hold.
-* Both files are replaced atomically; ``entries.jsonl`` is written before
-  ``state.json`` names its digest.
+* ``state.json`` records, for each output and for ``entries.jsonl``, the
+  size, modification time and inode of the file as written, and for each
+  output the options it was written with; an output is patched in place of
+  a full rewrite, and the held list used without hashing it again, only
+  while these still hold (a delta must still produce the digest it states).
 """
 
 from __future__ import annotations
