@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from client import __version__, dnsquery
+from client import __version__
 from client.config import DEFAULT_CONFIG, Config, Overrides, load
 from client.errors import EXIT_FEED, EXIT_OK, EXIT_REFUSED, ConfigError, PullError
 from client.fetch import HttpTransport
@@ -117,6 +117,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time
 def check(args: argparse.Namespace, config_path: Path | None, clock: Callable[[], float]) -> int:
     """``check``: works without a configuration (no feed version, no report) and with one."""
     from client import check as canary
+    from client import dnsquery
 
     if args.max_behind < 0 or not 0 < args.timeout <= 60:
         raise ConfigError("--max-behind must be 0 or more and --timeout from 0 to 60 seconds")
