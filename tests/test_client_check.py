@@ -155,3 +155,47 @@ def test_what_the_resolvers_enforce_is_exported_to_prometheus(feed: Feed) -> Non
 
     assert labelled(found, "blocklist_isp_enforced_versions_behind", isp="acme") == 1
     assert labelled(found, "blocklist_isp_resolvers_enforcing", isp="acme") == 1
+
+
+def test_check_reads_the_version_a_real_bind_enforces_from_the_pull_tools_zone_file(
+        feed: Feed, tmp_path: Path, stop: list[subprocess.Popen[bytes]]) -> None:
+    named = require_binary("named")
+    seed(feed)
+    assert feed.pull().code == 0
+    port = free_port()
+    # As docs/isp-pull.md wires the rpz output into BIND: a local primary zone used as the policy.
+    conf = tmp_path / "named.conf"
+    conf.write_text(f"""
+options {{
+    directory "{tmp_path}";
+    pid-file "{tmp_path}/named.pid";
+    session-keyfile "{tmp_path}/session.key";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-query {{ 127.0.0.1; }};
+    forwarders {{ 127.0.0.1 port 9; }};
+    forward only;
+    dnssec-validation no;
+    notify no;
+    response-policy {{ zone "blocklist.rpz"; }} qname-wait-recurse no break-dnssec yes min-update-interval 0;
+}};
+controls {{ }};
+zone "blocklist.rpz" {{ type primary; file "{feed.output('rpz')}"; }};
+""")
+    stop.append(subprocess.Popen([named, "-g", "-u", "root", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if dnsquery.query(("127.0.0.1", port), "version.canary.", dnsquery.TXT, 0.3).records:
+                break
+        except dnsquery.DnsError:
+            pass
+        time.sleep(0.2)
+
+    r = check(feed, "--resolver", f"127.0.0.1:{port}", "--no-report")
+
+    assert r.code == 0, r.out + r.err
+    assert (f"resolver 127.0.0.1:{port}: enforces version 1 (current); "
+            "blocked canary: blocked (NXDOMAIN by the policy)") in r.out
