@@ -131,10 +131,6 @@ class Lines:
     def url_records(self) -> list[Record]:
         return [_record(line) for line in self.data[self.url_start :].split(b"\n")[:-1]]
 
-    def records(self) -> list[Record]:
-        """Every entry as a :class:`Record` (for small lists and tests)."""
-        return [_record(line) for line in self.data.split(b"\n")[:-1]]
-
     def find(self, key: tuple[bytes, bytes]) -> tuple[int, bool]:
         """(offset of the first line whose key is >= ``key``, whether it is equal)."""
         return lower_bound(self.data, key, _key)
