@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -168,15 +169,14 @@ class StateDir:
     def verify_lines(data: bytes, state: State) -> bool:
         return hashlib.sha256(data).hexdigest() == state.entries_sha256 and data.count(b"\n") == state.count
 
+    def stage_lines(self, lines: Lines) -> StagedLines:
+        """Start writing the list to a temp file in a thread (the write overlaps the outputs'
+        work); :meth:`StagedLines.commit` puts it in place."""
+        return StagedLines(self.path / ENTRIES_FILE, lines)
+
     def save_lines(self, lines: Lines) -> list[int]:
         """Write the list; returns the file's (size, mtime_ns, inode) for :meth:`load_lines`."""
-        path = self.path / ENTRIES_FILE
-        try:
-            files.write_atomic(path, lines.data)
-            st = path.stat()
-        except OSError as e:
-            raise LocalError(f"cannot write {path}: {e.strerror}") from None
-        return [st.st_size, st.st_mtime_ns, st.st_ino]
+        return self.stage_lines(lines).commit()
 
     def load_parents(self, digest: str) -> dict[str, int] | None:
         """The parent counts saved for the list with this digest, if any."""
@@ -197,3 +197,40 @@ class StateDir:
             files.write_atomic(self.path / PARENTS_FILE, data)
         except OSError as e:
             raise LocalError(f"cannot write {self.path / PARENTS_FILE}: {e.strerror}") from None
+
+
+class StagedLines:
+    """``entries.jsonl`` being written next to its place; renamed into place by :meth:`commit`."""
+
+    def __init__(self, path: Path, lines: Lines) -> None:
+        self.path = path
+        self._staged: files.Staged | None = None
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._write, args=(lines.data,), daemon=True)
+        self._thread.start()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._staged = files.stage(self.path, data, 0o600)
+        except OSError as e:
+            self._error = e
+
+    def commit(self) -> list[int]:
+        """Rename into place; returns the file's (size, mtime_ns, inode) for :meth:`StateDir.load_lines`."""
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            assert self._staged is not None
+            files.commit([self._staged])
+            st = self.path.stat()
+        except OSError as e:
+            self.discard()
+            raise LocalError(f"cannot write {self.path}: {e.strerror}") from None
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._staged is not None:
+            files.discard([self._staged])
+            self._staged = None

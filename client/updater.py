@@ -187,6 +187,8 @@ class Updater:
             )
         added, removed = _counts(base, got)
         info = ListInfo(manifest.list_name, manifest.version, got.published_at, manifest.rpz_zone)
+        # The new list is written while the outputs are worked out; it goes into place after them.
+        staged_lines = self.dir.stage_lines(lines) if got.via != "held" and not dry_run else None
         outputs = _Outputs(self, state, base, got, info, stage=not dry_run)
         del base  # a patch needs only the change worked out above
         try:
@@ -196,6 +198,8 @@ class Updater:
                             snapshot_version=manifest.full_version if got.via == "snapshot" else None)
         except BaseException:
             outputs.discard()
+            if staged_lines is not None:
+                staged_lines.discard()
             raise
         changed = report.changed
         if dry_run:
@@ -213,11 +217,13 @@ class Updater:
             self._commit(changed)
         except BaseException:
             outputs.discard()
+            if staged_lines is not None:
+                staged_lines.discard()
             state.reload_pending = was_pending  # nothing was renamed into place
             raise
         entries_stamp = state.entries_stamp
-        if got.via != "held":
-            entries_stamp = self.dir.save_lines(lines)
+        if staged_lines is not None:
+            entries_stamp = staged_lines.commit()
         if outputs.parents is not None:
             self.dir.save_parents(lines.digest, outputs.parents)
         records = dict(state.outputs)

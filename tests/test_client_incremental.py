@@ -188,3 +188,26 @@ def test_a_held_list_damaged_on_disk_is_not_trusted_and_the_snapshot_is_taken(tm
         if mine.changed:  # (an output without change keeps the header of the version that wrote it)
             assert mine.spec.path.read_bytes() == theirs.spec.path.read_bytes()
     assert sum(o.changed for o in report.outputs) >= 8
+
+
+def test_a_run_that_fails_on_an_output_leaves_the_held_list_as_it_was(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from client.errors import LocalError
+
+    builder = FeedBuilder()
+    records = [rec(f"site{i}.test") for i in range(30)]
+    builder.publish(records)
+    pull(builder, tmp_path)
+    held = (tmp_path / "state" / "entries.jsonl").read_bytes()
+    builder.publish([*records, rec("new.test")])
+    cfg = config(builder, tmp_path)
+    broken = replace(cfg, outputs=(*cfg.outputs, OutputSpec("hosts", tmp_path / "gone" / "hosts")))
+
+    with pytest.raises(LocalError, match="does not exist"):
+        Updater(broken, builder, clock=lambda: builder.now).run()
+
+    assert (tmp_path / "state" / "entries.jsonl").read_bytes() == held
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["entries.jsonl", "lock", "parents.json",
+                                                                      "state.json"]
+    assert pull(builder, tmp_path).via == "delta"  # and the next run goes on from it
