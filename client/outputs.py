@@ -33,8 +33,16 @@ What must stay true:
   dnsmasq, Squid ``dstdomain``), a name already covered by a listed parent
   with subdomains is left out: a ``transparent`` zone under an
   ``always_nxdomain`` one would otherwise let its subdomains through.
-* Values were checked by :mod:`client.verify` (LDH names; URLs without
-  quotes, spaces or control characters), so no line can break its format.
+* Values were checked by :mod:`client.verify` or :mod:`client.listfile`
+  (LDH names; URLs without quotes, spaces or control characters), so no
+  line can break its format.
+* The DNS formats (rpz, unbound, dnsmasq) carry the canaries
+  ``blocklist-pull check`` asks for: ``version.canary`` TXT with the version
+  and ``blocked.canary``, always blocked.
+* After each domain format's fixed lines, every entry has its own lines, in
+  list order, and every one of them names the entry (:attr:`Format.key`
+  reads it back): that is what lets :func:`patch` cut an entry's lines out
+  and put new ones in place, giving the bytes a full rendering writes.
 """
 
 from __future__ import annotations
