@@ -155,3 +155,19 @@ def test_a_truncated_answer_is_asked_again_over_tcp(fake: Fake) -> None:
         return [response(qid, q, flags=0x8380)]  # TC set, nothing in it
 
     assert ask_version(fake(handler), 2.0) == (12, "12")
+
+
+def a_record(address: str) -> bytes:
+    return b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+
+
+def test_an_address_answer_counts_as_blocked_only_when_it_is_the_stop_page_given(fake: Fake) -> None:
+    def handler(query: bytes) -> list[bytes]:
+        qid, q = question(query)
+        return [response(qid, q, answers=[a_record("192.0.2.80")])]
+
+    server = fake(handler)
+
+    assert ask_blocked(server, 2.0, frozenset({"192.0.2.80"})) == (True, "the stop page")
+    assert ask_blocked(server, 2.0, frozenset()) == (False, "not blocked (NOERROR, 192.0.2.80)")
+    assert ask_blocked(server, 2.0, frozenset({"192.0.2.99"}))[0] is False  # someone else's address
