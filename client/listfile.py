@@ -52,6 +52,8 @@ _DOMAIN_LINE = re.compile(
     + _LABEL + rb'","subdomains":(?:true|false),"category":"[a-z0-9][a-z0-9-]{0,31}","listed_since":"'
     + _ISO + rb'","verified_at":"' + _ISO + rb'"\}\n'
 )
+# The canary's names (see client.check): no entry may take them.
+RESERVED = (b"version.canary", b"blocked.canary")
 _VALUE = re.compile(rb'"value":"([^"\n]*)"')
 _URL_START = b'{"type":"url",'
 _ENTRIES_OPEN = b',"entries":[\n'
@@ -111,7 +113,9 @@ class Lines:
         total = n + len(url_lines)
         if count is not None and total != count:
             raise RefusedError(f"{what} holds {total} entries, but {count} are stated")
-        return cls(data, total, url_start, hashlib.sha256(data).hexdigest(), values)
+        lines = cls(data, total, url_start, hashlib.sha256(data).hexdigest(), values)
+        lines.refuse_reserved(what)
+        return lines
 
     @classmethod
     def of_records(cls, records: Iterable[Record]) -> Lines:
@@ -138,6 +142,13 @@ class Lines:
     def line_of(self, key: tuple[bytes, bytes]) -> bytes | None:
         at, found = self.find(key)
         return self.data[at : self.data.index(b"\n", at) + 1] if found else None
+
+    def refuse_reserved(self, what: str) -> None:
+        """The canary's names belong to the canary: an entry taking one would make the
+        rpz, unbound and dnsmasq outputs contradict themselves (and hide the version)."""
+        for name in RESERVED:
+            if self.find((b"domain", name))[1]:
+                raise RefusedError(f"{what} lists {name.decode()!r}, a name reserved for the canary")
 
     def is_wide(self, value: bytes) -> bool:
         line = self.line_of((b"domain", value))
@@ -195,6 +206,7 @@ class Lines:
         result = Lines(data, self.count - len(cuts) + len(inserts), url_start, hashlib.sha256(data).hexdigest())
         if result.count != delta.to_count or result.digest != delta.to_entries_sha256:
             raise RefusedError(f"the list after {what} does not match the digest the delta states")
+        result.refuse_reserved(f"the list after {what}")
         return result
 
 

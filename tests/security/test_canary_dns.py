@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,28 @@ def test_an_address_answer_counts_as_blocked_only_when_it_is_the_stop_page_given
     assert ask_blocked(server, 2.0, frozenset({"192.0.2.80"})) == (True, "the stop page")
     assert ask_blocked(server, 2.0, frozenset()) == (False, "not blocked (NOERROR, 192.0.2.80)")
     assert ask_blocked(server, 2.0, frozenset({"192.0.2.99"}))[0] is False  # someone else's address
+
+
+@pytest.mark.parametrize("name", ["version.canary", "blocked.canary"])
+def test_a_feed_entry_taking_a_canarys_name_is_refused_in_a_snapshot_and_in_a_delta(tmp_path: Path,
+                                                                                     name: str) -> None:
+    from client.errors import RefusedError
+    from tests.feed_builder import FeedBuilder, rec
+    from tests.test_client_incremental import pull
+
+    # A signed feed could still carry it (a mistake, or a compromised signer): the version
+    # canary would turn into an NXDOMAIN, or the outputs would not load.
+    builder = FeedBuilder()
+    builder.publish([rec("site.test"), rec(name)])
+    with pytest.raises(RefusedError, match=f"lists '{name}', a name reserved for the canary"):
+        pull(builder, tmp_path / "snapshot")
+    assert not (tmp_path / "snapshot" / "out" / "0.rpz").exists()
+
+    follower = FeedBuilder(key=builder.key)
+    follower.publish([rec("site.test")])
+    pull(follower, tmp_path / "delta")
+    before = (tmp_path / "delta" / "out" / "0.rpz").read_bytes()
+    follower.publish([rec("site.test"), rec(name)])
+    with pytest.raises(RefusedError, match="a name reserved for the canary"):
+        pull(follower, tmp_path / "delta")
+    assert (tmp_path / "delta" / "out" / "0.rpz").read_bytes() == before  # still version 1, untouched
