@@ -112,8 +112,8 @@ def _serve(rel: str, token: str | None) -> Any:
         ext = "json" if kind == "snapshots" else "zone"
         if (kind == "snapshots") != (m.group("ext") == "json"):
             raise NotFoundError(f"there is no feed artifact {rel!r}")
-        meta = publisher.version_meta(version)
-        info = meta and meta["snapshot" if kind == "snapshots" else "rpz"]
+        pub = publisher.record(version)
+        info = pub and (pub.snapshot if kind == "snapshots" else pub.rpz)
         target = f"{kind}/{version}.{ext}"
         if not info or not core.artifacts.exists(target):
             raise NotFoundError(f"version {version} is not available; fetch the latest snapshot")
@@ -121,19 +121,19 @@ def _serve(rel: str, token: str | None) -> Any:
         if want_sig:
             return _file_response(target + ".minisig", None, cache, "text/plain; charset=utf-8")
         mime = "application/json" if ext == "json" else "text/dns; charset=utf-8"
-        return _file_response(target, info["sha256"], cache, mime)
+        return _file_response(target, info.sha256, cache, mime)
     frm, to = int(m.group("from")), int(m.group("to"))
     target = f"deltas/{frm}/{to}.json"
-    meta = publisher.version_meta(to)
-    delta = meta.get("delta") if meta else None
-    if not delta or int(delta["from"]) != frm or not core.artifacts.exists(target):
+    pub = publisher.record(to)
+    delta = pub.delta if pub else None
+    if not delta or delta.frm != frm or not core.artifacts.exists(target):
         raise NotFoundError(
             f"no delta from version {frm} to {to}: history does not reach it; fetch the full snapshot"
         )
     core.isps.record_pull(isp, to, "feed:delta")
     if m.group("dsig"):
         return _file_response(target + ".minisig", None, IMMUTABLE, "text/plain; charset=utf-8")
-    return _file_response(target, delta["sha256"], IMMUTABLE, "application/json")
+    return _file_response(target, delta.sha256, IMMUTABLE, "application/json")
 
 
 def _accepts_gzip() -> bool:
