@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -48,7 +47,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.errors import NotFoundError, PublicationError
 
@@ -358,15 +357,3 @@ class ArtifactStore:
             raise PublicationError("the version high-water mark never goes down")
         write_durably(self.root / "HIGHWATER", f"{version}\n".encode())
         self.store.pub_raise_highwater(version)
-
-    def clean_staging(self) -> None:
-        """Remove staging directories an older publisher left behind."""
-        if not self.root.exists():
-            return
-        for p in self.root.glob(".staging-*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def stats(store: Store) -> dict[str, Any]:
-    """Counts for metrics and the benchmark: artifacts indexed and their stored size."""
-    return store.art_stats()

@@ -47,7 +47,6 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PublicationError,
-    ValidationError,
 )
 from app.guard import guard_reasons, safety_problems
 from app.listbuild import (
@@ -262,7 +261,6 @@ class Publisher:
                         full: bool) -> Outcome:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        self.artifacts.clean_staging()
         latest = self.latest()
         highwater = max(self.artifacts.highwater(), int(latest["version"]) if latest else 0)
         # Read the change feed's length first: changes made after this point
@@ -812,18 +810,3 @@ class Publisher:
             old = self.record(v)
             if old and old.delta:
                 self.artifacts.remove(old.delta.path)
-
-
-def make_publisher(core: Any, key: SecretKey | None = None) -> Publisher:
-    return Publisher(core.store, core.settings, core.curation, core.clock, key)
-
-
-def parse_version(value: Any) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ValidationError("a version is a whole number") from None
-    if v < 1:
-        raise ValidationError("versions start at 1")
-    return v
-
