@@ -199,11 +199,18 @@ class ArtifactStore:
 
     def upload(self, rel: str, parts: list[bytes]) -> ArtifactRef:
         """Hash, compress and upload one artifact's bytes (invisible until committed)."""
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        view = memoryview(data)
-        pieces = [view[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [view[:0]]
+        # Chunks are independent compressed frames read back in order, so
+        # each part is cut on its own: no copy of a large artifact is made.
+        views = [memoryview(p) for p in parts if len(p)]
+        pieces = [v[i : i + CHUNK] for v in views for i in range(0, len(v), CHUNK)] or [memoryview(b"")]
+        size = sum(len(v) for v in views)
         sha = hashlib.sha256()
-        hasher = threading.Thread(target=sha.update, args=(data,))
+
+        def digest() -> None:
+            for v in views:
+                sha.update(v)
+
+        hasher = threading.Thread(target=digest)
         hasher.start()
         # zstd and zlib release the GIL: chunks compress on every core.
         if len(pieces) > 1:
@@ -212,9 +219,9 @@ class ArtifactStore:
         else:
             chunks = [compress(pieces[0])]
         hasher.join()
-        digest = sha.hexdigest()
-        self.store.art_blob_put(digest, chunks, ORPHAN_TTL)
-        return ArtifactRef(path=rel, sha256=digest, size=len(data), codec=CODEC, chunks=len(chunks))
+        sha_hex = sha.hexdigest()
+        self.store.art_blob_put(sha_hex, chunks, ORPHAN_TTL)
+        return ArtifactRef(path=rel, sha256=sha_hex, size=size, codec=CODEC, chunks=len(chunks))
 
     def write_now(self, rel: str, data: bytes | str) -> None:
         """The latest manifest as a cache file (its record of truth is in Redis)."""
