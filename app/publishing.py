@@ -17,8 +17,17 @@ What must stay true:
   allows, and any that would list an allowlisted name, until an admin
   releases it.
 * Cost follows the change, not the list: the publisher keeps the previous
-  version's sorted lines in memory (or reads them from its snapshot) and
-  splices in the changed entries named by the change feed.
+  version's sorted lines in memory (or rebuilds them from the newest full
+  snapshot and the deltas after it) and splices in the changed entries
+  named by the change feed. A version of a large list stores its delta and
+  the manifest; its full snapshot and zone file are written later by
+  compaction, once the version is served (small lists get them with every
+  version). The one whole-list cost left is ``entries_sha256``.
+
+The parts, each with one job: ``app.listbuild`` builds lists and diffs,
+``app.guard`` decides what is held, ``app.artifacts`` stores and serves
+bytes, ``app.publication`` is the record every reader shares; this module
+orchestrates them under the lock, signs, and commits.
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ LOCK_TTL_MS = 30_000
 SIGNER_REPORT_TTL = 300
 @dataclass
 class Outcome:
-    status: str  # published | unchanged | held | refreshed | busy
+    status: str  # published | unchanged | held | refreshed | busy | compacted
     version: int | None = None
     message: str = ""
     diff: dict[str, int] = field(default_factory=dict)
