@@ -206,6 +206,7 @@ class Follower:
 
     def _run_publish(self) -> None:
         self.done.clear()
+        self.worker.last_status = ""  # stays empty if the step fails: then retry later, not at once
         self.sched.add_job(self._publish_step, id="publish-change", replace_existing=True)
         self.done.wait(600)
 
