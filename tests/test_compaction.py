@@ -194,3 +194,23 @@ def test_the_transfer_server_serves_a_delta_only_version_from_the_full_zone_and_
         assert any(o == f"d.example.test.{ZONE}" for o, _, _ in got)
         assert not any(o.startswith("c.example.test") for o, _, _ in got)
         assert len(got) < len(records(out.stdout))
+
+
+def test_the_admin_pages_show_a_delta_only_version_and_what_it_builds_on(large: Core, personas: Personas,
+                                                                        app: Any) -> None:
+    from tests.test_web_helpers import signed_in, text
+
+    core = large
+    activate(core, personas, "a.example.test")
+    publish(core)
+    activate(core, personas, "b.example.test")
+    v2 = publish(core).version
+    client = signed_in(app.test_client(), personas.ada)
+    listing = client.get("/publications")
+    assert listing.status_code == 200
+    page = client.get(f"/publications/{v2}")
+    assert page.status_code == 200
+    shown = text(page)
+    assert "published as a delta on the full snapshot and zone file of" in shown
+    assert 'href="/publications/1">version 1</a>' in shown
+    assert "b.example.test" in shown
