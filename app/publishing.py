@@ -304,7 +304,10 @@ class Publisher:
         # Redis restored from a backup older than the last publication: publish
         # even without changes, so every client moves above what it already has.
         behind_highwater = highwater > (int(latest["version"]) if latest else 0)
-        if diff.empty and not force and not behind_highwater:
+        # The latest version's files are not in the store (written by a release
+        # that kept them on disk only): publish again, so every host can serve.
+        unstored = latest is not None and not self.artifacts.exists(str(latest["snapshot"]["path"]))
+        if diff.empty and not force and not behind_highwater and not unstored:
             self.store.dirty_consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")

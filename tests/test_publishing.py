@@ -415,3 +415,18 @@ def test_a_hold_that_cannot_be_recorded_is_not_reported_as_held(core: Core, pers
     assert core.publisher.latest() is None
     assert core.publisher.publish().status == "held"
     assert core.publisher.held() is not None
+
+
+def test_a_latest_version_whose_files_are_not_in_redis_is_published_again_with_them(core: Core,
+                                                                                   personas: Personas) -> None:
+    activate(core, personas, "kept.example.test")
+    assert publish(core).version == 1
+    # As left by a release that kept artifacts on disk only: Redis knows the
+    # version but holds none of its files.
+    for key in core.store.r.scan_iter("bl:art:*"):
+        core.store.r.delete(key)
+    out = core.publisher.publish()
+    assert out.status == "published" and out.version == 2
+    snap = json.loads(core.artifacts.read("snapshots/2.json"))
+    assert [e["value"] for e in snap["entries"]] == ["kept.example.test"]
+    assert core.publisher.publish().status in ("unchanged", "refreshed")
