@@ -223,6 +223,16 @@ class StoreCollector(Collector):
         yield held_changes
         yield _gauge("blocklist_publication_pending_changes",
                      "Changed entries not yet taken up by a publication.", store.dirty_count())
+        yield _gauge("blocklist_publication_deltas_since_full",
+                     "Versions published as deltas since the last full snapshot (compaction resets it).",
+                     pub.chain_length if pub else None)
+        workers = GaugeMetricFamily("blocklist_workers",
+                                    "Live workers, by whether they hold the signing key and can publish.",
+                                    labels=["can_publish"])
+        alive = store.workers_alive()
+        for label, signs in (("yes", True), ("no", False)):
+            workers.add_metric([label], float(sum(1 for w in alive if bool(w.get("signs")) == signs)))
+        yield workers
 
         manifest = store.pub_manifest()
         expires = signed = manifest_version = None
