@@ -552,13 +552,24 @@ class Publisher:
             body, sig = self._manifest(full, now)
 
             def step(txn: Txn) -> None:
+                head = audit.head(self.store)
                 self.store.pub_expect(txn, latest=latest_raw, lock=token)
+                audit.add(txn, self.store, head, actor=SYSTEM, action="publication.compact",
+                          target=f"version:{version}", before={"base": pub.base},
+                          after={"snapshot_sha256": snap.sha256, "rpz_sha256": rpz.sha256},
+                          reason="full snapshot and zone file written", ts=now)
                 self.store.pub_set_manifest(txn, body, sig, version, int(now))
                 staging.commit_ops(txn)
                 self.store.pub_add_full(txn, version)
                 self.store.pub_update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
 
-            self.store.transact(step, retries=0)
+            def moved_on() -> None:
+                # Only the audit head moved (curation goes on): try again; a
+                # new version or a lost lock ends this compaction.
+                if self.store.pub_latest_raw() != latest_raw or self.store.pub_lock_holder() != token:
+                    raise ConflictError("a publication moved on meanwhile")
+
+            self.store.transact(step, retries=5, on_conflict=moved_on)
         except ConflictError:
             staging.abort()
             return Outcome("busy", version=version, message="a publication moved on meanwhile")

@@ -124,8 +124,14 @@ def test_compaction_writes_the_full_files_and_the_manifest_moves_to_them(
     pub.write_text(core.publisher.key.public.text())
     for rel in (f"snapshots/{v2}.json", f"rpz/{v2}.zone", "manifest.json"):
         assert minisign_ok(core.artifacts.path(rel), pub).returncode == 0, rel
-    # Published once: compaction made no new version and no audit record of a publication.
+    # Published once: compaction made no new version, and says what it wrote in the audit log.
     assert core.publisher.latest()["version"] == v2  # type: ignore[index]
+    from app import audit
+
+    [record] = audit.search(core.store, action="publication.compact")[0]
+    assert record.target == f"version:{v2}" and record.after["snapshot_sha256"] == m["artifacts"][0]["sha256"]
+    assert len(audit.search(core.store, action="publication.publish")[0]) == 2
+    assert audit.verify(core.store).ok
 
 
 def test_a_publisher_on_another_host_rebuilds_the_list_from_the_snapshot_and_the_deltas(
