@@ -6,9 +6,10 @@
 * 401 without a valid token, 403 for a revoked ISP, 404 for what is not
   (or no longer) published; every successful pull is recorded.
 * Versioned artifacts are immutable: strong ``ETag`` (their sha256),
-  ``If-None-Match`` answers 304, and they are streamed from the artifact
-  store (or handed to nginx with ``X-Accel-Redirect``), never built per
-  request. ``gzip`` is offered to clients that accept it, from a compressed
+  ``If-None-Match`` answers 304, and they are streamed from this host's
+  cache of the artifact store, filled from Redis and checked against the
+  recorded sha256 first (or handed to nginx with ``X-Accel-Redirect`` once
+  the cache holds them), never built per request. ``gzip`` is offered to clients that accept it, from a compressed
   copy made once per file.
 """
 
