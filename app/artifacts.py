@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -48,7 +47,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.errors import NotFoundError, PublicationError
 
@@ -200,11 +199,18 @@ class ArtifactStore:
 
     def upload(self, rel: str, parts: list[bytes]) -> ArtifactRef:
         """Hash, compress and upload one artifact's bytes (invisible until committed)."""
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        view = memoryview(data)
-        pieces = [view[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [view[:0]]
+        # Chunks are independent compressed frames read back in order, so
+        # each part is cut on its own: no copy of a large artifact is made.
+        views = [memoryview(p) for p in parts if len(p)]
+        pieces = [v[i : i + CHUNK] for v in views for i in range(0, len(v), CHUNK)] or [memoryview(b"")]
+        size = sum(len(v) for v in views)
         sha = hashlib.sha256()
-        hasher = threading.Thread(target=sha.update, args=(data,))
+
+        def digest() -> None:
+            for v in views:
+                sha.update(v)
+
+        hasher = threading.Thread(target=digest)
         hasher.start()
         # zstd and zlib release the GIL: chunks compress on every core.
         if len(pieces) > 1:
@@ -213,9 +219,9 @@ class ArtifactStore:
         else:
             chunks = [compress(pieces[0])]
         hasher.join()
-        digest = sha.hexdigest()
-        self.store.art_blob_put(digest, chunks, ORPHAN_TTL)
-        return ArtifactRef(path=rel, sha256=digest, size=len(data), codec=CODEC, chunks=len(chunks))
+        sha_hex = sha.hexdigest()
+        self.store.art_blob_put(sha_hex, chunks, ORPHAN_TTL)
+        return ArtifactRef(path=rel, sha256=sha_hex, size=size, codec=CODEC, chunks=len(chunks))
 
     def write_now(self, rel: str, data: bytes | str) -> None:
         """The latest manifest as a cache file (its record of truth is in Redis)."""
@@ -358,15 +364,3 @@ class ArtifactStore:
             raise PublicationError("the version high-water mark never goes down")
         write_durably(self.root / "HIGHWATER", f"{version}\n".encode())
         self.store.pub_raise_highwater(version)
-
-    def clean_staging(self) -> None:
-        """Remove staging directories an older publisher left behind."""
-        if not self.root.exists():
-            return
-        for p in self.root.glob(".staging-*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def stats(store: Store) -> dict[str, Any]:
-    """Counts for metrics and the benchmark: artifacts indexed and their stored size."""
-    return store.art_stats()

@@ -17,8 +17,17 @@ What must stay true:
   allows, and any that would list an allowlisted name, until an admin
   releases it.
 * Cost follows the change, not the list: the publisher keeps the previous
-  version's sorted lines in memory (or reads them from its snapshot) and
-  splices in the changed entries named by the change feed.
+  version's sorted lines in memory (or rebuilds them from the newest full
+  snapshot and the deltas after it) and splices in the changed entries
+  named by the change feed. A version of a large list stores its delta and
+  the manifest; its full snapshot and zone file are written later by
+  compaction, once the version is served (small lists get them with every
+  version). The one whole-list cost left is ``entries_sha256``.
+
+The parts, each with one job: ``app.listbuild`` builds lists and diffs,
+``app.guard`` decides what is held, ``app.artifacts`` stores and serves
+bytes, ``app.publication`` is the record every reader shares; this module
+orchestrates them under the lock, signs, and commits.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app import audit
@@ -47,7 +56,6 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PublicationError,
-    ValidationError,
 )
 from app.guard import guard_reasons, safety_problems
 from app.listbuild import (
@@ -62,6 +70,7 @@ from app.listbuild import (
     splice,
     zone_fragment_of,
 )
+from app.publication import DeltaRef, FileRef, Latest, Publication
 from app.rpz import SoaParams
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
@@ -77,7 +86,7 @@ LOCK_TTL_MS = 30_000
 SIGNER_REPORT_TTL = 300
 @dataclass
 class Outcome:
-    status: str  # published | unchanged | held | refreshed | busy
+    status: str  # published | unchanged | held | refreshed | busy | compacted
     version: int | None = None
     message: str = ""
     diff: dict[str, int] = field(default_factory=dict)
@@ -100,6 +109,7 @@ class Publisher:
         self.clock = clock
         self.artifacts = ArtifactStore(settings.artifact_dir, store)
         self._key = key
+        self._reminded_at = 0.0
         self._state: ListState | None = None
         #: Who publishes, as recorded with each version (the worker sets host:pid).
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -115,6 +125,79 @@ class Publisher:
             self._key = load_key(self.settings.signing_key_file)
         return self._key
 
+    def signing_key(self) -> SecretKey:
+        """The key to sign with: this host's copy of the key the store names as
+        the programme's current key. Any other key is refused, so a stray
+        publisher with a key of its own can never sign a version."""
+        from app.keys import Keyring
+
+        ring = Keyring(self.store, self.settings.signing_key_file, self.clock)
+        rec = ring.record()
+        if rec is None:
+            raise PublicationError(
+                "the store names no programme signing key: run `blocklist keys init` on the publisher host"
+            )
+        want = rec.current.key_id
+        if self._key is not None and self._key.public.id_hex == want:
+            return self._key
+        key = ring.local_key(want)
+        if key is None:
+            mine = self._key.public.id_hex if self._key is not None else "none"
+            raise PublicationError(
+                f"this publisher's signing key ({mine}, {self.settings.signing_key_file}) is not the programme's "
+                f"current key {want}; refusing to sign (install the programme's key file on this host)"
+            )
+        if self._key is not None:
+            log.warning("signing key changed from %s to the programme's current key %s",
+                        self._key.public.id_hex, want)
+        self._key = key
+        return key
+
+    def check_key(self) -> bool:
+        """Report to /readyz whether this publisher can sign; True if it can."""
+        try:
+            key = self.signing_key()
+        except BlocklistError as e:
+            log.error("cannot sign: %s", e.message)
+            mine = self._key.public.id_hex if self._key is not None else ""
+            self.store.signer_report(mine, SIGNER_REPORT_TTL, problem=e.message)
+            return False
+        self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
+        self._remind_rotation()
+        return True
+
+    def _remind_rotation(self) -> None:
+        """Once an hour, say that an announced key may take over and is waiting for the operator."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        rec = ProgrammeKeys.from_json(raw) if raw else None
+        now = self.clock()
+        if rec is None or rec.next is None or rec.next_from_ts is None or now < rec.next_from_ts:
+            return
+        if now - self._reminded_at >= 3600:
+            self._reminded_at = now
+            log.warning("the announced key %s may sign since %s: run `blocklist keys rotate --complete` "
+                        "on the publisher host", rec.next.key_id, rec.next_from)
+
+    def _keys_changed(self, body: str | None) -> bool:
+        """The manifest in the store was signed by another key, or announces
+        another next key, than the store now names: re-sign it at once."""
+        if body is None:
+            return False
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return True
+        return bool(doc.get("key_id") != self.key.public.id_hex or doc.get("next_key") != self._key_announcement())
+
+    def _key_announcement(self) -> dict[str, str] | None:
+        """The next key, announced by the current key's signature over the manifest."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        return ProgrammeKeys.from_json(raw).announcement() if raw else None
+
     # ------------------------------------------------------------------ reads
 
     def latest(self) -> dict[str, Any] | None:
@@ -122,8 +205,20 @@ class Publisher:
         return json.loads(raw) if raw else None
 
     def version_meta(self, version: int) -> dict[str, Any] | None:
+        """A version's record in the shape the API and pages show."""
+        pub = self.record(version)
+        return pub.to_dict() if pub else None
+
+    def record(self, version: int) -> Publication | None:
         raw = self.store.pub_version_raw(version)
-        return json.loads(raw) if raw else None
+        return Publication.from_json(raw) if raw else None
+
+    def base_of(self, pub: Publication) -> Publication:
+        """The version whose full snapshot and zone file ``pub`` builds on."""
+        base = pub if pub.base == pub.version else self.record(pub.base)
+        if base is None or not base.has_full_files:
+            raise PublicationError(f"the full snapshot of version {pub.base} is no longer recorded")
+        return base
 
     def versions(self, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
         metas = []
@@ -181,29 +276,25 @@ class Publisher:
         v = int(latest["version"])
         if self._state is not None and self._state.version == v:
             return self._state
-        meta = self.version_meta(v)
-        if meta is None:
+        pub = self.record(v)
+        if pub is None:
             raise PublicationError(f"version {v} has no publication record")
-        base_v = int(meta.get("base") or v)
-        base_meta = meta if base_v == v else self.version_meta(base_v)
-        if base_meta is None or not base_meta.get("snapshot"):
-            raise PublicationError(f"the full snapshot of version {base_v} is no longer stored")
-        lines = snapshot_lines(self._checked(base_meta["snapshot"]))
-        chain: list[dict[str, Any]] = []
-        current: dict[str, Any] | None = meta
-        while current is not None and int(current["version"]) > base_v:
-            delta = current.get("delta")
-            if not delta:
-                raise PublicationError(f"version {current['version']} has no delta to rebuild it from")
-            chain.append(delta)
-            current = self.version_meta(int(delta["from"]))
-        state = ListState(base_v, lines, [], None)
+        base = self.base_of(pub)
+        assert base.snapshot is not None
+        lines = snapshot_lines(self._checked(base.snapshot))
+        chain: list[DeltaRef] = []
+        current: Publication | None = pub
+        while current is not None and current.version > base.version:
+            if current.delta is None:
+                raise PublicationError(f"version {current.version} has no delta to rebuild it from")
+            chain.append(current.delta)
+            current = self.record(current.delta.frm)
+        state = ListState(base.version, lines, [], None)
         for delta in reversed(chain):
             lines, _ = splice(state, delta_diff(self._checked(delta)))
-            state = ListState(int(delta["to"]), lines, [], None)
+            state = ListState(delta.to, lines, [], None)
         zone = [zone_fragment_of(ln) for ln in state.lines]
-        own = meta.get("snapshot")
-        self._state = ListState(v, state.lines, zone, own["sha256"] if own else None)
+        self._state = ListState(v, state.lines, zone, pub.snapshot.sha256 if pub.snapshot else None)
         return self._state
 
     def _changes_from_feed(self, state: ListState, ids: list[int]) -> Diff:
@@ -215,10 +306,10 @@ class Publisher:
 
         return changes_from_records(state, records())
 
-    def _checked(self, ref: dict[str, Any]) -> bytes:
-        data = self.artifacts.read(str(ref["path"]))
-        if hashlib.sha256(data).hexdigest() != ref["sha256"]:
-            raise PublicationError(f"{ref['path']} does not match its recorded sha256; refusing to build on it")
+    def _checked(self, ref: FileRef) -> bytes:
+        data = self.artifacts.read(ref.path)
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PublicationError(f"{ref.path} does not match its recorded sha256; refusing to build on it")
         return data
 
     # ------------------------------------------------------------------ publish
@@ -252,8 +343,8 @@ class Publisher:
     def _publish_locked(self, token: str, *, actor: Actor, reason: str, force: bool,
                         full: bool) -> Outcome:
         t0 = time.perf_counter()
+        self._key = self.signing_key()
         timings: dict[str, float] = {}
-        self.artifacts.clean_staging()
         latest = self.latest()
         highwater = max(self.artifacts.highwater(), int(latest["version"]) if latest else 0)
         # Read the change feed's length first: changes made after this point
@@ -288,7 +379,10 @@ class Publisher:
         # Redis restored from a backup older than the last publication: publish
         # even without changes, so every client moves above what it already has.
         behind_highwater = highwater > (int(latest["version"]) if latest else 0)
-        if diff.empty and not force and not behind_highwater:
+        # The latest version's files are not in the store (written by a release
+        # that kept them on disk only): publish again, so every host can serve.
+        unstored = latest is not None and not self.artifacts.exists(str(latest["snapshot"]["path"]))
+        if diff.empty and not force and not behind_highwater and not unstored:
             self.store.dirty_consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
@@ -307,12 +401,12 @@ class Publisher:
         # A delta needs the previous list exactly; without one (first version,
         # rebuild after a restore) this version is published in full.
         with_delta = previous is not None or (base.known and base.version > 0)
-        prev_meta = self.version_meta(base.version) if base.version and with_delta else None
+        prev = self.record(base.version) if base.version and with_delta else None
         # A small list is written in full with every version (it costs less
         # than keeping clients on a chain); a large one is compacted later.
-        small = prev_meta is not None and self.compaction_due(prev_meta, only_small=True)
+        small = prev is not None and self.compaction_due(prev, only_small=True)
         outcome, snapshot_sha = self._write_version(token, version, base, lines, zone, diff, feed_len, actor,
-                                                    reason, now, timings, released=released, prev_meta=prev_meta,
+                                                    reason, now, timings, released=released, prev=prev,
                                                     full=not with_delta or full or small)
         self._state = ListState(version, lines, zone, snapshot_sha)
         self._prune(version)
@@ -323,7 +417,7 @@ class Publisher:
         return self.key.sign(data_hash, format_trusted_comment(fields)).text()
 
     def _artifact(self, staging: Staging, rel: str, parts: list[bytes], version: int,
-                  expires: str) -> dict[str, Any]:
+                  expires: str) -> FileRef:
         """Upload, hash, sign and verify one artifact. The BLAKE2b-512 digest
         minisign signs runs in a thread beside the upload's sha256 and
         compression: hashlib and zstd release the GIL, so they overlap."""
@@ -343,12 +437,11 @@ class Publisher:
         # Verify what we signed before anything is published.
         self.key.public.verify(Signature.parse(sig_text), digest)
         staging.write(rel + ".minisig", sig_text)
-        return {"path": rel, "sha256": ref.sha256, "size": ref.size}
+        return FileRef(path=rel, sha256=ref.sha256, size=ref.size)
 
     def _write_full(self, staging: Staging, version: int, lines: list[bytes], zone: list[bytes],
                     published_at: str, expires_at: str, entries_sha: str,
-                    previous: tuple[int, str] | None, timings: dict[str, float]) -> tuple[dict[str, Any],
-                                                                                       dict[str, Any]]:
+                    previous: tuple[int, str] | None, timings: dict[str, float]) -> tuple[FileRef, FileRef]:
         """The full snapshot and zone file of a version (first publication or compaction)."""
         from app.rpz import header
 
@@ -372,19 +465,20 @@ class Publisher:
         timings["rpz"] = time.perf_counter() - t
         return snap, rpz
 
-    def _previous_full(self, meta: dict[str, Any] | None) -> tuple[int, str] | None:
-        """(version, snapshot sha256) of the newest full snapshot at or before ``meta``."""
-        if meta is None:
+    def _previous_full(self, pub: Publication | None) -> tuple[int, str] | None:
+        """(version, snapshot sha256) of the newest full snapshot at or before ``pub``."""
+        if pub is None:
             return None
-        base_v = int(meta.get("base") or meta["version"])
-        base_meta = meta if base_v == int(meta["version"]) else self.version_meta(base_v)
-        if base_meta is None or not base_meta.get("snapshot"):
+        try:
+            base = self.base_of(pub)
+        except PublicationError:
             return None
-        return base_v, str(base_meta["snapshot"]["sha256"])
+        assert base.snapshot is not None
+        return base.version, base.snapshot.sha256
 
     def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
                        diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
-                       timings: dict[str, float], released: bool, prev_meta: dict[str, Any] | None,
+                       timings: dict[str, float], released: bool, prev: Publication | None,
                        full: bool) -> tuple[Outcome, str | None]:
         published_at = iso(now) or ""
         expires_at = iso(now + self.settings.artifact_ttl) or ""
@@ -399,41 +493,36 @@ class Publisher:
             if full:
                 hasher.join()
                 snap, rpz = self._write_full(staging, version, lines, zone, published_at, expires_at, digest[0],
-                                             self._previous_full(prev_meta), timings)
+                                             self._previous_full(prev), timings)
             t = time.perf_counter()
-            delta_meta = None
-            if prev_meta is not None:
+            delta = None
+            if prev is not None:
                 text = self._delta_text(base, version, diff, published_at, expires_at,
-                                        to_sha256=snap["sha256"] if snap else None,
+                                        to_sha256=snap.sha256 if snap else None,
                                         to_count=len(lines), digest=digest, hasher=hasher)
-                delta_meta = self._artifact(staging, f"deltas/{base.version}/{version}.json",
-                                            [text], version, expires_at)
-                delta_meta.update({"from": base.version, "to": version})
+                ref = self._artifact(staging, f"deltas/{base.version}/{version}.json", [text], version, expires_at)
+                delta = DeltaRef(path=ref.path, sha256=ref.sha256, size=ref.size, frm=base.version, to=version)
             timings["delta"] = time.perf_counter() - t
             hasher.join()
-            entries_sha = digest[0]
-            if snap is not None or prev_meta is None or delta_meta is None:
-                base_v, chain = version, {"length": 0, "bytes": 0}
+            pub = Publication(
+                version=version, published_at=published_at, expires_at=expires_at, count=len(lines),
+                entries_sha256=digest[0], previous_version=base.version or None, changes=diff.summary(),
+                delta=delta, base=version, by=actor.name, reason=reason, released=released,
+                build_seconds=round(sum(timings.values()), 3), publisher=self.name,
+            )
+            if snap is not None and rpz is not None:
+                pub = pub.with_full_files(snap, rpz, int(now))
+            elif prev is not None and delta is not None:
+                pub = replace(pub, base=prev.base, chain_length=prev.chain_length + 1,
+                              chain_bytes=prev.chain_bytes + delta.size)
             else:
-                before = prev_meta.get("chain") or {"length": 0, "bytes": 0}
-                base_v = int(prev_meta.get("base") or prev_meta["version"])
-                chain = {"length": int(before["length"]) + 1, "bytes": int(before["bytes"]) + delta_meta["size"]}
-            meta = {
-                "version": version, "published_at": published_at, "expires_at": expires_at,
-                "count": len(lines), "previous_version": base.version or None,
-                "changes": diff.summary(), "snapshot": snap, "rpz": rpz, "delta": delta_meta,
-                "base": base_v, "chain": chain, "full_at": int(now) if snap else None,
-                "entries_sha256": entries_sha, "by": actor.name, "reason": reason,
-                "released": released, "build_seconds": round(sum(timings.values()), 3),
-                "publisher": self.name,
-            }
-            manifest_body, manifest_sig = self._manifest(meta, now)
+                raise PublicationError("a version needs its full files or a delta; nothing was published")
+            manifest_body, manifest_sig = self._manifest(pub, now)
             if self.store.pub_lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing; nothing was published")
             self.artifacts.set_highwater(version)
             t = time.perf_counter()
-            self._commit(token, version, meta, manifest_body, manifest_sig, feed_len, actor, reason, now,
-                         staging)
+            self._commit(token, pub, manifest_body, manifest_sig, feed_len, actor, reason, now, staging)
             timings["commit"] = time.perf_counter() - t
         except BaseException:
             hasher.join()
@@ -443,7 +532,7 @@ class Publisher:
         self._write_manifest_files(manifest_body, manifest_sig)
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
         return (Outcome("published", version=version, diff=diff.summary(), timings=timings),
-                snap["sha256"] if snap else None)
+                snap.sha256 if snap else None)
 
     def _delta_text(self, base: ListState, version: int, diff: Diff, published_at: str, expires_at: str, *,
                     to_sha256: str | None, to_count: int, digest: list[str], hasher: threading.Thread) -> bytes:
@@ -461,39 +550,26 @@ class Publisher:
                 + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"")
                 + b"]}\n")
 
-    @staticmethod
-    def _latest_record(meta: dict[str, Any], base_meta: dict[str, Any]) -> dict[str, Any]:
-        """What ``pub:latest`` says: the version, and its newest full snapshot and zone."""
-        latest = {k: meta[k] for k in ("version", "published_at", "expires_at", "count", "delta",
-                                       "entries_sha256", "previous_version", "base")}
-        latest.update(snapshot=base_meta["snapshot"], rpz=base_meta["rpz"])
-        return latest
-
-    def _commit(self, token: str, version: int, meta: dict[str, Any], manifest_body: str, manifest_sig: str,
-                feed_len: int, actor: Actor, reason: str, now: float, staging: Staging) -> None:
-        base_meta = meta if meta["base"] == version else self.version_meta(int(meta["base"]))
-        if base_meta is None:
-            raise PublicationError(f"the record of version {meta['base']} is gone")
-        latest = self._latest_record(meta, base_meta)
+    def _commit(self, token: str, pub: Publication, manifest_body: str, manifest_sig: str, feed_len: int,
+                actor: Actor, reason: str, now: float, staging: Staging) -> None:
+        latest = Latest.of(pub, self.base_of(pub))
+        first = self.store.pub_latest_raw()
 
         def step(txn: Txn) -> None:
             current = self.store.pub_latest_raw()
             head = audit.head(self.store)
             self.store.pub_expect(txn, latest=current, lock=token)
             audit.add(txn, self.store, head, actor=actor, action="publication.publish",
-                      target=f"version:{version}",
-                      before={"version": meta["previous_version"]},
-                      after={"version": version, "count": meta["count"], **meta["changes"],
-                             "entries_sha256": meta["entries_sha256"]},
+                      target=f"version:{pub.version}",
+                      before={"version": pub.previous_version},
+                      after={"version": pub.version, "count": pub.count, **pub.changes,
+                             "entries_sha256": pub.entries_sha256},
                       reason=reason, ts=now)
-            self.store.pub_set_manifest(txn, manifest_body, manifest_sig, version, int(now))
+            self.store.pub_set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
             staging.commit_ops(txn)
-            if meta["snapshot"]:
-                self.store.pub_add_full(txn, version)
-            self.store.pub_add_version(txn, version, json.dumps(meta, separators=(",", ":")),
-                                       json.dumps(latest, separators=(",", ":")), feed_len)
-
-        first = self.store.pub_latest_raw()
+            if pub.has_full_files:
+                self.store.pub_add_full(txn, pub.version)
+            self.store.pub_add_version(txn, pub.version, pub.to_json(), latest.to_json(), feed_len)
 
         def still_ours() -> None:
             if self.store.pub_lock_holder() != token:
@@ -508,26 +584,27 @@ class Publisher:
 
     # ------------------------------------------------------------------ compaction
 
-    def compaction_due(self, meta: dict[str, Any], only_small: bool = False) -> bool:
-        """The chain since the last full snapshot (at or before ``meta``'s
-        version) has grown past a share of it, a length, or an age; or the
-        list is small. ``only_small``: just the last test."""
-        if meta.get("snapshot") and not only_small:
+    def compaction_due(self, pub: Publication, only_small: bool = False) -> bool:
+        """The chain since the last full snapshot (at or before ``pub``) has
+        grown past a share of its size, a length, or an age; or the list is
+        small (``only_small``: just that test)."""
+        if pub.has_full_files and not only_small:
             return False
-        base_meta = self.version_meta(int(meta.get("base") or 0))
-        if base_meta is None or not base_meta.get("snapshot"):
+        try:
+            base = self.base_of(pub)
+        except PublicationError:
             return True
-        size = int(base_meta["snapshot"]["size"])
+        assert base.snapshot is not None
+        size = base.snapshot.size
         if size <= self.settings.compact_small_bytes:
             return True
         if only_small:
             return False
-        chain = meta.get("chain") or {}
-        if int(chain.get("bytes", 0)) >= self.settings.compact_ratio * size:
+        if pub.chain_bytes >= self.settings.compact_ratio * size:
             return True
-        if int(chain.get("length", 0)) >= max(1, self.settings.retain_deltas // 2):
+        if pub.chain_length >= max(1, self.settings.retain_deltas // 2):
             return True
-        return self.clock() - float(base_meta.get("full_at") or 0) >= self.settings.compact_age
+        return self.clock() - float(base.full_at or 0) >= self.settings.compact_age
 
     def _compact_locked(self, token: str, only_small: bool) -> Outcome:
         latest_raw = self.store.pub_latest_raw()
@@ -535,32 +612,40 @@ class Publisher:
             return Outcome("unchanged", message="nothing has been published yet")
         latest = json.loads(latest_raw)
         version = int(latest["version"])
-        meta = self.version_meta(version)
-        if meta is None or meta.get("snapshot") or not self.compaction_due(meta, only_small):
+        pub = self.record(version)
+        if pub is None or pub.has_full_files or not self.compaction_due(pub, only_small):
             return Outcome("unchanged", version=version, message="no compaction due")
         t0 = time.perf_counter()
+        self._key = self.signing_key()
         state = self._load_state(latest)
         now = self.clock()
         timings: dict[str, float] = {}
         staging = self.artifacts.stage()
         try:
-            snap, rpz = self._write_full(staging, version, state.lines, state.zone, meta["published_at"],
-                                         meta["expires_at"], meta["entries_sha256"], self._previous_full(meta),
-                                         timings)
-            meta.update(snapshot=snap, rpz=rpz, base=version, chain={"length": 0, "bytes": 0},
-                        full_at=int(now))
-            body, sig = self._manifest(meta, now)
-            new_latest = self._latest_record(meta, meta)
+            snap, rpz = self._write_full(staging, version, state.lines, state.zone, pub.published_at,
+                                         pub.expires_at, pub.entries_sha256, self._previous_full(pub), timings)
+            full = pub.with_full_files(snap, rpz, int(now))
+            body, sig = self._manifest(full, now)
 
             def step(txn: Txn) -> None:
+                head = audit.head(self.store)
                 self.store.pub_expect(txn, latest=latest_raw, lock=token)
+                audit.add(txn, self.store, head, actor=SYSTEM, action="publication.compact",
+                          target=f"version:{version}", before={"base": pub.base},
+                          after={"snapshot_sha256": snap.sha256, "rpz_sha256": rpz.sha256},
+                          reason="full snapshot and zone file written", ts=now)
                 self.store.pub_set_manifest(txn, body, sig, version, int(now))
                 staging.commit_ops(txn)
                 self.store.pub_add_full(txn, version)
-                self.store.pub_update_version(txn, version, json.dumps(meta, separators=(",", ":")),
-                                              json.dumps(new_latest, separators=(",", ":")))
+                self.store.pub_update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
 
-            self.store.transact(step, retries=0)
+            def moved_on() -> None:
+                # Only the audit head moved (curation goes on): try again; a
+                # new version or a lost lock ends this compaction.
+                if self.store.pub_latest_raw() != latest_raw or self.store.pub_lock_holder() != token:
+                    raise ConflictError("a publication moved on meanwhile")
+
+            self.store.transact(step, retries=5, on_conflict=moved_on)
         except ConflictError:
             staging.abort()
             return Outcome("busy", version=version, message="a publication moved on meanwhile")
@@ -568,7 +653,7 @@ class Publisher:
             staging.abort()
             raise
         staging.finish()
-        self._state = ListState(version, state.lines, state.zone, snap["sha256"])
+        self._state = ListState(version, state.lines, state.zone, snap.sha256)
         self._write_manifest_files(body, sig)
         self._prune(version)
         timings["total"] = time.perf_counter() - t0
@@ -577,48 +662,47 @@ class Publisher:
 
     # ------------------------------------------------------------------ manifest
 
-    def _manifest(self, meta: dict[str, Any], now: float) -> tuple[str, str]:
+    def _manifest(self, pub: Publication, now: float) -> tuple[str, str]:
         """The manifest of a version: its newest full snapshot and zone file,
         and the deltas leading from there (and from older retained versions)
         to this version, newest first."""
-        version = int(meta["version"])
-        base_v = int(meta.get("base") or version)
-        base_meta = meta if base_v == version else self.version_meta(base_v)
-        if base_meta is None or not base_meta.get("snapshot"):
-            raise PublicationError(f"the full snapshot of version {base_v} is no longer recorded")
+        base = self.base_of(pub)
+        assert base.snapshot is not None
+        assert base.rpz is not None
         expires = iso(now + self.settings.manifest_ttl) or ""
         # Every delta after the full snapshot, and older ones while retained.
-        lowest = min(version - self.settings.retain_deltas, base_v)
-        deltas = self._delta_chain(meta, lowest)
+        lowest = min(pub.version - self.settings.retain_deltas, base.version)
         artifacts = [
-            {"kind": "snapshot", **base_meta["snapshot"]},
-            {"kind": "rpz", **base_meta["rpz"]},
-            *({"kind": "delta", **d} for d in deltas),
+            {"kind": "snapshot", **base.snapshot.to_dict()},
+            {"kind": "rpz", **base.rpz.to_dict()},
+            *({"kind": "delta", **d.to_dict()} for d in self._delta_chain(pub, lowest)),
         ]
         body = {
-            "schema": SCHEMA, "list": self.settings.list_name, "version": version,
-            "published_at": meta["published_at"], "signed_at": iso(now), "expires_at": expires,
-            "count": meta["count"], "entries_sha256": meta["entries_sha256"],
-            "snapshot": base_meta["snapshot"]["path"], "rpz": base_meta["rpz"]["path"],
-            "snapshot_version": base_v, "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
+            "schema": SCHEMA, "list": self.settings.list_name, "version": pub.version,
+            "published_at": pub.published_at, "signed_at": iso(now), "expires_at": expires,
+            "count": pub.count, "entries_sha256": pub.entries_sha256,
+            "snapshot": base.snapshot.path, "rpz": base.rpz.path,
+            "snapshot_version": base.version, "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
         }
+        body["key_id"] = self.key.public.id_hex
+        announced = self._key_announcement()
+        if announced is not None:
+            body["next_key"] = announced
         text = json.dumps(body, indent=1) + "\n"
-        fields = {"list": self.settings.list_name, "version": str(version), "file": "manifest.json",
+        fields = {"list": self.settings.list_name, "version": str(pub.version), "file": "manifest.json",
                   "expires": expires}
         sig = self.key.sign_bytes(text.encode(), format_trusted_comment(fields)).text()
         return text, sig
 
-    def _delta_chain(self, meta: dict[str, Any], lowest: int) -> list[dict[str, Any]]:
+    def _delta_chain(self, pub: Publication, lowest: int) -> list[DeltaRef]:
         """Deltas reaching back from this version while they are retained."""
-        out: list[dict[str, Any]] = []
-        current = meta
-        while current and current.get("delta") and int(current["version"]) > lowest:
-            d = current["delta"]
-            out.append(d)
-            prev = current.get("previous_version")
-            if not prev or int(prev) <= lowest:
+        out: list[DeltaRef] = []
+        current: Publication | None = pub
+        while current is not None and current.delta is not None and current.version > lowest:
+            out.append(current.delta)
+            if current.delta.frm <= lowest:
                 break
-            current = self.version_meta(int(prev))  # type: ignore[assignment]
+            current = self.record(current.delta.frm)
         return out
 
     def refresh_manifest(self, force: bool = False) -> bool:
@@ -633,6 +717,7 @@ class Publisher:
         latest_raw = self.store.pub_latest_raw()
         if not latest_raw:
             return False
+        self._key = self.signing_key()
         latest = json.loads(latest_raw)
         if int(latest["version"]) < self.artifacts.highwater():
             # Restored from an older backup: never sign a manifest below a
@@ -641,16 +726,17 @@ class Publisher:
         current = self.store.pub_manifest()
         signed_at = current[2] if current else 0
         now = self.clock()
-        if not force and now - signed_at < self.settings.manifest_refresh:
+        due = now - signed_at >= self.settings.manifest_refresh
+        if not force and not due and not self._keys_changed(current[0] if current else None):
             return False
-        meta = self.version_meta(int(latest["version"]))
-        if meta is None:
+        pub = self.record(int(latest["version"]))
+        if pub is None:
             return False
-        body, sig = self._manifest(meta, now)
+        body, sig = self._manifest(pub, now)
 
         def step(txn: Txn) -> None:
             self.store.pub_expect(txn, latest=latest_raw, lock=token)
-            self.store.pub_set_manifest(txn, body, sig, int(meta["version"]), int(now))
+            self.store.pub_set_manifest(txn, body, sig, pub.version, int(now))
 
         try:
             self.store.transact(step, retries=0)
@@ -733,7 +819,7 @@ class Publisher:
             if decision == "release":
                 held.update(released_by=actor.name, released_at=iso(self.clock()))
                 self.store.pub_set_held(txn, json.dumps(held, separators=(",", ":")))
-                self.store.pub_set_request(self._request_payload(actor, f"release: {reason}"), txn)
+                self._enqueue(actor, f"release: {reason}", txn)
             else:
                 self.store.pub_set_held(txn, None)
             audit.add(txn, self.store, head, actor=actor, action=f"publication.{decision}",
@@ -765,27 +851,65 @@ class Publisher:
 
     # ------------------------------------------------------------------ requests
 
-    def _request_payload(self, actor: Actor, reason: str, request_id: str | None = None) -> str:
+    def _request_payload(self, actor: Actor, reason: str, request_id: str | None = None, *,
+                         force: bool = False, full: bool = False) -> str:
         return json.dumps({"id": request_id or secrets.token_hex(8), "by": actor.name, "role": str(actor.role),
-                           "agency": actor.agency, "reason": reason, "at": iso(self.clock())})
+                           "agency": actor.agency, "reason": reason, "at": iso(self.clock()),
+                           "force": force, "full": full})
 
-    def request(self, actor: Actor, reason: str = "") -> str:
-        """Ask the worker to publish now (the web tier does not hold the key).
-        Returns the request id; the worker stores the outcome under it."""
-        actor.require("publish.now")
+    def _enqueue(self, actor: Actor, reason: str, txn: Txn | None = None, *, force: bool = False,
+                 full: bool = False, timeout: int | None = None) -> str:
         request_id = secrets.token_hex(8)
-        self.store.pub_set_request(self._request_payload(actor, reason, request_id))
+        pending = json.dumps({"status": "requested", "requested_at": self.clock()})
+        # Not taken in time, a request is dropped: nobody is waiting for it any more.
+        self.store.pub_set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
+                                                                     full=full), pending, txn,
+                                   request_ttl=(timeout or self.settings.publish_answer_timeout) + 5)
         return request_id
 
-    def request_result(self, request_id: str) -> dict[str, Any] | None:
+    def request(self, actor: Actor, reason: str = "", *, force: bool = False, full: bool = False,
+                timeout: int | None = None) -> str:
+        """Ask the publisher to publish now: only the publisher holds the key and
+        signs. Returns the request id; the publisher stores its answer under it
+        (see :meth:`answer`). A request no publisher took within ``timeout``
+        (default ``publish_answer_timeout``) seconds is never served."""
+        actor.require("publish.now")
+        return self._enqueue(actor, reason, force=force, full=full, timeout=timeout)
+
+    def answer(self, request_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """The answer to a request: ``requested`` (queued), ``working`` (taken by
+        a publisher), ``unanswered`` (no publisher took it within
+        ``publish_answer_timeout``; it is withdrawn), or the outcome. None for
+        an unknown or forgotten request."""
         raw = self.store.pub_result(request_id)
-        return json.loads(raw) if raw else None
+        if raw is None:
+            return None
+        result: dict[str, Any] = json.loads(raw)
+        if result.get("status") != "requested":
+            return result
+        waited = self.clock() - float(result.get("requested_at", 0))
+        limit = self.settings.publish_answer_timeout if timeout is None else timeout
+        if waited < limit or not self.store.pub_withdraw_request(request_id):
+            return result
+        result = {"status": "unanswered", "message": no_publisher_message(limit)}
+        self.store.pub_set_result(request_id, json.dumps(result))
+        return result
+
+    def request_result(self, request_id: str) -> dict[str, Any] | None:
+        """The outcome once the publisher answered (or gave up), else None."""
+        result = self.answer(request_id)
+        if result is None or result.get("status") in ("requested", "working"):
+            return None
+        return result
 
     def serve_request(self) -> Outcome | None:
-        """Run a pending publish request, if any (the worker calls this often)."""
-        req = self.take_request()
-        if req is None:
+        """Run the oldest pending publish request, if any (the worker calls this often)."""
+        taken = self.store.pub_take_request()
+        if taken is None:
             return None
+        request_id, raw = taken
+        req = json.loads(raw)
+        self.store.pub_set_result(request_id, json.dumps({"status": "working", "taken_at": self.clock()}))
         from app.domain import Role
 
         try:
@@ -793,14 +917,18 @@ class Publisher:
         except ValueError:
             role = Role.ADMIN
         who = Actor(name=str(req.get("by", "system")), role=role, agency=str(req.get("agency", "")))
-        outcome = self.publish(actor=who, reason=str(req.get("reason", "")), wait_lock=30)
-        if req.get("id"):
-            self.store.pub_set_result(str(req["id"]), json.dumps(outcome.to_dict()))
+        try:
+            outcome = self.publish(actor=who, reason=str(req.get("reason", "")), wait_lock=30,
+                                   force=bool(req.get("force")), full=bool(req.get("full")))
+        except BlocklistError as e:
+            outcome = Outcome("failed", message=e.message)
+        except Exception:
+            # Answer the requester before the error reaches the worker's log.
+            failed = Outcome("failed", message="the publisher failed; see its log")
+            self.store.pub_set_result(request_id, json.dumps(failed.to_dict()))
+            raise
+        self.store.pub_set_result(request_id, json.dumps(outcome.to_dict()))
         return outcome
-
-    def take_request(self) -> dict[str, Any] | None:
-        raw = self.store.pub_take_request()
-        return json.loads(raw) if raw else None
 
     def preview(self) -> Diff:
         """What the next publication would change (read-only)."""
@@ -816,8 +944,8 @@ class Publisher:
     def _prune(self, version: int) -> None:
         """Bounded retention: the newest full snapshots and zone files, and the
         deltas of the last versions; never what the latest version needs."""
-        meta = self.version_meta(version)
-        base_v = int(meta.get("base") or version) if meta else version
+        pub = self.record(version)
+        base_v = pub.base if pub else version
         for v in self.store.pub_full_versions_older(self.settings.retain_snapshots):
             if v == base_v:
                 continue
@@ -826,21 +954,12 @@ class Publisher:
             self.store.pub_drop_full(v)
         keep_delta = min(version - self.settings.retain_deltas, base_v)
         for v in range(max(1, keep_delta - 50), keep_delta + 1):
-            old = self.version_meta(v)
-            if old and old.get("delta"):
-                self.artifacts.remove(old["delta"]["path"])
+            old = self.record(v)
+            if old and old.delta:
+                self.artifacts.remove(old.delta.path)
 
 
-def make_publisher(core: Any, key: SecretKey | None = None) -> Publisher:
-    return Publisher(core.store, core.settings, core.curation, core.clock, key)
-
-
-def parse_version(value: Any) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ValidationError("a version is a whole number") from None
-    if v < 1:
-        raise ValidationError("versions start at 1")
-    return v
-
+def no_publisher_message(seconds: float) -> str:
+    """What "publish now" says when no publisher took the request in time."""
+    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
+            "with the programme's signing key?")

@@ -141,9 +141,11 @@ def current_version(config: Config | None, transport: HttpTransport | None, now:
     """The feed's version from its verified manifest; else the version this host last applied."""
     problem = "no feed configured" if config is None else "no feed token configured"
     if config is not None and transport is not None:
-        policy = TrustPolicy(keys=config.keys, max_version_jump=1 << 62, max_artifact_size=config.max_download,
-                             list_name=config.list_name)
         try:
+            # The pinned keys, and those the pull tool learned from signed announcements.
+            keys = StateDir(config.state_dir).load_keys().trusted(config.keys)
+            policy = TrustPolicy(keys=keys, max_version_jump=1 << 62, max_artifact_size=config.max_download,
+                                 list_name=config.list_name)
             body = transport.get("manifest.json", MANIFEST_MAX)
             sig = transport.get("manifest.json.minisig", SIGNATURE_MAX)
             return check_manifest(body, sig, policy, None, now).version, "the feed's signed manifest"

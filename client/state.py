@@ -11,6 +11,9 @@ Files (the directory is private to the tool, mode 0700):
   name, for the held list (tells whether a change to a name with its
   subdomains touches names already listed under it); a cache, rebuilt
   from ``entries.jsonl`` whenever its digest differs;
+* ``keys.json``: signing keys learned from signed announcements in the
+  manifest, and keys retired after the programme moved to their successor
+  (see :class:`client.verify.KeyRing`);
 * ``lock``: held with ``flock`` by the run in progress.
 
 What must stay true:
@@ -43,9 +46,10 @@ from typing import Any
 from client import files
 from client.errors import LocalError, LockedError
 from client.listfile import Lines, find_url_start
-from client.verify import Held
+from client.verify import Held, KeyRing
 
 STATE_FILE = "state.json"
+KEYS_FILE = "keys.json"
 ENTRIES_FILE = "entries.jsonl"
 PARENTS_FILE = "parents.json"
 LOCK_FILE = "lock"
@@ -197,6 +201,28 @@ class StateDir:
             files.write_atomic(self.path / PARENTS_FILE, data)
         except OSError as e:
             raise LocalError(f"cannot write {self.path / PARENTS_FILE}: {e.strerror}") from None
+
+    def load_keys(self) -> KeyRing:
+        path = self.path / KEYS_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return KeyRing()
+        except OSError as e:
+            raise LocalError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            return KeyRing.from_dict(json.loads(data))
+        except (ValueError, TypeError, KeyError):
+            raise LocalError(
+                f"{path} is damaged; move it away to start afresh (the tool then trusts only the pinned keys)"
+            ) from None
+
+    def save_keys(self, ring: KeyRing) -> None:
+        data = (json.dumps(ring.to_dict(), indent=1, sort_keys=True) + "\n").encode()
+        try:
+            files.write_atomic(self.path / KEYS_FILE, data)
+        except OSError as e:
+            raise LocalError(f"cannot write {self.path / KEYS_FILE}: {e.strerror}") from None
 
 
 class StagedLines:

@@ -15,20 +15,6 @@ from tests.conftest import Personas, publish
 from tests.test_publishing import activate
 
 
-def test_a_damaged_cache_file_is_replaced_from_redis_before_it_is_served(core: Core, personas: Personas,
-                                                                       tmp_path: Path) -> None:
-    activate(core, personas, "a.example.test", "b.example.test")
-    v = publish(core).version
-    rel = f"snapshots/{v}.json"
-    good = core.artifacts.read(rel)
-    web = ArtifactStore(tmp_path / "web-cache", core.store)  # another host's cache
-    path = web.path(rel)
-    assert path.read_bytes() == good
-    path.write_bytes(good.replace(b"a.example", b"x.example"))
-    fresh = ArtifactStore(tmp_path / "web-cache", core.store)  # the next process on that host
-    assert fresh.path(rel).read_bytes() == good
-
-
 def test_an_artifact_not_committed_by_a_publication_is_not_served(core: Core, tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "cache", core.store)
     staging = store.stage()

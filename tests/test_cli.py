@@ -112,7 +112,18 @@ def test_keys_show_prints_a_minisign_public_key(core: Core, settings: Settings) 
     assert out == core.publisher.key.public.text()
 
 
-def test_isp_commands_and_publish(core: Core, personas: Personas, settings: Settings) -> None:
+def start_worker(settings: Settings, processes: list[subprocess.Popen[bytes]], **extra: str) -> None:
+    """The real publisher (`blocklist worker`): the only process that signs."""
+    env = {**os.environ, "BLOCKLIST_REDIS_URL": settings.redis_url or "",
+           "BLOCKLIST_DATA_DIR": str(settings.data_dir), "BLOCKLIST_ARTIFACT_DIR": str(settings.artifact_dir),
+           "BLOCKLIST_SIGNING_KEY_FILE": str(settings.signing_key_file), "BLOCKLIST_LOG_FORMAT": "text", **extra}
+    processes.append(subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def test_isp_commands_and_publish(core: Core, personas: Personas, settings: Settings,
+                                  processes: list[subprocess.Popen[bytes]]) -> None:
+    start_worker(settings, processes)
     r = run(settings, "isp", "add", "acme", "--notify", "192.0.2.53:53", "--allow-from", "192.0.2.0/24")
     assert r.returncode == 0, r.stderr
     created = json.loads(r.stdout)
@@ -130,6 +141,46 @@ def test_isp_commands_and_publish(core: Core, personas: Personas, settings: Sett
     assert run(settings, "isp", "revoke", "acme", "--reason", "contract ended").returncode == 0
     assert not core.isps.get("acme").active
     assert "1" in run(settings, "publications", "list").stdout
+
+
+def test_address_only_is_an_explicit_audited_mode_that_needs_an_address_list(core: Core, settings: Settings) -> None:
+    r = run(settings, "isp", "add", "unbound-isp", "--address-only")
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("blocklist: an address-only ISP needs at least one allowed address "
+                                "(--allow-from CIDR)")
+    assert core.isps.list() == [], "nothing was created"
+    r = run(settings, "isp", "add", "unbound-isp", "--address-only", "--allow-from", "0.0.0.0/0")
+    assert r.returncode == 1 and "too wide" in r.stderr
+    r = run(settings, "isp", "add", "unbound-isp", "--address-only", "--allow-from", "192.0.2.53")
+    assert r.returncode == 0, r.stderr
+    created = json.loads(r.stdout)
+    assert created["transfer_auth"] == "address-only"
+    assert "tsig_secret" not in created
+    assert run(settings, "isp", "add", "bind-isp", "--allow-from", "192.0.2.0/24").returncode == 0
+    listing = run(settings, "isp", "list").stdout.splitlines()
+    assert [ln.split()[2] for ln in listing] == ["tsig", "ADDRESS-ONLY"]
+    shown = json.loads(run(settings, "isp", "show", "unbound-isp").stdout)
+    assert (shown["transfer_auth"], shown["tsig_key_name"]) == ("address-only", None)
+    r = run(settings, "isp", "rotate", "unbound-isp", "--tsig")
+    assert r.returncode == 1 and "address-only" in r.stderr
+    record = json.loads(run(settings, "audit", "show", "--action", "isp.add", "--target", "isp:unbound-isp").stdout)
+    assert record["after"]["transfer_auth"] == "address-only"
+    # An ISP registered before this mode existed is switched explicitly, and back.
+    assert run(settings, "isp", "add", "old-unbound").returncode == 0
+    r = run(settings, "isp", "mode", "old-unbound", "address-only")
+    assert r.returncode == 1 and "needs at least one allowed address" in r.stderr
+    assert core.isps.get("old-unbound").tsig_secret, "a refused switch changes nothing"
+    core.isps.update(SYSTEM, "old-unbound", allow_from=["198.51.100.53"])
+    r = run(settings, "isp", "mode", "old-unbound", "address-only", "--reason", "Unbound cannot sign")
+    assert r.returncode == 0, r.stderr
+    assert (core.isps.get("old-unbound").address_only, core.isps.get("old-unbound").tsig_secret) == (True, "")
+    r = run(settings, "isp", "mode", "old-unbound", "tsig")
+    assert r.returncode == 0, r.stderr
+    assert core.isps.get("old-unbound").tsig_secret == json.loads(r.stdout)["tsig_secret"]
+    assert not core.isps.get("old-unbound").address_only
+    switches = run(settings, "audit", "show", "--action", "isp.transfer_auth").stdout.splitlines()
+    assert len(switches) == 2
+    assert "tsig_secret" not in "".join(switches), "secrets never enter the audit log"
 
 
 def test_settings_commands(core: Core, settings: Settings) -> None:

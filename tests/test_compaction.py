@@ -124,8 +124,14 @@ def test_compaction_writes_the_full_files_and_the_manifest_moves_to_them(
     pub.write_text(core.publisher.key.public.text())
     for rel in (f"snapshots/{v2}.json", f"rpz/{v2}.zone", "manifest.json"):
         assert minisign_ok(core.artifacts.path(rel), pub).returncode == 0, rel
-    # Published once: compaction made no new version and no audit record of a publication.
+    # Published once: compaction made no new version, and says what it wrote in the audit log.
     assert core.publisher.latest()["version"] == v2  # type: ignore[index]
+    from app import audit
+
+    [record] = audit.search(core.store, action="publication.compact")[0]
+    assert record.target == f"version:{v2}" and record.after["snapshot_sha256"] == m["artifacts"][0]["sha256"]
+    assert len(audit.search(core.store, action="publication.publish")[0]) == 2
+    assert audit.verify(core.store).ok
 
 
 def test_a_publisher_on_another_host_rebuilds_the_list_from_the_snapshot_and_the_deltas(
@@ -194,3 +200,23 @@ def test_the_transfer_server_serves_a_delta_only_version_from_the_full_zone_and_
         assert any(o == f"d.example.test.{ZONE}" for o, _, _ in got)
         assert not any(o.startswith("c.example.test") for o, _, _ in got)
         assert len(got) < len(records(out.stdout))
+
+
+def test_the_admin_pages_show_a_delta_only_version_and_what_it_builds_on(large: Core, personas: Personas,
+                                                                        app: Any) -> None:
+    from tests.test_web_helpers import signed_in, text
+
+    core = large
+    activate(core, personas, "a.example.test")
+    publish(core)
+    activate(core, personas, "b.example.test")
+    v2 = publish(core).version
+    client = signed_in(app.test_client(), personas.ada)
+    listing = client.get("/publications")
+    assert listing.status_code == 200
+    page = client.get(f"/publications/{v2}")
+    assert page.status_code == 200
+    shown = text(page)
+    assert "published as a delta on the full snapshot and zone file of" in shown
+    assert 'href="/publications/1">version 1</a>' in shown
+    assert "b.example.test" in shown

@@ -23,7 +23,6 @@ import pytest
 
 from app.core import Core
 from app.embedded import free_port
-from app.signing import ensure_key
 from tests.conftest import Personas, require_binary
 from tests.test_publishing import activate
 from tests.test_xfr_server import ZONE, kdig, records, soa_serial, tsig
@@ -113,7 +112,11 @@ def test_a_second_host_serves_the_same_feed_and_zone_and_a_deleted_cache_changes
     b = Host("b", tmp_path / "host-b", free_port(), free_port())
     for h in (a, b):
         h.data.mkdir()
-    key = ensure_key(a.data / "keys" / "blocklist.key")
+    # Host A holds the programme's key (the one the store names); host B none.
+    (a.data / "keys").mkdir()
+    for f in core.settings.signing_key_file.parent.iterdir():
+        shutil.copy2(f, a.data / "keys" / f.name)
+    key = core.publisher.key
     isp = core.isps.add(personas.ada.actor, "acme")
     token = isp["feed_token"]
     activate(core, personas, "one.example.test", "two.example.test", "https://three.example.test/x")

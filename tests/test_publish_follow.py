@@ -38,10 +38,11 @@ def feed_version(server: LiveServer, token: str) -> int | None:
         return None
 
 
-def start_worker(settings: Settings, processes: list[subprocess.Popen[bytes]], log: Path) -> None:
+def start_worker(settings: Settings, processes: list[subprocess.Popen[bytes]], log: Path,
+                 quiet: str = "1", quiet_max: str = "8") -> None:
     # The safety-net interval is an hour: only the change follower can publish in time.
-    env = worker_env(settings, BLOCKLIST_PUBLISH_INTERVAL="3600", BLOCKLIST_PUBLISH_QUIET="1",
-                     BLOCKLIST_PUBLISH_QUIET_MAX="8")
+    env = worker_env(settings, BLOCKLIST_PUBLISH_INTERVAL="3600", BLOCKLIST_PUBLISH_QUIET=quiet,
+                     BLOCKLIST_PUBLISH_QUIET_MAX=quiet_max)
     processes.append(subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
                                       stdout=log.open("wb"), stderr=subprocess.STDOUT))
 
@@ -90,7 +91,7 @@ def test_a_burst_of_two_hundred_approvals_makes_one_or_two_versions(
     seed = core.curation.submit(personas.alice.actor, "seed.example.test")
     core.curation.act(personas.bruno.actor, seed.id, "approve")
     ids = [core.curation.submit(personas.alice.actor, f"burst{i}.example.test").id for i in range(200)]
-    start_worker(settings, processes, tmp_path / "worker.log")
+    start_worker(settings, processes, tmp_path / "worker.log", quiet="2", quiet_max="10")  # the defaults
     v1, _ = wait_for_version(live_server, token, 0, 30)
 
     for i in ids:

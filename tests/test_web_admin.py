@@ -283,6 +283,40 @@ def test_an_isps_credentials_are_shown_once(app, core: Core, personas: Personas)
     assert not core.isps.get("isp-one").active
 
 
+def test_the_isp_page_says_in_one_line_how_transfers_are_authenticated_and_shows_the_xot_pin(
+        app, core: Core, personas: Personas) -> None:
+    from app.xot import self_signed, spki_pin
+
+    ada = signed_in(app.test_client(), personas.ada)
+    r = post(ada, "/isps", {"name": "unbound-isp", "allow_from": "192.0.2.53", "address_only": "y",
+                            "reason": "resolver cannot sign"})
+    assert r.status_code == 200
+    assert core.isps.get("unbound-isp").address_only
+    assert core.isps.get("unbound-isp").tsig_secret == ""
+    r = post(ada, "/isps", {"name": "nowhere", "address_only": "y"})
+    assert r.status_code == 400
+    assert "needs at least one allowed address" in text(r)
+    core.isps.add(SYSTEM, "bind-isp", allow_from=["192.0.2.0/24"])
+    weak = text(ada.get("/isps/unbound-isp"))
+    assert "<strong>Address only, no TSIG key</strong>: the weaker mode" in weak
+    strong = text(ada.get("/isps/bind-isp"))
+    assert "TSIG key required: <code>bind-isp.tsig.</code>" in strong
+    assert ada.get("/isps/xot-certificate.pem").status_code == 404
+    pem = self_signed("xfr.example.org")[0].decode()
+    core.store.set_xot_cert(pem)
+    page = text(ada.get("/isps/bind-isp"))
+    assert spki_pin(pem) in page
+    assert "name <code>xfr.example.org</code>" in page, "the name ISPs check is the certificate's"
+    cert = ada.get("/isps/xot-certificate.pem")
+    assert cert.status_code == 200
+    assert cert.get_data(as_text=True) == pem
+    api = app.test_client().get("/api/v1/isps/unbound-isp", headers=personas.ada.headers).json
+    assert (api["transfer_auth"], api["tsig_key_name"]) == ("address-only", None)
+    assert api["xot"]["spki_pin_sha256"] == spki_pin(pem)
+    outsider = app.test_client().get("/isps/xot-certificate.pem")
+    assert outsider.status_code in (302, 303, 401), "only signed-in staff download it here"
+
+
 def test_isps_behind_the_latest_version_are_shown(app, core: Core, personas: Personas) -> None:
     core.isps.add(SYSTEM, "slowisp")
     core.isps.add(SYSTEM, "fastisp")
@@ -304,6 +338,21 @@ def test_isps_behind_the_latest_version_are_shown(app, core: Core, personas: Per
 # --------------------------------------------------------------------------- publications and audit
 
 
+def test_publish_now_without_a_running_publisher_says_so_and_withdraws_the_request(
+        app, core: Core, personas: Personas, clock) -> None:
+    approved(core, personas, "one.example")
+    ada = signed_in(app.test_client(), personas.ada)
+    request_page = post(ada, "/publications/publish", {"reason": "weekly"}).headers["Location"]
+    assert "Requested; waiting for the publisher" in text(ada.get(request_page))
+    clock.advance(core.settings.publish_answer_timeout + 1)
+    page = text(ada.get(request_page))
+    assert "No publisher answered" in page
+    assert "no publisher answered within 30 s" in page and "blocklist worker" in page
+    assert 'http-equiv="refresh"' not in page
+    assert core.publisher.serve_request() is None  # withdrawn: a publisher started later does not act on it
+    assert core.latest_version() is None
+
+
 def test_publish_now_reports_the_version_the_worker_published(app, core: Core, personas: Personas) -> None:
     approved(core, personas, "one.example")
     approved(core, personas, "two.example")
@@ -312,7 +361,7 @@ def test_publish_now_reports_the_version_the_worker_published(app, core: Core, p
     assert r.status_code == 303
     request_page = r.headers["Location"]
     waiting = ada.get(request_page)
-    assert "Publishing…" in text(waiting)
+    assert "Requested; waiting for the publisher" in text(waiting)
     assert 'http-equiv="refresh"' in text(waiting)
     outcome = core.publisher.serve_request()  # what the worker does
     assert outcome is not None

@@ -47,7 +47,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from app.config import Settings
 from app.core import Core
-from app.errors import BlocklistError
+from app.errors import BlocklistError, ConfigError
 from app.signing import SecretKey, load_key
 
 log = logging.getLogger("blocklist.worker")
@@ -111,13 +111,12 @@ class Worker:
         return self.core.publisher.refresh_manifest()
 
     def heartbeat(self) -> bool:
-        """Report this worker, and the loaded signing key (/readyz on every web host reads both)."""
-        key_id = None
-        if self.signs:
-            self.core.publisher.report_key()
-            key_id = self.core.publisher.key.public.id_hex
-        self.core.store.worker_report(self.name, {"signs": self.signs, "key_id": key_id}, WORKER_REPORT_TTL)
-        return True
+        """Report this worker, and whether it holds the programme's current key
+        (/readyz on every web host reads both)."""
+        can_sign = self.signs and self.core.publisher.check_key()
+        key_id = self.core.publisher.key.public.id_hex if can_sign else None
+        self.core.store.worker_report(self.name, {"signs": can_sign, "key_id": key_id}, WORKER_REPORT_TTL)
+        return can_sign or not self.signs
 
     def guarded(self, name: str, step: Callable[[], bool]) -> Callable[[], None]:
         def run() -> None:
@@ -206,6 +205,7 @@ class Follower:
 
     def _run_publish(self) -> None:
         self.done.clear()
+        self.worker.last_status = ""  # stays empty if the step fails: then retry later, not at once
         self.sched.add_job(self._publish_step, id="publish-change", replace_existing=True)
         self.done.wait(600)
 
@@ -258,6 +258,10 @@ def main(settings: Settings | None = None) -> None:
     setup_logging(settings, "worker")
     core = Core.from_settings(settings)
     core.store.ping()
+    if core.store.keys_raw() is None:
+        # An empty or wrong Redis: a publisher would sign for no programme.
+        raise ConfigError("BLOCKLIST_REDIS_URL: that Redis names no programme signing key; run "
+                          "`blocklist keys init` on the publisher host once (it records the existing key)")
     key = load_signing_key(settings)
     if key is not None:
         core.publisher._key = key

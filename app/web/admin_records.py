@@ -59,15 +59,16 @@ def publications() -> Any:
 @page("publish.read")
 def publication(version: int) -> Any:
     c = core()
-    meta = c.publisher.version_meta(version)
-    if meta is None:
+    pub = c.publisher.record(version)
+    if pub is None:
         raise NotFoundError(f"there is no version {version}")
+    meta = pub.to_dict()
     added: list[dict[str, Any]] | None = None
     removed: list[dict[str, Any]] | None = None
     missing = None
-    if meta.get("delta"):
+    if pub.delta is not None:
         try:
-            data = json.loads(c.artifacts.read(meta["delta"]["path"]))
+            data = json.loads(c.artifacts.read(pub.delta.path))
             added, removed = data["added"], data["removed"]
         except (OSError, ValueError, KeyError, BlocklistError):
             missing = "the delta file of this version is no longer kept (older than the retention)"
@@ -101,8 +102,11 @@ def publish_now() -> Any:
 def publish_request(request_id: str) -> Any:
     if not _REQUEST_ID.fullmatch(request_id):
         raise NotFoundError("there is no such publication request")
-    result = core().publisher.request_result(request_id)
-    return render_template("publish_request.html", request_id=request_id, result=result)
+    result = core().publisher.answer(request_id)
+    if result is None:
+        raise NotFoundError("there is no such publication request (answers are kept for an hour)")
+    return render_template("publish_request.html", request_id=request_id, result=result,
+                           waiting=result["status"] in ("requested", "working"))
 
 
 @bp.post("/publications/held/<decision>")

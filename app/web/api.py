@@ -326,20 +326,29 @@ def publish() -> Any:
     request_id = pub.request(actor(), d.get("reason", ""))
     wait = int_arg("wait", 0, 0, 300)
     deadline = time.monotonic() + wait
-    while wait and time.monotonic() < deadline:
-        result = pub.request_result(request_id)
-        if result is not None:
-            return jsonify(request=request_id, **result), 200
+    while True:
+        result = pub.answer(request_id) or {"status": "requested"}
+        if result["status"] not in ("requested", "working") or time.monotonic() >= deadline:
+            return _answer(request_id, result)
         time.sleep(0.1)
-    return jsonify(request=request_id, status="requested"), 202
 
 
 @bp.get("/publish/<request_id>")
 def publish_result(request_id: str) -> Any:
-    result = _publisher().request_result(request_id)
+    actor().require("publish.read")
+    result = _publisher().answer(request_id)
     if result is None:
-        return jsonify(request=request_id, status="requested"), 202
-    return jsonify(request=request_id, **result)
+        raise NotFoundError("there is no such publication request (answers are kept for an hour)")
+    return _answer(request_id, result)
+
+
+def _answer(request_id: str, result: dict[str, Any]) -> Any:
+    """202 while the request waits or runs, 503 when no publisher took it, else 200 with the outcome."""
+    if result["status"] in ("requested", "working"):
+        return jsonify(request=request_id, status=result["status"]), 202
+    if result["status"] == "unanswered":
+        return jsonify(request=request_id, status="unanswered", error=result["message"]), 503
+    return jsonify(request=request_id, **result), 200
 
 
 @bp.get("/publications")
@@ -364,13 +373,13 @@ def publication(version: int) -> Any:
 def publication_diff(version: int) -> Any:
     """The delta that produced ``version`` (what it added and removed)."""
     actor().require("publish.read")
-    meta = _publisher().version_meta(version)
-    if meta is None:
+    pub = _publisher().record(version)
+    if pub is None:
         raise NotFoundError(f"there is no version {version}")
-    if not meta.get("delta"):
-        return jsonify(version=version, previous_version=meta.get("previous_version"), added=None,
+    if pub.delta is None:
+        return jsonify(version=version, previous_version=pub.previous_version, added=None,
                        removed=None, note="first version, or no previous version to compare with")
-    data = json.loads(core().artifacts.read(meta["delta"]["path"]))
+    data = json.loads(core().artifacts.read(pub.delta.path))
     return jsonify(version=version, previous_version=data["from"], added=data["added"], removed=data["removed"])
 
 
@@ -413,14 +422,21 @@ def isps() -> Any:
 @bp.post("/isps")
 def add_isp() -> Any:
     d = body()
-    created = core().isps.add(actor(), d.get("name"), d.get("notify"), d.get("allow_from"), d.get("reason", ""))
-    return jsonify(created), 201
+    created = core().isps.add(actor(), d.get("name"), d.get("notify"), d.get("allow_from"), d.get("reason", ""),
+                              address_only=d.get("address_only", False))
+    return jsonify({**created, "xot": _xot()}), 201
+
+
+def _xot() -> dict[str, Any] | None:
+    from app.xot import details
+
+    return details(core().store.xot_cert(), core().settings)
 
 
 @bp.get("/isps/<name>")
 def get_isp(name: str) -> Any:
     actor().require("isp.read")
-    return jsonify(core().isps.get(name).public(core().latest_version()))
+    return jsonify({**core().isps.get(name).public(core().latest_version()), "xot": _xot()})
 
 
 @bp.patch("/isps/<name>")

@@ -9,9 +9,10 @@
   (``blocklist-pull check``); checked strictly (400 for anything else,
   nothing recorded), at most ``REPORTS_PER_HOUR`` an hour (429), audited.
 * Versioned artifacts are immutable: strong ``ETag`` (their sha256),
-  ``If-None-Match`` answers 304, and they are streamed from the artifact
-  store (or handed to nginx with ``X-Accel-Redirect``), never built per
-  request. ``gzip`` is offered to clients that accept it, from a compressed
+  ``If-None-Match`` answers 304, and they are streamed from this host's
+  cache of the artifact store, filled from Redis and checked against the
+  recorded sha256 first (or handed to nginx with ``X-Accel-Redirect`` once
+  the cache holds them), never built per request. ``gzip`` is offered to clients that accept it, from a compressed
   copy made once per file.
 """
 
@@ -103,12 +104,14 @@ def _serve(rel: str, token: str | None) -> Any:
         raise NotFoundError(f"there is no feed artifact {rel!r}")
     core = _core()
     if m.group("key"):
-        from app.signing import public_key_path
+        # The programme's current key as the store records it, the same from
+        # every host (a web host holds no key file).
+        from app.keys import Keyring
 
-        path = public_key_path(core.settings.signing_key_file)
-        if not path.exists():
+        rec = Keyring(core.store, core.settings.signing_key_file).record()
+        if rec is None:
             raise NotFoundError("no signing key yet")
-        return _bytes_response(path.read_bytes(), "text/plain; charset=utf-8", REVALIDATE)
+        return _bytes_response(rec.current.public().text().encode(), "text/plain; charset=utf-8", REVALIDATE)
     if m.group("manifest"):
         manifest = core.store.pub_manifest()
         if manifest is None:
@@ -135,8 +138,8 @@ def _serve(rel: str, token: str | None) -> Any:
         ext = "json" if kind == "snapshots" else "zone"
         if (kind == "snapshots") != (m.group("ext") == "json"):
             raise NotFoundError(f"there is no feed artifact {rel!r}")
-        meta = publisher.version_meta(version)
-        info = meta and meta["snapshot" if kind == "snapshots" else "rpz"]
+        pub = publisher.record(version)
+        info = pub and (pub.snapshot if kind == "snapshots" else pub.rpz)
         target = f"{kind}/{version}.{ext}"
         if not info or not core.artifacts.exists(target):
             raise NotFoundError(f"version {version} is not available; fetch the latest snapshot")
@@ -144,19 +147,19 @@ def _serve(rel: str, token: str | None) -> Any:
         if want_sig:
             return _file_response(target + ".minisig", None, cache, "text/plain; charset=utf-8")
         mime = "application/json" if ext == "json" else "text/dns; charset=utf-8"
-        return _file_response(target, info["sha256"], cache, mime)
+        return _file_response(target, info.sha256, cache, mime)
     frm, to = int(m.group("from")), int(m.group("to"))
     target = f"deltas/{frm}/{to}.json"
-    meta = publisher.version_meta(to)
-    delta = meta.get("delta") if meta else None
-    if not delta or int(delta["from"]) != frm or not core.artifacts.exists(target):
+    pub = publisher.record(to)
+    delta = pub.delta if pub else None
+    if not delta or delta.frm != frm or not core.artifacts.exists(target):
         raise NotFoundError(
             f"no delta from version {frm} to {to}: history does not reach it; fetch the full snapshot"
         )
     core.isps.record_pull(isp, to, "feed:delta")
     if m.group("dsig"):
         return _file_response(target + ".minisig", None, IMMUTABLE, "text/plain; charset=utf-8")
-    return _file_response(target, delta["sha256"], IMMUTABLE, "application/json")
+    return _file_response(target, delta.sha256, IMMUTABLE, "application/json")
 
 
 def _accepts_gzip() -> bool:

@@ -203,12 +203,12 @@ class StoreCollector(Collector):
         yield _gauge("blocklist_publication_last_timestamp_seconds",
                      "When the latest version was published (Unix time).",
                      _epoch(latest.get("published_at")) if latest else None)
-        meta = core.publisher.version_meta(version) if version else None
+        pub = core.publisher.record(version) if version else None
         yield _gauge("blocklist_publication_build_seconds", "Time the publisher took to build the latest version.",
-                     float(meta["build_seconds"]) if meta and meta.get("build_seconds") is not None else None)
+                     pub.build_seconds if pub else None)
         changes = GaugeMetricFamily("blocklist_publication_changes",
                                     "Entries added, removed and changed by the latest version.", labels=["kind"])
-        for kind, n in ((meta or {}).get("changes") or {}).items():
+        for kind, n in (pub.changes if pub else {}).items():
             changes.add_metric([str(kind)], float(n))
         yield changes
 
@@ -223,6 +223,16 @@ class StoreCollector(Collector):
         yield held_changes
         yield _gauge("blocklist_publication_pending_changes",
                      "Changed entries not yet taken up by a publication.", store.dirty_count())
+        yield _gauge("blocklist_publication_deltas_since_full",
+                     "Versions published as deltas since the last full snapshot (compaction resets it).",
+                     pub.chain_length if pub else None)
+        workers = GaugeMetricFamily("blocklist_workers",
+                                    "Live workers, by whether they hold the signing key and can publish.",
+                                    labels=["can_publish"])
+        alive = store.workers_alive()
+        for label, signs in (("yes", True), ("no", False)):
+            workers.add_metric([label], float(sum(1 for w in alive if bool(w.get("signs")) == signs)))
+        yield workers
 
         manifest = store.pub_manifest()
         expires = signed = manifest_version = None
@@ -294,8 +304,8 @@ class StoreCollector(Collector):
     def _first_published_after(self, have: int) -> float | None:
         """Publication time of the oldest version above ``have``."""
         version = self.core.store.pub_first_version_after(have)
-        meta = self.core.publisher.version_meta(version) if version is not None else None
-        return _epoch(meta.get("published_at")) if meta else None
+        pub = self.core.publisher.record(version) if version is not None else None
+        return _epoch(pub.published_at) if pub else None
 
     def _heartbeats(self) -> Iterator[Metric]:
         health_dir = self.core.settings.health_dir
