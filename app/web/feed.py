@@ -30,9 +30,10 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 
 from app.core import Core
-from app.errors import AuthenticationError, NotFoundError, ValidationError
+from app.errors import NotFoundError, ValidationError
 from app.isps import REPORTS_PER_HOUR, Isp
 from app.web import core_of
+from app.web.common import bearer_token
 
 bp = Blueprint("feed", __name__, url_prefix="/feed/v1")
 
@@ -58,11 +59,7 @@ def _core() -> Core:
 
 def _authenticate(token: str | None) -> Isp:
     if token is None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthenticationError("a valid feed token is required (Authorization: Bearer blf_...)")
-        token = value.strip()
+        token = bearer_token("feed token", "blf_...")
     isp = _core().isps.authenticate_feed(token)
     g.isp = isp
     return isp

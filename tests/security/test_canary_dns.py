@@ -51,11 +51,17 @@ def fake() -> Iterator[Fake]:
     socks: list[socket.socket] = []
 
     def start(handler: Handler) -> tuple[str, int]:
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.bind(("127.0.0.1", port))
+        for _ in range(50):  # a UDP port whose TCP twin is free too
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                tcp.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                udp.close()
+                tcp.close()
         tcp.listen()
         socks.extend([udp, tcp])
 
