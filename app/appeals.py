@@ -323,25 +323,26 @@ class Appeals:
 
     def _write(self, actor: Actor, action: str, new: Appeal, old: Appeal | None, old_raw: str | None,
                *, after: Any, reason: str, before: Any = None) -> Appeal:
-        for _ in range(MAX_RETRIES):
+        written: list[Appeal] = []
+
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
             seq = audit.add(txn, self.store, head, actor=actor, action=action, target=f"appeal:{new.id}",
                             before=before, after=after, reason=reason, ts=self.clock())
             record = replace(new, history=[*new.history, seq])
             self.store.put_appeal(txn, new.id, record.to_json(), expect_json=old_raw,
                                   old_status=None if old is None else old.status.value,
                                   new_status=record.status.value, score=float(record.filed_at))
-            try:
-                self.store.commit(txn)
-                return record
-            except RetryableConflictError:
-                # Only the audit head moved (another change elsewhere) unless the
-                # appeal itself changed, which the caller must see.
-                if self.store.appeal_raw(new.id) != old_raw:
-                    raise
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            written[:] = [record]
+
+        def appeal_moved() -> None:
+            # Only the audit head moved (another change elsewhere) unless the
+            # appeal itself changed, which the caller must see.
+            if self.store.appeal_raw(new.id) != old_raw:
+                raise RetryableConflictError("the appeal changed while the action ran; try again")
+
+        self.store.transact(step, retries=MAX_RETRIES - 1, on_conflict=appeal_moved)
+        return written[0]
 
 
 __all__ = ["APPEAL_STEPS", "Appeal", "AppealStatus", "Appeals", "parse_appeal_domain"]

@@ -1,46 +1,127 @@
-"""The artifact store: published files under one directory.
+"""The artifact store: published files, kept in Redis, cached on each host.
 
-Layout (paths are also the feed's URL paths under ``/feed/v1/``)::
+Paths (also the feed's URL paths under ``/feed/v1/``)::
 
     snapshots/<v>.json[.minisig]
     deltas/<from>/<to>.json[.minisig]
     rpz/<v>.zone[.minisig]
-    manifest.json[.minisig]          the latest manifest (also kept in Redis)
-    HIGHWATER                        the highest version number ever committed
+    manifest.json[.minisig]          the latest manifest (kept in Redis by the publisher)
 
 What must stay true:
 
-* A published file never changes. Files of a version are written to a
-  private staging directory, fsync'd, and moved into place only by the
-  publisher holding the lock, just before it commits the version in Redis.
-* ``HIGHWATER`` is written (and fsync'd) before a version is committed, so a
-  Redis restored from an older backup can never make the publisher reuse or
-  lower a number: the next version is always above it.
-
-Every host that serves the feed or runs the transfer server needs this
-directory (a shared filesystem, or a copy kept in sync: files are immutable
-and named by version, so ``rsync`` or an object store works).
+* Redis is the system of record for artifact bytes too. An artifact is a
+  blob addressed by its sha256, compressed (zstd; the codec is recorded)
+  in chunks of at
+  most :data:`CHUNK` raw bytes, and an index entry ``path -> ArtifactRef``.
+  Every host that serves the feed or runs the transfer server reads the same
+  bytes from the same Redis, so any number of them serve identical feeds.
+* A published artifact never changes. Blobs are uploaded under a temporary
+  name, renamed to their content address with an expiry, and only the
+  publisher's commit (the same atomic step that makes the version visible)
+  writes their index entries and removes that expiry: a publisher killed
+  before it commits leaves nothing visible, and its blobs expire by
+  themselves. Content addresses never collide between paths: every artifact
+  names its own version and path inside it.
+* Reads check the sha256 and size recorded in the index; a damaged blob or
+  cache file is never served.
+* The local directory (``BLOCKLIST_ARTIFACT_DIR``) is only a cache: files
+  there may be deleted at any time and are refilled from Redis on demand
+  (nginx offload serves them with ``X-Accel-Redirect``); files that
+  retention removed from Redis are swept from it every few minutes.
+* The version high-water mark is kept in Redis and in a ``HIGHWATER`` file
+  on the publisher's host: a Redis restored from an older backup can never
+  make that publisher reuse or lower a number.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-import shutil
 import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.errors import NotFoundError, PublicationError
 
+if TYPE_CHECKING:
+    from app.store import Store, Txn
+
+import zstandard
+
 _REL = re.compile(r"(?:snapshots/\d+\.json|deltas/\d+/\d+\.json|rpz/\d+\.zone|manifest\.json)(?:\.minisig)?")
+#: Raw bytes per chunk: Redis values stay far below their 512 MB limit and
+#: one chunk is one short round trip.
+CHUNK = 4 << 20
+#: Blobs not (yet) committed by a publication expire after this many seconds.
+ORPHAN_TTL = 86400
+#: A host's cache drops files that retention removed from Redis this often.
+SWEEP_EVERY = 600.0
+#: zstd compresses a feed several times faster than zlib, at a better ratio;
+#: refs record their codec, so zlib blobs stay readable.
+CODEC = "zstd"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def compress(data: bytes | memoryview) -> bytes:
+    return bytes(zstandard.ZstdCompressor(level=3).compress(data))
+
+
+def decompress(codec: str, data: bytes) -> bytes:
+    if codec == "zstd":
+        return bytes(zstandard.ZstdDecompressor().decompress(data))
+    if codec == "zlib":
+        return zlib.decompress(data)
+    raise PublicationError(f"unknown artifact codec {codec!r}")
+
+
+def check_rel(rel: str) -> str:
+    if not _REL.fullmatch(rel):
+        raise NotFoundError(f"no such artifact: {rel}")
+    return rel
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Where an artifact's bytes are, and what they must hash to."""
+
+    path: str
+    sha256: str
+    size: int
+    codec: str
+    chunks: int
+
+    def to_json(self) -> str:
+        return json.dumps({"path": self.path, "sha256": self.sha256, "size": self.size, "codec": self.codec,
+                           "chunks": self.chunks}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> ArtifactRef:
+        d = json.loads(raw)
+        return cls(path=str(d["path"]), sha256=str(d["sha256"]), size=int(d["size"]), codec=str(d["codec"]),
+                   chunks=int(d["chunks"]))
+
+
+def _write_file(path: Path, parts: Sequence[bytes | memoryview], mode: int = 0o644) -> None:
+    """A cache file: temp file in the same directory, then rename (no fsync:
+    a cache lost in a crash is refilled from Redis)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            f.writelines(parts)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -58,97 +139,217 @@ def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class Staging:
-    """Files of one version being built; invisible until :meth:`commit`."""
+    """Artifacts of one version being built: uploaded, but invisible until the
+    publication's commit adds :meth:`commit_ops` to its atomic step."""
 
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
-        store.root.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(dir=store.root, prefix=".staging-"))
-        self.files: list[str] = []
+        self.refs: list[ArtifactRef] = []
+        self._cache: list[tuple[str, list[bytes]]] = []
 
-    def write(self, rel: str, data: bytes | str) -> None:
-        if not _REL.fullmatch(rel):
+    def write(self, rel: str, data: bytes | str) -> ArtifactRef:
+        return self.write_parts(rel, [data.encode() if isinstance(data, str) else data])
+
+    def write_parts(self, rel: str, parts: list[bytes]) -> ArtifactRef:
+        if not _REL.fullmatch(rel) or rel.startswith("manifest.json"):
             raise PublicationError(f"not an artifact path: {rel}")
-        path = self.dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        self.files.append(rel)
+        ref = self.store.upload(rel, parts)
+        self.refs.append(ref)
+        self._cache.append((rel, parts))
+        return ref
 
-    def write_parts(self, rel: str, parts: list[bytes]) -> None:
-        if not _REL.fullmatch(rel):
-            raise PublicationError(f"not an artifact path: {rel}")
-        path = self.dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            f.writelines(parts)
-            f.flush()
-            os.fsync(f.fileno())
-        self.files.append(rel)
+    def commit_ops(self, txn: Txn) -> None:
+        self.store.store.art_index_put(txn, [(r.path, r.sha256, r.to_json()) for r in self.refs])
 
-    def commit(self) -> None:
-        for rel in self.files:
-            target = self.store.root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.dir / rel, target)
-        for parent in {(self.store.root / rel).parent for rel in self.files}:
-            _fsync_dir(parent)
-        self.abort()
+    def finish(self) -> None:
+        """After the commit: this host's cache gets the files it just published."""
+        for rel, parts in self._cache:
+            try:
+                _write_file(self.store.root / rel, parts)
+            except OSError:
+                pass  # a cache: the file is filled from Redis on first use
+        self._cache.clear()
 
     def abort(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._cache.clear()
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    """Published artifacts in Redis with a local, disposable file cache."""
+
+    def __init__(self, root: Path, store: Store) -> None:
         self.root = Path(root)
+        self.store = store
+        self._verified: set[tuple[str, str]] = set()
+        self._fill_lock = threading.Lock()
+        self._swept = time.monotonic()
 
-    def path(self, rel: str) -> Path:
-        """The file for a feed path; refuses anything that is not an artifact path."""
-        if not _REL.fullmatch(rel):
-            raise NotFoundError(f"no such artifact: {rel}")
-        return self.root / rel
-
-    def exists(self, rel: str) -> bool:
-        try:
-            return self.path(rel).is_file()
-        except NotFoundError:
-            return False
-
-    def read(self, rel: str) -> bytes:
-        try:
-            return self.path(rel).read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"no such artifact: {rel}") from None
+    # ------------------------------------------------------------ writing
 
     def stage(self) -> Staging:
         return Staging(self)
 
+    def upload(self, rel: str, parts: list[bytes]) -> ArtifactRef:
+        """Hash, compress and upload one artifact's bytes (invisible until committed)."""
+        # Chunks are independent compressed frames read back in order, so
+        # each part is cut on its own: no copy of a large artifact is made.
+        views = [memoryview(p) for p in parts if len(p)]
+        pieces = [v[i : i + CHUNK] for v in views for i in range(0, len(v), CHUNK)] or [memoryview(b"")]
+        size = sum(len(v) for v in views)
+        sha = hashlib.sha256()
+
+        def digest() -> None:
+            for v in views:
+                sha.update(v)
+
+        hasher = threading.Thread(target=digest)
+        hasher.start()
+        # zstd and zlib release the GIL: chunks compress on every core.
+        if len(pieces) > 1:
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+                chunks = list(pool.map(compress, pieces))
+        else:
+            chunks = [compress(pieces[0])]
+        hasher.join()
+        sha_hex = sha.hexdigest()
+        self.store.art_blob_put(sha_hex, chunks, ORPHAN_TTL)
+        return ArtifactRef(path=rel, sha256=sha_hex, size=size, codec=CODEC, chunks=len(chunks))
+
     def write_now(self, rel: str, data: bytes | str) -> None:
-        """Replace a mutable file (only the latest manifest is one)."""
+        """The latest manifest as a cache file (its record of truth is in Redis)."""
         if rel not in ("manifest.json", "manifest.json.minisig"):
             raise PublicationError(f"{rel} is immutable once published")
-        write_durably(self.path(rel), data.encode() if isinstance(data, str) else data)
+        _write_file(self.root / rel, [data.encode() if isinstance(data, str) else data])
 
     def remove(self, rel: str) -> None:
-        for p in (self.path(rel), self.path(rel + ".minisig")):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-        for gz in (self.root / (rel + ".gz"),):
-            try:
-                gz.unlink()
-            except FileNotFoundError:
-                pass
+        """Drop an artifact and its signature (retention), here and in Redis."""
+        rels = [check_rel(rel), rel + ".minisig"]
+        refs = self.refs(rels)
+        self.store.art_remove(rels, [r.sha256 for r in refs.values()])
+        for r in rels:
+            for p in (self.root / r, self.root / (r + ".gz")):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+
+    # ------------------------------------------------------------ reading
+
+    def ref(self, rel: str) -> ArtifactRef | None:
+        raw = self.store.art_index_get(check_rel(rel))
+        return ArtifactRef.from_json(raw) if raw else None
+
+    def refs(self, rels: Sequence[str]) -> dict[str, ArtifactRef]:
+        raws = self.store.art_index_many(list(rels))
+        return {rel: ArtifactRef.from_json(raw) for rel, raw in zip(rels, raws, strict=True) if raw}
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return self.ref(rel) is not None
+        except NotFoundError:
+            return False
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of a published artifact, from Redis, checked against their sha256."""
+        ref = self.ref(rel)
+        if ref is None:
+            raise NotFoundError(f"no such artifact: {rel}")
+        return self._fetch(ref)
+
+    def _fetch(self, ref: ArtifactRef) -> bytes:
+        chunks = self.store.art_blob_get(ref.sha256)
+        if len(chunks) != ref.chunks:
+            raise NotFoundError(f"the stored bytes of {ref.path} are missing")
+        data = b"".join(decompress(ref.codec, c) for c in chunks)
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PublicationError(f"{ref.path} does not match the sha256 recorded at publication")
+        return data
+
+    def path(self, rel: str) -> Path:
+        """The local cache file of an artifact, filled from Redis when missing or wrong."""
+        if rel.startswith("manifest.json"):
+            return self._manifest_path(rel)
+        ref = self.ref(rel)
+        if ref is None:
+            raise NotFoundError(f"no such artifact: {rel}")
+        path = self.root / rel
+        key = (rel, ref.sha256)
+        if key in self._verified and path.is_file():
+            return path
+        with self._fill_lock:
+            if not self._cache_ok(path, ref):
+                _write_file(path, [self._fetch(ref)])
+                gz = path.with_name(path.name + ".gz")
+                gz.unlink(missing_ok=True)  # made from the old file: make it again
+            self._verified.add(key)
+        if time.monotonic() - self._swept > SWEEP_EVERY:
+            self.sweep_cache()
+        return path
+
+    def sweep_cache(self) -> int:
+        """Delete cached files whose artifact retention removed from Redis
+        (each host's cache stays as bounded as Redis); returns how many."""
+        self._swept = time.monotonic()
+        if not self.root.is_dir():
+            return 0
+        files: dict[str, list[Path]] = {}
+        for path in self.root.rglob("*"):
+            if not path.is_file():
+                continue
+            rel = path.relative_to(self.root).as_posix()
+            base = rel.removesuffix(".gz")
+            if base.startswith("manifest.json") or not _REL.fullmatch(base):
+                continue
+            files.setdefault(base, []).append(path)
+        rels = sorted(files)
+        gone = 0
+        for start in range(0, len(rels), 1000):
+            chunk = rels[start : start + 1000]
+            for rel, raw in zip(chunk, self.store.art_index_many(chunk), strict=True):
+                if raw is None:
+                    for path in files[rel]:
+                        path.unlink(missing_ok=True)
+                        gone += 1
+        self._verified = {k for k in self._verified if k[0] not in files or (self.root / k[0]).exists()}
+        return gone
+
+    @staticmethod
+    def _cache_ok(path: Path, ref: ArtifactRef) -> bool:
+        try:
+            if path.stat().st_size != ref.size:
+                return False
+            sha = hashlib.sha256()
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    sha.update(block)
+            return sha.hexdigest() == ref.sha256
+        except OSError:
+            return False
+
+    def _manifest_path(self, rel: str) -> Path:
+        m = self.store.pub_manifest()
+        if m is None:
+            raise NotFoundError("nothing has been published yet")
+        body, sig, _ = m
+        _write_file(self.root / "manifest.json", [body.encode()])
+        _write_file(self.root / "manifest.json.minisig", [sig.encode()])
+        return self.root / rel
+
+    # ------------------------------------------------------------ versions
 
     def highwater(self) -> int:
+        """The highest version ever committed, by Redis or by this host."""
+        return max(self.local_highwater(), self.store.pub_highwater())
+
+    def local_highwater(self) -> int:
         try:
             text = (self.root / "HIGHWATER").read_text().strip()
         except FileNotFoundError:
@@ -159,13 +360,7 @@ class ArtifactStore:
             raise PublicationError(f"{self.root / 'HIGHWATER'} is damaged: {text[:40]!r}") from None
 
     def set_highwater(self, version: int) -> None:
-        if version < self.highwater():
+        if version < self.local_highwater():
             raise PublicationError("the version high-water mark never goes down")
         write_durably(self.root / "HIGHWATER", f"{version}\n".encode())
-
-    def clean_staging(self) -> None:
-        """Remove staging directories left by a publisher that was killed."""
-        if not self.root.exists():
-            return
-        for p in self.root.glob(".staging-*"):
-            shutil.rmtree(p, ignore_errors=True)
+        self.store.pub_raise_highwater(version)

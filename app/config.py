@@ -164,11 +164,22 @@ class Settings:
 
     # Publication
     publish_interval: int = 300
+    # A change is published once the change feed has been quiet this long,
+    # and at the latest this long after the first unpublished change.
+    publish_quiet: float = 2.0
+    publish_quiet_max: float = 10.0
     manifest_ttl: int = 3600
     manifest_refresh: int = 900
     artifact_ttl: int = 30 * 86400
     retain_snapshots: int = 5
     retain_deltas: int = 100
+    # Background compaction: a full snapshot and zone file are written when
+    # the deltas since the last ones reach this share of its size, half of
+    # retain_deltas versions, or this age; lists up to compact_small_bytes
+    # are written in full with every version.
+    compact_ratio: float = 0.1
+    compact_age: int = 3600
+    compact_small_bytes: int = 1_000_000
     expire_interval: int = 60
     # How long "publish now" waits for a publisher to take the request.
     publish_answer_timeout: int = 30
@@ -276,11 +287,16 @@ class Settings:
             rpz_ns=env.text("BLOCKLIST_RPZ_NS", "localhost."),
             categories=cats,
             publish_interval=env.whole("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
+            publish_quiet=env.number("BLOCKLIST_PUBLISH_QUIET", 2.0, 0.0, 60.0),
+            publish_quiet_max=env.number("BLOCKLIST_PUBLISH_QUIET_MAX", 10.0, 0.0, 600.0),
             manifest_ttl=env.whole("BLOCKLIST_MANIFEST_TTL", 3600, 60),
             manifest_refresh=env.whole("BLOCKLIST_MANIFEST_REFRESH", 900, 1),
             artifact_ttl=env.whole("BLOCKLIST_ARTIFACT_TTL", 30 * 86400, 3600),
             retain_snapshots=env.whole("BLOCKLIST_RETAIN_SNAPSHOTS", 5, 1),
             retain_deltas=env.whole("BLOCKLIST_RETAIN_DELTAS", 100, 1),
+            compact_ratio=env.number("BLOCKLIST_COMPACT_RATIO", 0.1, 0.0, 100.0),
+            compact_age=env.whole("BLOCKLIST_COMPACT_AGE", 3600, 1),
+            compact_small_bytes=env.whole("BLOCKLIST_COMPACT_SMALL_BYTES", 1_000_000, 0),
             expire_interval=env.whole("BLOCKLIST_EXPIRE_INTERVAL", 60, 1),
             publish_answer_timeout=env.whole("BLOCKLIST_PUBLISH_ANSWER_TIMEOUT", 30, 1, 3600),
             key_rotation_overlap=env.whole("BLOCKLIST_KEY_ROTATION_OVERLAP", 7 * 86400, 0),
@@ -325,6 +341,8 @@ class Settings:
             health_dir=Path(health) if health else None,
             metrics_token=env.opt("BLOCKLIST_METRICS_TOKEN"),
         )
+        if s.publish_quiet_max < s.publish_quiet:
+            raise ConfigError("BLOCKLIST_PUBLISH_QUIET_MAX must not be below BLOCKLIST_PUBLISH_QUIET")
         if overrides:
             s = replace(s, **overrides)  # type: ignore[arg-type]
         return s

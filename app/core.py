@@ -67,6 +67,14 @@ class Core:
             out["signing"] = (False, f"the publisher cannot sign: {signer['problem']}")
         else:
             out["signing"] = (True, f"key {signer['key_id']} loaded by the publisher")
+        workers = self.store.workers_alive()
+        signing = [w["name"] for w in workers if w.get("signs")]
+        keyless = [w["name"] for w in workers if not w.get("signs")]
+        detail = f"{len(signing)} can publish ({', '.join(signing) or 'none'})"
+        if keyless:
+            detail += f"; without the signing key, never publishing: {', '.join(keyless)}"
+        # Informational: the "signing" check above decides readiness.
+        out["workers"] = (True, detail)
         m = self.store.pub_manifest()
         if m is None:
             out["manifest"] = (True, "no publication yet")

@@ -12,22 +12,28 @@ What must stay true:
   its non-empty address list is the only gate (for resolvers that cannot
   sign, such as Unbound).
 * Every change is audited, without secrets.
+* What an ISP's resolvers enforce (reports from ``blocklist-pull check``)
+  is accepted only in a strictly checked form, at a bounded rate, and kept
+  bounded: the lowest version its resolvers enforced in the last report,
+  when, and one line per resolver (at most :data:`REPORT_RESOLVERS_KEPT`).
 """
 
 from __future__ import annotations
 
 import base64
+import calendar
 import ipaddress
 import json
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from app import audit
 from app.clock import Clock
 from app.config import parse_hostport
-from app.domain import Actor, clean_text, iso
+from app.domain import Actor, Role, clean_text, iso
 from app.errors import (
     AuthenticationError,
     ConfigError,
@@ -43,6 +49,12 @@ from app.users import hash_token, new_token
 FEED_TOKEN_PREFIX = "blf_"  # noqa: S105 (a prefix that makes leaked tokens recognisable, not a secret)
 TSIG_ALGORITHM = "hmac-sha256"
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
+REPORT_RESOLVERS_MAX = 16  # resolvers in one report
+REPORT_RESOLVERS_KEPT = 32  # resolvers remembered per ISP, most recently seen first
+REPORTS_PER_HOUR = 60
+_RESOLVER_RE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\[\]-]{0,79}")
+_ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_REPORT_KEYS = frozenset({"resolver", "version", "blocked", "checked_at"})
 
 
 def validate_name(name: Any) -> str:
@@ -111,10 +123,10 @@ class Isp:
     last_version: int | None = None
     last_pull_at: int | None = None
     last_pull_via: str | None = None
-    address_only: bool = False
-    # The version the ISP's resolvers were last seen enforcing, and when (enforcement reports).
     enforced_version: int | None = None
     enforced_at: int | None = None
+    resolvers: list[dict[str, Any]] = field(default_factory=list)
+    address_only: bool = False
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 
     def address_allowed(self, address: str) -> bool:
@@ -145,6 +157,11 @@ class Isp:
             "last_pull_via": self.last_pull_via,
             "versions_behind": (None if latest is None or self.last_version is None
                                 else max(0, latest - self.last_version)),
+            "enforced_version": self.enforced_version,
+            "enforced_at": iso(self.enforced_at),
+            "enforced_behind": (None if latest is None or self.enforced_version is None
+                                else max(0, latest - self.enforced_version)),
+            "resolvers": self.resolvers,
         }
 
 
@@ -164,9 +181,10 @@ def _from_raw(raw: dict[str, str]) -> Isp:
         last_version=int(raw["last_version"]) if raw.get("last_version") else None,
         last_pull_at=int(raw["last_pull_at"]) if raw.get("last_pull_at") else None,
         last_pull_via=raw.get("last_pull_via") or None,
-        address_only=raw.get("address_only") == "1",
         enforced_version=int(raw["enforced_version"]) if raw.get("enforced_version") else None,
         enforced_at=int(raw["enforced_at"]) if raw.get("enforced_at") else None,
+        resolvers=json.loads(raw.get("resolvers") or "[]"),
+        address_only=raw.get("address_only") == "1",
         networks=[ipaddress.ip_network(c) for c in allow],
     )
 
@@ -375,3 +393,78 @@ class Isps:
         if version is not None:
             fields["last_version"] = str(version)
         self.store.isp_record_pull(isp.name, fields)
+
+    def record_report(self, isp: Isp, body: Any) -> dict[str, Any]:
+        """Record what ``blocklist-pull check`` saw the ISP's resolvers enforce.
+
+        ``body`` is ``{"resolvers": [{"resolver", "version", "blocked", "checked_at"}, ...]}``:
+        the resolver's label, the version its canary answered (null: no answer), whether
+        the always-blocked canary was blocked, and when. Anything else is refused whole."""
+        now = self.clock()
+        seen = parse_report(body, now)
+        enforcing = [r["version"] for r in seen if r["blocked"] and r["version"] is not None]
+        # A resolver that does not block the canary enforces nothing, whatever it answers.
+        version = min(enforcing) if len(enforcing) == len(seen) else None
+        stamp = iso(now)
+        merged = {r["resolver"]: dict(r, reported_at=stamp) for r in seen}
+        for old in isp.resolvers:
+            if isinstance(old, dict) and old.get("resolver") not in merged:
+                merged[str(old.get("resolver"))] = old
+        kept = list(merged.values())[:REPORT_RESOLVERS_KEPT]
+        fields = {"enforced_version": "" if version is None else str(version), "enforced_at": str(int(now)),
+                  "resolvers": json.dumps(kept, separators=(",", ":"))}
+        # The ISP itself reports; the audit record names it (an ISP is no user: the
+        # least-privileged role is recorded).
+        actor = Actor(name=f"isp:{isp.name}", role=Role.AUDITOR, agency=isp.name)
+        for _ in range(20):
+            head = audit.head(self.store)
+            txn = Txn()
+            self.store.put_isp_report(txn, isp.name, fields)
+            audit.add(txn, self.store, head, actor=actor, action="isp.report", target=f"isp:{isp.name}",
+                      before={"enforced_version": isp.enforced_version},
+                      after={"enforced_version": version, "resolvers": seen}, ts=now)
+            try:
+                self.store.commit(txn)
+                return {"enforced_version": version, "enforced_at": stamp, "resolvers": seen}
+            except RetryableConflictError:
+                current = self.get(isp.name)
+                if not current.active:
+                    raise PermissionDeniedError(f"access for {isp.name} has been revoked") from None
+        raise ConflictError("too many concurrent changes; try again")
+
+    def report_allowed(self, isp: Isp) -> bool:
+        """Counts a report; False once the ISP has sent more than REPORTS_PER_HOUR this hour."""
+        return self.store.rate_hit("isp-report", isp.name, 3600) <= REPORTS_PER_HOUR
+
+
+def parse_report(body: Any, now: float) -> list[dict[str, Any]]:
+    """The resolvers of a report, checked strictly (see :meth:`Isps.record_report`)."""
+    if not isinstance(body, dict) or set(body) != {"resolvers"}:
+        raise ValidationError('a report is a JSON object with one key, "resolvers"')
+    items = body["resolvers"]
+    if not isinstance(items, list) or not 1 <= len(items) <= REPORT_RESOLVERS_MAX:
+        raise ValidationError(f'"resolvers" is a list of 1 to {REPORT_RESOLVERS_MAX} resolvers')
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict) or set(item) != _REPORT_KEYS:
+            raise ValidationError(f"resolver {i} must have exactly the keys resolver, version, blocked and checked_at")
+        label, version, blocked, checked = item["resolver"], item["version"], item["blocked"], item["checked_at"]
+        if not isinstance(label, str) or not _RESOLVER_RE.fullmatch(label):
+            raise ValidationError(f"resolver {i}: the label must be 1-80 letters, digits or . _ : [ ] -")
+        if any(r["resolver"] == label for r in out):
+            raise ValidationError(f"resolver {label} is reported twice")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                    or not 0 <= version < 1 << 53):
+            raise ValidationError(f"resolver {label}: version must be a whole number or null")
+        if not isinstance(blocked, bool):
+            raise ValidationError(f"resolver {label}: blocked must be true or false")
+        if not isinstance(checked, str) or not _ISO_RE.fullmatch(checked):
+            raise ValidationError(f"resolver {label}: checked_at must be a time like 2026-01-31T12:00:00Z")
+        try:
+            ts = calendar.timegm(time.strptime(checked, "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            raise ValidationError(f"resolver {label}: checked_at is not a valid time") from None
+        if not now - 86400 <= ts <= now + 300:
+            raise ValidationError(f"resolver {label}: checked_at must be within the last day")
+        out.append({"resolver": label, "version": version, "blocked": blocked, "checked_at": checked})
+    return out

@@ -3,55 +3,75 @@
 What must stay true:
 
 * Version numbers only go up and are never reused: the next version is
-  ``max(latest in Redis, HIGHWATER on disk) + 1``.
-* A publication is all or nothing. Files are built in a staging directory,
-  signed, verified, moved into place, the high-water mark is written, and
-  only then one atomic Redis step (compare-and-set on the latest version
-  and on our lock) makes the version visible, consumes the change feed and
-  appends the audit record. A publisher killed at any point leaves the
-  previous version served; the next run publishes cleanly.
+  ``max(latest in Redis, high-water mark in Redis, HIGHWATER on this host) + 1``.
+* A publication is all or nothing. Artifacts are built, signed, verified
+  and uploaded to Redis as blobs nobody can see yet (see app.artifacts), the
+  high-water mark is raised, and only then one atomic Redis step
+  (compare-and-set on the latest version and on our lock) makes the
+  artifacts and the version visible, consumes the change feed and appends
+  the audit record. A publisher killed at any point leaves the previous
+  version served; the next run publishes cleanly.
 * Only one publisher acts at a time (a Redis lock with expiry, extended
   while working); a publisher that lost its lock cannot commit.
 * The guard holds a publication that removes or adds more than the policy
   allows, and any that would list an allowlisted name, until an admin
   releases it.
 * Cost follows the change, not the list: the publisher keeps the previous
-  version's sorted lines in memory (or reads them from its snapshot) and
-  splices in the changed entries named by the change feed.
+  version's sorted lines in memory (or rebuilds them from the newest full
+  snapshot and the deltas after it) and splices in the changed entries
+  named by the change feed. A version of a large list stores its delta and
+  the manifest; its full snapshot and zone file are written later by
+  compaction, once the version is served (small lists get them with every
+  version). The one whole-list cost left is ``entries_sha256``.
+
+The parts, each with one job: ``app.listbuild`` builds lists and diffs,
+``app.guard`` decides what is held, ``app.artifacts`` stores and serves
+bytes, ``app.publication`` is the record every reader shares; this module
+orchestrates them under the lock, signs, and commits.
 """
 
 from __future__ import annotations
 
-import bisect
-import gc
 import hashlib
 import json
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgspec
-
 from app import audit
-from app.artifacts import ArtifactStore
+from app.artifacts import ArtifactStore, Staging
 from app.clock import Clock, system_clock
 from app.config import Settings
-from app.curation import Curation, Policy
-from app.domain import SYSTEM, Actor, Entry, EntryType, Status, iso
+from app.curation import Curation
+from app.domain import SYSTEM, Actor, iso
 from app.errors import (
     BlocklistError,
     ConflictError,
     NotFoundError,
     PublicationError,
-    RetryableConflictError,
-    ValidationError,
 )
-from app.rpz import SoaParams, fragment
+from app.guard import guard_reasons, safety_problems
+from app.listbuild import (
+    Diff,
+    ListState,
+    changes_from_records,
+    delta_diff,
+    diff_lists,
+    entries_sha256,
+    full_lines,
+    snapshot_lines,
+    splice,
+    zone_fragment_of,
+)
+from app.publication import DeltaRef, FileRef, Latest, Publication
+from app.rpz import SoaParams
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
 from client.minisign import Prehasher, Signature, format_trusted_comment
@@ -59,132 +79,14 @@ from client.minisign import Prehasher, Signature, format_trusted_comment
 log = logging.getLogger("blocklist.publisher")
 
 SCHEMA = 1
-LOCK_TTL_MS = 120_000
+#: The lock expires this long after its holder died mid-publication; a live
+#: holder extends it every quarter of it. A standby takes over within it.
+LOCK_TTL_MS = 30_000
 #: /readyz counts a publisher as present for this long after it last reported.
 SIGNER_REPORT_TTL = 300
-_PREFIX_D = b'{"type":"domain","value":"'
-_PREFIX_U = b'{"type":"url","value":"'
-
-
-class _FeedFields(msgspec.Struct):
-    """The fields of a stored entry record that its feed line needs (see Entry.to_json)."""
-
-    v: str
-    t: str
-    s: int = 0
-    c: str = ""
-    at: int = 0
-    ls: int | None = None
-    va: int | None = None
-
-
-_FEED_DECODER = msgspec.json.Decoder(_FeedFields)
-
-
-def line_key(line: bytes) -> str:
-    """The sort/identity key of a snapshot line (``d:<value>`` or ``u:<value>``)."""
-    if line.startswith(_PREFIX_D):
-        start = len(_PREFIX_D)
-        return "d:" + line[start : line.index(b'"', start)].decode()
-    start = len(_PREFIX_U)
-    return "u:" + line[start : line.index(b'"', start)].decode()
-
-
-def zone_fragment_of(line: bytes) -> bytes:
-    if not line.startswith(_PREFIX_D):
-        return b""
-    start = len(_PREFIX_D)
-    end = line.index(b'"', start)
-    return fragment(line[start:end].decode(), line.startswith(b'"subdomains":true', end + 2)).encode()
-
-
-@dataclass
-class ListState:
-    """A published version's entries, sorted by key, with their zone lines.
-
-    Kept as bytes: a million-entry version is written, hashed and signed as
-    a few large buffers, and encoding it again on every publication would
-    cost more than the change itself.
-    """
-
-    version: int
-    lines: list[bytes]
-    zone: list[bytes]
-    snapshot_sha256: str | None
-
-    @property
-    def count(self) -> int:
-        return len(self.lines)
-
-    def find(self, key: str) -> int:
-        return bisect.bisect_left(self.lines, key, key=line_key)
-
-
-@dataclass
-class Change:
-    key: str
-    old: bytes | None
-    new: bytes | None
-
-
-@dataclass
-class Diff:
-    """What a publication changes.
-
-    ``changes`` (sorted by key) is kept when the new list is spliced from the
-    previous one; a full rebuild from nothing only needs the lines it adds.
-    """
-
-    changes: list[Change]
-    added: int = 0
-    removed: int = 0
-    changed: int = 0
-    all_new: list[bytes] | None = None
-
-    @classmethod
-    def of(cls, changes: list[Change]) -> Diff:
-        d = cls(changes=[c for c in changes if c.old != c.new])
-        for c in d.changes:
-            if c.old is None:
-                d.added += 1
-            elif c.new is None:
-                d.removed += 1
-            else:
-                d.changed += 1
-        return d
-
-    @classmethod
-    def everything_new(cls, lines: list[bytes]) -> Diff:
-        return cls(changes=[], added=len(lines), all_new=lines)
-
-    @property
-    def empty(self) -> bool:
-        return not self.changes and not self.all_new
-
-    def summary(self) -> dict[str, int]:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed}
-
-    def sample(self, n: int = 10) -> dict[str, list[str]]:
-        if self.all_new is not None:
-            return {"added": [line_key(x)[2:] for x in self.all_new[:n]], "removed": []}
-        added = [c.key[2:] for c in self.changes if c.old is None][:n]
-        removed = [c.key[2:] for c in self.changes if c.new is None][:n]
-        return {"added": added, "removed": removed}
-
-    def new_lines(self) -> list[bytes]:
-        """Lines of entries added or changed (the delta's "added")."""
-        if self.all_new is not None:
-            return self.all_new
-        return [c.new for c in self.changes if c.new is not None]
-
-    def old_lines(self) -> list[bytes]:
-        """Previous lines of entries removed or changed (the delta's "removed")."""
-        return [c.old for c in self.changes if c.old is not None]
-
-
 @dataclass
 class Outcome:
-    status: str  # published | unchanged | held | refreshed | busy
+    status: str  # published | unchanged | held | refreshed | busy | compacted
     version: int | None = None
     message: str = ""
     diff: dict[str, int] = field(default_factory=dict)
@@ -193,29 +95,6 @@ class Outcome:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "version": self.version, "message": self.message,
                 **({"changes": self.diff} if self.diff else {})}
-
-
-def guard_reasons(diff: Diff, previous_count: int, policy: Policy) -> list[str]:
-    reasons: list[str] = []
-    if previous_count == 0:
-        if diff.added > policy.guard_add_max:
-            reasons.append(f"adds {diff.added} entries, more than {policy.guard_add_max}")
-        return reasons
-    significant = diff.added + diff.removed >= policy.guard_min_changes
-    removed_pct = 100.0 * diff.removed / previous_count
-    added_pct = 100.0 * diff.added / previous_count
-    if significant and removed_pct > policy.guard_remove_pct:
-        reasons.append(
-            f"removes {diff.removed} of {previous_count} entries ({removed_pct:.1f} %, "
-            f"more than {policy.guard_remove_pct:g} %)"
-        )
-    if significant and added_pct > policy.guard_add_pct:
-        reasons.append(
-            f"adds {diff.added} entries to {previous_count} ({added_pct:.1f} %, more than {policy.guard_add_pct:g} %)"
-        )
-    if diff.added > policy.guard_add_max:
-        reasons.append(f"adds {diff.added} entries, more than {policy.guard_add_max}")
-    return reasons
 
 
 class Publisher:
@@ -228,10 +107,12 @@ class Publisher:
         self.settings = settings
         self.curation = curation
         self.clock = clock
-        self.artifacts = ArtifactStore(settings.artifact_dir)
+        self.artifacts = ArtifactStore(settings.artifact_dir, store)
         self._key = key
         self._reminded_at = 0.0
         self._state: ListState | None = None
+        #: Who publishes, as recorded with each version (the worker sets host:pid).
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.soa = SoaParams(
             zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
             retry=settings.rpz_soa_retry, expire=settings.rpz_soa_expire, minimum=settings.rpz_ttl,
@@ -324,8 +205,20 @@ class Publisher:
         return json.loads(raw) if raw else None
 
     def version_meta(self, version: int) -> dict[str, Any] | None:
+        """A version's record in the shape the API and pages show."""
+        pub = self.record(version)
+        return pub.to_dict() if pub else None
+
+    def record(self, version: int) -> Publication | None:
         raw = self.store.pub_version_raw(version)
-        return json.loads(raw) if raw else None
+        return Publication.from_json(raw) if raw else None
+
+    def base_of(self, pub: Publication) -> Publication:
+        """The version whose full snapshot and zone file ``pub`` builds on."""
+        base = pub if pub.base == pub.version else self.record(pub.base)
+        if base is None or not base.has_full_files:
+            raise PublicationError(f"the full snapshot of version {pub.base} is no longer recorded")
+        return base
 
     def versions(self, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
         metas = []
@@ -375,172 +268,83 @@ class Publisher:
     # ------------------------------------------------------------------ state
 
     def _load_state(self, latest: dict[str, Any] | None) -> ListState:
+        """The list of the latest version: kept in memory, else rebuilt from
+        its newest full snapshot and the deltas after it (a standby taking
+        over, or a restarted worker)."""
         if latest is None:
             return ListState(version=0, lines=[], zone=[], snapshot_sha256=None)
         v = int(latest["version"])
         if self._state is not None and self._state.version == v:
             return self._state
-        rel = f"snapshots/{v}.json"
-        data = self.artifacts.read(rel)
-        if hashlib.sha256(data).hexdigest() != latest["snapshot"]["sha256"]:
-            raise PublicationError(f"{rel} does not match its recorded sha256; refusing to build on it")
-        start = data.index(b'"entries":[\n') + len(b'"entries":[\n')
-        end = data.rindex(b"\n]}")
-        body = data[start:end]
-        lines = body.split(b",\n") if body else []
-        zone = [zone_fragment_of(ln) for ln in lines]
-        self._state = ListState(version=v, lines=lines, zone=zone, snapshot_sha256=latest["snapshot"]["sha256"])
+        pub = self.record(v)
+        if pub is None:
+            raise PublicationError(f"version {v} has no publication record")
+        base = self.base_of(pub)
+        assert base.snapshot is not None
+        lines = snapshot_lines(self._checked(base.snapshot))
+        chain: list[DeltaRef] = []
+        current: Publication | None = pub
+        while current is not None and current.version > base.version:
+            if current.delta is None:
+                raise PublicationError(f"version {current.version} has no delta to rebuild it from")
+            chain.append(current.delta)
+            current = self.record(current.delta.frm)
+        state = ListState(base.version, lines, [], None)
+        for delta in reversed(chain):
+            lines, _ = splice(state, delta_diff(self._checked(delta)))
+            state = ListState(delta.to, lines, [], None)
+        zone = [zone_fragment_of(ln) for ln in state.lines]
+        self._state = ListState(v, state.lines, zone, pub.snapshot.sha256 if pub.snapshot else None)
         return self._state
-
-    def _full_state(self) -> tuple[list[bytes], list[bytes]]:
-        """Every active entry, from Redis, sorted (the path without a previous version).
-
-        The hot loop of a full rebuild: a million records are decoded with a
-        typed msgspec decoder into just the fields the feed needs, formatted
-        exactly like :meth:`Entry.feed_line`, and sorted with tuple fast paths.
-        """
-        decode = _FEED_DECODER.decode
-        lines: list[bytes] = []
-        frags: list[bytes] = []
-        urls: list[bytes] = []
-        add_line, add_frag, add_url = lines.append, frags.append, urls.append
-        marker = '"st":"active"'
-        gc_was = gc.isenabled()
-        gc.disable()  # a million small objects: the cyclic GC only costs time here
-        try:
-            for raw in self.store.iter_bucket_raw():
-                if marker not in raw:
-                    continue
-                e = decode(raw)
-                at = e.at
-                ls = at if e.ls is None else e.ls
-                va = at if e.va is None else e.va
-                v = e.v
-                if e.t == "d":
-                    sub = e.s == 1
-                    add_line(
-                        f'{{"type":"domain","value":"{v}","subdomains":{"true" if sub else "false"},'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
-                    )
-                    add_frag(fragment(v, sub).encode())
-                else:
-                    add_url(
-                        f'{{"type":"url","value":"{v}","subdomains":false,'
-                        f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
-                    )
-            # Domain lines, and their zone lines, each sort like their values:
-            # '"' ends a value in a line and ' ' in a zone line, and both sort
-            # before every character a domain may hold. So two plain string
-            # sorts keep them aligned. URL values may hold '!', which sorts
-            # before '"', so URLs are sorted by their key.
-            lines.sort()
-            frags.sort()
-            urls.sort(key=line_key)
-            lines.extend(urls)
-            frags.extend([b""] * len(urls))
-            return lines, frags
-        finally:
-            if gc_was:
-                gc.enable()
 
     def _changes_from_feed(self, state: ListState, ids: list[int]) -> Diff:
         unique = sorted(set(ids))
-        changes: dict[str, Change] = {}
-        for start in range(0, len(unique), 5000):
-            chunk = unique[start : start + 5000]
-            for raw in self.store.entries_raw(chunk):
-                if raw is None:
-                    continue
-                e = Entry.from_json(raw)
-                new = e.feed_line().encode() if e.status is Status.ACTIVE else None
-                pos = state.find(e.key)
-                old = state.lines[pos] if pos < state.count and line_key(state.lines[pos]) == e.key else None
-                changes[e.key] = Change(e.key, old, new)
-        return Diff.of(sorted(changes.values(), key=lambda c: c.key))
 
-    @staticmethod
-    def _diff_lists(old: list[bytes], new: list[bytes]) -> Diff:
-        if not old:
-            return Diff.everything_new(new)
-        if old == new:
-            return Diff(changes=[])
-        changes: list[Change] = []
-        i = j = 0
-        old_keys = [line_key(x) for x in old]
-        new_keys = [line_key(x) for x in new]
-        while i < len(old) or j < len(new):
-            if j >= len(new) or (i < len(old) and old_keys[i] < new_keys[j]):
-                changes.append(Change(old_keys[i], old[i], None))
-                i += 1
-            elif i >= len(old) or new_keys[j] < old_keys[i]:
-                changes.append(Change(new_keys[j], None, new[j]))
-                j += 1
-            else:
-                if old[i] != new[j]:
-                    changes.append(Change(old_keys[i], old[i], new[j]))
-                i += 1
-                j += 1
-        return Diff.of(changes)
+        def records() -> Iterator[str | None]:
+            for start in range(0, len(unique), 5000):
+                yield from self.store.entries_raw(unique[start : start + 5000])
 
-    @staticmethod
-    def _splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes]]:
-        lines: list[bytes] = []
-        zone: list[bytes] = []
-        prev = 0
-        for c in diff.changes:
-            pos = state.find(c.key)
-            lines.extend(state.lines[prev:pos])
-            zone.extend(state.zone[prev:pos])
-            if c.new is not None:
-                lines.append(c.new)
-                zone.append(zone_fragment_of(c.new))
-            prev = pos + (1 if c.old is not None else 0)
-        lines.extend(state.lines[prev:])
-        zone.extend(state.zone[prev:])
-        return lines, zone
+        return changes_from_records(state, records())
 
-    # ------------------------------------------------------------------ safety
-
-    def _safety_problems(self, diff: Diff, lines: list[bytes]) -> list[str]:
-        """Defence in depth: no entry that the rules refuse may be published,
-        whatever path it took into the active set."""
-        rules = self.curation.rules()
-        problems: list[str] = []
-        # Every entry was checked when it was submitted and approved; here the
-        # changed ones are checked again in full (cheap: few), and the whole
-        # list against the allowlist below (cheap: the allowlist is small).
-        for c in diff.changes:
-            if c.new is None:
-                continue
-            kind, value = c.key[0], c.key[2:]
-            try:
-                rules.check(EntryType.DOMAIN if kind == "d" else EntryType.URL, value)
-            except BlocklistError as e:
-                problems.append(e.message)
-        # Parents of allowlisted names and the names themselves, against the whole list.
-        keyed = ListState(0, lines, [], None)
-        for item in rules.allow.values():
-            for name in [item.domain, *rules_parents(item.domain)]:
-                pos = keyed.find("d:" + name)
-                if pos < len(lines) and line_key(lines[pos]) == "d:" + name:
-                    problems.append(f"{name} is listed but conflicts with allowlisted {item.domain}")
-        return problems[:20]
+    def _checked(self, ref: FileRef) -> bytes:
+        data = self.artifacts.read(ref.path)
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PublicationError(f"{ref.path} does not match its recorded sha256; refusing to build on it")
+        return data
 
     # ------------------------------------------------------------------ publish
 
     def publish(self, *, actor: Actor = SYSTEM, reason: str = "", force: bool = False,
-                wait_lock: float = 0.0, full: bool = False) -> Outcome:
+                wait_lock: float = 0.0, full: bool = False, compact: bool | None = None) -> Outcome:
+        """Publish the change since the last version.
+
+        ``compact``: None compacts right away only when that is cheap (a small
+        list); True compacts when due, whatever the size; False leaves it to
+        :meth:`compact` (the worker runs it after the publication is visible).
+        """
         with self.lock(wait=wait_lock) as token:
             if token is None:
                 return Outcome("busy", message="another publisher is working; try again shortly")
-            return self._publish_locked(token, actor=actor, reason=reason, force=force, full=full)
+            outcome = self._publish_locked(token, actor=actor, reason=reason, force=force, full=full)
+            if outcome.status == "published" and compact is not False:
+                t = time.perf_counter()
+                if self._compact_locked(token, only_small=compact is None).status == "compacted":
+                    outcome.timings["compact"] = time.perf_counter() - t
+            return outcome
+
+    def compact(self, wait_lock: float = 0.0) -> Outcome:
+        """Write the full snapshot and zone file of the latest version when the
+        delta chain since the last full one has grown enough (size or age)."""
+        with self.lock(wait=wait_lock) as token:
+            if token is None:
+                return Outcome("busy", message="another publisher is working; try again shortly")
+            return self._compact_locked(token, only_small=False)
 
     def _publish_locked(self, token: str, *, actor: Actor, reason: str, force: bool,
                         full: bool) -> Outcome:
         t0 = time.perf_counter()
         self._key = self.signing_key()
         timings: dict[str, float] = {}
-        self.artifacts.clean_staging()
         latest = self.latest()
         highwater = max(self.artifacts.highwater(), int(latest["version"]) if latest else 0)
         # Read the change feed's length first: changes made after this point
@@ -554,20 +358,20 @@ class Publisher:
                 log.warning("rebuilding from Redis: cannot use version %s: %s", latest["version"], e)
         if previous is not None:
             diff = self._changes_from_feed(previous, self.store.dirty_peek(feed_len))
-            lines, zone = self._splice(previous, diff)
+            lines, zone = splice(previous, diff)
             base = previous
         else:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
-            # last version Redis knows, if its snapshot is still here.
-            lines, zone = self._full_state()
+            # last version Redis knows, if it can still be rebuilt.
+            lines, zone = full_lines(self.store.iter_bucket_raw())
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
                     base = self._load_state(latest)
                 except (BlocklistError, OSError, ValueError):
-                    base = ListState(int(latest["version"]), [], [], None)
-            diff = self._diff_lists(base.lines, lines)
+                    base = ListState(int(latest["version"]), [], [], None, known=False)
+            diff = diff_lists(base.lines, lines)
         timings["diff"] = time.perf_counter() - t0
         policy = self.curation.policy()
         held = self.held()
@@ -575,7 +379,10 @@ class Publisher:
         # Redis restored from a backup older than the last publication: publish
         # even without changes, so every client moves above what it already has.
         behind_highwater = highwater > (int(latest["version"]) if latest else 0)
-        if diff.empty and not force and not behind_highwater:
+        # The latest version's files are not in the store (written by a release
+        # that kept them on disk only): publish again, so every host can serve.
+        unstored = latest is not None and not self.artifacts.exists(str(latest["snapshot"]["path"]))
+        if diff.empty and not force and not behind_highwater and not unstored:
             self.store.dirty_consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
@@ -584,15 +391,23 @@ class Publisher:
                            version=int(latest["version"]) if latest else None,
                            message="nothing changed since the last publication")
         reasons = guard_reasons(diff, base.count, policy)
-        reasons += self._safety_problems(diff, lines)
+        reasons += safety_problems(diff, lines, self.curation.rules())
         released = bool(held and held.get("released_by"))
         if reasons and not (released and self._within_release(held, diff)):
             self._hold(diff, base, reasons, actor)
             return Outcome("held", version=int(latest["version"]) if latest else None,
                            message="held for an admin: " + "; ".join(reasons), diff=diff.summary())
         version = highwater + 1
+        # A delta needs the previous list exactly; without one (first version,
+        # rebuild after a restore) this version is published in full.
+        with_delta = previous is not None or (base.known and base.version > 0)
+        prev = self.record(base.version) if base.version and with_delta else None
+        # A small list is written in full with every version (it costs less
+        # than keeping clients on a chain); a large one is compacted later.
+        small = prev is not None and self.compaction_due(prev, only_small=True)
         outcome, snapshot_sha = self._write_version(token, version, base, lines, zone, diff, feed_len, actor,
-                                                    reason, now, timings, released=released)
+                                                    reason, now, timings, released=released, prev=prev,
+                                                    full=not with_delta or full or small)
         self._state = ListState(version, lines, zone, snapshot_sha)
         self._prune(version)
         outcome.timings["total"] = time.perf_counter() - t0
@@ -601,178 +416,293 @@ class Publisher:
     def _sign(self, data_hash: bytes, fields: dict[str, str]) -> str:
         return self.key.sign(data_hash, format_trusted_comment(fields)).text()
 
-    def _artifact(self, staging: Any, rel: str, parts: list[bytes], version: int, expires: str,
-                  extra_hash: tuple[list[bytes], Any] | None = None) -> dict[str, Any]:
-        """Write, hash, sign and verify one artifact. The three digests (sha256
-        for the manifest, BLAKE2b-512 for minisign, and an optional extra one)
-        run in threads: hashlib releases the GIL, so they overlap each other
-        and the write."""
-        sha = hashlib.sha256()
+    def _artifact(self, staging: Staging, rel: str, parts: list[bytes], version: int,
+                  expires: str) -> FileRef:
+        """Upload, hash, sign and verify one artifact. The BLAKE2b-512 digest
+        minisign signs runs in a thread beside the upload's sha256 and
+        compression: hashlib and zstd release the GIL, so they overlap."""
         pre = Prehasher()
 
-        def feed(h: Any, chunks: list[bytes]) -> None:
-            for chunk in chunks:
-                h.update(chunk)
+        def feed() -> None:
+            for chunk in parts:
+                pre.update(chunk)
 
-        jobs = [threading.Thread(target=feed, args=(sha, parts)), threading.Thread(target=feed, args=(pre, parts))]
-        if extra_hash is not None:
-            jobs.append(threading.Thread(target=feed, args=(extra_hash[1], extra_hash[0])))
-        for j in jobs:
-            j.start()
-        staging.write_parts(rel, parts)
-        for j in jobs:
-            j.join()
+        job = threading.Thread(target=feed)
+        job.start()
+        ref = staging.write_parts(rel, parts)
+        job.join()
         fields = {"list": self.settings.list_name, "version": str(version), "file": rel, "expires": expires}
         digest = pre.digest()
         sig_text = self._sign(digest, fields)
         # Verify what we signed before anything is published.
         self.key.public.verify(Signature.parse(sig_text), digest)
         staging.write(rel + ".minisig", sig_text)
-        return {"path": rel, "sha256": sha.hexdigest(), "size": sum(len(p) for p in parts)}
+        return FileRef(path=rel, sha256=ref.sha256, size=ref.size)
 
-    def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
-                       diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
-                       timings: dict[str, float], released: bool) -> tuple[Outcome, str]:
+    def _write_full(self, staging: Staging, version: int, lines: list[bytes], zone: list[bytes],
+                    published_at: str, expires_at: str, entries_sha: str,
+                    previous: tuple[int, str] | None, timings: dict[str, float]) -> tuple[FileRef, FileRef]:
+        """The full snapshot and zone file of a version (first publication or compaction)."""
+        from app.rpz import header
+
         t = time.perf_counter()
-        published_at = iso(now) or ""
-        expires_at = iso(now + self.settings.artifact_ttl) or ""
-        body = b",\n".join(lines)
-        # entries_sha256 covers the canonical lines, each followed by "\n".
-        entries_hasher = hashlib.sha256(b"\n".join(lines))
-        if lines:
-            entries_hasher.update(b"\n")
-        entries_sha = entries_hasher.hexdigest()
         head = {
             "schema": SCHEMA, "list": self.settings.list_name, "version": version,
             "published_at": published_at, "expires_at": expires_at,
-            "previous_version": base.version or None, "previous_sha256": base.snapshot_sha256,
+            "previous_version": previous[0] if previous else None,
+            "previous_sha256": previous[1] if previous else None,
             "count": len(lines), "entries_sha256": entries_sha,
         }
         head_text = json.dumps(head, separators=(",", ":"))[:-1] + ',"entries":[\n'
-        snapshot_parts = [head_text.encode(), body, b"\n]}\n"]
+        snapshot_parts = [head_text.encode(), b",\n".join(lines), b"\n]}\n"]
+        snap = self._artifact(staging, f"snapshots/{version}.json", snapshot_parts, version, expires_at)
+        timings["snapshot"] = time.perf_counter() - t
+        t = time.perf_counter()
+        zone_head = header(self.soa, list_name=self.settings.list_name, version=version,
+                           published_at=published_at, expires_at=expires_at)
+        rpz = self._artifact(staging, f"rpz/{version}.zone", [zone_head.encode(), b"".join(zone)], version,
+                             expires_at)
+        timings["rpz"] = time.perf_counter() - t
+        return snap, rpz
+
+    def _previous_full(self, pub: Publication | None) -> tuple[int, str] | None:
+        """(version, snapshot sha256) of the newest full snapshot at or before ``pub``."""
+        if pub is None:
+            return None
+        try:
+            base = self.base_of(pub)
+        except PublicationError:
+            return None
+        assert base.snapshot is not None
+        return base.version, base.snapshot.sha256
+
+    def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
+                       diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
+                       timings: dict[str, float], released: bool, prev: Publication | None,
+                       full: bool) -> tuple[Outcome, str | None]:
+        published_at = iso(now) or ""
+        expires_at = iso(now + self.settings.artifact_ttl) or ""
+        # The one cost that grows with the list: the digest a client checks
+        # its rebuilt list against. It runs beside the delta's upload.
+        digest: list[str] = []
+        hasher = threading.Thread(target=lambda: digest.append(entries_sha256(lines)))
+        hasher.start()
         staging = self.artifacts.stage()
         try:
-            snap = self._artifact(staging, f"snapshots/{version}.json", snapshot_parts, version, expires_at)
-            timings["snapshot"] = time.perf_counter() - t
+            snap = rpz = None
+            if full:
+                hasher.join()
+                snap, rpz = self._write_full(staging, version, lines, zone, published_at, expires_at, digest[0],
+                                             self._previous_full(prev), timings)
             t = time.perf_counter()
-            from app.rpz import header
-
-            zone_head = header(self.soa, list_name=self.settings.list_name, version=version,
-                               published_at=published_at, expires_at=expires_at)
-            rpz = self._artifact(staging, f"rpz/{version}.zone",
-                                 [zone_head.encode(), b"".join(zone)], version, expires_at)
-            timings["rpz"] = time.perf_counter() - t
-            t = time.perf_counter()
-            delta_meta = None
-            if base.version and base.snapshot_sha256:  # a delta only from a version we really hold
-                delta = {
-                    "schema": SCHEMA, "list": self.settings.list_name, "from": base.version, "to": version,
-                    "published_at": published_at, "expires_at": expires_at,
-                    "from_sha256": base.snapshot_sha256, "to_sha256": snap["sha256"],
-                    "from_count": base.count, "to_count": len(lines), "to_entries_sha256": entries_sha,
-                }
-                added = diff.new_lines()
-                removed = diff.old_lines()
-                text = (json.dumps(delta, separators=(",", ":"))[:-1].encode()
-                        + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
-                        + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"")
-                        + b"]}\n")
-                delta_meta = self._artifact(staging, f"deltas/{base.version}/{version}.json",
-                                            [text], version, expires_at)
-                delta_meta.update({"from": base.version, "to": version})
+            delta = None
+            if prev is not None:
+                text = self._delta_text(base, version, diff, published_at, expires_at,
+                                        to_sha256=snap.sha256 if snap else None,
+                                        to_count=len(lines), digest=digest, hasher=hasher)
+                ref = self._artifact(staging, f"deltas/{base.version}/{version}.json", [text], version, expires_at)
+                delta = DeltaRef(path=ref.path, sha256=ref.sha256, size=ref.size, frm=base.version, to=version)
             timings["delta"] = time.perf_counter() - t
-            meta = {
-                "version": version, "published_at": published_at, "expires_at": expires_at,
-                "count": len(lines), "previous_version": base.version or None,
-                "changes": diff.summary(), "snapshot": snap, "rpz": rpz, "delta": delta_meta,
-                "entries_sha256": entries_sha, "by": actor.name, "reason": reason,
-                "released": released, "build_seconds": round(sum(timings.values()), 3),
-            }
-            manifest_body, manifest_sig = self._manifest(meta, now)
+            hasher.join()
+            pub = Publication(
+                version=version, published_at=published_at, expires_at=expires_at, count=len(lines),
+                entries_sha256=digest[0], previous_version=base.version or None, changes=diff.summary(),
+                delta=delta, base=version, by=actor.name, reason=reason, released=released,
+                build_seconds=round(sum(timings.values()), 3), publisher=self.name,
+            )
+            if snap is not None and rpz is not None:
+                pub = pub.with_full_files(snap, rpz, int(now))
+            elif prev is not None and delta is not None:
+                pub = replace(pub, base=prev.base, chain_length=prev.chain_length + 1,
+                              chain_bytes=prev.chain_bytes + delta.size)
+            else:
+                raise PublicationError("a version needs its full files or a delta; nothing was published")
+            manifest_body, manifest_sig = self._manifest(pub, now)
             if self.store.pub_lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing; nothing was published")
-            staging.commit()
+            self.artifacts.set_highwater(version)
+            t = time.perf_counter()
+            self._commit(token, pub, manifest_body, manifest_sig, feed_len, actor, reason, now, staging)
+            timings["commit"] = time.perf_counter() - t
+        except BaseException:
+            hasher.join()
+            staging.abort()
+            raise
+        staging.finish()
+        self._write_manifest_files(manifest_body, manifest_sig)
+        log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
+        return (Outcome("published", version=version, diff=diff.summary(), timings=timings),
+                snap.sha256 if snap else None)
+
+    def _delta_text(self, base: ListState, version: int, diff: Diff, published_at: str, expires_at: str, *,
+                    to_sha256: str | None, to_count: int, digest: list[str], hasher: threading.Thread) -> bytes:
+        added = diff.new_lines()
+        removed = diff.old_lines()
+        hasher.join()
+        head = {
+            "schema": SCHEMA, "list": self.settings.list_name, "from": base.version, "to": version,
+            "published_at": published_at, "expires_at": expires_at,
+            "from_sha256": base.snapshot_sha256, "to_sha256": to_sha256,
+            "from_count": base.count, "to_count": to_count, "to_entries_sha256": digest[0],
+        }
+        return (json.dumps(head, separators=(",", ":"))[:-1].encode()
+                + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
+                + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"")
+                + b"]}\n")
+
+    def _commit(self, token: str, pub: Publication, manifest_body: str, manifest_sig: str, feed_len: int,
+                actor: Actor, reason: str, now: float, staging: Staging) -> None:
+        latest = Latest.of(pub, self.base_of(pub))
+        first = self.store.pub_latest_raw()
+
+        def step(txn: Txn) -> None:
+            current = self.store.pub_latest_raw()
+            head = audit.head(self.store)
+            self.store.pub_expect(txn, latest=current, lock=token)
+            audit.add(txn, self.store, head, actor=actor, action="publication.publish",
+                      target=f"version:{pub.version}",
+                      before={"version": pub.previous_version},
+                      after={"version": pub.version, "count": pub.count, **pub.changes,
+                             "entries_sha256": pub.entries_sha256},
+                      reason=reason, ts=now)
+            self.store.pub_set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
+            staging.commit_ops(txn)
+            if pub.has_full_files:
+                self.store.pub_add_full(txn, pub.version)
+            self.store.pub_add_version(txn, pub.version, pub.to_json(), latest.to_json(), feed_len)
+
+        def still_ours() -> None:
+            if self.store.pub_lock_holder() != token:
+                raise PublicationError("lost the publisher lock before committing") from None
+            if self.store.pub_latest_raw() != first:
+                raise PublicationError("another publisher committed a version meanwhile") from None
+
+        try:
+            self.store.transact(step, on_conflict=still_ours)
+        except ConflictError as e:
+            raise PublicationError(f"could not commit the publication: {e.message}") from None
+
+    # ------------------------------------------------------------------ compaction
+
+    def compaction_due(self, pub: Publication, only_small: bool = False) -> bool:
+        """The chain since the last full snapshot (at or before ``pub``) has
+        grown past a share of its size, a length, or an age; or the list is
+        small (``only_small``: just that test)."""
+        if pub.has_full_files and not only_small:
+            return False
+        try:
+            base = self.base_of(pub)
+        except PublicationError:
+            return True
+        assert base.snapshot is not None
+        size = base.snapshot.size
+        if size <= self.settings.compact_small_bytes:
+            return True
+        if only_small:
+            return False
+        if pub.chain_bytes >= self.settings.compact_ratio * size:
+            return True
+        if pub.chain_length >= max(1, self.settings.retain_deltas // 2):
+            return True
+        return self.clock() - float(base.full_at or 0) >= self.settings.compact_age
+
+    def _compact_locked(self, token: str, only_small: bool) -> Outcome:
+        latest_raw = self.store.pub_latest_raw()
+        if not latest_raw:
+            return Outcome("unchanged", message="nothing has been published yet")
+        latest = json.loads(latest_raw)
+        version = int(latest["version"])
+        pub = self.record(version)
+        if pub is None or pub.has_full_files or not self.compaction_due(pub, only_small):
+            return Outcome("unchanged", version=version, message="no compaction due")
+        t0 = time.perf_counter()
+        self._key = self.signing_key()
+        state = self._load_state(latest)
+        now = self.clock()
+        timings: dict[str, float] = {}
+        staging = self.artifacts.stage()
+        try:
+            snap, rpz = self._write_full(staging, version, state.lines, state.zone, pub.published_at,
+                                         pub.expires_at, pub.entries_sha256, self._previous_full(pub), timings)
+            full = pub.with_full_files(snap, rpz, int(now))
+            body, sig = self._manifest(full, now)
+
+            def step(txn: Txn) -> None:
+                head = audit.head(self.store)
+                self.store.pub_expect(txn, latest=latest_raw, lock=token)
+                audit.add(txn, self.store, head, actor=SYSTEM, action="publication.compact",
+                          target=f"version:{version}", before={"base": pub.base},
+                          after={"snapshot_sha256": snap.sha256, "rpz_sha256": rpz.sha256},
+                          reason="full snapshot and zone file written", ts=now)
+                self.store.pub_set_manifest(txn, body, sig, version, int(now))
+                staging.commit_ops(txn)
+                self.store.pub_add_full(txn, version)
+                self.store.pub_update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
+
+            def moved_on() -> None:
+                # Only the audit head moved (curation goes on): try again; a
+                # new version or a lost lock ends this compaction.
+                if self.store.pub_latest_raw() != latest_raw or self.store.pub_lock_holder() != token:
+                    raise ConflictError("a publication moved on meanwhile")
+
+            self.store.transact(step, retries=5, on_conflict=moved_on)
+        except ConflictError:
+            staging.abort()
+            return Outcome("busy", version=version, message="a publication moved on meanwhile")
         except BaseException:
             staging.abort()
             raise
-        self.artifacts.set_highwater(version)
-        t = time.perf_counter()
-        self._commit(token, version, meta, manifest_body, manifest_sig, feed_len, actor, reason, now)
-        timings["commit"] = time.perf_counter() - t
-        self._write_manifest_files(manifest_body, manifest_sig)
-        log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
-        return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
-
-    def _commit(self, token: str, version: int, meta: dict[str, Any], manifest_body: str, manifest_sig: str,
-                feed_len: int, actor: Actor, reason: str, now: float) -> None:
-        latest = {k: meta[k] for k in ("version", "published_at", "expires_at", "count", "snapshot", "rpz",
-                                       "delta", "entries_sha256", "previous_version")}
-        for _ in range(20):
-            current = self.store.pub_latest_raw()
-            head = audit.head(self.store)
-            txn = Txn()
-            self.store.pub_expect(txn, latest=current, lock=token)
-            audit.add(txn, self.store, head, actor=actor, action="publication.publish",
-                      target=f"version:{version}",
-                      before={"version": meta["previous_version"]},
-                      after={"version": version, "count": meta["count"], **meta["changes"],
-                             "snapshot_sha256": meta["snapshot"]["sha256"]},
-                      reason=reason, ts=now)
-            self.store.pub_set_manifest(txn, manifest_body, manifest_sig, version, int(now))
-            self.store.pub_add_version(txn, version, json.dumps(meta, separators=(",", ":")),
-                                       json.dumps(latest, separators=(",", ":")), feed_len)
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if self.store.pub_lock_holder() != token:
-                    raise PublicationError("lost the publisher lock before committing") from None
-                if self.store.pub_latest_raw() != current:
-                    raise PublicationError("another publisher committed a version meanwhile") from None
-        raise PublicationError("could not commit the publication (too much concurrent activity)")
+        staging.finish()
+        self._state = ListState(version, state.lines, state.zone, snap.sha256)
+        self._write_manifest_files(body, sig)
+        self._prune(version)
+        timings["total"] = time.perf_counter() - t0
+        log.info("compacted version %s: full snapshot and zone file written in %.2fs", version, timings["total"])
+        return Outcome("compacted", version=version, timings=timings)
 
     # ------------------------------------------------------------------ manifest
 
-    def _manifest(self, meta: dict[str, Any], now: float) -> tuple[str, str]:
-        version = int(meta["version"])
+    def _manifest(self, pub: Publication, now: float) -> tuple[str, str]:
+        """The manifest of a version: its newest full snapshot and zone file,
+        and the deltas leading from there (and from older retained versions)
+        to this version, newest first."""
+        base = self.base_of(pub)
+        assert base.snapshot is not None
+        assert base.rpz is not None
         expires = iso(now + self.settings.manifest_ttl) or ""
-        deltas = []
-        lo = version - self.settings.retain_deltas
-        for m in self._delta_chain(meta, lo):
-            deltas.append(m)
+        # Every delta after the full snapshot, and older ones while retained.
+        lowest = min(pub.version - self.settings.retain_deltas, base.version)
         artifacts = [
-            {"kind": "snapshot", **meta["snapshot"]},
-            {"kind": "rpz", **meta["rpz"]},
-            *({"kind": "delta", **d} for d in deltas),
+            {"kind": "snapshot", **base.snapshot.to_dict()},
+            {"kind": "rpz", **base.rpz.to_dict()},
+            *({"kind": "delta", **d.to_dict()} for d in self._delta_chain(pub, lowest)),
         ]
         body = {
-            "schema": SCHEMA, "list": self.settings.list_name, "version": version,
-            "published_at": meta["published_at"], "signed_at": iso(now), "expires_at": expires,
-            "count": meta["count"], "entries_sha256": meta["entries_sha256"],
-            "snapshot": meta["snapshot"]["path"], "rpz": meta["rpz"]["path"],
-            "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
+            "schema": SCHEMA, "list": self.settings.list_name, "version": pub.version,
+            "published_at": pub.published_at, "signed_at": iso(now), "expires_at": expires,
+            "count": pub.count, "entries_sha256": pub.entries_sha256,
+            "snapshot": base.snapshot.path, "rpz": base.rpz.path,
+            "snapshot_version": base.version, "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
         }
         body["key_id"] = self.key.public.id_hex
         announced = self._key_announcement()
         if announced is not None:
             body["next_key"] = announced
         text = json.dumps(body, indent=1) + "\n"
-        fields = {"list": self.settings.list_name, "version": str(version), "file": "manifest.json",
+        fields = {"list": self.settings.list_name, "version": str(pub.version), "file": "manifest.json",
                   "expires": expires}
         sig = self.key.sign_bytes(text.encode(), format_trusted_comment(fields)).text()
         return text, sig
 
-    def _delta_chain(self, meta: dict[str, Any], lowest: int) -> list[dict[str, Any]]:
+    def _delta_chain(self, pub: Publication, lowest: int) -> list[DeltaRef]:
         """Deltas reaching back from this version while they are retained."""
-        out: list[dict[str, Any]] = []
-        current = meta
-        while current and current.get("delta") and int(current["version"]) > lowest:
-            d = current["delta"]
-            out.append(d)
-            prev = current.get("previous_version")
-            if not prev or int(prev) <= lowest:
+        out: list[DeltaRef] = []
+        current: Publication | None = pub
+        while current is not None and current.delta is not None and current.version > lowest:
+            out.append(current.delta)
+            if current.delta.frm <= lowest:
                 break
-            current = self.version_meta(int(prev))  # type: ignore[assignment]
+            current = self.record(current.delta.frm)
         return out
 
     def refresh_manifest(self, force: bool = False) -> bool:
@@ -799,17 +729,19 @@ class Publisher:
         due = now - signed_at >= self.settings.manifest_refresh
         if not force and not due and not self._keys_changed(current[0] if current else None):
             return False
-        meta = self.version_meta(int(latest["version"]))
-        if meta is None:
+        pub = self.record(int(latest["version"]))
+        if pub is None:
             return False
-        body, sig = self._manifest(meta, now)
-        txn = Txn()
-        self.store.pub_expect(txn, latest=latest_raw, lock=token)
-        self.store.pub_set_manifest(txn, body, sig, int(meta["version"]), int(now))
+        body, sig = self._manifest(pub, now)
+
+        def step(txn: Txn) -> None:
+            self.store.pub_expect(txn, latest=latest_raw, lock=token)
+            self.store.pub_set_manifest(txn, body, sig, pub.version, int(now))
+
         try:
-            self.store.commit(txn)
-        except RetryableConflictError:
-            return False
+            self.store.transact(step, retries=0)
+        except ConflictError:
+            return False  # a publication moved on meanwhile: its manifest is newer
         self._write_manifest_files(body, sig)
         return True
 
@@ -829,28 +761,30 @@ class Publisher:
     # ------------------------------------------------------------------ guard
 
     def _hold(self, diff: Diff, base: ListState, reasons: list[str], actor: Actor) -> None:
-        held = self.held()
+        """Record the held publication for an admin, with its audit record, or
+        raise: a hold that was not recorded must not be reported as one."""
         record = {
             "held_at": iso(self.clock()), "base_version": base.version, "base_count": base.count,
             **diff.summary(), "reasons": reasons, "sample": diff.sample(),
         }
-        same = held and all(held.get(k) == record[k] for k in ("base_version", "added", "removed", "changed"))
-        if same:
-            return
-        for _ in range(20):
-            head = audit.head(self.store)
-            txn = Txn()
+
+        def step(txn: Txn) -> None:
             current = self.store.pub_held_raw()
+            held = json.loads(current) if current else None
+            if held and all(held.get(k) == record[k] for k in ("base_version", "added", "removed", "changed")):
+                return  # already held as it stands: nothing to write
+            head = audit.head(self.store)
             self.store.pub_expect(txn, held=current)
             self.store.pub_set_held(txn, json.dumps(record, separators=(",", ":")))
             audit.add(txn, self.store, head, actor=actor, action="publication.hold", target="publication",
                       before=None, after=record, reason="; ".join(reasons), ts=self.clock())
-            try:
-                self.store.commit(txn)
-                log.warning("publication held: %s", "; ".join(reasons))
-                return
-            except RetryableConflictError:
-                continue
+
+        try:
+            self.store.transact(step)
+        except ConflictError:
+            raise PublicationError("could not record the held publication (too much concurrent activity); "
+                                   "nothing was published") from None
+        log.warning("publication held: %s", "; ".join(reasons))
 
     @staticmethod
     def _within_release(held: dict[str, Any] | None, diff: Diff) -> bool:
@@ -871,7 +805,9 @@ class Publisher:
         from app.domain import clean_text
 
         reason = clean_text(reason, "reason", required=True)
-        for _ in range(20):
+        decided: dict[str, Any] = {}
+
+        def step(txn: Txn) -> None:
             current = self.store.pub_held_raw()
             if current is None:
                 raise NotFoundError("no publication is held")
@@ -879,7 +815,6 @@ class Publisher:
             if held.get("released_by"):
                 raise ConflictError(f"the held publication was already released by {held['released_by']}")
             head = audit.head(self.store)
-            txn = Txn()
             self.store.pub_expect(txn, held=current)
             if decision == "release":
                 held.update(released_by=actor.name, released_at=iso(self.clock()))
@@ -890,27 +825,29 @@ class Publisher:
             audit.add(txn, self.store, head, actor=actor, action=f"publication.{decision}",
                       target="publication", before={k: held.get(k) for k in ("added", "removed", "changed")},
                       after={"decision": decision}, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return held
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            decided.clear()
+            decided.update(held)
+
+        self.store.transact(step)
+        return decided
 
     def _drop_held(self, why: str) -> None:
-        current = self.store.pub_held_raw()
-        if current is None:
-            return
-        head = audit.head(self.store)
-        txn = Txn()
-        self.store.pub_expect(txn, held=current)
-        self.store.pub_set_held(txn, None)
-        audit.add(txn, self.store, head, actor=SYSTEM, action="publication.unhold", target="publication",
-                  after=None, reason=why, ts=self.clock())
+        """The list no longer differs from the published version: the hold is moot."""
+
+        def step(txn: Txn) -> None:
+            current = self.store.pub_held_raw()
+            if current is None:
+                return
+            head = audit.head(self.store)
+            self.store.pub_expect(txn, held=current)
+            self.store.pub_set_held(txn, None)
+            audit.add(txn, self.store, head, actor=SYSTEM, action="publication.unhold", target="publication",
+                      after=None, reason=why, ts=self.clock())
+
         try:
-            self.store.commit(txn)
-        except RetryableConflictError:
-            pass
+            self.store.transact(step, retries=2)
+        except ConflictError:
+            log.warning("could not drop the held publication now; the next run will")
 
     # ------------------------------------------------------------------ requests
 
@@ -998,42 +935,28 @@ class Publisher:
         latest = self.latest()
         state = self._load_state(latest) if latest else ListState(0, [], [], None)
         if latest is None:
-            lines, _ = self._full_state()
-            return self._diff_lists([], lines)
+            lines, _ = full_lines(self.store.iter_bucket_raw())
+            return diff_lists([], lines)
         return self._changes_from_feed(state, self.store.dirty_peek())
 
     # ------------------------------------------------------------------ retention
 
     def _prune(self, version: int) -> None:
-        keep_snap = version - self.settings.retain_snapshots
-        keep_delta = version - self.settings.retain_deltas
-        for v in range(max(1, keep_snap - 50), keep_snap + 1):
+        """Bounded retention: the newest full snapshots and zone files, and the
+        deltas of the last versions; never what the latest version needs."""
+        pub = self.record(version)
+        base_v = pub.base if pub else version
+        for v in self.store.pub_full_versions_older(self.settings.retain_snapshots):
+            if v == base_v:
+                continue
             self.artifacts.remove(f"snapshots/{v}.json")
             self.artifacts.remove(f"rpz/{v}.zone")
+            self.store.pub_drop_full(v)
+        keep_delta = min(version - self.settings.retain_deltas, base_v)
         for v in range(max(1, keep_delta - 50), keep_delta + 1):
-            meta = self.version_meta(v)
-            if meta and meta.get("delta"):
-                self.artifacts.remove(meta["delta"]["path"])
-
-
-def rules_parents(domain: str) -> list[str]:
-    from app.domain import parents
-
-    return list(parents(domain))
-
-
-def make_publisher(core: Any, key: SecretKey | None = None) -> Publisher:
-    return Publisher(core.store, core.settings, core.curation, core.clock, key)
-
-
-def parse_version(value: Any) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ValidationError("a version is a whole number") from None
-    if v < 1:
-        raise ValidationError("versions start at 1")
-    return v
+            old = self.record(v)
+            if old and old.delta:
+                self.artifacts.remove(old.delta.path)
 
 
 def no_publisher_message(seconds: float) -> str:

@@ -29,16 +29,18 @@ import base64
 import hashlib
 import json
 import re
+import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.exceptions
+from redis.client import NEVER_DECODE
 
-from app.errors import ConfigError, RetryableConflictError, StoreError, ValidationError
+from app.errors import ConfigError, ConflictError, RetryableConflictError, StoreError, ValidationError
 
 PREFIX = "bl:"
 BUCKET_SIZE = 1024
@@ -96,6 +98,17 @@ class K:
     programme_keys = PREFIX + "keys"
     signer = PREFIX + "health:signer"
     pub_channel = PREFIX + "pub:events"
+    pub_highwater = PREFIX + "pub:highwater"
+    # Versions that have a full snapshot and zone file (compacted).
+    pub_full = PREFIX + "pub:full"
+    # Artifacts: path -> ArtifactRef JSON; blobs are lists of compressed chunks.
+    art_index = PREFIX + "art:index"
+    art_blob = PREFIX + "art:blob:{sha256}"
+    art_upload = PREFIX + "art:upload:{sha256}:{token}"
+    # Change signal: curation publishes here when the change feed grows.
+    dirty_channel = PREFIX + "dirty:events"
+    # Workers report here (host, key held or not) for /readyz.
+    workers = PREFIX + "health:workers"
     appeal_seq = PREFIX + "seq:appeal"
     appeals = PREFIX + "appeals"
     appeal = PREFIX + "appeal:{id}"
@@ -211,6 +224,13 @@ end
 return out
 """
 
+# Raise a number, never lower it.
+_RAISE_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) return tonumber(ARGV[1]) end
+return cur
+"""
+
 # Release a lock only if we still hold it.
 _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -236,6 +256,7 @@ class Txn:
     keys: list[str] = field(default_factory=list)
     checks: list[list[Any]] = field(default_factory=list)
     ops: list[list[Any]] = field(default_factory=list)
+    dirty: bool = False
     _index: dict[str, int] = field(default_factory=dict)
 
     def k(self, key: str) -> int:
@@ -270,6 +291,11 @@ class Txn:
         self.ops.insert(0, [command, self.k(key), *(str(a) for a in args)])
 
     def mark_dirty(self, entry_id: int) -> None:
+        if not self.dirty:
+            # One signal per step, however many entries it changes: the
+            # worker wakes on it and publishes after a quiet period.
+            self.dirty = True
+            self.ops.append(["PUBLISH", self.k(K.dirty_channel), "1"])
         self.op("RPUSH", K.dirty, entry_id)
 
 
@@ -345,6 +371,7 @@ class Store:
         self._unlock_script = client.register_script(_UNLOCK_LUA)
         self._extend_script = client.register_script(_EXTEND_LUA)
         self._search_script = client.register_script(_SEARCH_LUA)
+        self._raise_script = client.register_script(_RAISE_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -370,6 +397,24 @@ class Store:
             raise StoreError(f"Redis refused a write: {e}") from e
         except redis.exceptions.RedisError as e:
             raise StoreError(f"Redis is not reachable: {e}") from e
+
+    def transact(self, build: Callable[[Txn], None], *, retries: int = 20,
+                 on_conflict: Callable[[], None] | None = None) -> None:
+        """The one compare-and-set loop: ``build`` reads what it needs and fills
+        a fresh :class:`Txn` (checks and writes); when a check fails because
+        the data changed meanwhile, ``on_conflict`` may give up by raising,
+        else the whole step is read and built again, ``retries`` times at
+        most. Then :class:`ConflictError`: nothing was written."""
+        for _ in range(retries + 1):
+            txn = Txn()
+            build(txn)
+            try:
+                self.commit(txn)
+                return
+            except RetryableConflictError:
+                if on_conflict is not None:
+                    on_conflict()
+        raise ConflictError("too many concurrent changes; try again")
 
     def server_time(self) -> float:
         sec, usec = self.r.time()
@@ -564,6 +609,12 @@ class Store:
 
     def dirty_count(self) -> int:
         return int(self.r.llen(K.dirty))
+
+    def dirty_subscribe(self) -> redis.client.PubSub:
+        """Signals that the change feed grew (see :meth:`Txn.mark_dirty`)."""
+        ps: redis.client.PubSub = self.r.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(K.dirty_channel)
+        return ps
 
     # ------------------------------------------------------------------ allowlist
 
@@ -783,6 +834,12 @@ class Store:
             args += [k, v]
         txn.op("HSET", key, *args)
 
+    def put_isp_report(self, txn: Txn, name: str, fields: dict[str, str]) -> None:
+        """What an ISP's resolvers were seen enforcing; only while the ISP is active."""
+        key = K.isp.format(name=name)
+        txn.expect_hget(key, "status", "active")
+        txn.op("HSET", key, *[x for kv in fields.items() for x in kv])
+
     def set_isp_token(self, txn: Txn, name: str, token_hash: str, old_hash: str | None) -> None:
         if old_hash:
             txn.op("HDEL", K.isp_tokens, old_hash)
@@ -854,6 +911,21 @@ class Store:
         txn.op("DEL", K.pub_held)
         txn.op("PUBLISH", K.pub_channel, version)
 
+    def pub_update_version(self, txn: Txn, version: int, meta_json: str, latest_json: str) -> None:
+        """Record a version's full files once compacted (its list never changes)."""
+        txn.op("SET", K.pub_version.format(version=version), meta_json)
+        txn.op("SET", K.pub_latest, latest_json)
+
+    def pub_add_full(self, txn: Txn, version: int) -> None:
+        txn.op("ZADD", K.pub_full, version, version)
+
+    def pub_full_versions_older(self, keep: int) -> list[int]:
+        """Versions with full files, except the newest ``keep``."""
+        return [int(v) for v in self.r.zrange(K.pub_full, 0, -(keep + 1))]
+
+    def pub_drop_full(self, version: int) -> None:
+        self.r.zrem(K.pub_full, version)
+
     def pub_set_manifest(self, txn: Txn, body: str, sig: str, version: int, signed_at: int) -> None:
         txn.op("HSET", K.pub_manifest, "body", body, "sig", sig, "version", version, "signed_at", signed_at)
 
@@ -922,6 +994,24 @@ class Store:
             report["problem"] = problem
         self.r.set(K.signer, json.dumps(report), ex=ttl)
 
+    def worker_report(self, name: str, fields: dict[str, Any], ttl: int) -> None:
+        """A worker says it is alive, and whether it can publish (read by /readyz)."""
+        now = int(time.time())
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(K.workers, {json.dumps({"name": name, **fields}, sort_keys=True): now + ttl})
+        pipe.zremrangebyscore(K.workers, "-inf", now)
+        pipe.execute()
+
+    def workers_alive(self) -> list[dict[str, Any]]:
+        now = int(time.time())
+        latest: dict[str, dict[str, Any]] = {}
+        for raw, score in self.r.zrangebyscore(K.workers, now, "+inf", withscores=True):
+            d = dict(json.loads(raw))
+            d["until"] = int(score)
+            if d["name"] not in latest or latest[d["name"]]["until"] < d["until"]:
+                latest[str(d["name"])] = d
+        return sorted(latest.values(), key=lambda d: str(d["name"]))
+
     def signer_status(self) -> dict[str, Any] | None:
         v = self.r.get(K.signer)
         return None if v is None else dict(json.loads(v))
@@ -937,6 +1027,78 @@ class Store:
 
     def pub_lock_holder(self) -> str | None:
         return self.lock_holder(K.pub_lock)
+
+    def pub_highwater(self) -> int:
+        return int(self.r.get(K.pub_highwater) or 0)
+
+    def pub_raise_highwater(self, version: int) -> int:
+        return int(self._raise_script(keys=[K.pub_highwater], args=[version]))
+
+    # ------------------------------------------------------------------ artifacts
+
+    def art_blob_put(self, sha256: str, chunks: Sequence[bytes], ttl: int) -> None:
+        """Upload a blob under its content address, expiring unless a commit keeps it.
+
+        Chunks go to a private upload key first and are renamed in place, so
+        a writer killed half-way never leaves a partial blob under the address."""
+        key = K.art_blob.format(sha256=sha256)
+        if self.r.exists(key):
+            # Same bytes already stored (an earlier, unfinished attempt): reuse.
+            if self.r.ttl(key) >= 0:
+                self.r.expire(key, ttl)
+            return
+        upload = K.art_upload.format(sha256=sha256, token=secrets.token_hex(8))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(upload)
+        for chunk in chunks:
+            pipe.rpush(upload, chunk)
+        pipe.expire(upload, ttl)
+        pipe.execute()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rename(upload, key)
+        pipe.expire(key, ttl)
+        pipe.execute()
+
+    def art_blob_get(self, sha256: str) -> list[bytes]:
+        return [bytes(c) for c in self.r.execute_command("LRANGE", K.art_blob.format(sha256=sha256), 0, -1,
+                                                         **{NEVER_DECODE: True})]
+
+    def art_index_put(self, txn: Txn, items: Sequence[tuple[str, str, str]]) -> None:
+        """Make artifacts visible in a publication's atomic step: (path, sha256, ref JSON)."""
+        if not items:
+            return
+        args: list[str] = []
+        for path, sha, ref in items:
+            args += [path, ref]
+            txn.op("PERSIST", K.art_blob.format(sha256=sha))
+        txn.op("HSET", K.art_index, *args)
+
+    def art_index_get(self, path: str) -> str | None:
+        v = self.r.hget(K.art_index, path)
+        return None if v is None else str(v)
+
+    def art_index_many(self, paths: Sequence[str]) -> list[str | None]:
+        if not paths:
+            return []
+        return [None if v is None else str(v) for v in self.r.hmget(K.art_index, list(paths))]
+
+    def art_remove(self, paths: Sequence[str], shas: Sequence[str]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        if paths:
+            pipe.hdel(K.art_index, *paths)
+        for sha in shas:
+            pipe.delete(K.art_blob.format(sha256=sha))
+        pipe.execute()
+
+    def art_stats(self) -> dict[str, Any]:
+        refs = [json.loads(v) for v in self.r.hvals(K.art_index)]
+        stored = 0
+        pipe = self.r.pipeline(transaction=False)
+        for ref in refs:
+            pipe.memory_usage(K.art_blob.format(sha256=ref["sha256"]))
+        for n in pipe.execute():
+            stored += int(n or 0)
+        return {"artifacts": len(refs), "bytes": sum(int(r["size"]) for r in refs), "stored_bytes": stored}
 
     # ------------------------------------------------------------------ locks
 

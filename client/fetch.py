@@ -18,6 +18,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 import urllib.error
@@ -80,6 +81,32 @@ class HttpTransport:
             raise FeedError(f"cannot reach the feed at {self.base_url}: {_reason(e.reason)}") from None
         except (TimeoutError, OSError, HTTPException) as e:
             raise FeedError(f"fetching {rel} from {self.base_url} failed: {_reason(e)}") from None
+
+
+    def post_json(self, rel: str, body: object) -> None:
+        """POST ``body`` as JSON to feed path ``rel``; FeedError unless the feed accepts it."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+        req = urllib.request.Request(self.url(rel), data=data, method="POST", headers={  # noqa: S310
+            "Authorization": f"Bearer {self._token}",
+            "Content-Type": "application/json",
+            "User-Agent": f"blocklist-pull/{__version__}",
+        })
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                resp.read(1 << 16)
+        except urllib.error.HTTPError as e:
+            detail = ""
+            try:
+                detail = str(json.loads(e.read(1 << 14)).get("error", ""))[:200]
+            except (ValueError, AttributeError, OSError):
+                pass
+            if e.code in (400, 429) and detail:
+                raise FeedError(f"the feed refused the report ({e.code}): {detail}") from None
+            raise _status_error(e.code, rel, e.headers.get("Location")) from None
+        except urllib.error.URLError as e:
+            raise FeedError(f"cannot reach the feed at {self.base_url}: {_reason(e.reason)}") from None
+        except (TimeoutError, OSError, HTTPException) as e:
+            raise FeedError(f"sending {rel} to {self.base_url} failed: {_reason(e)}") from None
 
 
 def _reason(reason: object) -> str:
@@ -151,7 +178,9 @@ def _read_body(resp: HTTPResponse, rel: str, limit: int, deadline: float) -> byt
             raise FeedError(f"the feed sent {rel} as truncated gzip")
         if len(out) > limit:
             raise _too_large(rel, limit)
-    return bytes(out)
+    # Not copied into bytes: a snapshot can be a few hundred megabytes. A bytearray reads like
+    # bytes everywhere it goes (hashing, slicing, decoding), and nothing writes to it.
+    return out  # type: ignore[return-value]
 
 
 def _too_large(rel: str, limit: int) -> RefusedError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,14 @@ class Staged:
     tmp: Path
 
 
-def stage(path: Path, data: bytes, mode: int) -> Staged:
-    """Write ``data`` to a synced temp file next to ``path``; raises OSError."""
+def stage(path: Path, data: bytes | Sequence[bytes], mode: int) -> Staged:
+    """Write ``data`` (bytes, or parts written one after another) to a synced temp file
+    next to ``path``; raises OSError."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in [data] if isinstance(data, bytes | bytearray) else data:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -34,6 +36,35 @@ def stage(path: Path, data: bytes, mode: int) -> Staged:
         _unlink(Path(tmp))
         raise
     return Staged(path, Path(tmp))
+
+
+class StagedWriter:
+    """A temp file next to ``path`` written in pieces; :meth:`finish` syncs it (raises OSError)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.tmp = Path(tmp)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def finish(self) -> Staged:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.chmod(self.tmp, self.mode)
+        except BaseException:
+            self.abandon()
+            raise
+        return Staged(self.path, self.tmp)
+
+    def abandon(self) -> None:
+        self.file.close()
+        _unlink(self.tmp)
 
 
 def commit(staged: Iterable[Staged]) -> None:

@@ -33,21 +33,33 @@ What must stay true:
   dnsmasq, Squid ``dstdomain``), a name already covered by a listed parent
   with subdomains is left out: a ``transparent`` zone under an
   ``always_nxdomain`` one would otherwise let its subdomains through.
-* Values were checked by :mod:`client.verify` (LDH names; URLs without
-  quotes, spaces or control characters), so no line can break its format.
+* Values were checked by :mod:`client.verify` or :mod:`client.listfile`
+  (LDH names; URLs without quotes, spaces or control characters), so no
+  line can break its format.
+* The DNS formats (rpz, unbound, dnsmasq) carry the canaries
+  ``blocklist-pull check`` asks for: ``version.canary`` TXT with the version
+  and ``blocked.canary``, always blocked.
+* After each domain format's fixed lines, every entry has its own lines, in
+  list order, and every one of them names the entry (:attr:`Format.key`
+  reads it back): that is what lets :func:`patch` cut an entry's lines out
+  and put new ones in place, giving the bytes a full rendering writes.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from client.config import STYLES, OutputSpec
+from client.listfile import Lines, domain_values, lower_bound, splice
 from client.verify import Record, split_url
 
 MARKER = "blocklist-pull output:"
 NULL_ADDRESSES = ("0.0.0.0", "::")  # noqa: S104 (answers written into resolver data, not a bind address)
+_SLAB = 4 << 20  # bytes of list rendered at a time: bounds the per-entry objects alive at once
 
 
 @dataclass(frozen=True)
@@ -60,11 +72,20 @@ class ListInfo:
 
 @dataclass(frozen=True)
 class Rendered:
-    header: str
-    body: str
+    """One output file: comment header, fixed lines (``preamble``), then one chunk per entry."""
+
+    header: bytes
+    preamble: bytes
+    entries: bytes
+    count: int  # entries written to this file
+    wide: int  # domain entries with subdomains in the list (the hosts header names it)
+
+    @property
+    def body(self) -> bytes:
+        return self.preamble + self.entries
 
     def data(self) -> bytes:
-        return (self.header + self.body).encode()
+        return self.header + self.preamble + self.entries
 
 
 def comment_char(fmt: str) -> str:
@@ -73,93 +94,87 @@ def comment_char(fmt: str) -> str:
 
 def is_ours(existing: bytes, spec: OutputSpec) -> bool:
     """True if the file was written by this tool (it starts with the marker)."""
-    first = existing.split(b"\n", 1)[0].decode("utf-8", "replace")
+    first = existing[:200].split(b"\n", 1)[0].decode("utf-8", "replace")
     return first.startswith(f"{comment_char(spec.format)} {MARKER}")
 
 
-def same_content(existing: bytes, rendered: Rendered, spec: OutputSpec) -> bool:
-    """True if ``existing`` is one of our files with exactly this body.
+def split_file(existing: bytes, spec: OutputSpec) -> int:
+    """Where the comment header of one of our files ends."""
+    c = comment_char(spec.format).encode()
+    pos = 0
+    while existing.startswith(c, pos):
+        nl = existing.find(b"\n", pos)
+        if nl < 0:
+            return len(existing)
+        pos = nl + 1
+    return pos
 
-    The header names the version that last changed the file; a new version
-    that leaves this file's content as it was does not rewrite it."""
-    body = rendered.body.encode()
-    if not existing.endswith(body) or not is_ours(existing, spec):
-        return False
-    head = existing[: len(existing) - len(body)].decode("utf-8", "replace")
-    c = comment_char(spec.format)
-    return all(line.startswith(c) for line in head.splitlines())
+
+def fingerprint(spec: OutputSpec) -> str:
+    """The options that shape a file's content (not where it lives)."""
+    spec = _styled(spec)
+    return repr((spec.format, spec.zone, spec.ttl, spec.redirect, spec.addresses, spec.style))
 
 
-def render(spec: OutputSpec, records: Sequence[Record], info: ListInfo) -> Rendered:
+def _styled(spec: OutputSpec) -> OutputSpec:
     if spec.format in STYLES and not spec.style:
-        spec = replace(spec, style=STYLES[spec.format][0])
-    domains = [r for r in records if r.type == "domain"]
-    urls = [r for r in records if r.type == "url"]
-    c = comment_char(spec.format)
-    if spec.format == "rpz":
-        body, count = _rpz(spec, domains, info)
-        notes = ["Response policy zone: 'CNAME .' answers NXDOMAIN; '*.name' covers subdomains."]
-    elif spec.format == "unbound":
-        body, count = _unbound(spec, domains)
-        notes = ["always_nxdomain (or redirect) zones cover a name and its subdomains;",
-                 "transparent zones block one name only (A/AAAA answered locally, names under it resolve)."]
-    elif spec.format == "dnsmasq":
-        body, count = _dnsmasq(spec, domains)
-        notes = ["address=/name/ covers a name and its subdomains;",
-                 "host-record covers one name only (A and AAAA answered locally)."]
-    elif spec.format == "hosts":
-        body, count = _hosts(spec, domains)
-        wide = sum(1 for r in domains if r.subdomains)
-        notes = ["A hosts file cannot express 'a name and all its subdomains': for the entries "
-                 f"that cover subdomains ({wide} here), only the name itself is blocked."]
-    elif spec.format == "domains":
-        body, count = _domains(spec, domains)
-        notes = (["Squid dstdomain form: '.name' is the name and all its subdomains."]
-                 if spec.style == "squid" else ["'*.name' lines stand for every name under name."])
-    else:
-        body, count = _urls(spec, urls)
-        notes = (["Squid url_regex form (acl NAME url_regex \"FILE\"): https URLs match only "
-                  "where the proxy decrypts them (ssl-bump)."]
-                 if spec.style == "squid" else ["One URL a line."])
-    lines = [
-        f"{MARKER} {spec.format}. Written by blocklist-pull: local edits are replaced on the next pull.",
-        f"List {info.list_name} version {info.version}, published {info.published_at}; entries here: {count}.",
-        "Rewritten only when its content changes: the version above last changed it.",
-        *notes,
-    ]
-    header = "".join(f"{c} {line}\n" for line in lines)
-    return Rendered(header, body)
+        return replace(spec, style=STYLES[spec.format][0])
+    return spec
 
 
-def covered(domains: Sequence[Record]) -> set[str]:
-    """Names that a listed parent with subdomains already covers."""
-    wide = {r.value for r in domains if r.subdomains}
-    out: set[str] = set()
-    if not wide:
-        return out
-    for r in domains:
-        v = r.value
-        i = v.find(".")
-        while i != -1:
-            if v[i + 1 :] in wide:
-                out.add(v)
-                break
-            i = v.find(".", i + 1)
-    return out
+# ---------------------------------------------------------------- formats
 
 
-def _rpz(spec: OutputSpec, domains: Sequence[Record], info: ListInfo) -> tuple[str, int]:
-    zone = spec.zone or info.rpz_zone
-    parts = [
-        f"$ORIGIN {zone}\n$TTL {spec.ttl}\n",
-        f"@ SOA localhost. hostmaster.localhost. {info.version} 300 60 2592000 {spec.ttl}\n",
-        "@ NS localhost.\n",
-    ]
-    for r in domains:
-        parts.append(f"{r.value} CNAME .\n")
-        if r.subdomains:
-            parts.append(f"*.{r.value} CNAME .\n")
-    return "".join(parts), len(domains)
+Piece = bytes | None  # None stands for the entry's name
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one output format writes an entry, and how to read an entry's name back from a line.
+
+    An entry's lines are a template of constant pieces and the name, one template for a
+    name with its subdomains and one for the name only: many entries are then written
+    by list operations that run in C, not once per entry in Python."""
+
+    wide: tuple[Piece, ...]
+    narrow: tuple[Piece, ...]
+    key: Callable[[bytes], bytes]  # a line -> the domain it belongs to
+    nested: bool  # leaves out names covered by a listed parent with subdomains
+    notes: Callable[[int], list[str]] = field(default=lambda wide: [])
+
+    def chunk(self, name: bytes, wide: bool) -> bytes:
+        return b"".join(name if p is None else p for p in (self.wide if wide else self.narrow))
+
+    def run(self, names: list[bytes], wide: bool) -> bytes:
+        """The lines of consecutive entries that share their subdomains flag."""
+        template = self.wide if wide else self.narrow
+        k, n = len(template), len(names)
+        parts: list[bytes] = [b""] * (k * n)
+        for i, piece in enumerate(template):
+            parts[i::k] = names if piece is None else [piece] * n
+        return b"".join(parts)
+
+
+def _after_star(line: bytes) -> bytes:
+    name = line.split(b" ", 1)[0]
+    return name[2:] if name.startswith(b"*.") else name
+
+
+def _quoted(line: bytes) -> bytes:
+    start = line.index(b'"') + 1
+    end = line.index(b'"', start)
+    space = line.find(b" ", start, end)  # local-data: "name. A 0.0.0.0"
+    return line[start : (end if space == -1 else space) - 1]  # without the name's final dot
+
+
+def _dnsmasq_key(line: bytes) -> bytes:
+    if line.startswith(b"address=/"):
+        return line[9 : line.index(b"/", 9)]
+    return line[12 : line.index(b",")]  # host-record=
+
+
+def _domains_key(line: bytes) -> bytes:
+    return line[2:] if line.startswith(b"*.") else line[1:] if line.startswith(b".") else line
 
 
 def _split(addresses: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -168,56 +183,299 @@ def _split(addresses: Sequence[str]) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
-def _unbound(spec: OutputSpec, domains: Sequence[Record]) -> tuple[str, int]:
-    skip = covered(domains)
-    v4, v6 = _split(spec.redirect or NULL_ADDRESSES)
-    parts = ["server:\n"]
-    n = 0
-    for r in domains:
-        if r.value in skip:
-            continue
-        n += 1
-        name = f"{r.value}."
-        if r.subdomains and not spec.redirect:
-            parts.append(f'    local-zone: "{name}" always_nxdomain\n')
-            continue
-        parts.append(f'    local-zone: "{name}" {"redirect" if r.subdomains else "transparent"}\n')
-        parts.extend(f'    local-data: "{name} A {a}"\n' for a in v4)
-        parts.extend(f'    local-data: "{name} AAAA {a}"\n' for a in v6)
-    return "".join(parts), n
+def format_of(spec: OutputSpec) -> Format:
+    """The writer of a domain output (every format but ``urls``)."""
+    spec = _styled(spec)
+    if spec.format == "rpz":
+        return Format((None, b" CNAME .\n*.", None, b" CNAME .\n"), (None, b" CNAME .\n"), _after_star, False,
+                      lambda wide: ["Response policy zone: 'CNAME .' answers NXDOMAIN; '*.name' covers subdomains."])
+    if spec.format == "unbound":
+        v4, v6 = _split(spec.redirect or NULL_ADDRESSES)
+        data = [f' A {a}"\n'.encode() for a in v4] + [f' AAAA {a}"\n'.encode() for a in v6]
+        local_data: list[Piece] = [x for d in data for x in (b'    local-data: "', None, b"." + d)]
+        narrow: tuple[Piece, ...] = (b'    local-zone: "', None, b'." transparent\n', *local_data)
+        if spec.redirect:
+            wide: tuple[Piece, ...] = (b'    local-zone: "', None, b'." redirect\n', *local_data)
+        else:
+            wide = (b'    local-zone: "', None, b'." always_nxdomain\n')
+        return Format(wide, narrow, _quoted, True, lambda wide: [
+            "always_nxdomain (or redirect) zones cover a name and its subdomains;",
+            "transparent zones block one name only (A/AAAA answered locally, names under it resolve)."])
+    if spec.format == "dnsmasq":
+        v4, v6 = _split(spec.redirect or NULL_ADDRESSES)
+        pairs = [",".join(a[i] for a in (v4, v6) if i < len(a)).encode() for i in range(max(len(v4), len(v6)))]
+        tails = [b"/" + a.encode() + b"\n" for a in spec.redirect] if spec.redirect else [b"/\n"]
+        return Format(tuple(x for t in tails for x in (b"address=/", None, t)),
+                      tuple(x for p in pairs for x in (b"host-record=", None, b"," + p + b"\n")),
+                      _dnsmasq_key, True, lambda wide: [
+                          "address=/name/ covers a name and its subdomains;",
+                          "host-record covers one name only (A and AAAA answered locally)."])
+    if spec.format == "hosts":
+        lines = tuple(x for a in spec.addresses for x in (a.encode() + b" ", None, b"\n"))
+        return Format(lines, lines, lambda line: line.split(b" ", 1)[1], False,
+                      lambda wide: ["A hosts file cannot express 'a name and all its subdomains': for the entries "
+                                    f"that cover subdomains ({wide} here), only the name itself is blocked."])
+    if spec.format == "domains" and spec.style == "squid":
+        return Format((b".", None, b"\n"), (None, b"\n"), _domains_key, True,
+                      lambda wide: ["Squid dstdomain form: '.name' is the name and all its subdomains."])
+    if spec.format == "domains":
+        return Format((None, b"\n*.", None, b"\n"), (None, b"\n"), _domains_key, False,
+                      lambda wide: ["'*.name' lines stand for every name under name."])
+    raise ValueError(f"{spec.format} is not a domain output")
 
 
-def _dnsmasq(spec: OutputSpec, domains: Sequence[Record]) -> tuple[str, int]:
-    skip = covered(domains)
-    v4, v6 = _split(spec.redirect or NULL_ADDRESSES)
-    parts: list[str] = []
-    n = 0
-    for r in domains:
-        if r.value in skip:
-            continue
-        n += 1
-        if r.subdomains:
-            if spec.redirect:
-                parts.extend(f"address=/{r.value}/{a}\n" for a in spec.redirect)
-            else:
-                parts.append(f"address=/{r.value}/\n")
-            continue
-        for i in range(max(len(v4), len(v6))):
-            addrs = [a[i] for a in (v4, v6) if i < len(a)]
-            parts.append(f"host-record={r.value},{','.join(addrs)}\n")
-    return "".join(parts), n
-
-
-def _hosts(spec: OutputSpec, domains: Sequence[Record]) -> tuple[str, int]:
-    return "".join(f"{a} {r.value}\n" for r in domains for a in spec.addresses), len(domains)
-
-
-def _domains(spec: OutputSpec, domains: Sequence[Record]) -> tuple[str, int]:
+def _url_notes(spec: OutputSpec) -> list[str]:
     if spec.style == "squid":
-        skip = covered(domains)
-        kept = [r for r in domains if r.value not in skip]
-        return "".join(f".{r.value}\n" if r.subdomains else f"{r.value}\n" for r in kept), len(kept)
-    return "".join(f"{r.value}\n*.{r.value}\n" if r.subdomains else f"{r.value}\n" for r in domains), len(domains)
+        return ["Squid url_regex form (acl NAME url_regex \"FILE\"): https URLs match only "
+                "where the proxy decrypts them (ssl-bump)."]
+    return ["One URL a line."]
+
+
+def header(spec: OutputSpec, info: ListInfo, count: int, notes: Iterable[str]) -> bytes:
+    lines = [
+        f"{MARKER} {spec.format}. Written by blocklist-pull: local edits are replaced on the next pull.",
+        f"List {info.list_name} version {info.version}, published {info.published_at}; entries here: {count}.",
+        "Rewritten only when its content changes: the version above last changed it.",
+        *notes,
+    ]
+    c = comment_char(spec.format)
+    return "".join(f"{c} {line}\n" for line in lines).encode()
+
+
+def preamble(spec: OutputSpec, info: ListInfo) -> bytes:
+    """The lines before the entries. The DNS formats carry the canaries that
+    ``blocklist-pull check`` asks a resolver for: ``version.canary`` TXT with the
+    version, and ``blocked.canary``, always blocked."""
+    if spec.format == "rpz":
+        zone = spec.zone or info.rpz_zone
+        return (f"$ORIGIN {zone}\n$TTL {spec.ttl}\n"
+                f"@ SOA localhost. hostmaster.localhost. {info.version} 300 60 2592000 {spec.ttl}\n"
+                "@ NS localhost.\n"
+                f'version.canary TXT "{info.version}"\n'
+                "blocked.canary CNAME .\n").encode()
+    if spec.format == "unbound":
+        return (b"server:\n"
+                + f'    local-data: \'version.canary. TXT "{info.version}"\'\n'.encode()
+                + b'    local-zone: "blocked.canary." always_nxdomain\n')
+    if spec.format == "dnsmasq":
+        return f'txt-record=version.canary,"{info.version}"\naddress=/blocked.canary/\n'.encode()
+    return b""
+
+
+# ---------------------------------------------------------------- full rendering
+
+
+class ListView:
+    """What the renderers need from a list, each computed once per run."""
+
+    def __init__(self, lines: Lines) -> None:
+        self.lines = lines
+        self._wide_count: int | None = None
+        self._covered: set[bytes] | None = None
+        self._parents: dict[str, int] | None = None
+
+    @property
+    def wide_count(self) -> int:
+        if self._wide_count is None:
+            self._wide_count = self.lines.data.count(b'"subdomains":true,', 0, self.lines.url_start)
+        return self._wide_count
+
+    @property
+    def domain_count(self) -> int:
+        return self.lines.data.count(b"\n", 0, self.lines.url_start)
+
+    @property
+    def covered(self) -> set[bytes]:
+        """Names that a listed parent with subdomains already covers."""
+        if self._covered is None:
+            self._scan_parents()
+        assert self._covered is not None
+        return self._covered
+
+    def parent_counts(self) -> dict[str, int]:
+        """How many listed names sit directly under each parent name."""
+        if self._parents is None:
+            self._scan_parents()
+        assert self._parents is not None
+        return self._parents
+
+    def _scan_parents(self) -> None:
+        values = self.lines.cached_values() or self.lines.domain_values()
+        counts = Counter(v.partition(b".")[2] for v in values)
+        self._parents = {p.decode(): n for p, n in counts.items()}
+        del counts
+        wide_parents = [p for p in ancestors(self._parents) if self.lines.is_wide(p.encode())]
+        ends = tuple(f".{p}".encode() for p in wide_parents)
+        self._covered = {v for v in values if v.endswith(ends)} if ends else set()
+
+    def slabs(self) -> Iterable[tuple[list[bytes], bytes]]:
+        """(domains, their subdomain flags as b"t"/b"f" one byte each) a few megabytes of list
+        at a time, in order."""
+        data, end = self.lines.data, self.lines.url_start
+        values = self.lines.cached_values()
+        pos = index = 0
+        while pos < end:
+            stop = min(end, pos + _SLAB)
+            if stop < end:
+                stop = data.index(b"\n", stop) + 1
+            view = memoryview(data)[pos:stop]
+            flags = b"".join(_FLAG.findall(view))
+            if values is None:
+                yield domain_values(view), flags
+            else:
+                yield values[index : index + len(flags)], flags
+            index += len(flags)
+            pos = stop
+
+
+_FLAG = re.compile(rb'"subdomains":([tf])')
+_RUNS = re.compile(rb"t+|f+")
+
+
+def ancestors(parents: Iterable[str]) -> set[str]:
+    """The given parent names and every name above them: all the names that have
+    a listed name somewhere under them."""
+    out: set[str] = set()
+    for name in parents:
+        p = name
+        while p and p not in out:
+            out.add(p)
+            p = p.partition(".")[2]
+    return out
+
+
+Sink = Callable[[bytes], object]
+
+
+def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sinks: Sequence[Sink]) -> list[int]:
+    """Write each output, in full, to its sink (in pieces, in order); returns the entry count
+    of each. The list is read once, a slab at a time, for all of them together, so no whole
+    output is ever held in memory."""
+    specs = [_styled(s) for s in specs]
+    counts: list[int] = []
+    domain_outputs: list[tuple[Format, Sink]] = []
+    domains = view.domain_count
+    for spec, sink in zip(specs, sinks, strict=True):
+        if spec.format == "urls":
+            urls = view.lines.url_records()
+            sink(header(spec, info, len(urls), _url_notes(spec)))
+            if spec.style == "squid":
+                sink("".join(f"{url_regex(r.value)}\n" for r in urls).encode())
+            else:
+                sink("".join(f"{r.value}\n" for r in urls).encode())
+            counts.append(len(urls))
+            continue
+        fmt = format_of(spec)
+        count = domains - len(view.covered) if fmt.nested else domains
+        sink(header(spec, info, count, fmt.notes(view.wide_count)))
+        sink(preamble(spec, info))
+        domain_outputs.append((fmt, sink))
+        counts.append(count)
+    if domain_outputs:
+        skip = view.covered if any(fmt.nested for fmt, _ in domain_outputs) else set()
+        for slab, flags in view.slabs():
+            kept: tuple[list[bytes], bytes] | None = None
+            for fmt, sink in domain_outputs:
+                if fmt.nested and skip:
+                    if kept is None:
+                        keep = [i for i, v in enumerate(slab) if v not in skip]
+                        kept = ([slab[i] for i in keep], bytes(flags[i] for i in keep))
+                    sink(_render_slab(fmt, *kept))
+                else:
+                    sink(_render_slab(fmt, slab, flags))
+    return counts
+
+
+def _render_slab(fmt: Format, names: list[bytes], flags: bytes) -> bytes:
+    runs = _RUNS.findall(flags)
+    if len(runs) * 8 > len(names):  # flags change often: entry by entry costs less
+        return b"".join(map(fmt.chunk, names, [f == 116 for f in flags]))
+    out: list[bytes] = []
+    start = 0
+    for run in runs:
+        out.append(fmt.run(names[start : start + len(run)], run[0] == 116))  # 116: "t"
+        start += len(run)
+    return b"".join(out)
+
+
+def render_view(spec: OutputSpec, view: ListView, info: ListInfo) -> Rendered:
+    parts: list[bytes] = []
+    [count] = render_into([spec], view, info, [parts.append])
+    head, rest = parts[0], parts[1:]
+    pre = rest.pop(0) if spec.format != "urls" else b""
+    return Rendered(head, pre, b"".join(rest), count, view.wide_count)
+
+
+def render(spec: OutputSpec, records: Sequence[Record], info: ListInfo) -> Rendered:
+    """The file for ``records`` (sorted by type and value, as the feed sends them)."""
+    return render_view(spec, ListView(Lines.of_records(records)), info)
+
+
+# ---------------------------------------------------------------- patching
+
+
+@dataclass(frozen=True)
+class Change:
+    """The domain entries an update removes and adds: (name, subdomains, covered), where covered
+    means a parent is listed with its subdomains (before the update for a removal, after it for
+    an addition)."""
+
+    removed: Sequence[tuple[bytes, bool, bool]]
+    added: Sequence[tuple[bytes, bool, bool]]
+
+
+@dataclass(frozen=True)
+class Patched:
+    data: bytes
+    count: int
+    lines_added: int
+    lines_removed: int
+
+
+def patch(spec: OutputSpec, existing: bytes, old_count: int, change: Change, info: ListInfo,
+          wide_count: int) -> Patched | None:
+    """The file after ``change``, made from the file this tool wrote before it (and only
+    from such a file: its lines are in list order, one chunk per entry); None if the
+    content stays as it is.
+
+    The lines of each removed entry are cut out and each added entry's lines are put in
+    where a full rendering would place them, so the result is that rendering's bytes."""
+    spec = _styled(spec)
+    fmt = format_of(spec)
+    new_pre = preamble(spec, info)
+    start = split_file(existing, spec)
+    pre_start = start
+    for _ in range(new_pre.count(b"\n")):  # same options, so the same number of lines as before
+        start = existing.index(b"\n", start) + 1
+    cuts: list[tuple[int, int]] = []
+    inserts: list[tuple[int, bytes]] = []
+    lines_removed = lines_added = 0
+    count = old_count
+    for name, _wide, covered in change.removed:
+        if covered and fmt.nested:
+            continue
+        at, found = lower_bound(existing, name, fmt.key, start)
+        if not found:
+            raise ValueError(f"{name!r} is not in {spec.path}")
+        end = at
+        while end < len(existing) and fmt.key(existing[end : existing.index(b"\n", end)]) == name:
+            end = existing.index(b"\n", end) + 1
+            lines_removed += 1
+        cuts.append((at, end))
+        count -= 1
+    for name, wide, covered in sorted(change.added):
+        if covered and fmt.nested:
+            continue
+        at, _ = lower_bound(existing, name, fmt.key, start)
+        text = fmt.chunk(name, wide)
+        inserts.append((at, text))
+        lines_added += text.count(b"\n")
+        count += 1
+    if not cuts and not inserts and existing[pre_start:start] == new_pre:
+        return None
+    head = header(spec, info, count, fmt.notes(wide_count)) + new_pre
+    data = splice(existing, [(0, start), *cuts], [(0, head), *inserts])
+    return Patched(data, count, lines_added, lines_removed)
 
 
 _ERE_SPECIAL = frozenset("\\.[]()*+?{}|^$")
@@ -257,7 +515,3 @@ def url_regex(url: str) -> str:
     return f"^https?://{ere_escape(host)}{port_re}{_decoded_ere(rest)}$"
 
 
-def _urls(spec: OutputSpec, urls: Sequence[Record]) -> tuple[str, int]:
-    if spec.style == "squid":
-        return "".join(f"{url_regex(r.value)}\n" for r in urls), len(urls)
-    return "".join(f"{r.value}\n" for r in urls), len(urls)

@@ -1,11 +1,14 @@
-"""The ``blocklist-pull`` command: ``once`` (pull, verify, apply) and ``status``.
+"""The ``blocklist-pull`` command: ``once`` (pull, verify, apply), ``status`` and ``check``.
 
 Exit codes (documented in docs/isp-pull.md; monitoring depends on them):
 0 success; 1 the feed was refused (a check failed); 2 configuration or
 usage; 3 the feed could not be fetched; 4 a local file could not be read or
 written; 5 the post-apply command failed; 6 another run holds the lock.
 ``status`` exits 0 when healthy and 1 when not (never pulled, last run
-failed, or no verified manifest within its validity).
+failed, or no verified manifest within its validity). ``check`` exits 0
+when every resolver asked enforces the list within ``--max-behind``
+versions, 1 when one does not, 3 when only the report could not be sent
+(see :mod:`client.check`).
 
 Errors are one line on stderr, ``blocklist-pull: <sentence>``; nothing else
 is printed for them.
@@ -14,7 +17,9 @@ is printed for them.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from client import __version__
-from client.config import Config, Overrides, load
-from client.errors import EXIT_FEED, EXIT_OK, EXIT_REFUSED, PullError
+from client.config import DEFAULT_CONFIG, Config, Overrides, load
+from client.errors import EXIT_FEED, EXIT_OK, EXIT_REFUSED, ConfigError, PullError
 from client.fetch import HttpTransport
 from client.state import StateDir
 from client.updater import Report, Updater
@@ -64,6 +69,18 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the version held, its age and the last error")
     _common(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    check = sub.add_parser("check", help="ask our resolvers which version of the list they enforce")
+    _common(check)
+    check.add_argument("--resolver", metavar="ADDR[:PORT]", action="append", required=True,
+                       help="a resolver to ask (IPv6 as [ADDR]:PORT); repeat for several")
+    check.add_argument("--max-behind", metavar="N", type=int, default=5,
+                       help="fail when a resolver is more than N versions behind the feed (default 5)")
+    check.add_argument("--timeout", metavar="SECONDS", type=float, default=3.0,
+                       help="how long to wait for each answer (default 3)")
+    check.add_argument("--stop-page", metavar="ADDR", action="append", default=[],
+                       help="the address your resolvers answer for blocked names, if not NXDOMAIN")
+    check.add_argument("--no-report", action="store_true", help="do not report the result to the programme")
+    check.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -85,6 +102,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time
         if args.command == "status":
             config = load(config_path, _overrides(args), need_token=False)
             return status(config, clock(), as_json=args.json)
+        if args.command == "check":
+            return check(args, config_path, clock)
         config = load(config_path, _overrides(args))
         return once(config, clock, dry_run=args.dry_run, quiet=args.quiet)
     except PullError as e:
@@ -93,6 +112,45 @@ def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+
+
+def check(args: argparse.Namespace, config_path: Path | None, clock: Callable[[], float]) -> int:
+    """``check``: works without a configuration (no feed version, no report) and with one."""
+    from client import check as canary
+    from client import dnsquery
+
+    if args.max_behind < 0 or not 0 < args.timeout <= 60:
+        raise ConfigError("--max-behind must be 0 or more and --timeout from 0 to 60 seconds")
+    stop_page: set[str] = set()
+    for a in args.stop_page:
+        try:
+            stop_page.add(str(ipaddress.ip_address(a)))
+        except ValueError:
+            raise ConfigError(f"--stop-page {a!r} is not an IP address") from None
+    for r in args.resolver:
+        try:
+            dnsquery.parse_server(r)
+        except ValueError as e:
+            raise ConfigError(f"--resolver {e}") from None
+    over = _overrides(args)
+    configured = config_path is not None or bool(os.environ.get("BLOCKLIST_PULL_CONFIG")) \
+        or DEFAULT_CONFIG.exists() or over.feed_url is not None
+    config = None
+    if configured:
+        try:
+            config = load(config_path, over)
+        except ConfigError as e:
+            if not e.message.startswith("no feed token is configured"):
+                raise
+            config = load(config_path, over, need_token=False)  # no token: check, but do not report
+    result, code = canary.run(config, args.resolver, max_behind=args.max_behind, timeout=args.timeout,
+                              stop_page=frozenset(stop_page), report=not args.no_report, clock=clock)
+    if args.json:
+        print(result.to_json())
+    else:
+        for line in result.lines():
+            print(line)
+    return code
 
 
 def _error(message: str) -> None:
@@ -126,6 +184,9 @@ def describe(report: Report) -> list[str]:
     else:
         if report.via == "delta":
             how = f"{report.steps} delta{'s' if report.steps != 1 else ''} from version {report.previous}"
+        elif report.steps > 1:
+            more = report.steps - 1
+            how = f"the full snapshot of version {report.snapshot_version} and {more} delta{'s' if more != 1 else ''}"
         else:
             how = "the full snapshot"
         change = f", {report.added} added and {report.removed} removed" if report.added is not None else ""
@@ -133,8 +194,11 @@ def describe(report: Report) -> list[str]:
         head = f"{verb} version {report.version} ({how}{change}; {report.count} entries)"
     lines = [head]
     for o in report.outputs:
-        if o.changed:
-            lines.append(f"  {would}write {o.spec.label} (+{o.lines_added} -{o.lines_removed} lines)")
+        if o.changed and o.lines_added is not None:
+            how = ", patched" if o.how == "patch" else ""
+            lines.append(f"  {would}write {o.spec.label} (+{o.lines_added} -{o.lines_removed} lines{how})")
+        elif o.changed:
+            lines.append(f"  {would}write {o.spec.label} (rewritten in full)")
         else:
             lines.append(f"  unchanged {o.spec.label}")
     if report.post_apply == "ran":

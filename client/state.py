@@ -7,6 +7,10 @@ Files (the directory is private to the tool, mode 0700):
   times and outcome of the last runs;
 * ``entries.jsonl``: the held list as canonical lines, exactly the bytes
   whose sha256 is the version's ``entries_sha256`` (the base for deltas);
+* ``parents.json``: how many listed names sit directly under each parent
+  name, for the held list (tells whether a change to a name with its
+  subdomains touches names already listed under it); a cache, rebuilt
+  from ``entries.jsonl`` whenever its digest differs;
 * ``keys.json``: signing keys learned from signed announcements in the
   manifest, and keys retired after the programme moved to their successor
   (see :class:`client.verify.KeyRing`);
@@ -19,8 +23,11 @@ What must stay true:
   silently replaced (that would drop the baseline).
 * ``entries.jsonl`` is used only if its digest is the one in ``state.json``;
   otherwise the next run fetches the full snapshot.
-* Both files are replaced atomically; ``entries.jsonl`` is written before
-  ``state.json`` names its digest.
+* ``state.json`` records, for each output and for ``entries.jsonl``, the
+  size, modification time and inode of the file as written, and for each
+  output the options it was written with; an output is patched in place of
+  a full rewrite, and the held list used without hashing it again, only
+  while these still hold (a delta must still produce the digest it states).
 """
 
 from __future__ import annotations
@@ -29,18 +36,22 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from client import files
-from client.errors import LocalError, LockedError, RefusedError
-from client.verify import EntryList, Held, KeyRing, check_order, load_json
+from client.errors import LocalError, LockedError
+from client.listfile import Lines, find_url_start
+from client.verify import Held, KeyRing
 
 STATE_FILE = "state.json"
 KEYS_FILE = "keys.json"
 ENTRIES_FILE = "entries.jsonl"
+PARENTS_FILE = "parents.json"
 LOCK_FILE = "lock"
 
 
@@ -64,10 +75,13 @@ class State:
     last_error_at: float | None = None
     last_error_code: int | None = None
     reload_pending: bool = False
+    wide_count: int | None = None
+    entries_stamp: list[int] | None = None  # (size, mtime_ns, inode) of entries.jsonl as last written
+    # output path -> {"fingerprint": options, "sha256": of the file as written, "count": entries in it}
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def held(self) -> Held | None:
-        if self.version is None or self.list_name is None or self.snapshot_sha256 is None \
-                or self.entries_sha256 is None or self.count is None:
+        if self.version is None or self.list_name is None or self.entries_sha256 is None or self.count is None:
             return None
         return Held(self.list_name, self.version, self.snapshot_sha256, self.entries_sha256, self.count)
 
@@ -136,32 +150,57 @@ class StateDir:
         except OSError as e:
             raise LocalError(f"cannot write {self.path / STATE_FILE}: {e.strerror}") from None
 
-    def load_entries(self, state: State) -> EntryList | None:
-        """The held list, or None if it is missing or does not match the state's digest."""
-        if state.entries_sha256 is None:
+    def load_lines(self, state: State) -> Lines | None:
+        """The held list, or None if it is missing or does not match the state.
+
+        Its lines were checked when they were first held. If the file is the one this tool
+        last wrote (same size, time and inode) it is not hashed again: a delta applied to it
+        must produce the digest the delta states, and :meth:`verify_lines` tells a damaged
+        file from a bad delta. Otherwise its sha256 must be the state's digest."""
+        if state.entries_sha256 is None or state.count is None:
             return None
+        path = self.path / ENTRIES_FILE
         try:
-            data = (self.path / ENTRIES_FILE).read_bytes()
+            data = path.read_bytes()
+            st = path.stat()
         except OSError:
             return None
-        if hashlib.sha256(data).hexdigest() != state.entries_sha256:
+        if state.entries_stamp != [st.st_size, st.st_mtime_ns, st.st_ino] and not self.verify_lines(data, state):
             return None
-        lines = data.split(b"\n")[:-1] if data else []
-        try:
-            records = load_json(b"[" + b",".join(lines) + b"]", ENTRIES_FILE)
-            check_order(records, ENTRIES_FILE)
-        except RefusedError:
-            return None
-        # The file's bytes are the canonical lines, so their sha256 (checked
-        # above) is the list's digest: no need to serialise every entry again.
-        return EntryList(tuple(records), state.entries_sha256)
+        return Lines(data, state.count, find_url_start(data), state.entries_sha256)
 
-    def save_entries(self, entries: EntryList) -> None:
-        data = "".join(f"{r.line()}\n" for r in entries.records).encode()
+    @staticmethod
+    def verify_lines(data: bytes, state: State) -> bool:
+        return hashlib.sha256(data).hexdigest() == state.entries_sha256 and data.count(b"\n") == state.count
+
+    def stage_lines(self, lines: Lines) -> StagedLines:
+        """Start writing the list to a temp file in a thread (the write overlaps the outputs'
+        work); :meth:`StagedLines.commit` puts it in place."""
+        return StagedLines(self.path / ENTRIES_FILE, lines)
+
+    def save_lines(self, lines: Lines) -> list[int]:
+        """Write the list; returns the file's (size, mtime_ns, inode) for :meth:`load_lines`."""
+        return self.stage_lines(lines).commit()
+
+    def load_parents(self, digest: str) -> dict[str, int] | None:
+        """The parent counts saved for the list with this digest, if any."""
         try:
-            files.write_atomic(self.path / ENTRIES_FILE, data)
+            doc = json.loads((self.path / PARENTS_FILE).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("entries_sha256") != digest or not isinstance(doc.get("parents"), dict):
+            return None
+        parents: dict[str, int] = doc["parents"]
+        if not all(isinstance(v, int) for v in parents.values()):
+            return None
+        return parents
+
+    def save_parents(self, digest: str, parents: dict[str, int]) -> None:
+        data = json.dumps({"entries_sha256": digest, "parents": parents}, separators=(",", ":")).encode()
+        try:
+            files.write_atomic(self.path / PARENTS_FILE, data)
         except OSError as e:
-            raise LocalError(f"cannot write {self.path / ENTRIES_FILE}: {e.strerror}") from None
+            raise LocalError(f"cannot write {self.path / PARENTS_FILE}: {e.strerror}") from None
 
     def load_keys(self) -> KeyRing:
         path = self.path / KEYS_FILE
@@ -184,3 +223,40 @@ class StateDir:
             files.write_atomic(self.path / KEYS_FILE, data)
         except OSError as e:
             raise LocalError(f"cannot write {self.path / KEYS_FILE}: {e.strerror}") from None
+
+
+class StagedLines:
+    """``entries.jsonl`` being written next to its place; renamed into place by :meth:`commit`."""
+
+    def __init__(self, path: Path, lines: Lines) -> None:
+        self.path = path
+        self._staged: files.Staged | None = None
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._write, args=(lines.data,), daemon=True)
+        self._thread.start()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._staged = files.stage(self.path, data, 0o600)
+        except OSError as e:
+            self._error = e
+
+    def commit(self) -> list[int]:
+        """Rename into place; returns the file's (size, mtime_ns, inode) for :meth:`StateDir.load_lines`."""
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            assert self._staged is not None
+            files.commit([self._staged])
+            st = self.path.stat()
+        except OSError as e:
+            self.discard()
+            raise LocalError(f"cannot write {self.path}: {e.strerror}") from None
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def discard(self) -> None:
+        self._thread.join()
+        if self._staged is not None:
+            files.discard([self._staged])
+            self._staged = None

@@ -4,15 +4,21 @@ The order of a run, and why:
 
 1. Fetch and verify the manifest (signature with a pinned key, freshness,
    rollback and fast-forward bounds) before anything else is fetched.
-2. Build the new list in memory: nothing (the version held is current), the
-   chain of deltas from the version held, or the full snapshot; every file
-   is checked against the manifest's size and sha256 and its own
-   signature, and the result against the manifest's ``entries_sha256``.
-3. Render every output in memory; refuse to replace a file this tool did not
-   write; find which outputs change.
-4. Only then write: mark a reload as pending, stage every changed output
-   (temp file + fsync), rename them all into place, store the new list and
-   state, run the post-apply command once, and clear the pending mark.
+2. Build the new list: nothing (the version held is current), the chain of
+   deltas from the version held, or the full snapshot; every file is
+   checked against the manifest's size and sha256 and its own signature,
+   and the result against the manifest's ``entries_sha256``. The list is
+   kept as bytes (:mod:`client.listfile`), never as one object per entry.
+3. Work out each output: after deltas, the previous file is patched (the
+   lines of removed entries cut out, those of added entries put in at
+   their place), which gives the same bytes a full rendering would; it is
+   rendered in full after a snapshot, or when the file is not exactly the
+   one this tool last wrote. Refuse to replace a file this tool did not
+   write. Changed outputs are staged (temp file + fsync), one at a time,
+   so only one output's bytes are in memory at once.
+4. Only then apply: mark a reload as pending, rename every staged output
+   into place, store the new list and state, run the post-apply command
+   once, and clear the pending mark.
 
 Any failure before step 4 leaves outputs and state as they were (the error
 is recorded for ``status``). A post-apply command that fails is run again on
@@ -22,46 +28,63 @@ data because one reload failed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
 
 from client import files
 from client.config import Config, OutputSpec
 from client.errors import LocalError, NotFoundError, PostApplyError, PullError, RefusedError
 from client.fetch import Transport
+from client.listfile import Lines, parse_snapshot_lines
 from client.minisign import PublicKey
-from client.outputs import ListInfo, Rendered, is_ours, render, same_content
+from client.outputs import (
+    Change,
+    ListInfo,
+    ListView,
+    ancestors,
+    fingerprint,
+    format_of,
+    is_ours,
+    patch,
+    render_into,
+    split_file,
+)
 from client.state import State, StateDir
 from client.verify import (
     MANIFEST_MAX,
     SIGNATURE_MAX,
     ArtifactRef,
-    EntryList,
-    Held,
     KeyRing,
     Manifest,
+    Record,
     TrustPolicy,
-    apply_delta,
     check_artifact,
-    check_final,
     check_manifest,
     parse_delta,
-    parse_snapshot,
     plan,
 )
+
+# Counting changed lines of a fully rewritten output means holding both versions' lines
+# in sets; above this size the report says "rewritten" instead.
+_DIFF_MAX = 8 << 20
 
 
 @dataclass
 class OutputChange:
     spec: OutputSpec
-    rendered: Rendered
     changed: bool
-    lines_added: int = 0
-    lines_removed: int = 0
+    lines_added: int | None = 0
+    lines_removed: int | None = 0
+    how: str = "render"  # render | patch
+    record: dict[str, Any] | None = None  # what state.json keeps about the file once written
+    staged: files.Staged | None = None
 
 
 @dataclass
@@ -76,10 +99,41 @@ class Report:
     outputs: list[OutputChange] = field(default_factory=list)
     post_apply: str = "none"  # none | ran | would-run | not-configured
     dry_run: bool = False
+    snapshot_version: int | None = None  # the version of the snapshot taken, if one was
 
     @property
     def changed(self) -> list[OutputChange]:
         return [o for o in self.outputs if o.changed]
+
+
+@dataclass
+class NetChange:
+    """What a chain of deltas did to the held list, changes that cancel out removed."""
+
+    removed: dict[tuple[str, str], Record] = field(default_factory=dict)
+    added: dict[tuple[str, str], Record] = field(default_factory=dict)
+
+    def take(self, removed: Sequence[Record], added: Sequence[Record]) -> None:
+        for r in removed:
+            if self.added.get(r.key) == r:
+                del self.added[r.key]
+            else:
+                self.removed[r.key] = r
+        for r in added:
+            if self.removed.get(r.key) == r:
+                del self.removed[r.key]
+            else:
+                self.added[r.key] = r
+
+
+@dataclass
+class Obtained:
+    lines: Lines
+    via: str
+    steps: int
+    snapshot_sha256: str | None  # None when the version was published as a delta only
+    published_at: str
+    net: NetChange | None = None  # set when the list came from deltas
 
 
 class Updater:
@@ -132,18 +186,30 @@ class Updater:
         body = self.transport.get("manifest.json", MANIFEST_MAX)
         sig = self.transport.get("manifest.json.minisig", SIGNATURE_MAX)
         manifest = check_manifest(body, sig, self.policy, held, now)
-        held_entries = self.dir.load_entries(state) if held is not None else None
-        entries, via, steps, snapshot_sha, published_at = self._obtain(manifest, state, held_entries)
-        check_final(entries, manifest)
-        added = removed = None
-        if held_entries is not None:
-            before, after = set(held_entries.records), set(entries.records)
-            added, removed = len(after - before), len(before - after)
-        info = ListInfo(manifest.list_name, manifest.version, published_at, manifest.rpz_zone)
-        report = Report(version=manifest.version, previous=state.version, via=via, steps=steps,
-                        count=len(entries), added=added, removed=removed,
-                        outputs=[self._prepare(spec, entries, info) for spec in self.config.outputs],
-                        dry_run=dry_run)
+        base = self.dir.load_lines(state) if held is not None else None
+        got = self._obtain(manifest, state, base)
+        lines = got.lines
+        if lines.digest != manifest.entries_sha256 or len(lines) != manifest.count:
+            raise RefusedError(
+                f"the list built for version {manifest.version} does not match the manifest's "
+                "entries_sha256 and count"
+            )
+        added, removed = _counts(base, got)
+        info = ListInfo(manifest.list_name, manifest.version, got.published_at, manifest.rpz_zone)
+        # The new list is written while the outputs are worked out; it goes into place after them.
+        staged_lines = self.dir.stage_lines(lines) if got.via != "held" and not dry_run else None
+        outputs = _Outputs(self, state, base, got, info, stage=not dry_run)
+        del base  # a patch needs only the change worked out above
+        try:
+            report = Report(version=manifest.version, previous=state.version, via=got.via, steps=got.steps,
+                            count=len(lines), added=added, removed=removed,
+                            outputs=outputs.prepare(self.config.outputs), dry_run=dry_run,
+                            snapshot_version=manifest.full_version if got.via == "snapshot" else None)
+        except BaseException:
+            outputs.discard()
+            if staged_lines is not None:
+                staged_lines.discard()
+            raise
         changed = report.changed
         if dry_run:
             if self.config.post_apply and (changed or state.reload_pending):
@@ -151,25 +217,39 @@ class Updater:
             return report
 
         was_pending = state.reload_pending
-        if changed and self.config.post_apply:
-            # Recorded before the files change: a run killed after the renames
-            # still reloads the resolver on the next run.
-            state.reload_pending = True
-            self.dir.save(state)
         try:
-            self._write(changed)
-        except LocalError:
+            if changed and self.config.post_apply:
+                # Recorded before the files change: a run killed after the renames
+                # still reloads the resolver on the next run.
+                state.reload_pending = True
+                self.dir.save(state)
+            self._commit(changed)
+        except BaseException:
+            outputs.discard()
+            if staged_lines is not None:
+                staged_lines.discard()
             state.reload_pending = was_pending  # nothing was renamed into place
             raise
-        if via != "held":
-            self.dir.save_entries(entries)
+        entries_stamp = state.entries_stamp
+        if staged_lines is not None:
+            entries_stamp = staged_lines.commit()
+        if outputs.parents is not None:
+            self.dir.save_parents(lines.digest, outputs.parents)
+        records = dict(state.outputs)
+        for o in report.outputs:
+            if o.record is not None:
+                if o.changed:
+                    o.record["stamp"] = _stamp(o.spec.path)  # as renamed into place
+                records[str(o.spec.path)] = o.record
         new = replace(
-            state, list_name=manifest.list_name, version=manifest.version, published_at=published_at,
-            snapshot_sha256=snapshot_sha, entries_sha256=entries.digest, count=len(entries),
+            state, list_name=manifest.list_name, version=manifest.version, published_at=got.published_at,
+            snapshot_sha256=got.snapshot_sha256, entries_sha256=lines.digest, count=len(lines),
             key_id=manifest.key_id, manifest_signed_at=manifest.signed_at,
             manifest_expires_at=manifest.expires_at, last_attempt=now, last_check=now,
-            applied_via=via if via != "held" else state.applied_via,
-            last_change=now if changed else state.last_change,
+            applied_via=got.via if got.via != "held" else state.applied_via,
+            last_change=now if changed else state.last_change, wide_count=outputs.wide_count,
+            entries_stamp=entries_stamp,
+            outputs={k: v for k, v in records.items() if k in {str(o.path) for o in self.config.outputs}},
         )
         self.dir.save(new)
         self.state = new
@@ -197,71 +277,54 @@ class Updater:
         check_artifact(data, sig, ref, manifest, self.keys)
         return data
 
-    def _obtain(self, manifest: Manifest, state: State, held_entries: EntryList | None
-                ) -> tuple[EntryList, str, int, str, str]:
-        """(list, how it was obtained, files applied, snapshot sha256, published_at)."""
+    def _obtain(self, manifest: Manifest, state: State, base: Lines | None) -> Obtained:
         held = state.held()
-        if held is not None and held_entries is not None:
+        if held is not None and base is not None:
             steps = plan(manifest, held, have_entries=True)
             if not steps:
-                return held_entries, "held", 0, held.snapshot_sha256, state.published_at or manifest.published_at
+                return Obtained(base, "held", 0, held.snapshot_sha256,
+                                state.published_at or manifest.published_at)
             if steps[0].kind == "delta":
                 try:
-                    return self._apply_deltas(manifest, held, held_entries, steps)
+                    return self._apply_deltas(manifest, held.version, held.snapshot_sha256, base, steps)
                 except NotFoundError:
                     pass  # history was pruned since the manifest was signed: take the snapshot
+                except RefusedError:
+                    if StateDir.verify_lines(base.data, state):
+                        raise  # the list held is intact: the feed is at fault
+                    # The list held was damaged on this host since it was written: start from the snapshot.
+        # The newest full snapshot, then the deltas from its version to the manifest's.
+        steps = plan(manifest, None, have_entries=False)
         data = self._fetch(manifest.snapshot, manifest)
-        entries, published_at = parse_snapshot(data, manifest)
-        return entries, "snapshot", 1, manifest.snapshot.sha256, published_at
+        lines, published_at = parse_snapshot_lines(data, manifest)
+        del data
+        if len(steps) == 1:
+            return Obtained(lines, "snapshot", 1, manifest.snapshot.sha256, published_at)
+        got = self._apply_deltas(manifest, manifest.full_version, manifest.snapshot.sha256, lines, steps[1:])
+        # The outputs are rendered in full: the deltas were applied to the snapshot, not to what was held.
+        return Obtained(got.lines, "snapshot", len(steps), got.snapshot_sha256, got.published_at)
 
-    def _apply_deltas(self, manifest: Manifest, held: Held, base: EntryList, chain: Sequence[ArtifactRef]
-                      ) -> tuple[EntryList, str, int, str, str]:
-        current, version, sha, published_at = base, held.version, held.snapshot_sha256, ""
+    def _apply_deltas(self, manifest: Manifest, version: int, sha: str | None, base: Lines,
+                      chain: Sequence[ArtifactRef]) -> Obtained:
+        current, published_at = base, ""
+        net = NetChange()
         for ref in chain:
             delta = parse_delta(self._fetch(ref, manifest), ref, manifest)
-            current = apply_delta(current, version, sha, delta, ref)
+            current = current.apply(delta, ref, version, sha)
+            net.take(delta.removed, delta.added)
             version, sha, published_at = delta.to_version, delta.to_sha256, delta.published_at
-        if sha != manifest.snapshot.sha256:
+        if manifest.full_version == manifest.version and sha is not None and sha != manifest.snapshot.sha256:
             raise RefusedError(
                 f"the deltas lead to a version {manifest.version} whose snapshot differs from the manifest's"
             )
-        return current, "delta", len(chain), sha, published_at
+        return Obtained(current, "delta", len(chain), sha, published_at, net)
 
-    # ------------------------------------------------------------------ outputs
-
-    def _prepare(self, spec: OutputSpec, entries: EntryList, info: ListInfo) -> OutputChange:
-        rendered = render(spec, entries.records, info)
-        if not spec.path.parent.is_dir():
-            raise LocalError(f"the directory of output {spec.path} does not exist")
+    def _commit(self, changed: Sequence[OutputChange]) -> None:
         try:
-            existing = spec.path.read_bytes()
-        except FileNotFoundError:
-            existing = None
+            files.commit([o.staged for o in changed if o.staged is not None])
         except OSError as e:
-            raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
-        if existing is None:
-            return OutputChange(spec, rendered, True, rendered.body.count("\n"), 0)
-        if not is_ours(existing, spec):
-            raise LocalError(
-                f"{spec.path} was not written by blocklist-pull; refusing to replace it "
-                "(move it away or choose another path)"
-            )
-        if same_content(existing, rendered, spec):
-            return OutputChange(spec, rendered, False)
-        old = {ln for ln in existing.decode("utf-8", "replace").splitlines() if not ln.startswith(("#", ";"))}
-        new = {ln for ln in rendered.body.splitlines() if not ln.startswith(("#", ";"))}
-        return OutputChange(spec, rendered, True, len(new - old), len(old - new))
-
-    def _write(self, changed: Sequence[OutputChange]) -> None:
-        staged: list[files.Staged] = []
-        try:
-            for o in changed:
-                staged.append(files.stage(o.spec.path, o.rendered.data(), o.spec.mode))
-            files.commit(staged)
-        except OSError as e:
-            files.discard(staged)
             where = e.filename or "an output"
-            raise LocalError(f"cannot write {where}: {e.strerror}; no output was changed") from None
+            raise LocalError(f"cannot write {where}: {e.strerror}; outputs may be partly replaced") from None
 
     def _post_apply(self, version: int, changed: Sequence[OutputChange]) -> None:
         cmd = list(self.config.post_apply)
@@ -292,3 +355,241 @@ class Updater:
                 f"the post-apply command {shown} failed with exit status {proc.returncode}{detail}; "
                 "the outputs are written and it runs again on the next pull"
             )
+
+
+def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
+    """(entries added, entries removed) against the list held before, where that is cheap to know."""
+    if got.net is not None:
+        return len(got.net.added), len(got.net.removed)
+    if got.via == "held":
+        return 0, 0
+    if base is None or len(base.data) + len(got.lines.data) > 2 * _DIFF_MAX:
+        return None, None
+    before, after = set(base.data.split(b"\n")[:-1]), set(got.lines.data.split(b"\n")[:-1])
+    return len(after - before), len(before - after)
+
+
+def _covered(lines: Lines, name: str) -> bool:
+    """True if a parent of ``name`` is listed with its subdomains in ``lines``."""
+    labels = name.split(".")
+    # A listed name has at least two labels: the last label alone is never one.
+    return any(lines.is_wide(".".join(labels[i:]).encode()) for i in range(1, len(labels) - 1))
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """(size, modification time in ns, inode) of a file, or None if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class _Outputs:
+    """Works out and stages each output of one run (see step 3 of the module docstring)."""
+
+    def __init__(self, updater: Updater, state: State, base: Lines | None, got: Obtained, info: ListInfo,
+                 *, stage: bool) -> None:
+        self.state = state
+        self.got = got
+        self.info = info
+        self.stage = stage
+        self.staged: list[files.Staged] = []
+        self.parents: dict[str, int] | None = None  # to save with the new list, when known
+        self.change: Change | None = None
+        self.nested_ok = False
+        self._view: ListView | None = None
+        nested = any(o.format != "urls" and format_of(o).nested for o in updater.config.outputs)
+        if got.net is not None and base is not None:
+            removed = [r for r in got.net.removed.values() if r.type == "domain"]
+            added = [r for r in got.net.added.values() if r.type == "domain"]
+            wide_delta = sum(r.subdomains for r in added) - sum(r.subdomains for r in removed)
+            self.change = Change(
+                removed=[(r.value.encode(), r.subdomains, _covered(base, r.value)) for r in removed],
+                added=[(r.value.encode(), r.subdomains, _covered(got.lines, r.value)) for r in added],
+            )
+            self.wide_count = state.wide_count + wide_delta if state.wide_count is not None \
+                else self.view.wide_count
+            if nested:
+                parents = updater.dir.load_parents(base.digest)
+                if parents is None:
+                    parents = ListView(base).parent_counts()
+                # Names listed under a parent whose subdomain flag changes would change
+                # coverage: only a full rendering gets those right.
+                above = ancestors(parents)
+                self.nested_ok = not any(r.subdomains and r.value in above for r in (*removed, *added))
+                for r in removed:
+                    p = r.value.partition(".")[2]
+                    parents[p] -= 1
+                    if not parents[p]:
+                        del parents[p]
+                for r in added:
+                    p = r.value.partition(".")[2]
+                    parents[p] = parents.get(p, 0) + 1
+                self.parents = parents
+        elif got.via == "held" and state.wide_count is not None:
+            self.wide_count = state.wide_count
+        else:
+            self.wide_count = self.view.wide_count
+            if nested and got.via != "held":
+                self.parents = self.view.parent_counts()
+
+    @property
+    def view(self) -> ListView:
+        if self._view is None:
+            self._view = ListView(self.got.lines)
+        return self._view
+
+    def discard(self) -> None:
+        files.discard(self.staged)
+        self.staged = []
+
+    def prepare(self, specs: Sequence[OutputSpec]) -> list[OutputChange]:
+        """Each output's change, staged (unless this is a dry run). Patches are made one
+        output at a time; outputs that need a full rendering are rendered together."""
+        done: dict[int, OutputChange] = {}
+        pending: list[tuple[int, OutputSpec, _Existing | None]] = []
+        for i, spec in enumerate(specs):
+            result = self._patch_or_keep(spec)
+            if isinstance(result, OutputChange):
+                done[i] = result
+            else:
+                pending.append((i, spec, result))
+        if pending:
+            for i, change in zip([i for i, _, _ in pending], self._render([(s, e) for _, s, e in pending]),
+                                 strict=True):
+                done[i] = change
+        return [done[i] for i in range(len(specs))]
+
+    def _patch_or_keep(self, spec: OutputSpec) -> OutputChange | _Existing | None:
+        """The change if the output is kept or patched; else what the file holds now (None: no file)."""
+        if not spec.path.parent.is_dir():
+            raise LocalError(f"the directory of output {spec.path} does not exist")
+        record = self.state.outputs.get(str(spec.path))
+        # The file is the one this tool last wrote if its size, modification time and inode
+        # are those recorded after writing it (an edit, a restore or a copy changes them).
+        trusted = (record is not None and record.get("fingerprint") == fingerprint(spec)
+                   and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path))
+        if trusted and record is not None and self.got.via == "held":
+            return OutputChange(spec, False, record=record)
+        try:
+            existing = spec.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
+        if not is_ours(existing, spec):
+            raise LocalError(
+                f"{spec.path} was not written by blocklist-pull; refusing to replace it "
+                "(move it away or choose another path)"
+            )
+        if trusted and record is not None and self.change is not None \
+                and spec.format != "urls" and (self.nested_ok or not format_of(spec).nested):
+            patched = patch(spec, existing, record["count"], self.change, self.info, self.wide_count)
+            if patched is None:
+                return OutputChange(spec, False, record=record)
+            change = OutputChange(spec, True, patched.lines_added, patched.lines_removed, "patch",
+                                  {"fingerprint": fingerprint(spec), "count": patched.count})
+            if self.stage:
+                writer = self._writer(spec)
+                try:
+                    writer.write(patched.data)
+                    change.staged = writer.finish()
+                except OSError as e:
+                    self._failed(e, spec)
+                self.staged.append(change.staged)
+            return change
+        h = split_file(existing, spec)
+        body = hashlib.sha256(memoryview(existing)[h:]).hexdigest()
+        return _Existing(body, existing if len(existing) <= _DIFF_MAX else None)
+
+    def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
+        sinks = [_Sink(self._writer(spec) if self.stage else None) for spec, _ in items]
+        try:
+            counts = render_into([s for s, _ in items], self.view, self.info, [k.write for k in sinks])
+        except OSError as e:
+            for k in sinks:
+                k.abandon()
+            self._failed(e, items[0][0])
+        out: list[OutputChange] = []
+        for (spec, existing), sink, count in zip(items, sinks, counts, strict=True):
+            record: dict[str, Any] = {"fingerprint": fingerprint(spec), "count": count}
+            if existing is not None and existing.body_sha256 == sink.body.hexdigest():
+                sink.abandon()
+                # Same content: the file keeps its header (the version that last changed it).
+                out.append(OutputChange(spec, False, record=dict(record, stamp=_stamp(spec.path))))
+                continue
+            added, removed = _line_changes(existing, sink)
+            change = OutputChange(spec, True, added, removed, "render", record)
+            if sink.writer is not None:
+                try:
+                    change.staged = sink.writer.finish()
+                except OSError as e:
+                    for k in sinks:
+                        k.abandon()
+                    self._failed(e, spec)
+                self.staged.append(change.staged)
+            out.append(change)
+        return out
+
+    def _writer(self, spec: OutputSpec) -> files.StagedWriter:
+        try:
+            return files.StagedWriter(spec.path, spec.mode)
+        except OSError as e:
+            self._failed(e, spec)
+
+    def _failed(self, error: OSError, spec: OutputSpec) -> NoReturn:
+        self.discard()
+        where = error.filename or spec.path
+        raise LocalError(f"cannot write {where}: {error.strerror}; no output was changed") from None
+
+
+@dataclass
+class _Existing:
+    body_sha256: str  # of everything after the comment header
+    data: bytes | None  # the file, when small enough to count changed lines
+
+
+class _Sink:
+    """Receives an output in pieces: the first piece is its header. Hashes the whole file and
+    its body, keeps a small body for counting lines, and writes to the staged file if any."""
+
+    def __init__(self, writer: files.StagedWriter | None) -> None:
+        self.writer = writer
+        self.whole = hashlib.sha256()
+        self.body = hashlib.sha256()
+        self.pieces = 0
+        self.kept: list[bytes] | None = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.whole.update(data)
+        if self.pieces:
+            self.body.update(data)
+            self.size += len(data)
+            if self.kept is not None:
+                self.kept.append(data)
+                if self.size > _DIFF_MAX:
+                    self.kept = None
+        self.pieces += 1
+        if self.writer is not None:
+            self.writer.write(data)
+
+    def abandon(self) -> None:
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+
+
+def _line_changes(existing: _Existing | None, sink: _Sink) -> tuple[int | None, int | None]:
+    if sink.kept is None:
+        return (None, None)
+    body = b"".join(sink.kept)
+    if existing is None:
+        return body.count(b"\n"), 0
+    if existing.data is None:
+        return None, None
+    c = (b"#", b";")
+    old = {ln for ln in existing.data.splitlines() if not ln.startswith(c)}
+    new = {ln for ln in body.splitlines() if not ln.startswith(c)}
+    return len(new - old), len(old - new)

@@ -246,7 +246,14 @@ class Manifest:
     rpz: ArtifactRef
     deltas: tuple[ArtifactRef, ...]
     key_id: str
+    # The version of the newest full snapshot and zone file the manifest names
+    # (the deltas after it lead to ``version``); None: the snapshot is ``version``'s.
+    snapshot_version: int | None = None
     next_key: AnnouncedKey | None = None
+
+    @property
+    def full_version(self) -> int:
+        return self.version if self.snapshot_version is None else self.snapshot_version
 
 
 @dataclass(frozen=True)
@@ -342,7 +349,7 @@ class Held:
 
     list_name: str
     version: int
-    snapshot_sha256: str
+    snapshot_sha256: str | None  # None when the version arrived as a delta only
     entries_sha256: str
     count: int
 
@@ -394,7 +401,11 @@ def _sha(value: Any, what: str) -> str:
     return value
 
 
-def _artifact(item: Any, version: int) -> ArtifactRef:
+def _opt_sha(value: Any, what: str) -> str | None:
+    return None if value is None else _sha(value, what)
+
+
+def _artifact(item: Any, version: int, full: int) -> ArtifactRef:
     if not isinstance(item, dict):
         raise RefusedError("the manifest lists an artifact that is not an object")
     kind = item.get("kind")
@@ -402,11 +413,11 @@ def _artifact(item: Any, version: int) -> ArtifactRef:
     sha = _sha(item.get("sha256"), f"the sha256 of {path!r}")
     size = _int(item.get("size"), f"the size of {path!r}")
     if kind == "snapshot":
-        if path != f"snapshots/{version}.json":
+        if path != f"snapshots/{full}.json":
             raise RefusedError(f"the manifest of version {version} names the snapshot {path!r}")
         return ArtifactRef("snapshot", path, sha, size)
     if kind == "rpz":
-        if path != f"rpz/{version}.zone":
+        if path != f"rpz/{full}.zone":
             raise RefusedError(f"the manifest of version {version} names the zone file {path!r}")
         return ArtifactRef("rpz", path, sha, size)
     if kind == "delta":
@@ -468,7 +479,13 @@ def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held
     items = doc.get("artifacts")
     if not isinstance(items, list):
         raise RefusedError("the manifest has no artifact list")
-    refs = [_artifact(item, version) for item in items]
+    full = version
+    snapshot_version = doc.get("snapshot_version")
+    if snapshot_version is not None:
+        full = _int(snapshot_version, "the manifest's snapshot_version", 1)
+        if full > version:
+            raise RefusedError(f"the manifest of version {version} names a snapshot of the later version {full}")
+    refs = [_artifact(item, version, full) for item in items]
     for ref in refs:
         if ref.size > policy.max_artifact_size:
             raise RefusedError(
@@ -489,6 +506,7 @@ def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held
         entries_sha256=_sha(doc.get("entries_sha256"), "the manifest's entries_sha256"),
         rpz_zone=rpz_zone, snapshot=snapshots[0], rpz=zones[0],
         deltas=tuple(r for r in refs if r.kind == "delta"), key_id=key_id,
+        snapshot_version=None if snapshot_version is None else full,
         next_key=_next_key(doc.get("next_key"), key_id),
     )
 
@@ -535,7 +553,7 @@ def check_artifact(data: bytes, sig_text: bytes, ref: ArtifactRef, manifest: Man
     if hashlib.sha256(data).hexdigest() != ref.sha256:
         raise RefusedError(f"{ref.path} does not match the sha256 in the manifest: it was altered or damaged")
     fields, _ = check_signature(data, sig_text, keys, ref.path)
-    version = ref.to_version if ref.kind == "delta" else manifest.version
+    version = ref.to_version if ref.kind == "delta" else manifest.full_version
     if fields.get("file") != ref.path or fields.get("version") != str(version) \
             or fields.get("list") != manifest.list_name:
         raise RefusedError(f"the signed comment of {ref.path} names another file, version or list")
@@ -547,16 +565,20 @@ def parse_snapshot(data: bytes, manifest: Manifest) -> tuple[EntryList, str]:
     doc = load_json(data, what)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
-    if doc.get("list") != manifest.list_name or doc.get("version") != manifest.version:
+    if doc.get("list") != manifest.list_name or doc.get("version") != manifest.full_version:
         raise RefusedError(f"{what} is for another list or version than the manifest")
     entries = doc.get("entries")
     if not isinstance(entries, list):
         raise RefusedError(f"{what} has no entry list")
     listed = EntryList.of(entries, what)
-    if doc.get("count") != len(listed) or len(listed) != manifest.count:
+    # A snapshot older than the manifest is checked against itself; the deltas after it
+    # must then lead to the manifest's count and entries_sha256.
+    count = manifest.count if manifest.full_version == manifest.version else doc.get("count")
+    digest = manifest.entries_sha256 if manifest.full_version == manifest.version else doc.get("entries_sha256")
+    if doc.get("count") != len(listed) or len(listed) != count:
         raise RefusedError(f"{what} holds {len(listed)} entries, but states {doc.get('count')!r} "
                            f"and the manifest {manifest.count}")
-    if listed.digest != doc.get("entries_sha256") or listed.digest != manifest.entries_sha256:
+    if listed.digest != doc.get("entries_sha256") or listed.digest != digest:
         raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
     published_at = _str(doc.get("published_at"), f"the published_at of {what}")
     parse_time(published_at, f"the published_at of {what}")
@@ -567,8 +589,8 @@ def parse_snapshot(data: bytes, manifest: Manifest) -> tuple[EntryList, str]:
 class Delta:
     from_version: int
     to_version: int
-    from_sha256: str
-    to_sha256: str
+    from_sha256: str | None  # None when that version was published as a delta only
+    to_sha256: str | None
     from_count: int
     to_count: int
     to_entries_sha256: str
@@ -596,8 +618,8 @@ def parse_delta(data: bytes, ref: ArtifactRef, manifest: Manifest) -> Delta:
     return Delta(
         from_version=_int(doc.get("from"), f"the from version of {what}", 1),
         to_version=_int(doc.get("to"), f"the to version of {what}", 1),
-        from_sha256=_sha(doc.get("from_sha256"), f"the from_sha256 of {what}"),
-        to_sha256=_sha(doc.get("to_sha256"), f"the to_sha256 of {what}"),
+        from_sha256=_opt_sha(doc.get("from_sha256"), f"the from_sha256 of {what}"),
+        to_sha256=_opt_sha(doc.get("to_sha256"), f"the to_sha256 of {what}"),
         from_count=_int(doc.get("from_count"), f"the from_count of {what}"),
         to_count=_int(doc.get("to_count"), f"the to_count of {what}"),
         to_entries_sha256=_sha(doc.get("to_entries_sha256"), f"the to_entries_sha256 of {what}"),
@@ -605,7 +627,7 @@ def parse_delta(data: bytes, ref: ArtifactRef, manifest: Manifest) -> Delta:
     )
 
 
-def apply_delta(base: EntryList, base_version: int, base_snapshot_sha256: str, delta: Delta,
+def apply_delta(base: EntryList, base_version: int, base_snapshot_sha256: str | None, delta: Delta,
                 ref: ArtifactRef) -> EntryList:
     """The list after ``delta``; refused unless the delta was made from exactly this base."""
     what = ref.path
@@ -615,7 +637,8 @@ def apply_delta(base: EntryList, base_version: int, base_snapshot_sha256: str, d
             f"{what} goes from version {delta.from_version} to {delta.to_version}, "
             f"but the version held is {base_version}: refusing a delta made from another base"
         )
-    if delta.from_sha256 != base_snapshot_sha256:
+    if delta.from_sha256 is not None and base_snapshot_sha256 is not None \
+            and delta.from_sha256 != base_snapshot_sha256:
         raise RefusedError(
             f"{what} was made from a different version {base_version} than the one held "
             "(its from_sha256 differs): refusing it"
@@ -665,17 +688,24 @@ def delta_chain(manifest: Manifest, held_version: int) -> list[ArtifactRef] | No
 
 
 def plan(manifest: Manifest, held: Held | None, have_entries: bool) -> list[ArtifactRef]:
-    """What to download: nothing, a chain of deltas from the held version, or the snapshot."""
+    """What to download: nothing, a chain of deltas from the held version, or the
+    snapshot followed by the chain of deltas from its version to the manifest's."""
+    full = [manifest.snapshot, *(delta_chain(manifest, manifest.full_version) or [])]
+    if manifest.full_version != manifest.version and len(full) == 1:
+        raise RefusedError(
+            f"the manifest names the snapshot of version {manifest.full_version} but no unbroken chain "
+            f"of deltas from it to version {manifest.version}"
+        )
     if held is None or not have_entries:
-        return [manifest.snapshot]
+        return full
     if manifest.version == held.version:
         if manifest.entries_sha256 == held.entries_sha256 and manifest.count == held.count:
             return []
-        return [manifest.snapshot]
+        return full
     chain = delta_chain(manifest, held.version)
-    if chain and sum(d.size for d in chain) < manifest.snapshot.size:
+    if chain and sum(d.size for d in chain) < sum(r.size for r in full):
         return chain
-    return [manifest.snapshot]
+    return full
 
 
 def check_final(entries: EntryList, manifest: Manifest) -> None:

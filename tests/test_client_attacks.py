@@ -113,7 +113,7 @@ def test_an_artifact_changed_by_one_byte_is_refused(feed: Feed, proxy: Proxy, ta
     rel = "snapshots/2.json" if target == "snapshot" else "deltas/1/2.json"
     if target == "snapshot":
         # Without the delta the client must take the snapshot.
-        feed.core.artifacts.path("deltas/1/2.json").unlink()
+        feed.core.artifacts.remove("deltas/1/2.json")
     path = feed.core.artifacts.path(rel)
     data = bytearray(path.read_bytes())
     at = data.index(b"innocent.example")
@@ -127,7 +127,7 @@ def test_an_artifact_signed_as_another_file_is_refused(feed: Feed, proxy: Proxy)
     hold(feed, proxy)
     feed.list("innocent.example")
     feed.publish()
-    feed.core.artifacts.path("deltas/1/2.json").unlink()
+    feed.core.artifacts.remove("deltas/1/2.json")
     # Correct bytes and a valid signature by the real key, but for another file name.
     proxy.answers["snapshots/2.json.minisig"] = feed.sign("snapshots/1.json", feed.artifact("snapshots/2.json"), 2)
 
@@ -206,7 +206,7 @@ def test_an_endless_artifact_is_cut_off_at_its_stated_size(feed: Feed, proxy: Pr
     hold(feed, proxy)
     feed.list("innocent.example")
     feed.publish()
-    feed.core.artifacts.path("deltas/1/2.json").unlink()
+    feed.core.artifacts.remove("deltas/1/2.json")
     endless = Endless()
     proxy.answers["snapshots/2.json"] = endless
     size = manifest(feed)["artifacts"][0]["size"]
@@ -249,7 +249,7 @@ def test_an_oversized_or_inflating_artifact_is_refused(feed: Feed, proxy: Proxy,
     hold(feed, proxy)
     feed.list("innocent.example")
     feed.publish()
-    feed.core.artifacts.path("deltas/1/2.json").unlink()
+    feed.core.artifacts.remove("deltas/1/2.json")
     proxy.answers["snapshots/2.json"] = answer
 
     refused(feed, says=says)
@@ -332,7 +332,7 @@ def test_a_signed_entry_that_could_break_an_output_is_refused(feed: Feed, proxy:
     hold(feed, proxy)
     feed.list("innocent.example")
     feed.publish()
-    feed.core.artifacts.path("deltas/1/2.json").unlink()
+    feed.core.artifacts.remove("deltas/1/2.json")
     snap = feed.artifact("snapshots/2.json").decode()
     data = snap.replace('"value":"innocent.example"', f'"value":{json.dumps(value)}').encode()
     m = manifest(feed)

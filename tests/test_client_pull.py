@@ -43,15 +43,19 @@ def test_a_first_pull_verifies_the_snapshot_and_writes_every_output(feed: Feed) 
     assert "applied version 1 (the full snapshot" in r.out
     assert feed.held_version() == 1
     assert body(feed.output("rpz")).splitlines()[4:] == [
+        'version.canary TXT "1"', "blocked.canary CNAME .",  # the canaries `blocklist-pull check` asks for
         "bad-site.test CNAME .", "*.bad-site.test CNAME .", "exact.example CNAME ."]
     assert body(feed.output("unbound")) == (
         "server:\n"
+        '''    local-data: 'version.canary. TXT "1"'\n'''
+        '    local-zone: "blocked.canary." always_nxdomain\n'
         '    local-zone: "bad-site.test." always_nxdomain\n'
         '    local-zone: "exact.example." transparent\n'
         '    local-data: "exact.example. A 0.0.0.0"\n'
         '    local-data: "exact.example. AAAA ::"\n'
     )
-    assert body(feed.output("dnsmasq")) == "address=/bad-site.test/\nhost-record=exact.example,0.0.0.0,::\n"
+    assert body(feed.output("dnsmasq")) == ('txt-record=version.canary,"1"\naddress=/blocked.canary/\n'
+                                           "address=/bad-site.test/\nhost-record=exact.example,0.0.0.0,::\n")
     assert body(feed.output("hosts")) == (
         "0.0.0.0 bad-site.test\n:: bad-site.test\n0.0.0.0 exact.example\n:: exact.example\n")
     assert "cannot express 'a name and all its subdomains'" in feed.output("hosts").read_text()
@@ -67,7 +71,7 @@ def test_a_change_is_applied_as_a_delta_and_matches_a_fresh_snapshot_pull(feed: 
     feed.delist("exact.example")
     version = feed.publish()
     # Without the snapshot on the server only the delta can bring version 2.
-    feed.core.artifacts.path(f"snapshots/{version}.json").unlink()
+    feed.core.artifacts.remove(f"snapshots/{version}.json")
 
     r = feed.pull()
 
@@ -191,7 +195,7 @@ def test_dry_run_shows_what_would_change_and_writes_nothing(feed: Feed) -> None:
 
     assert r.code == 0
     assert "would apply version 2 (1 delta from version 1, 1 added and 0 removed; 4 entries)" in r.out
-    assert f"would write hosts {feed.output('hosts')} (+2 -0 lines)" in r.out
+    assert f"would write hosts {feed.output('hosts')} (+2 -0 lines, patched)" in r.out
     assert "unchanged urls" in r.out
     assert "would run the post-apply command" in r.out
     assert feed.snapshot_outputs() == before

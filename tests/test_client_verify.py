@@ -20,6 +20,7 @@ from app.embedded import free_port
 from client.config import Overrides, load
 from client.errors import ConfigError, FeedError, LocalError, LockedError, RefusedError
 from client.fetch import HttpTransport
+from client.listfile import Lines
 from client.minisign import SecretKey, format_trusted_comment
 from client.state import State, StateDir
 from client.verify import (
@@ -462,12 +463,12 @@ def test_a_damaged_state_file_stops_the_tool_instead_of_dropping_rollback_protec
 def test_a_held_list_that_does_not_match_its_digest_is_not_used(tmp_path: Path) -> None:
     d = StateDir(tmp_path)
     d.ensure()
-    entries = EntryList.of([rec("a.example"), rec("b.example")], "x")
-    d.save_entries(entries)
-    state = State(entries_sha256=entries.digest)
-    assert d.load_entries(state) == entries
+    entries = Lines.of_records([rec("a.example"), rec("b.example")])
+    d.save_lines(entries)
+    state = State(entries_sha256=entries.digest, count=2)
+    assert d.load_lines(state) == entries
     (tmp_path / "entries.jsonl").write_text((tmp_path / "entries.jsonl").read_text().replace("b.ex", "c.ex"))
-    assert d.load_entries(state) is None
+    assert d.load_lines(state) is None
 
 
 def test_a_second_run_while_one_holds_the_lock_is_refused(tmp_path: Path) -> None:

@@ -105,6 +105,22 @@ def test_a_held_publication_and_waiting_changes_are_reported(core: Core, persona
     assert labelled(found, "blocklist_entries", status="pending") == 0
 
 
+def test_live_workers_and_the_delta_chain_are_reported(core: Core, personas: Personas) -> None:
+    core.store.worker_report("host-a:1", {"signs": True, "key_id": "k"}, 60)
+    core.store.worker_report("host-b:2", {"signs": False, "key_id": None}, 60)
+    large = Core(settings=replace(core.settings, compact_small_bytes=0, compact_age=10**9, compact_ratio=100.0),
+                 store=core.store, clock=core.clock)
+    large.publisher._key = core.publisher._key
+    list_domain(large, personas, "first.test")
+    publish(large)
+    list_domain(large, personas, "second.test")
+    publish(large)
+    found = scrape(app_for(large).test_client())
+    assert labelled(found, "blocklist_workers", can_publish="yes") == 1
+    assert labelled(found, "blocklist_workers", can_publish="no") == 1
+    assert found["blocklist_publication_deltas_since_full"] == 1
+
+
 def test_requests_are_counted_by_endpoint_never_by_path(core: Core, personas: Personas) -> None:
     client = app_for(core).test_client()
     for n in range(3):

@@ -364,7 +364,6 @@ def test_a_publisher_killed_mid_publication_leaves_the_previous_version_served(c
     latest = core.publisher.latest()
     assert latest["count"] == 121_000
     assert out.status in ("published", "unchanged", "refreshed")
-    assert not list(core.artifacts.root.glob(".staging-*"))
     v = latest["version"]
     pub = tmp_path / "k.pub"
     pub.write_text(core.publisher.key.public.text())
@@ -402,3 +401,39 @@ def test_retention_prunes_old_files_and_the_delta_chain(core: Core, personas: Pe
     assert not (root / "deltas/1/2.json").exists()
     pk = PublicKey.parse(core.publisher.key.public.text())
     assert pk.id_hex == core.publisher.key.public.id_hex
+
+
+def test_a_hold_that_cannot_be_recorded_is_not_reported_as_held(core: Core, personas: Personas,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.errors import PublicationError, RetryableConflictError
+
+    core.curation.set_policy(personas.ada.actor, {"guard_add_max": 30})
+    bulk_active(core, 40)
+
+    def always_conflicting(txn: Txn) -> None:
+        raise RetryableConflictError("the data changed while the action ran; try again")
+
+    # Other writers win every compare-and-set: the hold is never recorded.
+    monkeypatch.setattr(core.store, "commit", always_conflicting)
+    with pytest.raises(PublicationError, match="could not record the held publication"):
+        core.publisher.publish()
+    monkeypatch.undo()
+    assert core.publisher.held() is None
+    assert core.publisher.latest() is None
+    assert core.publisher.publish().status == "held"
+    assert core.publisher.held() is not None
+
+
+def test_a_latest_version_whose_files_are_not_in_redis_is_published_again_with_them(core: Core,
+                                                                                   personas: Personas) -> None:
+    activate(core, personas, "kept.example.test")
+    assert publish(core).version == 1
+    # As left by a release that kept artifacts on disk only: Redis knows the
+    # version but holds none of its files.
+    for key in core.store.r.scan_iter("bl:art:*"):
+        core.store.r.delete(key)
+    out = core.publisher.publish()
+    assert out.status == "published" and out.version == 2
+    snap = json.loads(core.artifacts.read("snapshots/2.json"))
+    assert [e["value"] for e in snap["entries"]] == ["kept.example.test"]
+    assert core.publisher.publish().status in ("unchanged", "refreshed")

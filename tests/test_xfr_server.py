@@ -37,6 +37,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.artifacts import compress
 from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
@@ -268,8 +269,14 @@ def test_a_version_whose_files_do_not_match_their_publication_record_is_not_serv
     meta = core.publisher.version_meta(v2)
     assert meta is not None
     for ref in (meta["rpz"], meta["delta"]):
-        path = core.artifacts.path(ref["path"])
-        path.write_text(path.read_text().replace("csam-forum", "innocent-site"))
+        # Damage the stored bytes themselves (Redis holds the artifacts).
+        stored = core.artifacts.ref(ref["path"])
+        assert stored is not None
+        data = core.artifacts.read(ref["path"]).replace(b"csam-forum", b"innocent-site")
+        blob = f"bl:art:blob:{stored.sha256}"
+        core.store.r.delete(blob)
+        # As many chunks as recorded: the damaged bytes first, then empty ones.
+        core.store.r.rpush(blob, compress(data), *[compress(b"")] * (stored.chunks - 1))
     with ServerThread(dns_settings, core.store) as t:
         wait_for(lambda: any("cannot load version" in r.getMessage() for r in caplog.records))
         assert soa_serial(t.port) is None, "nothing is served rather than a damaged version"

@@ -4,12 +4,27 @@ Jobs (one at a time, in one thread, so they never overlap in a process;
 the Redis publisher lock keeps several worker processes from publishing at
 once):
 
-* publish every ``BLOCKLIST_PUBLISH_INTERVAL`` seconds when the list changed;
+* publish a curation change within seconds: a follower thread wakes on the
+  change feed's signal, waits until the feed has been quiet for
+  ``BLOCKLIST_PUBLISH_QUIET`` seconds (at most ``BLOCKLIST_PUBLISH_QUIET_MAX``
+  after the first change, so a bulk approval makes one version), then runs
+  the publish job at once;
+* publish every ``BLOCKLIST_PUBLISH_INTERVAL`` seconds when the list changed
+  (the safety net);
+* compact: after a publication (once it is served) and every minute, write
+  the latest version's full snapshot and zone file when the delta chain
+  since the last ones is due (``BLOCKLIST_COMPACT_*``);
 * serve "publish now" requests from the API within about a second;
 * expire entries not re-verified in time;
 * re-sign the manifest before it expires, so a quiet feed never looks frozen;
 * once a day, rebuild the list from every entry to prove the change feed
   missed nothing.
+
+Failover: any number of workers may run on several hosts. Whichever takes
+the publisher lock publishes; the lock expires ``LOCK_TTL_MS`` after a
+worker dies holding it, so a standby holding the same signing key takes
+over within a minute. A worker without the signing key never publishes (it
+still expires entries) and says so at start and in ``/readyz``.
 
 SIGTERM or SIGINT lets the running job finish, then the process exits.
 """
@@ -17,7 +32,9 @@ SIGTERM or SIGINT lets the running job finish, then the process exits.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -31,7 +48,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from app.config import Settings
 from app.core import Core
 from app.errors import BlocklistError, ConfigError
-from app.signing import load_key
+from app.signing import SecretKey, load_key
 
 log = logging.getLogger("blocklist.worker")
 
@@ -39,18 +56,35 @@ log = logging.getLogger("blocklist.worker")
 class Worker:
     """The jobs as small idempotent steps (each returns whether it did something)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, signs: bool = True) -> None:
         self.core = core
+        self.signs = signs
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        core.publisher.name = self.name
         self.last_ok: dict[str, float] = {}
+        self.last_status = ""
 
-    def publish(self) -> bool:
-        outcome = self.core.publisher.publish(reason="scheduled")
+    def publish(self, reason: str = "scheduled") -> bool:
+        outcome = self.core.publisher.publish(reason=reason)
+        self.last_status = outcome.status
         if outcome.status == "published":
             log.info("published version %s %s in %.2fs", outcome.version, outcome.diff,
                      outcome.timings.get("total", 0.0))
         elif outcome.status == "held":
             log.warning("publication held: %s", outcome.message)
+        if outcome.status == "published":
+            # The version is already served; now, if due, its full files.
+            self.compact()
         return outcome.status == "published"
+
+    def publish_change(self) -> bool:
+        return self.publish(reason="change")
+
+    def compact(self) -> bool:
+        """Write the latest version's full snapshot and zone file when the
+        delta chain since the last ones has grown enough (size, length, age)."""
+        outcome = self.core.publisher.compact()
+        return outcome.status == "compacted"
 
     def reconcile(self) -> bool:
         """A full rebuild from every entry, daily: the change feed is how
@@ -77,9 +111,12 @@ class Worker:
         return self.core.publisher.refresh_manifest()
 
     def heartbeat(self) -> bool:
-        """Report whether this publisher holds the programme's current key
-        (/readyz on every web host reads it)."""
-        return self.core.publisher.check_key()
+        """Report this worker, and whether it holds the programme's current key
+        (/readyz on every web host reads both)."""
+        can_sign = self.signs and self.core.publisher.check_key()
+        key_id = self.core.publisher.key.public.id_hex if can_sign else None
+        self.core.store.worker_report(self.name, {"signs": can_sign, "key_id": key_id}, WORKER_REPORT_TTL)
+        return can_sign or not self.signs
 
     def guarded(self, name: str, step: Callable[[], bool]) -> Callable[[], None]:
         def run() -> None:
@@ -106,23 +143,106 @@ class Worker:
             pass
 
 
+WORKER_REPORT_TTL = 90
+
+
+class Follower:
+    """Wakes on the change feed's signal and runs the publish job once the
+    feed has been quiet long enough (debounce), in the scheduler's thread."""
+
+    def __init__(self, worker: Worker, sched: BlockingScheduler, settings: Settings) -> None:
+        self.worker = worker
+        self.sched = sched
+        self.quiet = settings.publish_quiet
+        self.quiet_max = settings.publish_quiet_max
+        self.retry = max(5.0, float(settings.publish_interval))
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="follower", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def run(self) -> None:
+        store = self.worker.core.store
+        pubsub = None
+        first = last_change = 0.0
+        seen = 0
+        tried: tuple[int, float] | None = None  # count at the last attempt that did not publish, and when
+        while not self.stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = store.dirty_subscribe()
+                # Wake on the signal; the timeout keeps the quiet-period clock running.
+                pubsub.get_message(timeout=min(0.5, self.quiet or 0.5))
+                n = store.dirty_count()
+            except Exception as e:  # Redis away: try again shortly
+                log.warning("change follower: %s", e)
+                pubsub = None
+                self.stop.wait(1.0)
+                continue
+            now = time.monotonic()
+            if n == 0:
+                seen, first, tried = 0, 0.0, None
+                continue
+            if seen == 0:
+                first = last_change = now
+            elif n != seen:
+                last_change = now
+            seen = n
+            if tried is not None and tried[0] == n and now - tried[1] < self.retry:
+                continue  # held or refused: wait for another change or the retry time
+            if now - last_change >= self.quiet or now - first >= self.quiet_max:
+                self._run_publish()
+                if store.dirty_count() >= n and self.worker.last_status != "published":
+                    tried = (n, time.monotonic())
+                    if self.worker.last_status == "busy":
+                        # Another worker holds the lock: look again in a moment.
+                        tried = (n, time.monotonic() - self.retry + 2.0)
+                seen, first = 0, 0.0
+        if pubsub is not None:
+            pubsub.close()
+
+    def _run_publish(self) -> None:
+        self.done.clear()
+        self.worker.last_status = ""  # stays empty if the step fails: then retry later, not at once
+        self.sched.add_job(self._publish_step, id="publish-change", replace_existing=True)
+        self.done.wait(600)
+
+    def _publish_step(self) -> None:
+        try:
+            self.worker.guarded("publish", self.worker.publish_change)()
+        finally:
+            self.done.set()
+
+
 def build_scheduler(worker: Worker, settings: Settings) -> BlockingScheduler:
     sched = BlockingScheduler(
         executors={"default": ThreadPoolExecutor(1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         timezone="UTC",
     )
-    sched.add_job(worker.guarded("publish", worker.publish), "interval", seconds=settings.publish_interval,
-                  id="publish", next_run_time=_soon())
-    sched.add_job(worker.guarded("requests", worker.requests), "interval", seconds=1, id="requests")
-    sched.add_job(worker.guarded("reconcile", worker.reconcile), "interval", hours=24, id="reconcile")
     sched.add_job(worker.guarded("heartbeat", worker.heartbeat), "interval", seconds=30, id="heartbeat",
                   next_run_time=_soon())
     sched.add_job(worker.guarded("expire", worker.expire), "interval", seconds=settings.expire_interval,
                   id="expire", next_run_time=_soon())
+    if not worker.signs:
+        return sched
+    sched.add_job(worker.guarded("publish", worker.publish), "interval", seconds=settings.publish_interval,
+                  id="publish", next_run_time=_soon())
+    sched.add_job(worker.guarded("requests", worker.requests), "interval", seconds=1, id="requests")
+    sched.add_job(worker.guarded("compact", worker.compact), "interval", seconds=60, id="compact")
+    sched.add_job(worker.guarded("reconcile", worker.reconcile), "interval", hours=24, id="reconcile")
     sched.add_job(worker.guarded("manifest", worker.refresh_manifest), "interval",
                   seconds=max(1, min(60, settings.manifest_refresh // 4)), id="manifest")
     return sched
+
+
+def load_signing_key(settings: Settings) -> SecretKey | None:
+    """The signing key, or None when this host has none (it then never publishes)."""
+    if not settings.signing_key_file.exists():
+        return None
+    return load_key(settings.signing_key_file)
 
 
 def _soon() -> Any:
@@ -142,18 +262,31 @@ def main(settings: Settings | None = None) -> None:
         # An empty or wrong Redis: a publisher would sign for no programme.
         raise ConfigError("BLOCKLIST_REDIS_URL: that Redis names no programme signing key; run "
                           "`blocklist keys init` on the publisher host once (it records the existing key)")
-    key = load_key(settings.signing_key_file)
-    core.publisher._key = key
-    worker = Worker(core)
+    key = load_signing_key(settings)
+    if key is not None:
+        core.publisher._key = key
+    worker = Worker(core, signs=key is not None)
     sched = build_scheduler(worker, settings)
+    follower = Follower(worker, sched, settings) if key is not None else None
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the current step, then exiting", signum)
+        if follower is not None:
+            follower.stop.set()
+            follower.done.set()
         threading.Thread(target=sched.shutdown, kwargs={"wait": True}, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("worker started: publish every %ss, key %s", settings.publish_interval, key.public.id_hex)
+    if key is None:
+        log.warning("worker started WITHOUT the signing key (%s does not exist): it expires entries but never "
+                    "publishes; a worker holding the key must run somewhere", settings.signing_key_file)
+    else:
+        log.info("worker started: publishes changes after %gs of quiet (at most %gs), every %ss as a safety "
+                 "net, key %s", settings.publish_quiet, settings.publish_quiet_max, settings.publish_interval,
+                 key.public.id_hex)
+    if follower is not None:
+        follower.start()
     sched.start()
     log.info("worker stopped")
 

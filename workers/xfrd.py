@@ -244,17 +244,31 @@ class VersionLoader:
         return Step(int(prev), int(meta["version"]), frozenset(deleted), frozenset(added))
 
     def full(self, meta: dict[str, Any]) -> Loaded:
+        """The zone of a version from its newest full zone file (``base``) and
+        the deltas after it, with the retained history before it for IXFR."""
         t0 = time.perf_counter()
         version = int(meta["version"])
-        text = self._read(meta["rpz"]).decode("utf-8")
+        base_v = int(meta.get("base") or version)
+        base = meta if base_v == version else self.meta(base_v)
+        if base is None or not base.get("rpz"):
+            raise ZoneDataError(f"the full zone file of version {base_v} is no longer stored")
+        forward: list[Step] = []
+        current: dict[str, Any] | None = meta
+        while current is not None and int(current["version"]) > base_v:
+            s = self.step(current)
+            if s is None:
+                raise ZoneDataError(f"version {current['version']} has no delta after the full zone file")
+            forward.append(s)
+            current = self.meta(s.old)
+        text = self._read(base["rpz"]).decode("utf-8")
         serial, names = zone_file_names(text)
-        if serial != version:
-            raise ZoneDataError(f"{meta['rpz']['path']} has serial {serial}, not {version}")
+        if serial != base_v:
+            raise ZoneDataError(f"{base['rpz']['path']} has serial {serial}, not {base_v}")
         report = BuildReport()
-        snapshot = build_snapshot(self.info, version, names, report)
+        snapshot = build_snapshot(self.info, base_v, names, report)
         del text, names
         steps: list[Step] = []
-        current: dict[str, Any] | None = meta
+        current = base
         while current is not None and len(steps) < self.history:
             s = self.step(current)
             if s is None:
@@ -262,6 +276,8 @@ class VersionLoader:
             steps.append(s)
             current = self.meta(s.old)
         zone = Zone(self.info, snapshot, list(reversed(steps)), self.history)
+        for s in reversed(forward):
+            zone = zone.advance(s.new, s.deleted, s.added, report)
         return Loaded(zone, "full", time.perf_counter() - t0, report)
 
     def load(self, current: Zone | None, latest: dict[str, Any]) -> Loaded:
@@ -820,7 +836,7 @@ async def serve(settings: Settings, store: Store, stop: asyncio.Event,
     if server.xot_certificate is not None:
         # The web and the CLI show ISPs the pin of the certificate actually served.
         await loop.run_in_executor(None, store.set_xot_cert, server.xot_certificate.pem)
-    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir), server.info, settings.dns_history)
+    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir, store), server.info, settings.dns_history)
     watcher = Watcher(server, store, loader, isps, loop)
     watcher.start()
     http = None

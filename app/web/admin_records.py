@@ -60,15 +60,16 @@ def publications() -> Any:
 @page("publish.read")
 def publication(version: int) -> Any:
     c = core()
-    meta = c.publisher.version_meta(version)
-    if meta is None:
+    pub = c.publisher.record(version)
+    if pub is None:
         raise NotFoundError(f"there is no version {version}")
+    meta = pub.to_dict()
     added: list[dict[str, Any]] | None = None
     removed: list[dict[str, Any]] | None = None
     missing = None
-    if meta.get("delta"):
+    if pub.delta is not None:
         try:
-            data = json.loads(c.artifacts.read(meta["delta"]["path"]))
+            data = json.loads(c.artifacts.read(pub.delta.path))
             added, removed = data["added"], data["removed"]
         except (OSError, ValueError, KeyError, BlocklistError):
             missing = "the delta file of this version is no longer kept (older than the retention)"

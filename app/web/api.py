@@ -428,13 +428,13 @@ def publication(version: int) -> Any:
 def publication_diff(version: int) -> Any:
     """The delta that produced ``version`` (what it added and removed)."""
     actor().require("publish.read")
-    meta = _publisher().version_meta(version)
-    if meta is None:
+    pub = _publisher().record(version)
+    if pub is None:
         raise NotFoundError(f"there is no version {version}")
-    if not meta.get("delta"):
-        return jsonify(version=version, previous_version=meta.get("previous_version"), added=None,
+    if pub.delta is None:
+        return jsonify(version=version, previous_version=pub.previous_version, added=None,
                        removed=None, note="first version, or no previous version to compare with")
-    data = json.loads(core().artifacts.read(meta["delta"]["path"]))
+    data = json.loads(core().artifacts.read(pub.delta.path))
     return jsonify(version=version, previous_version=data["from"], added=data["added"], removed=data["removed"])
 
 

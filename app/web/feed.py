@@ -5,10 +5,14 @@
   ``/feed/v1/t/<token>/rpz/latest.zone``.
 * 401 without a valid token, 403 for a revoked ISP, 404 for what is not
   (or no longer) published; every successful pull is recorded.
+* ``POST /feed/v1/reports``: what the ISP's resolvers were seen enforcing
+  (``blocklist-pull check``); checked strictly (400 for anything else,
+  nothing recorded), at most ``REPORTS_PER_HOUR`` an hour (429), audited.
 * Versioned artifacts are immutable: strong ``ETag`` (their sha256),
-  ``If-None-Match`` answers 304, and they are streamed from the artifact
-  store (or handed to nginx with ``X-Accel-Redirect``), never built per
-  request. ``gzip`` is offered to clients that accept it, from a compressed
+  ``If-None-Match`` answers 304, and they are streamed from this host's
+  cache of the artifact store, filled from Redis and checked against the
+  recorded sha256 first (or handed to nginx with ``X-Accel-Redirect`` once
+  the cache holds them), never built per request. ``gzip`` is offered to clients that accept it, from a compressed
   copy made once per file.
 """
 
@@ -23,11 +27,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 
 from app.core import Core
-from app.errors import NotFoundError
-from app.isps import Isp
+from app.errors import NotFoundError, ValidationError
+from app.isps import REPORTS_PER_HOUR, Isp
 from app.web import core_of
 from app.web.common import bearer_token
 
@@ -40,6 +44,7 @@ _ARTIFACT = re.compile(
     r"|(?P<key>key\.pub)"
 )
 _GZIP_MIN = 256
+REPORT_MAX_BYTES = 16 * 1024
 IMMUTABLE = "private, max-age=31536000, immutable"
 REVALIDATE = "private, no-cache"
 
@@ -58,6 +63,25 @@ def _authenticate(token: str | None) -> Isp:
     isp = _core().isps.authenticate_feed(token)
     g.isp = isp
     return isp
+
+
+@bp.post("/reports")
+def report() -> Any:
+    """What ``blocklist-pull check`` saw the ISP's resolvers enforce (see ``Isps.record_report``)."""
+    isp = _authenticate(None)
+    core = _core()
+    if not core.isps.report_allowed(isp):
+        resp = jsonify(error=f"too many reports from {isp.name}; at most {REPORTS_PER_HOUR} an hour")
+        resp.status_code = 429
+        resp.headers["Retry-After"] = "3600"
+        return resp
+    if request.content_length is not None and request.content_length > REPORT_MAX_BYTES:
+        raise ValidationError(f"a report is at most {REPORT_MAX_BYTES} bytes")
+    body = request.get_json(silent=True) if request.is_json else None
+    if body is None:
+        raise ValidationError("the report must be a JSON body (Content-Type: application/json)")
+    recorded = core.isps.record_report(isp, body)
+    return jsonify(recorded=recorded), 201
 
 
 @bp.get("/<path:rel>")
@@ -102,7 +126,8 @@ def _serve(rel: str, token: str | None) -> Any:
             latest = publisher.latest()
             if latest is None:
                 raise NotFoundError("nothing has been published yet")
-            version = int(latest["version"])
+            # The newest version with full files (see docs/isp-pull.md).
+            version = int(latest.get("base") or latest["version"])
             cache = REVALIDATE
         else:
             version = int(m.group("v"))
@@ -110,8 +135,8 @@ def _serve(rel: str, token: str | None) -> Any:
         ext = "json" if kind == "snapshots" else "zone"
         if (kind == "snapshots") != (m.group("ext") == "json"):
             raise NotFoundError(f"there is no feed artifact {rel!r}")
-        meta = publisher.version_meta(version)
-        info = meta and meta["snapshot" if kind == "snapshots" else "rpz"]
+        pub = publisher.record(version)
+        info = pub and (pub.snapshot if kind == "snapshots" else pub.rpz)
         target = f"{kind}/{version}.{ext}"
         if not info or not core.artifacts.exists(target):
             raise NotFoundError(f"version {version} is not available; fetch the latest snapshot")
@@ -119,19 +144,19 @@ def _serve(rel: str, token: str | None) -> Any:
         if want_sig:
             return _file_response(target + ".minisig", None, cache, "text/plain; charset=utf-8")
         mime = "application/json" if ext == "json" else "text/dns; charset=utf-8"
-        return _file_response(target, info["sha256"], cache, mime)
+        return _file_response(target, info.sha256, cache, mime)
     frm, to = int(m.group("from")), int(m.group("to"))
     target = f"deltas/{frm}/{to}.json"
-    meta = publisher.version_meta(to)
-    delta = meta.get("delta") if meta else None
-    if not delta or int(delta["from"]) != frm or not core.artifacts.exists(target):
+    pub = publisher.record(to)
+    delta = pub.delta if pub else None
+    if not delta or delta.frm != frm or not core.artifacts.exists(target):
         raise NotFoundError(
             f"no delta from version {frm} to {to}: history does not reach it; fetch the full snapshot"
         )
     core.isps.record_pull(isp, to, "feed:delta")
     if m.group("dsig"):
         return _file_response(target + ".minisig", None, IMMUTABLE, "text/plain; charset=utf-8")
-    return _file_response(target, delta["sha256"], IMMUTABLE, "application/json")
+    return _file_response(target, delta.sha256, IMMUTABLE, "application/json")
 
 
 def _accepts_gzip() -> bool:

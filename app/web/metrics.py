@@ -204,12 +204,12 @@ class StoreCollector(Collector):
         yield _gauge("blocklist_publication_last_timestamp_seconds",
                      "When the latest version was published (Unix time).",
                      _epoch(latest.get("published_at")) if latest else None)
-        meta = core.publisher.version_meta(version) if version else None
+        pub = core.publisher.record(version) if version else None
         yield _gauge("blocklist_publication_build_seconds", "Time the publisher took to build the latest version.",
-                     float(meta["build_seconds"]) if meta and meta.get("build_seconds") is not None else None)
+                     pub.build_seconds if pub else None)
         changes = GaugeMetricFamily("blocklist_publication_changes",
                                     "Entries added, removed and changed by the latest version.", labels=["kind"])
-        for kind, n in ((meta or {}).get("changes") or {}).items():
+        for kind, n in (pub.changes if pub else {}).items():
             changes.add_metric([str(kind)], float(n))
         yield changes
 
@@ -224,6 +224,16 @@ class StoreCollector(Collector):
         yield held_changes
         yield _gauge("blocklist_publication_pending_changes",
                      "Changed entries not yet taken up by a publication.", store.dirty_count())
+        yield _gauge("blocklist_publication_deltas_since_full",
+                     "Versions published as deltas since the last full snapshot (compaction resets it).",
+                     pub.chain_length if pub else None)
+        workers = GaugeMetricFamily("blocklist_workers",
+                                    "Live workers, by whether they hold the signing key and can publish.",
+                                    labels=["can_publish"])
+        alive = store.workers_alive()
+        for label, signs in (("yes", True), ("no", False)):
+            workers.add_metric([label], float(sum(1 for w in alive if bool(w.get("signs")) == signs)))
+        yield workers
 
         manifest = store.pub_manifest()
         expires = signed = manifest_version = None
@@ -275,8 +285,14 @@ class StoreCollector(Collector):
         last_report = GaugeMetricFamily("blocklist_isp_last_enforcement_report_timestamp_seconds",
                                         "When the ISP last reported what its resolvers enforce (Unix time).",
                                         labels=labels)
+        enforcing = GaugeMetricFamily(
+            "blocklist_isp_resolvers_enforcing",
+            "1 if every resolver in the ISP's last report enforced the list, else 0; absent before the first "
+            "report.", labels=labels)
         for isp in isps:
             lag = behind_by[isp.name]
+            if isp.enforced_at is not None:
+                enforcing.add_metric([isp.name], 0.0 if isp.enforced_version is None else 1.0)
             if isp.last_version is not None:
                 last_version.add_metric([isp.name], float(isp.last_version))
             behind.add_metric([isp.name], float(max(0, latest - (isp.last_version or 0))))
@@ -291,7 +307,7 @@ class StoreCollector(Collector):
             if lag.enforced_at is not None:
                 last_report.add_metric([isp.name], float(lag.enforced_at))
         yield from (count, last_version, behind, behind_for, last_pull, since_pull, enforced, enforcing_behind,
-                    last_report)
+                    last_report, enforcing)
 
     def _heartbeats(self) -> Iterator[Metric]:
         health_dir = self.core.settings.health_dir

@@ -1,0 +1,322 @@
+"""The held list as bytes: canonical lines, checked and patched in bulk. No I/O.
+
+A million entries as Python objects cost gigabytes and seconds; as one
+``bytes`` of canonical JSON lines (the form whose sha256 is the feed's
+``entries_sha256``) they cost their size, and the checks below run inside
+the regular-expression engine and ``hashlib`` rather than once per entry in
+Python. What must stay true:
+
+* A :class:`Lines` holds only lines that passed the same rules as
+  :func:`client.verify.make_record`: a domain line matches one pattern that
+  spells out the canonical form and the host-name rules (LDH labels, at
+  least two, no numeric last label, at most 253 characters); the few URL
+  lines are checked one by one with ``make_record`` and must serialise back
+  to the same bytes. Every line is checked, or the whole list is refused.
+* Lines are strictly increasing by (type, value) (the feed's order, so no
+  duplicates), and domain lines come before URL lines.
+* A delta is applied only to the list it was made from: every removed line
+  must be present byte for byte, no added key may already be present, and
+  the result must carry the digest and count the delta states.
+* The snapshot's fast path reads the layout the publisher writes (a head
+  object, then one entry a line); any other layout falls back to the strict
+  JSON reader in :mod:`client.verify`, so a valid snapshot is never refused
+  for its formatting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.errors import RefusedError
+from client.verify import (
+    SCHEMA,
+    ArtifactRef,
+    Delta,
+    Manifest,
+    Record,
+    load_json,
+    parse_snapshot,
+    parse_time,
+)
+
+# Atomic: a label, once matched, is not taken apart again (same language, less backtracking).
+_LABEL = rb"(?>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
+_ISO = rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
+# One canonical domain line, host-name rules included (see verify.is_domain).
+_DOMAIN_LINE = re.compile(
+    rb'\{"type":"domain","value":"(?=[^"\n]{1,253}")(?:' + _LABEL + rb"\.)++(?!(?:[0-9]+|0x[0-9a-f]*)\")"
+    + _LABEL + rb'","subdomains":(?:true|false),"category":"[a-z0-9][a-z0-9-]{0,31}","listed_since":"'
+    + _ISO + rb'","verified_at":"' + _ISO + rb'"\}\n'
+)
+# The canary's names (see client.check): no entry may take them.
+RESERVED = (b"version.canary", b"blocked.canary")
+_VALUE = re.compile(rb'"value":"([^"\n]*)"')
+_URL_START = b'{"type":"url",'
+_ENTRIES_OPEN = b',"entries":[\n'
+_ENTRIES_CLOSE = b"\n]}\n"
+_SNAPSHOT_HEAD_KEYS = frozenset({"schema", "list", "version", "published_at", "expires_at", "previous_version",
+                                 "previous_sha256", "count", "entries_sha256"})
+
+
+def _key(line: bytes) -> tuple[bytes, bytes]:
+    """(type, value) of a canonical line (``{"type":"T","value":"V",...``)."""
+    t_end = line.index(b'"', 9)
+    v_start = t_end + 11  # past '","value":"'
+    return line[9:t_end], line[v_start : line.index(b'"', v_start)]
+
+
+def record_line(r: Record) -> bytes:
+    return r.line().encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class Lines:
+    """A checked list: ``data`` is every canonical line, each ending in a newline."""
+
+    data: bytes
+    count: int
+    url_start: int  # offset of the first URL line (len(data) if none)
+    digest: str
+    # The domain names, in order, when they were read anyway (by check): saves reading them again.
+    _values: list[bytes] | None = field(default=None, compare=False, repr=False)
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def check(cls, data: bytes, what: str, *, count: int | None = None) -> Lines:
+        """``data`` as a list, if every line is canonical, valid and in order."""
+        if data and not data.endswith(b"\n"):
+            raise RefusedError(f"{what} does not end with a complete line")
+        url_start = find_url_start(data)
+        domains = memoryview(data)[:url_start]
+        rest, n = _DOMAIN_LINE.subn(b"", domains)
+        if rest:
+            bad = rest.split(b"\n", 1)[0]
+            _explain(bad, what)
+            raise RefusedError(f"{what} holds an entry that is not in canonical form")
+        values = _VALUE.findall(domains)
+        if len(values) != n or not all(map(bytes.__lt__, values, values[1:])):
+            raise RefusedError(f"{what} is not in canonical order or repeats an entry")
+        url_lines = data[url_start:].split(b"\n")[:-1]
+        previous = b""
+        for line in url_lines:
+            r = _explain(line, what)
+            if r.type != "url" or record_line(r) != line + b"\n":
+                raise RefusedError(f"{what} holds an entry that is not in canonical form")
+            if previous and _key(line) <= _key(previous):
+                raise RefusedError(f"{what} is not in canonical order or repeats {r.value[:80]!r}")
+            previous = line
+        total = n + len(url_lines)
+        if count is not None and total != count:
+            raise RefusedError(f"{what} holds {total} entries, but {count} are stated")
+        lines = cls(data, total, url_start, hashlib.sha256(data).hexdigest(), values)
+        lines.refuse_reserved(what)
+        return lines
+
+    @classmethod
+    def of_records(cls, records: Iterable[Record]) -> Lines:
+        return cls.check(b"".join(record_line(r) for r in records), "the list")
+
+    # ------------------------------------------------------------ reading
+
+    def __len__(self) -> int:
+        return self.count
+
+    def domain_values(self) -> list[bytes]:
+        return domain_values(memoryview(self.data)[: self.url_start])
+
+    def cached_values(self) -> list[bytes] | None:
+        return self._values
+
+    def url_records(self) -> list[Record]:
+        return [_record(line) for line in self.data[self.url_start :].split(b"\n")[:-1]]
+
+    def find(self, key: tuple[bytes, bytes]) -> tuple[int, bool]:
+        """(offset of the first line whose key is >= ``key``, whether it is equal)."""
+        return lower_bound(self.data, key, _key)
+
+    def line_of(self, key: tuple[bytes, bytes]) -> bytes | None:
+        at, found = self.find(key)
+        return self.data[at : self.data.index(b"\n", at) + 1] if found else None
+
+    def refuse_reserved(self, what: str) -> None:
+        """The canary's names belong to the canary: an entry taking one would make the
+        rpz, unbound and dnsmasq outputs contradict themselves (and hide the version)."""
+        for name in RESERVED:
+            if self.find((b"domain", name))[1]:
+                raise RefusedError(f"{what} lists {name.decode()!r}, a name reserved for the canary")
+
+    def is_wide(self, value: bytes) -> bool:
+        line = self.line_of((b"domain", value))
+        return line is not None and b'"subdomains":true,' in line
+
+    # ------------------------------------------------------------ deltas
+
+    def apply(self, delta: Delta, ref: ArtifactRef, base_version: int, base_snapshot_sha256: str | None) -> Lines:
+        """The list after ``delta``; refused unless it was made from exactly this list."""
+        what = ref.path
+        if delta.from_version != base_version or delta.from_version != ref.from_version \
+                or delta.to_version != ref.to_version:
+            raise RefusedError(
+                f"{what} goes from version {delta.from_version} to {delta.to_version}, "
+                f"but the version held is {base_version}: refusing a delta made from another base"
+            )
+        # Either side may be unknown (a version published as a delta only); the
+        # removed lines, the count and the resulting digest still pin the base.
+        if delta.from_sha256 is not None and base_snapshot_sha256 is not None \
+                and delta.from_sha256 != base_snapshot_sha256:
+            raise RefusedError(
+                f"{what} was made from a different version {base_version} than the one held "
+                "(its from_sha256 differs): refusing it"
+            )
+        if delta.from_count != self.count:
+            raise RefusedError(f"{what} expects {delta.from_count} entries in version {base_version}, "
+                               f"but {self.count} are held")
+        cuts: list[tuple[int, int]] = []
+        removed: set[tuple[str, str]] = set()
+        for r in delta.removed:
+            if r.key in removed:
+                raise RefusedError(f"{what} removes {r.value[:80]!r} twice")
+            removed.add(r.key)
+            line = record_line(r)
+            at, found = self.find((r.type.encode(), r.value.encode()))
+            if not found:
+                raise RefusedError(f"{what} removes {r.value[:80]!r}, which is not in the list held")
+            if self.data[at : at + len(line)] != line:
+                raise RefusedError(f"{what} removes a version of {r.value[:80]!r} that is not the one held")
+            cuts.append((at, at + len(line)))
+        inserts: list[tuple[int, bytes]] = []
+        added: set[tuple[str, str]] = set()
+        for r in sorted(delta.added):
+            if r.key in added:
+                raise RefusedError(f"{what} adds {r.value[:80]!r} twice")
+            added.add(r.key)
+            at, found = self.find((r.type.encode(), r.value.encode()))
+            if found and r.key not in removed:
+                raise RefusedError(f"{what} adds {r.value[:80]!r}, which is already in the list held")
+            inserts.append((at, record_line(r)))
+        data = splice(self.data, cuts, inserts)
+        # Only the new lines need the entry rules; the rest was checked when it was first held.
+        url_start = self.url_start - sum(b - a for a, b in cuts if a < self.url_start) \
+            + sum(len(text) for _, text in inserts if not text.startswith(_URL_START))
+        result = Lines(data, self.count - len(cuts) + len(inserts), url_start, hashlib.sha256(data).hexdigest())
+        if result.count != delta.to_count or result.digest != delta.to_entries_sha256:
+            raise RefusedError(f"the list after {what} does not match the digest the delta states")
+        result.refuse_reserved(f"the list after {what}")
+        return result
+
+
+def domain_values(lines: bytes | memoryview) -> list[bytes]:
+    """The names on the given domain lines, in order."""
+    return _VALUE.findall(lines)
+
+
+def find_url_start(data: bytes) -> int:
+    """Offset of the first URL line (URL lines follow every domain line), or len(data)."""
+    if data.startswith(_URL_START):
+        return 0
+    i = data.find(b"\n" + _URL_START)
+    return len(data) if i < 0 else i + 1
+
+
+def splice(data: bytes, cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple[int, bytes]]) -> bytes:
+    """``data`` without the ``cuts`` ranges and with ``inserts`` placed at their offsets.
+
+    Offsets refer to ``data``; inserts at one offset keep their order, and go before a
+    cut that starts there."""
+    edits = sorted([(a, 0, i, a, text) for i, (a, text) in enumerate(inserts)]
+                   + [(a, 1, 0, b, b"") for a, b in cuts])
+    view = memoryview(data)  # slices of a view are not copies: only the joined result is
+    parts: list[bytes | memoryview] = []
+    pos = 0
+    for start, _kind, _seq, end, text in edits:
+        parts.append(view[pos:start])
+        parts.append(text)
+        pos = max(pos, end)
+    parts.append(view[pos:])
+    return b"".join(parts)
+
+
+def lower_bound(data: bytes, key: Any, key_of: Callable[[bytes], Any], lo: int = 0,
+                hi: int | None = None) -> tuple[int, bool]:
+    """Offset of the first line in ``data[lo:hi]`` whose key is >= ``key``, and whether it equals it.
+
+    Lines are sorted by ``key_of(line)`` (without its newline); ``lo`` is a line start."""
+    get = key_of
+    end = len(data) if hi is None else hi
+    start = lo
+    while start < end:
+        mid = (start + end) // 2
+        s = data.rfind(b"\n", start, mid)
+        s = start if s < 0 else s + 1
+        e = data.index(b"\n", s)
+        if get(data[s:e]) < key:
+            start = e + 1
+        else:
+            end = s
+    if start >= (len(data) if hi is None else hi):
+        return start, False
+    return start, get(data[start : data.index(b"\n", start)]) == key
+
+
+def _record(line: bytes) -> Record:
+    doc = load_json(line, "an entry")
+    if not isinstance(doc, Record):
+        raise RefusedError("an entry is not in canonical form")
+    return doc
+
+
+def _explain(line: bytes, what: str) -> Record:
+    """The record on ``line``, or the error that says what is wrong with it."""
+    try:
+        return _record(line)
+    except RefusedError as e:
+        raise RefusedError(f"{what}: {e.message}") from None
+
+
+def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[Lines, str]:
+    """(the list, its published_at) from a snapshot already checked against the manifest."""
+    what = manifest.snapshot.path
+    i = data.find(_ENTRIES_OPEN)
+    head = load_json(bytes(data[:i]) + b"}", what) if i > 0 and data.endswith(_ENTRIES_CLOSE) else None
+    if not isinstance(head, dict) or set(head) != _SNAPSHOT_HEAD_KEYS:
+        strict, strict_published = parse_snapshot(bytes(data), manifest)  # another layout: the strict reader
+        return Lines.of_records(strict.records), strict_published
+    if head.get("schema") != SCHEMA:
+        raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
+    if head.get("list") != manifest.list_name or head.get("version") != manifest.full_version:
+        raise RefusedError(f"{what} is for another list or version than the manifest")
+    start = i + len(_ENTRIES_OPEN)
+    if start == len(data) - len(_ENTRIES_CLOSE):
+        lines: bytes | bytearray = b""
+    else:
+        # ",\n" occurs only between entries: no line holds a newline, and the head is one line.
+        buf = data.replace(b",\n", b"\n")
+        if isinstance(buf, bytearray):  # cut in place: a big snapshot is not copied again
+            del buf[len(buf) - len(_ENTRIES_CLOSE) + 1 :]
+            del buf[:start]
+            lines = buf
+        else:
+            lines = buf[start : len(buf) - len(_ENTRIES_CLOSE) + 1]
+        del buf
+    listed = Lines.check(lines, what)  # type: ignore[arg-type]  # a bytearray reads like bytes
+    # A snapshot older than the manifest is checked against itself; the deltas after it
+    # must then lead to the manifest's count and entries_sha256.
+    current = manifest.full_version == manifest.version
+    count = manifest.count if current else head.get("count")
+    digest = manifest.entries_sha256 if current else head.get("entries_sha256")
+    if head.get("count") != len(listed) or len(listed) != count:
+        raise RefusedError(f"{what} holds {len(listed)} entries, but states {head.get('count')!r} "
+                           f"and the manifest {manifest.count}")
+    if listed.digest != head.get("entries_sha256") or listed.digest != digest:
+        raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
+    published = head.get("published_at")
+    if not isinstance(published, str):
+        raise RefusedError(f"the published_at of {what} is not a string")
+    parse_time(published, f"the published_at of {what}")
+    return listed, published
+
