@@ -51,7 +51,7 @@ from app.errors import (
     RetryableConflictError,
     ValidationError,
 )
-from app.rpz import SoaParams, fragment
+from app.rpz import FoldPolicy, Layout, SoaParams, fragment, next_layout
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
 from client.minisign import Prehasher, Signature, format_trusted_comment
@@ -606,12 +606,14 @@ class Publisher:
                                             [text], version, expires_at)
                 delta_meta.update({"from": base.version, "to": version})
             timings["delta"] = time.perf_counter() - t
+            zones = self._zone_layout(version, base, delta_meta is not None, diff, now)
             meta = {
                 "version": version, "published_at": published_at, "expires_at": expires_at,
                 "count": len(lines), "previous_version": base.version or None,
                 "changes": diff.summary(), "snapshot": snap, "rpz": rpz, "delta": delta_meta,
                 "entries_sha256": entries_sha, "by": actor.name, "reason": reason,
                 "released": released, "build_seconds": round(sum(timings.values()), 3),
+                "zones": zones,
             }
             manifest_body, manifest_sig = self._manifest(meta, now)
             if self.store.pub_lock_holder() != token:
@@ -628,10 +630,25 @@ class Publisher:
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
         return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
 
+    def _zone_layout(self, version: int, base: ListState, continuous: bool, diff: Diff,
+                     now: float) -> dict[str, Any]:
+        """Which versions the base and overlay policy zones hold (app.rpz.Layout),
+        fixed here so that every transfer server serves the same zones."""
+        latest = self.latest()
+        previous = None
+        if latest is not None and int(latest["version"]) == base.version:
+            try:
+                previous = Layout.from_json(latest.get("zones"), base.version)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("starting a new base zone at version %s: %s", version, e)
+        changed = diff.added + diff.removed + diff.changed
+        layout = next_layout(previous, version, now, changed, continuous, FoldPolicy.from_settings(self.settings))
+        return layout.to_json()
+
     def _commit(self, token: str, version: int, meta: dict[str, Any], manifest_body: str, manifest_sig: str,
                 feed_len: int, actor: Actor, reason: str, now: float) -> None:
         latest = {k: meta[k] for k in ("version", "published_at", "expires_at", "count", "snapshot", "rpz",
-                                       "delta", "entries_sha256", "previous_version")}
+                                       "delta", "entries_sha256", "previous_version", "zones")}
         for _ in range(20):
             current = self.store.pub_latest_raw()
             head = audit.head(self.store)

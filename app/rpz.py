@@ -13,14 +13,23 @@ that layout back, fast, without a general zone parser.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from app.config import Settings
 
 RECORD_SUFFIX = " CNAME .\n"
+
+#: The canary (relative owner names, the same in both zones): a resolver that
+#: applies the list answers ``version.canary`` TXT with the version it
+#: enforces, and ``blocked.canary`` with the list's NXDOMAIN. Tools query
+#: exactly these names; never rename them.
+CANARY_VERSION = "version.canary"
+CANARY_BLOCKED = "blocked.canary"
+#: Owner names an entry can never take: the canary's.
+RESERVED = frozenset({CANARY_VERSION, "*." + CANARY_VERSION, CANARY_BLOCKED, "*." + CANARY_BLOCKED})
 
 
 @dataclass(frozen=True)
@@ -127,11 +136,112 @@ def compose(steps: Iterable[tuple[set[str], set[str]]]) -> tuple[set[str], set[s
 # --------------------------------------------------------------------------- SOA from settings
 
 
-def soa_params(settings: Settings) -> SoaParams:
+def soa_params(settings: Settings, overlay: bool = False) -> SoaParams:
     """The zone's SOA and NS as configured: the publisher writes them into
-    zone files and the transfer server into SOA, AXFR and IXFR answers."""
+    zone files and the transfer server into SOA, AXFR and IXFR answers. The
+    overlay zone has the same SOA timers and NS under its own name."""
     return SoaParams(
-        zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
-        retry=settings.rpz_soa_retry, expire=settings.rpz_soa_expire, minimum=settings.rpz_ttl,
-        ns=settings.rpz_ns,
+        zone=settings.rpz_overlay_zone if overlay else settings.rpz_zone, ttl=settings.rpz_ttl,
+        refresh=settings.rpz_soa_refresh, retry=settings.rpz_soa_retry, expire=settings.rpz_soa_expire,
+        minimum=settings.rpz_ttl, ns=settings.rpz_ns,
     )
+
+
+# --------------------------------------------------------------------------- base and overlay
+
+
+@dataclass(frozen=True)
+class FoldPolicy:
+    """When the overlay is folded into the base zone, and how slowly."""
+
+    changes: int = 2000  # names changed since the newest covered base
+    age: float = 900.0  # seconds a base may stay behind while anything changed
+    grace: float = 300.0  # seconds each fold step is served before the next
+    span: int = 50  # versions the overlay may reach back (deltas must still be kept)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FoldPolicy:
+        span = max(2, min(settings.dns_history, settings.retain_deltas) // 2)
+        return cls(settings.rpz_fold_changes, float(settings.rpz_fold_age), float(settings.rpz_fold_grace), span)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How version N is served as two policy zones: which version the base
+    zone holds, and which base versions the overlay is correct against.
+
+    The overlay of version N holds, for every name that differs between N
+    and any version in ``covers``, N's answer for it: ``CNAME .`` when N
+    lists it, ``CNAME rpz-passthru.`` when it does not. A resolver that
+    applies the overlay first and any base in ``covers`` under it therefore
+    enforces exactly version N. ``base`` is always in ``covers``.
+
+    A fold moves the base in three steps, each served for ``grace`` seconds
+    before the next: *steady* (covers = base), *announced* (covers = base and
+    the target, base unchanged: resolvers fetch an overlay that is also
+    correct over the target), *switched* (the base zone now holds the
+    target, the overlay still covers the old base for resolvers that have
+    not fetched the new base yet), then steady again. No step opens a
+    window in which a resolver holding a recent overlay and either base
+    answers a name differently from version N.
+
+    It is computed by the publisher from the previous version's layout and
+    stored in the version's metadata, so every transfer server serves the
+    same two zones.
+    """
+
+    base: int
+    covers: tuple[int, ...]
+    since: float  # when the current step began (publication time, epoch seconds)
+    changes: int = 0  # names changed since the newest covered version
+
+    @property
+    def phase(self) -> str:
+        if len(self.covers) == 1:
+            return "steady"
+        return "announced" if self.base == self.covers[0] else "switched"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "covers": list(self.covers), "since": self.since, "changes": self.changes}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None, version: int) -> Layout:
+        """The layout stored with a version; a version published before
+        layouts existed is its own base, with an empty overlay."""
+        if not data:
+            return cls(version, (version,), 0.0)
+        base = int(data["base"])
+        covers = tuple(sorted({int(v) for v in data["covers"]}))
+        if base not in covers or any(v > version for v in covers) or len(covers) > 2:
+            raise ValueError(f"version {version} has an inconsistent zone layout: {dict(data)}")
+        return cls(base, covers, float(data.get("since", 0.0)), int(data.get("changes", 0)))
+
+
+def next_layout(previous: Layout | None, version: int, now: float, changed: int, continuous: bool,
+                policy: FoldPolicy) -> Layout:
+    """The layout of a new version, from the previous version's.
+
+    ``changed`` is the number of names the new version's delta adds or
+    removes; ``continuous`` says whether that delta exists (without one,
+    the overlay cannot be computed, so the new version is its own base).
+    A grace of zero turns the overlay off: every version is its own base
+    (the overlay zone then holds only the canary), as with a single zone.
+    A pure function: the publisher calls it, everything else reads its
+    result from the version metadata."""
+    if previous is None or not continuous or policy.grace <= 0:
+        return Layout(version, (version,), now, 0)
+    changes = previous.changes + changed
+    span_hit = version - previous.covers[0] >= policy.span
+    if previous.phase == "steady":
+        due = changes >= policy.changes or (changes and now - previous.since >= policy.age) or span_hit
+        if due:
+            return Layout(previous.base, (previous.base, version), now, 0)
+        return replace(previous, changes=changes)
+    step_done = now - previous.since >= policy.grace or span_hit
+    if previous.phase == "announced":
+        if step_done:
+            return Layout(previous.covers[1], previous.covers, now, changes)
+        return replace(previous, changes=changes)
+    if step_done:
+        return Layout(previous.base, (previous.base,), now, changes)
+    return replace(previous, changes=changes)

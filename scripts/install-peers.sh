@@ -6,6 +6,11 @@ set -euo pipefail
 PACKAGES=(redis-server bind9 bind9-dnsutils knot-dnsutils unbound minisign chromium nginx dnsmasq-base)
 BINARIES=(redis-server named kdig unbound minisign chromium nginx dnsmasq named-checkzone unbound-checkconf)
 
+# --- Zone content: ldns-verify-zone checks the ZONEMD digest of every served zone
+# (tests/test_zones_peers.py)
+PACKAGES+=(ldnsutils)
+BINARIES+=(ldns-verify-zone)
+
 # --- ISP pull tool: Squid reads its proxy ACL outputs (tests/test_client_outputs.py)
 PACKAGES+=(squid)
 BINARIES+=(squid)
