@@ -32,6 +32,7 @@ from tests.test_xfr_server import ZONE, bulk_listed, kdig, listed, records, soa_
 from workers.xfrd import ServerThread
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "isp"
+OVERLAY = "overlay." + ZONE
 
 
 def render(template: Path, **values: object) -> str:
@@ -71,19 +72,20 @@ class Peer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def ask(self, name: str, timeout: float = 2.0) -> dns.message.Message | None:
+    def ask(self, name: str, timeout: float = 2.0, rdtype: str = "A") -> dns.message.Message | None:
         assert self.proc is not None
         assert self.proc.poll() is None, f"{self.argv[0]} exited:\n{self.log[-3000:]}"
         try:
-            return dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.port, timeout=timeout)
+            return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port,
+                                 timeout=timeout)
         except (dns.exception.Timeout, OSError):
             return None
 
 
 def blocked(r: dns.message.Message | None) -> bool:
-    """A policy NXDOMAIN: NXDOMAIN with our zone's SOA in the additional section."""
+    """A policy NXDOMAIN: NXDOMAIN with one of our zones' SOA in the additional section."""
     return (r is not None and r.rcode() == dns.rcode.NXDOMAIN
-            and any(rr.rdtype == dns.rdatatype.SOA and rr.name.to_text() == ZONE for rr in r.additional))
+            and any(rr.rdtype == dns.rdatatype.SOA and rr.name.to_text() in (ZONE, OVERLAY) for rr in r.additional))
 
 
 def _rcode(r: dns.message.Message | None) -> int | None:
@@ -104,9 +106,11 @@ def named(tmp: Path, primary_port: int, isp: dict[str, Any], policy: str = "give
     require_binary("named")
     port = port or free_port()
     zone_conf = render(DEPLOY / "bind" / "blocklist-rpz.conf", ZONE=ZONE.rstrip("."), PRIMARY_ADDR="127.0.0.1",
-                       PRIMARY_PORT=primary_port, TSIG_NAME=isp["tsig_key_name"], TSIG_SECRET=isp["tsig_secret"],
-                       ZONE_FILE=tmp / "blocklist.rpz.db")
-    policy_conf = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."), POLICY=policy)
+                       OVERLAY_ZONE=OVERLAY.rstrip("."), PRIMARY_PORT=primary_port, TSIG_NAME=isp["tsig_key_name"],
+                       TSIG_SECRET=isp["tsig_secret"], ZONE_FILE=tmp / "blocklist.rpz.db",
+                       OVERLAY_ZONE_FILE=tmp / "overlay.blocklist.rpz.db")
+    policy_conf = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."),
+                         OVERLAY_ZONE=OVERLAY.rstrip("."), POLICY=policy)
     (tmp / "blocklist-rpz.conf").write_text(zone_conf)
     conf = tmp / "named.conf"
     conf.write_text(f"""
@@ -122,6 +126,9 @@ options {{
     forward only;
     dnssec-validation no;
     notify no;
+    // Offline every lookup fails; BIND would answer a failed name from its
+    // SERVFAIL cache for a second without looking at the policy zones.
+    servfail-ttl 0;
 {policy_conf}
 }};
 controls {{ }};
