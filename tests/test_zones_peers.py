@@ -133,3 +133,76 @@ def test_with_the_isps_stop_page_a_delisted_name_is_answered_and_a_new_one_block
 
 def stop_page(r: dns.message.Message | None) -> bool:
     return r is not None and any(rr.rdtype == dns.rdatatype.A and rr[0].to_text() == "192.0.2.80" for rr in r.answer)
+
+
+class Watch(threading.Thread):
+    """Asks BIND about every tracked name, over and over, and records each
+    name whose answer goes back: a newly listed name answered again after
+    it was blocked, or a delisted name blocked again after it was answered."""
+
+    def __init__(self, peer: Peer, added: list[str], removed: list[str], kept: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.peer = peer
+        self.added, self.removed, self.kept = added, removed, kept
+        self.seen_blocked: set[str] = set()
+        self.seen_answered: set[str] = set()
+        self.violations: list[str] = []
+        self.queries = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for name in [*self.kept, *self.added, *self.removed]:
+                r = self.peer.ask(name, 0.5)
+                if r is None:
+                    continue
+                self.queries += 1
+                if blocked(r):
+                    if name in self.removed and name in self.seen_answered:
+                        self.violations.append(f"{name} blocked again after its delisting took effect")
+                    self.seen_blocked.add(name)
+                elif answered_not_blocked(r):
+                    if name in self.kept or (name in self.added and name in self.seen_blocked):
+                        self.violations.append(f"{name} answered while listed")
+                    self.seen_answered.add(name)
+
+
+def test_through_changes_and_folds_a_listed_name_is_never_answered_nor_a_delisted_one_blocked_again(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas, clock: FakeClock) -> None:
+    named_port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{named_port}"])
+    kept = [f"kept{i}.example" for i in range(4)]
+    doomed = [f"doomed{i}.example" for i in range(12)]
+    ids = listed(core, personas, dict.fromkeys(kept + doomed, False))
+    fresh = [f"fresh{i}.example" for i in range(24)]
+    v1 = publish(core).version
+    bases = {v1}
+    with ServerThread(dns_settings, core.store) as xfrd, named(tmp_path, xfrd.port, acme, port=named_port) as bind:
+        wait_for(lambda: canary(bind) == str(v1), timeout=20, step=0.1)
+        watch = Watch(bind, fresh, doomed, kept)
+        watch.start()
+        try:
+            version = v1
+            for round_ in range(12):
+                listed(core, personas, dict.fromkeys(fresh[2 * round_:2 * round_ + 2], False))
+                core.curation.act(personas.bruno.actor, ids[doomed[round_]], "delist", "gone")
+                clock.advance(GRACE * 0.6)
+                version = publish(core).version
+                wait_for(lambda v=version: overlay_serial(xfrd.port) == v)
+                bases.add(soa_serial(xfrd.port) or 0)
+                time.sleep(0.25)
+            wait_for(lambda: canary(bind) == str(version), timeout=10, step=0.05)
+            time.sleep(0.5)
+        finally:
+            watch.stopping.set()
+            watch.join(5)
+        final = {n: bind.ask(n) for n in kept + fresh + doomed}
+        log = bind.log
+    assert not watch.violations, watch.violations[:10]
+    assert watch.queries > 500, watch.queries
+    assert all(blocked(final[n]) for n in kept + fresh), "every listed name is blocked at the end"
+    assert all(answered_not_blocked(final[n]) for n in doomed), "every delisted name is answered at the end"
+    # The base moved several times while this ran, and BIND followed it.
+    assert len(bases - {v1, 0}) >= 2, bases
+    base_transfers = re.findall(r"zone blocklist\.rpz/IN: transferred serial (\d+)", log)
+    assert len(set(base_transfers)) >= 3, base_transfers
