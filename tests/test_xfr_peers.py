@@ -33,6 +33,7 @@ from workers.xfrd import ServerThread
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "isp"
 OVERLAY = "overlay." + ZONE
+BASE_TRANSFER = r"transfer of 'blocklist\.rpz/IN' from [^:]+: Transfer completed: (\d+) messages, (\d+) records"
 
 
 def render(template: Path, **values: object) -> str:
@@ -147,6 +148,13 @@ include "{tmp}/blocklist-rpz.conf";
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The base zone follows every version here (overlay off); the overlay
+    at real resolvers is tested in tests/test_zones_peers.py."""
+    return replace(settings, rpz_fold_grace=0)
+
+
+@pytest.fixture
 def dns_settings(settings: Settings) -> Settings:
     return replace(settings, dns_listen=("127.0.0.1", free_port()), xfrd_metrics_listen=None,
                    notify_timeout=0.5, notify_retries=6)
@@ -172,7 +180,7 @@ def test_bind_secondary_from_the_isp_guide_blocks_and_follows_publications_by_no
             assert blocked(bind.ask("exact-only.example"))
             assert answered_not_blocked(bind.ask("sub.exact-only.example")), "an exact entry covers only itself"
             assert answered_not_blocked(bind.ask("innocent.example"))
-            first = re.findall(r"Transfer completed: (\d+) messages, (\d+) records", bind.log)
+            first = re.findall(BASE_TRANSFER, bind.log)
             assert first, bind.log[-3000:]
 
             core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "taken down")
@@ -185,19 +193,22 @@ def test_bind_secondary_from_the_isp_guide_blocks_and_follows_publications_by_no
     # Prompted by NOTIFY: the SOA refresh interval is minutes, this took seconds.
     assert elapsed < 3, elapsed
     assert re.search(r"notify from 127\.0\.0\.1#\d+: serial " + str(v2), log), log[-3000:]
-    # Incrementally: the last transfer carried SOA, old SOA, the 2 deleted records, SOA, SOA.
-    transfers = re.findall(r"Transfer completed: (\d+) messages, (\d+) records", log)
+    # Incrementally: the last transfer carried SOA, old SOA, old ZONEMD and
+    # canary TXT, the 2 deleted records, SOA, new ZONEMD and TXT, SOA.
+    transfers = re.findall(BASE_TRANSFER, log)
     messages, recs = (int(x) for x in first[0])
-    assert recs == 3 * len(FILLER) // 2 + 3 + 3, "the first transfer was the whole zone"
+    # SOA, NS, ZONEMD, canary TXT and CNAME, the entries, closing SOA.
+    assert recs == 3 * len(FILLER) // 2 + 3 + 6, "the first transfer was the whole zone"
     assert messages > 3
-    assert transfers[-1] == ("1", "6"), transfers
+    assert transfers[-1] == ("1", "10"), transfers
     # And our server gives the same answer to kdig: just the deletion.
     with ServerThread(dns_settings, core.store) as xfrd:
         wait_for(lambda: soa_serial(xfrd.port) == v2)
         out = kdig(xfrd.port, "-y", tsig(acme), f"IXFR={v1}", ZONE)
     recs = [(o, k) for o, k, _ in records(out.stdout)]
-    assert recs == [(ZONE, "SOA"), (ZONE, "SOA"), (f"csam-forum.example.{ZONE}", "CNAME"),
-                    (f"*.csam-forum.example.{ZONE}", "CNAME"), (ZONE, "SOA"), (ZONE, "SOA")]
+    assert recs == [(ZONE, "SOA"), (ZONE, "SOA"), (ZONE, "ZONEMD"), (f"version.canary.{ZONE}", "TXT"),
+                    (f"csam-forum.example.{ZONE}", "CNAME"), (f"*.csam-forum.example.{ZONE}", "CNAME"),
+                    (ZONE, "SOA"), (ZONE, "ZONEMD"), (f"version.canary.{ZONE}", "TXT"), (ZONE, "SOA")]
 
 
 def test_bind_with_the_isps_own_stop_page(tmp_path: Path, dns_settings: Settings, core: Core,
@@ -219,11 +230,12 @@ def test_bind_with_the_isps_own_stop_page(tmp_path: Path, dns_settings: Settings
 
 
 @contextmanager
-def unbound(tmp: Path, primary_port: int) -> Iterator[Peer]:
+def unbound(tmp: Path, primary_port: int, port: int | None = None) -> Iterator[Peer]:
     require_binary("unbound")
-    port = free_port()
+    port = port or free_port()
     rpz_conf = render(DEPLOY / "unbound" / "blocklist-rpz.conf", ZONE=ZONE.rstrip("."), PRIMARY_ADDR="127.0.0.1",
-                      PRIMARY_PORT=primary_port, ZONE_FILE=tmp / "blocklist.rpz.zone")
+                      OVERLAY_ZONE=OVERLAY.rstrip("."), PRIMARY_PORT=primary_port,
+                      ZONE_FILE=tmp / "blocklist.rpz.zone", OVERLAY_ZONE_FILE=tmp / "overlay.blocklist.rpz.zone")
     (tmp / "blocklist-rpz.conf").write_text(rpz_conf)
     conf = tmp / "unbound.conf"
     conf.write_text(f"""

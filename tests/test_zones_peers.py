@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import dns.message
 import dns.query
@@ -29,7 +28,7 @@ from app.core import Core
 from app.embedded import free_port
 from tests.conftest import Personas, publish
 from tests.test_xfr_peers import OVERLAY, Peer, answered_not_blocked, blocked, named, unbound
-from tests.test_xfr_server import ZONE, bulk_listed, listed, soa_serial, wait_for
+from tests.test_xfr_server import bulk_listed, listed, soa_serial, wait_for
 from workers.xfrd import ServerThread
 
 GRACE = 30
@@ -206,3 +205,48 @@ def test_through_changes_and_folds_a_listed_name_is_never_answered_nor_a_deliste
     assert len(bases - {v1, 0}) >= 2, bases
     base_transfers = re.findall(r"zone blocklist\.rpz/IN: transferred serial (\d+)", log)
     assert len(set(base_transfers)) >= 3, base_transfers
+
+
+def test_unbound_answers_the_canary_with_the_version_in_force_and_blocks_the_blocked_canary(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
+    # Unbound follows by its SOA refresh timer (1 s here), not by NOTIFY.
+    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"])
+    ids = listed(core, personas, ENTRIES)
+    v1 = publish(core).version
+    with ServerThread(replace(dns_settings, rpz_soa_refresh=1, rpz_soa_retry=1), core.store) as xfrd:
+        wait_for(lambda: xfrd.server is not None and xfrd.server.access.address_only)
+        with unbound(tmp_path, xfrd.port) as ub:
+            wait_for(lambda: canary(ub) == str(v1), timeout=20, step=0.1)
+            r = ub.ask("blocked.canary")
+            assert r is not None
+            assert r.rcode() == dns.rcode.NXDOMAIN
+            core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "taken down")
+            v2 = publish(core).version
+            wait_for(lambda: canary(ub) == str(v2), timeout=10, step=0.05)
+            # Through the overlay: the delisting is in force, the base is still version 1.
+            # Unanswered offline (recursion fails slowly), but passed by the overlay, not blocked.
+            ub.ask("csam-forum.example", 0.3)
+            wait_for(lambda: "[blocklist-overlay] csam-forum.example. rpz-passthru" in ub.log, timeout=5)
+            assert soa_serial(xfrd.port) == v1
+            r = ub.ask("exact-only.example")
+            assert r is not None
+            assert r.rcode() == dns.rcode.NXDOMAIN
+            log = ub.log
+    assert "rpz: applied [blocklist] exact-only.example. rpz-nxdomain" in log, log[-2000:]
+
+
+
+def test_bind_answers_the_canary_with_the_version_in_force_and_blocks_the_blocked_canary(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
+    named_port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{named_port}"])
+    ids = listed(core, personas, ENTRIES)
+    v1 = publish(core).version
+    with ServerThread(dns_settings, core.store) as xfrd, named(tmp_path, xfrd.port, acme, port=named_port) as bind:
+        wait_for(lambda: canary(bind) == str(v1), timeout=20, step=0.1)
+        assert blocked(bind.ask("blocked.canary"))
+        assert blocked(bind.ask("blocked.canary", rdtype="TXT"))
+        core.curation.act(personas.bruno.actor, ids["exact-only.example"], "delist", "taken down")
+        v2 = publish(core).version
+        wait_for(lambda: canary(bind) == str(v2), timeout=5, step=0.05)
+        assert blocked(bind.ask("blocked.canary"))
