@@ -346,7 +346,13 @@ class VersionLoader:
     def load(self, current: Loaded | None, latest: dict[str, Any]) -> Loaded:
         """Both zones for ``latest``: the base built from the current base
         and the deltas in between when they reach it (else from the zone
-        file), the overlay from the deltas since the bases it covers."""
+        file), the overlay from the deltas since the bases it covers.
+
+        When the base moves while the overlay still covers the current base
+        (the second step of a fold), the base is left as it is ("deferred"):
+        the new overlay is correct over it and goes out at once, and
+        :meth:`finish_base` builds the new base (and its ZONEMD, seconds at
+        a million names) afterwards."""
         t0 = time.perf_counter()
         version = int(latest["version"])
         if current is not None and version <= current.version:
@@ -358,31 +364,42 @@ class VersionLoader:
         self._follow(latest)
         layout = self.layouts[version]
         report = BuildReport()
-        how = "kept"
-        base_zone: Zone | None = None
-        d0 = time.perf_counter()
-        if current is not None and current.zone.serial == layout.base:
-            base_zone = current.zone
-        elif current is not None and current.zone.serial < layout.base:
-            d = self.diff(current.zone.serial, layout.base)
-            if d is not None:
-                deleted, added = d
-                candidate = current.zone.advance(layout.base, deleted, added, report, self._base_extras)
-                if report.consistent:
-                    base_zone, how = candidate, "incremental"
-                else:
-                    log.warning("the deltas to version %s do not fit version %s (%d missing, %d already present); "
-                                "loading the zone file instead", layout.base, current.zone.serial, report.missing,
-                                report.present, extra={"version": version})
-                    report = BuildReport()
-        if base_zone is None:
-            base_zone, how = self.full_base(latest, layout.base, report), "full"
-        base_seconds = time.perf_counter() - d0 if how != "kept" else 0.0
+        if current is not None and current.zone.serial != layout.base and current.zone.serial in layout.covers:
+            base_zone, how, base_seconds = current.zone, "deferred", 0.0
+        else:
+            base_zone, how, base_seconds = self._base(current.zone if current else None, latest, layout, report)
         if current is not None and current.overlay.serial < version:
             overlay = current.overlay.advance(version, self.overlay_recs(version, layout, report))
         else:
             overlay = self.overlay_history(version, report)
         return Loaded(base_zone, overlay, layout, how, time.perf_counter() - t0, report, base_seconds)
+
+    def finish_base(self, loaded: Loaded, latest: dict[str, Any]) -> Loaded:
+        """The base zone a deferred load left behind, built now."""
+        t0 = time.perf_counter()
+        report = BuildReport()
+        base_zone, how, base_seconds = self._base(loaded.zone, latest, loaded.layout, report)
+        return Loaded(base_zone, loaded.overlay, loaded.layout, how, time.perf_counter() - t0, report, base_seconds)
+
+    def _base(self, current: Zone | None, latest: dict[str, Any], layout: Layout,
+              report: BuildReport) -> tuple[Zone, str, float]:
+        """(base zone, how it was built, seconds) for ``layout.base``."""
+        d0 = time.perf_counter()
+        if current is not None and current.serial == layout.base:
+            return current, "kept", 0.0
+        if current is not None and current.serial < layout.base:
+            d = self.diff(current.serial, layout.base)
+            if d is not None:
+                deleted, added = d
+                candidate = current.advance(layout.base, deleted, added, report, self._base_extras)
+                if report.consistent:
+                    return candidate, "incremental", time.perf_counter() - d0
+                log.warning("the deltas to version %s do not fit version %s (%d missing, %d already present); "
+                            "loading the zone file instead", layout.base, current.serial, report.missing,
+                            report.present, extra={"version": layout.base})
+                report.missing = report.present = 0
+        zone = self.full_base(latest, layout.base, report)
+        return zone, "full", time.perf_counter() - d0
 
 
 # --------------------------------------------------------------------------- server
@@ -793,6 +810,16 @@ class Watcher(threading.Thread):
         self.loaded = loaded
         self.last_raw = raw
         self._call(self.server.install_zone, loaded)
+        if loaded.how == "deferred":
+            try:
+                loaded = self.loader.finish_base(loaded, latest)
+            except (BlocklistError, ZoneDataError, OSError, ValueError, KeyError) as e:
+                # The overlay in force covers the base still served: correct, only larger.
+                log.error("cannot build base version %s: %s; still serving base %s", loaded.layout.base,
+                          getattr(e, "message", e), loaded.zone.serial, extra={"version": loaded.version})
+                return True
+            self.loaded = loaded
+            self._call(self.server.install_zone, loaded)
         return True
 
 
