@@ -6,8 +6,9 @@ when the entry covers subdomains. URL entries are not in the zone.
 
 The zone file this module writes is regular master-file syntax (BIND's
 ``named-checkzone`` accepts it) in a fixed layout: a comment header, then
-``$ORIGIN``, ``$TTL``, the SOA and NS lines, then one record a line with
-owner names relative to the origin. :func:`parse_zone_names` reads exactly
+``$ORIGIN``, ``$TTL``, the SOA, the canary (``version.canary`` TXT with the
+version, ``blocked.canary CNAME .``) and NS lines, then one record a line
+with owner names relative to the origin. :func:`parse_zone_names` reads exactly
 that layout back, fast, without a general zone parser.
 """
 
@@ -49,7 +50,10 @@ class SoaParams:
 
 
 def fragment(value: str, subdomains: bool) -> str:
-    """The zone lines of one domain entry (relative owner names)."""
+    """The zone lines of one domain entry (relative owner names); none for
+    an entry that would take the canary's names."""
+    if value in RESERVED:
+        return ""
     if subdomains:
         return f"{value}{RECORD_SUFFIX}*.{value}{RECORD_SUFFIX}"
     return f"{value}{RECORD_SUFFIX}"
@@ -68,6 +72,8 @@ def header(params: SoaParams, *, list_name: str, version: int, published_at: str
         f"$ORIGIN {params.zone}\n"
         f"$TTL {params.ttl}\n"
         f"@ SOA {params.soa_text(version)}\n"
+        f'{CANARY_VERSION} TXT "{version}"\n'
+        f"{CANARY_BLOCKED}{RECORD_SUFFIX}"
         f"@ NS {params.ns}\n"
     )
 
@@ -77,12 +83,13 @@ def zone_text(params: SoaParams, fragments: Iterable[str], **header_fields: obje
 
 
 def parse_zone_names(text: str) -> tuple[int, list[str]]:
-    """(serial, relative owner names) of a zone file written by :func:`zone_text`."""
+    """(serial, relative owner names of the entries) of a zone file written
+    by :func:`zone_text`; the canary's lines are not entries."""
     serial = -1
     out: list[str] = []
     suffix = RECORD_SUFFIX.rstrip("\n")
     for line in text.splitlines():
-        if not line or line[0] in ";$":
+        if not line or line[0] in ";$" or line.split(" ", 1)[0] in RESERVED:
             continue
         if line.startswith("@ SOA "):
             serial = int(line.split()[4])

@@ -251,3 +251,23 @@ def churn_more(core: Core, personas: Personas, clock: FakeClock, rounds: int) ->
         clock.advance(GRACE * 0.6)
         out.append(publish(core).version)
     return out
+
+
+def test_the_zone_file_in_the_feed_carries_the_canary_and_loads_in_named_checkzone(
+        tmp_path: Path, core: Core, personas: Personas) -> None:
+    listed(core, personas, {"csam-forum.example": True, "version.canary": True})
+    version = publish(core).version
+    latest = core.publisher.latest()
+    assert latest is not None
+    text = core.artifacts.read(latest["rpz"]["path"]).decode()
+    path = tmp_path / "blocklist.rpz.zone"
+    path.write_text(text)
+    out = subprocess.run([require_binary("named-checkzone"), "-i", "full", ZONE, str(path)], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    zone = dns.zone.from_text(text, ZONE, relativize=True)
+    txt = zone.get_rdataset("version.canary", "TXT")
+    assert txt is not None and txt[0].strings == (str(version).encode(),)
+    assert zone.get_rdataset("version.canary", "CNAME") is None, "an entry cannot take the canary's name"
+    assert names_of(zone)["blocked.canary"] == "."
+    assert names_of(zone)["*.csam-forum.example"] == "."
