@@ -32,6 +32,7 @@ bench: venv
 	$(BIN)/python bench/import.py
 	$(BIN)/python bench/publish.py
 	$(BIN)/python bench/axfr.py
+	$(BIN)/python bench/xot.py
 	$(BIN)/python bench/entries_page.py
 
 clean:

@@ -125,7 +125,11 @@ def _child_env(settings: Settings, redis_url: str, secret_file: Path) -> dict[st
         "BLOCKLIST_WEB_LISTEN": f"{settings.web_listen[0]}:{settings.web_listen[1]}",
         "BLOCKLIST_DNS_LISTEN": f"{settings.dns_listen[0]}:{settings.dns_listen[1]}",
         "BLOCKLIST_PUBLIC_URL": settings.public_url,
+        "BLOCKLIST_XOT_NAME": settings.xot_name,
     })
+    if settings.xot_listen is not None:
+        env["BLOCKLIST_XOT_LISTEN"] = f"[{settings.xot_listen[0]}]:{settings.xot_listen[1]}" \
+            if ":" in settings.xot_listen[0] else f"{settings.xot_listen[0]}:{settings.xot_listen[1]}"
     env.pop("BLOCKLIST_SECRET_KEY", None)
     if "BLOCKLIST_COOKIE_SECURE" not in os.environ and settings.public_url.startswith("http://"):
         # A plain-HTTP local run: a Secure cookie would never be sent back.
@@ -142,10 +146,13 @@ def _components() -> list[tuple[str, list[str]]]:
 @cli.command()
 @click.option("--web", "web_addr", default=None, metavar="HOST:PORT", help="Web listen address (127.0.0.1:8000).")
 @click.option("--dns", "dns_addr", default=None, metavar="HOST:PORT", help="DNS listen address (127.0.0.1:8053).")
+@click.option("--xot", "xot_addr", default=None, metavar="HOST:PORT",
+              help="Also serve zone transfers over TLS 1.3 (XoT, RFC 9103) here; off by default.")
 @click.option("--data-dir", "serve_data_dir", type=click.Path(file_okay=False), default=None,
               help="Data directory (default ./var).")
 @pass_ctx
-def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, serve_data_dir: str | None) -> None:
+def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, xot_addr: str | None,
+          serve_data_dir: str | None) -> None:
     """Run everything on this machine: embedded Redis, web, publisher, DNS transfer server."""
     if serve_data_dir:
         ctx.data_dir = serve_data_dir
@@ -160,6 +167,8 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, serve_data_d
             changes["public_url"] = f"http://{shown}:{port}"
     if dns_addr:
         changes["dns_listen"] = parse_hostport(dns_addr, "--dns")
+    if xot_addr:
+        changes["xot_listen"] = parse_hostport(xot_addr, "--xot")
     if changes:
         s = replace(s, **changes)
         ctx._settings = s
@@ -195,12 +204,20 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, serve_data_d
         secret_file = bootstrap.ensure_secret_file(s.data_dir / "secret_key")
         first = bootstrap.first_start(core)
         _ensure_keys(core)
+        xot_pin = None
+        if s.xot_listen is not None:  # made here, before the transfer server starts and reads it
+            from app.xot import ensure_certificate
+
+            xot_pin = ensure_certificate(s).pin
         env = _child_env(s, redis_url, secret_file)
         for name, argv in _components():
             children.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
         host, port = s.web_listen
         click.echo(f"web admin:  {s.public_url}/   (API {s.public_url}/api/v1, feed {s.public_url}/feed/v1)")
         click.echo(f"DNS (RPZ):  {s.dns_listen[0]} port {s.dns_listen[1]}, zone {s.rpz_zone}")
+        if s.xot_listen is not None:
+            click.echo(f"XoT (TLS):  {s.xot_listen[0]} port {s.xot_listen[1]}, name {s.xot_name}, "
+                       f"SPKI pin {xot_pin} (certificate: blocklist xot cert)")
         if first.admin_password:
             click.echo("")
             click.echo("first start: an admin account was created. Sign in with")
@@ -504,12 +521,17 @@ def worker(ctx: Context) -> None:
 
 
 @cli.command()
+@click.option("--xot", "xot_addr", default=None, metavar="HOST:PORT",
+              help="Also serve zone transfers over TLS 1.3 (RFC 9103) here (BLOCKLIST_XOT_LISTEN).")
 @pass_ctx
-def xfrd(ctx: Context) -> None:
-    """Run the DNS transfer server (RPZ over AXFR/IXFR with TSIG, NOTIFY)."""
+def xfrd(ctx: Context, xot_addr: str | None) -> None:
+    """Run the DNS transfer server (RPZ over AXFR/IXFR with TSIG, NOTIFY; XoT with --xot)."""
     from workers.xfrd import main as xfrd_main
 
-    xfrd_main(ctx.settings)
+    s = ctx.settings
+    if xot_addr:
+        s = replace(s, xot_listen=parse_hostport(xot_addr, "--xot"))
+    xfrd_main(s)
 
 
 # --------------------------------------------------------------------------- publication
@@ -613,16 +635,44 @@ def isp() -> None:
     """ISP subscribers (feed tokens, TSIG keys, NOTIFY targets)."""
 
 
+def _xot_details(core: Core) -> dict[str, Any]:
+    """What an ISP needs to check our XoT server: the certificate's SPKI pin and name."""
+    from app.xot import spki_pin
+
+    pem = core.store.xot_cert()
+    if pem is None:
+        return {"xot": None}
+    s = core.settings
+    listen = f"{s.xot_listen[0]}:{s.xot_listen[1]}" if s.xot_listen else None
+    return {"xot": {"spki_pin_sha256": spki_pin(pem), "name": s.xot_name, "listen": listen,
+                    "certificate": "blocklist xot cert (PEM)"}}
+
+
 @isp.command("add")
 @click.argument("name")
 @click.option("--notify", multiple=True, metavar="HOST:PORT", help="Resolver to NOTIFY after each publication.")
-@click.option("--allow-from", multiple=True, metavar="CIDR", help="Addresses allowed to transfer the zone.")
+@click.option("--allow-from", multiple=True, metavar="CIDR",
+              help="Addresses allowed to transfer the zone (a second gate after the TSIG key).")
+@click.option("--address-only", is_flag=True,
+              help="The weaker mode for resolvers that cannot sign (Unbound): no TSIG key, the --allow-from "
+                   "addresses (required) are the only gate.")
 @click.option("--reason", default="")
 @pass_ctx
-def isp_add(ctx: Context, name: str, notify: tuple[str, ...], allow_from: tuple[str, ...], reason: str) -> None:
+def isp_add(ctx: Context, name: str, notify: tuple[str, ...], allow_from: tuple[str, ...], address_only: bool,
+            reason: str) -> None:
     """Add an ISP; prints JSON with its feed token and TSIG key (shown once)."""
-    created = ctx.core().isps.add(cli_actor(), name, list(notify), list(allow_from), reason)
-    click.echo(json.dumps(created, indent=2))
+    core = ctx.core()
+    created = core.isps.add(cli_actor(), name, list(notify), list(allow_from), reason, address_only=address_only)
+    click.echo(json.dumps({**created, **_xot_details(core)}, indent=2))
+
+
+@isp.command("show")
+@click.argument("name")
+@pass_ctx
+def isp_show(ctx: Context, name: str) -> None:
+    """One ISP as JSON (no secrets), with the XoT certificate pin."""
+    core = ctx.core()
+    click.echo(json.dumps({**core.isps.get(name).public(core.latest_version()), **_xot_details(core)}, indent=2))
 
 
 @isp.command("list")
@@ -638,7 +688,8 @@ def isp_list(ctx: Context, as_json: bool) -> None:
         return
     for i in items:
         behind = "" if i["versions_behind"] is None else f"{i['versions_behind']} behind"
-        click.echo(f"{i['name']:24} {i['status']:8} last v{i['last_version'] or '-'} at "
+        mode = "ADDRESS-ONLY" if i["transfer_auth"] == "address-only" else "tsig"
+        click.echo(f"{i['name']:24} {i['status']:8} {mode:12} last v{i['last_version'] or '-'} at "
                    f"{i['last_pull_at'] or 'never'} {behind}")
 
 
@@ -662,6 +713,21 @@ def isp_rotate(ctx: Context, name: str, token: bool, tsig: bool, reason: str) ->
     """New feed token and/or TSIG secret (printed once)."""
     click.echo(json.dumps(ctx.core().isps.rotate(cli_actor(), name, token=token, tsig=tsig, reason=reason),
                           indent=2))
+
+
+@cli.group()
+def xot() -> None:
+    """Zone transfers over TLS (XoT): the certificate ISPs check."""
+
+
+@xot.command("cert")
+@pass_ctx
+def xot_cert(ctx: Context) -> None:
+    """Print the certificate the transfer server serves over TLS (PEM), for ISPs' ca-file."""
+    pem = ctx.core().store.xot_cert()
+    if pem is None:
+        fail("no transfer server has served XoT yet (start it with --xot HOST:PORT or BLOCKLIST_XOT_LISTEN)")
+    click.echo(pem, nl=False)
 
 
 @contextlib.contextmanager

@@ -111,6 +111,13 @@ def parse_hostport(value: str, what: str = "address") -> tuple[str, int]:
     return host, port
 
 
+def url_host(url: str) -> str:
+    """The host name (or address) of a URL, without brackets or port."""
+    m = re.match(r"[a-z][a-z0-9+.-]*://(?:[^@/]*@)?(\[[^\]]*\]|[^:/?#]*)", url.strip(), re.IGNORECASE)
+    host = m.group(1) if m else ""
+    return host.strip("[]") or "localhost"
+
+
 def optional_hostport(env: Env, name: str, default: str) -> tuple[str, int] | None:
     """``HOST:PORT``; set but empty turns the listener off, unset is the default."""
     if name in env.environ and not env.environ[name].strip():
@@ -202,6 +209,17 @@ class Settings:
     dns_history: int = 100
     dns_tcp_idle: float = 30.0
     dns_max_connections: int = 512
+    # Per source address (IPv6: per /64): open connections, and queries a
+    # second with a burst allowance, over UDP, TCP and TLS together.
+    dns_max_connections_per_address: int = 16
+    dns_queries_per_second: float = 20.0
+    dns_query_burst: int = 40
+    # Zone transfers over TLS (RFC 9103, XoT); None: off.
+    xot_listen: tuple[str, int] | None = None
+    xot_cert_file: Path | None = None
+    xot_key_file: Path | None = None
+    # The name in the self-signed certificate (default: the host of public_url).
+    xot_name: str = ""
     notify_retries: int = 8
     notify_timeout: float = 2.0
     # Prometheus metrics of the transfer server (None: off).
@@ -236,6 +254,11 @@ class Settings:
         if log_format not in ("json", "text"):
             raise ConfigError(f"BLOCKLIST_LOG_FORMAT must be json or text, not {log_format!r}")
         health = env.opt("BLOCKLIST_HEALTH_DIR")
+        public_url = env.text("BLOCKLIST_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+        xot_cert, xot_key = env.opt("BLOCKLIST_XOT_CERT_FILE"), env.opt("BLOCKLIST_XOT_KEY_FILE")
+        if bool(xot_cert) != bool(xot_key):
+            raise ConfigError("set both BLOCKLIST_XOT_CERT_FILE and BLOCKLIST_XOT_KEY_FILE, or neither "
+                              "(then a self-signed pair is made in the data directory)")
         s = cls(
             redis_url=env.opt("BLOCKLIST_REDIS_URL"),
             data_dir=data_dir,
@@ -270,7 +293,7 @@ class Settings:
             guard_add_max=env.whole("BLOCKLIST_GUARD_ADD_MAX", 1000, 0),
             guard_min_changes=env.whole("BLOCKLIST_GUARD_MIN_CHANGES", 10, 0),
             web_listen=env.hostport("BLOCKLIST_WEB_LISTEN", "127.0.0.1:8000"),
-            public_url=env.text("BLOCKLIST_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+            public_url=public_url,
             cookie_secure=env.flag("BLOCKLIST_COOKIE_SECURE", True),
             require_mfa=env.flag("BLOCKLIST_REQUIRE_MFA", False),
             session_idle=env.whole("BLOCKLIST_SESSION_IDLE", 1800, 60),
@@ -287,6 +310,13 @@ class Settings:
             dns_history=env.whole("BLOCKLIST_DNS_HISTORY", 100, 1),
             dns_tcp_idle=env.number("BLOCKLIST_DNS_TCP_IDLE", 30.0, 0.1),
             dns_max_connections=env.whole("BLOCKLIST_DNS_MAX_CONNECTIONS", 512, 1),
+            dns_max_connections_per_address=env.whole("BLOCKLIST_DNS_MAX_CONNECTIONS_PER_ADDRESS", 16, 1),
+            dns_queries_per_second=env.number("BLOCKLIST_DNS_QUERIES_PER_SECOND", 20.0, 0.1),
+            dns_query_burst=env.whole("BLOCKLIST_DNS_QUERY_BURST", 40, 1),
+            xot_listen=env.hostport("BLOCKLIST_XOT_LISTEN", "") if env.opt("BLOCKLIST_XOT_LISTEN") else None,
+            xot_cert_file=Path(xot_cert) if xot_cert else None,
+            xot_key_file=Path(xot_key) if xot_key else None,
+            xot_name=env.text("BLOCKLIST_XOT_NAME", url_host(public_url)),
             notify_retries=env.whole("BLOCKLIST_NOTIFY_RETRIES", 8, 0),
             notify_timeout=env.number("BLOCKLIST_NOTIFY_TIMEOUT", 2.0, 0.05),
             xfrd_metrics_listen=optional_hostport(env, "BLOCKLIST_XFRD_METRICS_LISTEN", "127.0.0.1:9153"),

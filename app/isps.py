@@ -6,6 +6,11 @@ What must stay true:
   secret is kept (the transfer server must sign with it) and is shown once;
   Redis access control protects it (see ``deploy/redis.conf``).
 * A revoked ISP is refused at once (403 on the feed, REFUSED on transfers).
+* An ISP has a TSIG key, and then every zone transfer it makes must be
+  signed with it (its address list is a second gate only), unless it was
+  registered in the explicit, weaker address-only mode: no TSIG key, and
+  its non-empty address list is the only gate (for resolvers that cannot
+  sign, such as Unbound).
 * Every change is audited, without secrets.
 """
 
@@ -82,6 +87,15 @@ def parse_cidrs(cidrs: Any) -> list[str]:
     return out
 
 
+def _check_address_only(cidrs: list[str]) -> None:
+    """An address-only ISP is identified by its addresses alone: a list, and no prefix that spans the world."""
+    if not cidrs:
+        raise ValidationError("an address-only ISP needs at least one allowed address (--allow-from CIDR)")
+    wide = [c for c in cidrs if ipaddress.ip_network(c).prefixlen < 8]
+    if wide:
+        raise ValidationError(f"{wide[0]} is too wide for an address-only ISP: its addresses are its only gate")
+
+
 @dataclass
 class Isp:
     name: str
@@ -97,6 +111,7 @@ class Isp:
     last_version: int | None = None
     last_pull_at: int | None = None
     last_pull_via: str | None = None
+    address_only: bool = False
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 
     def address_allowed(self, address: str) -> bool:
@@ -115,8 +130,9 @@ class Isp:
         return {
             "name": self.name,
             "status": "active" if self.active else "revoked",
-            "tsig_key_name": self.tsig_name,
-            "tsig_algorithm": TSIG_ALGORITHM,
+            "transfer_auth": "address-only" if self.address_only else "tsig",
+            "tsig_key_name": None if self.address_only else self.tsig_name,
+            "tsig_algorithm": None if self.address_only else TSIG_ALGORITHM,
             "notify": self.notify,
             "allow_from": self.allow_from,
             "created_at": iso(self.created_at),
@@ -145,6 +161,7 @@ def _from_raw(raw: dict[str, str]) -> Isp:
         last_version=int(raw["last_version"]) if raw.get("last_version") else None,
         last_pull_at=int(raw["last_pull_at"]) if raw.get("last_pull_at") else None,
         last_pull_via=raw.get("last_pull_via") or None,
+        address_only=raw.get("address_only") == "1",
         networks=[ipaddress.ip_network(c) for c in allow],
     )
 
@@ -187,28 +204,39 @@ class Isps:
         raise ConflictError("too many concurrent changes; try again")
 
     def add(self, actor: Actor, name: Any, notify: Any = None, allow_from: Any = None,
-            reason: str = "") -> dict[str, Any]:
-        """Create an ISP; returns its feed token and TSIG key (shown this once)."""
+            reason: str = "", *, address_only: Any = False) -> dict[str, Any]:
+        """Create an ISP; returns its feed token and TSIG key (shown this once).
+
+        ``address_only``: the weaker mode for resolvers that cannot sign
+        transfers: no TSIG key, the address list (required) is the only gate."""
         actor.require("isp.manage")
         name = validate_name(name)
+        if not isinstance(address_only, bool):
+            raise ValidationError("address_only is true or false")
         targets = parse_notify(notify)
         cidrs = parse_cidrs(allow_from)
+        if address_only:
+            _check_address_only(cidrs)
         if self.store.isp_raw(name):
             raise ConflictError(f"an ISP named {name!r} already exists")
         token = new_token(FEED_TOKEN_PREFIX)
-        secret = base64.b64encode(secrets.token_bytes(32)).decode()
-        tsig_name = f"{name}.tsig."
+        secret = "" if address_only else base64.b64encode(secrets.token_bytes(32)).decode()
+        tsig_name = "" if address_only else f"{name}.tsig."
         fields = {
             "name": name, "status": "active", "token_hash": hash_token(token), "tsig_name": tsig_name,
             "tsig_secret": secret, "notify": json.dumps(targets), "allow_from": json.dumps(cidrs),
-            "created_at": str(int(self.clock())),
+            "created_at": str(int(self.clock())), "address_only": "1" if address_only else "0",
         }
+        mode = "address-only" if address_only else "tsig"
         self._change(actor, name, "isp.add", fields, None,
-                     {"name": name, "notify": targets, "allow_from": cidrs, "tsig_key_name": tsig_name},
+                     {"name": name, "notify": targets, "allow_from": cidrs, "transfer_auth": mode,
+                      "tsig_key_name": tsig_name or None},
                      clean_text(reason, "reason"), create=True, token=(hash_token(token), None))
-        return {"name": name, "feed_token": token, "tsig_key_name": tsig_name,
-                "tsig_algorithm": TSIG_ALGORITHM, "tsig_secret": secret, "notify": targets,
-                "allow_from": cidrs}
+        out: dict[str, Any] = {"name": name, "feed_token": token, "transfer_auth": mode}
+        if not address_only:
+            out.update(tsig_key_name=tsig_name, tsig_algorithm=TSIG_ALGORITHM, tsig_secret=secret)
+        out.update(notify=targets, allow_from=cidrs)
+        return out
 
     def update(self, actor: Actor, name: str, *, notify: Any = None, allow_from: Any = None,
                reason: str = "") -> Isp:
@@ -223,6 +251,8 @@ class Isps:
             before["notify"], after["notify"] = isp.notify, targets
         if allow_from is not None:
             cidrs = parse_cidrs(allow_from)
+            if isp.address_only:
+                _check_address_only(cidrs)
             fields["allow_from"] = json.dumps(cidrs)
             before["allow_from"], after["allow_from"] = isp.allow_from, cidrs
         if fields:
@@ -255,6 +285,9 @@ class Isps:
             fields["token_hash"] = hash_token(t)
             new_tok = (hash_token(t), isp.token_hash or None)
             out["feed_token"] = t
+        if tsig and isp.address_only:
+            raise ValidationError(f"{name} is registered address-only and has no TSIG key; "
+                                  "register it again without --address-only to give it one")
         if tsig:
             secret = base64.b64encode(secrets.token_bytes(32)).decode()
             fields["tsig_secret"] = secret

@@ -65,6 +65,7 @@ class K:
     isp = PREFIX + "isp:{name}"
     isp_tokens = PREFIX + "isp:tokens"
     pulls = PREFIX + "pulls"
+    xot_cert = PREFIX + "xot:cert"
     pub_latest = PREFIX + "pub:latest"
     pub_versions = PREFIX + "pub:versions"
     pub_version = PREFIX + "pub:v:{version}"
@@ -673,6 +674,14 @@ class Store:
         pipe.hset(K.isp.format(name=name), mapping=fields)
         pipe.xadd(K.pulls, {"isp": name, **fields}, maxlen=keep, approximate=True)
         pipe.execute()
+
+    def set_xot_cert(self, pem: str) -> None:
+        """The certificate the transfer server serves over TLS (public; ISPs pin it)."""
+        self.r.set(K.xot_cert, pem)
+
+    def xot_cert(self) -> str | None:
+        v = self.r.get(K.xot_cert)
+        return None if v is None else str(v)
 
     def recent_pulls(self, count: int = 100) -> list[dict[str, str]]:
         return [{"id": str(i), **{str(k): str(v) for k, v in f.items()}}

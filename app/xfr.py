@@ -20,6 +20,14 @@ What must stay true:
   is one condensed difference (deletions and additions); an unknown or
   too-old serial gets the whole zone in AXFR form; a client that is current
   (or ahead) gets a single SOA, as does a UDP IXFR whose answer does not fit.
+* Transfers need TSIG from every ISP that has a key; a source-address
+  list is a second gate, and the only one just for ISPs registered
+  address-only. A request is accepted only within :data:`FUDGE` seconds of
+  our clock, whatever fudge the client asks for, and the MAC of a transfer
+  request is accepted once (:class:`ReplayGuard`).
+* Over UDP an unauthenticated request never gets an answer larger than
+  itself (a larger one is sent truncated, so the client comes back over
+  TCP): the server is no amplifier for spoofed queries.
 * TSIG (RFC 8945): every message of a transfer answer is signed
   (:data:`SIGN_EVERY`). RFC 8945 5.3.1 would allow up to 99 unsigned
   messages between two signed ones, and the dispatcher can do that, but
@@ -35,6 +43,7 @@ What must stay true:
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import ipaddress
 import operator
@@ -81,8 +90,13 @@ POINTER_LIMIT = 0x4000
 SIGN_EVERY = 1
 #: The most RFC 8945 allows: at most 99 unsigned messages in a row.
 SIGN_EVERY_MAX = 100
-#: The fudge we sign with and accept (RFC 8945 recommends 300 s).
+#: The fudge we sign with, and the most we accept whatever fudge a request
+#: carries (RFC 8945 recommends 300 s): a request signed longer ago or
+#: later than this is BADTIME.
 FUDGE = 300
+#: Request MACs remembered to refuse replays (they are kept for the time
+#: window; beyond this many, the oldest are forgotten first).
+REPLAY_MEMORY = 200_000
 #: UDP payload we offer with EDNS, and never exceed (DNS flag day 2020).
 EDNS_PAYLOAD = 1232
 #: Length of a compressed ``*.name`` record: \x01* + pointer + fixed tail.
@@ -963,7 +977,7 @@ class Access:
                     out.keys[name] = (isp, dns.tsig.Key(name, isp.tsig_secret, dns.tsig.HMAC_SHA256))
                 except (ValueError, TypeError):
                     pass
-            if isp.allow_from:
+            if isp.address_only and isp.allow_from:
                 out.address_only.append(isp)
             out.notify.extend((isp, target) for target in isp.notify)
         # A key that is both active and revoked (a re-added ISP) is active.
@@ -975,7 +989,7 @@ class Access:
         return entry[1] if entry else None
 
     def by_address(self, address: str) -> Isp | None:
-        """The ISP that allows this source address without TSIG, if any."""
+        """The address-only ISP that allows this source address without TSIG, if any."""
         try:
             ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
@@ -984,6 +998,35 @@ class Access:
             if isp.address_allowed(address):
                 return isp
         return None
+
+
+class ReplayGuard:
+    """Request MACs seen within the time window: a captured signed request
+    replayed while its time is still valid is refused (RFC 8945 5.2.3
+    bounds a request's age; only memory of its MAC stops a second use).
+
+    Memory is bounded: MACs leave once the window has passed, and beyond
+    ``limit`` the oldest go first."""
+
+    def __init__(self, window: float = 2 * FUDGE, limit: int = REPLAY_MEMORY) -> None:
+        self.window = window
+        self.limit = limit
+        self.seen: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+
+    def first_use(self, mac: bytes, now: float) -> bool:
+        """True the first time a MAC is offered within the window."""
+        seen = self.seen
+        while seen:  # forget what the window has passed
+            oldest, at = next(iter(seen.items()))
+            if now - at <= self.window:
+                break
+            del seen[oldest]
+        if mac in seen:
+            return False
+        while len(seen) >= self.limit:  # make room: the oldest go first
+            del seen[next(iter(seen))]
+        seen[mac] = now
+        return True
 
 
 # --------------------------------------------------------------------------- dispatcher
@@ -1002,6 +1045,7 @@ class Answer:
     serial: int | None = None
     transfer: str | None = None  # "xfr:axfr" | "xfr:ixfr" when zone data was sent
     error: BaseException | None = None  # the bug behind a SERVFAIL
+    authenticated: bool = False  # a valid TSIG, or the address of an address-only ISP
 
 
 @dataclass
@@ -1014,6 +1058,7 @@ class _Request:
     payload: int
     tcp: bool
     signer: TsigSigner | None = None
+    udp_cap: int = 0  # over UDP, the most an answer may hold (0: no cap beyond the payload size)
 
 
 def _rcode_flags(req: _Request, rcode: int, aa: bool = False) -> int:
@@ -1033,6 +1078,7 @@ class Dispatcher:
         self.access = access or Access()
         self.now = now
         self.sign_every = max(1, min(SIGN_EVERY_MAX, sign_every))
+        self.replays = ReplayGuard()
 
     # -- framing
 
@@ -1081,9 +1127,8 @@ class Dispatcher:
 
     @staticmethod
     def _udp_limit(req: _Request) -> int:
-        if req.edns < 0:
-            return 512
-        return max(512, min(req.payload, EDNS_PAYLOAD))
+        limit = 512 if req.edns < 0 else max(512, min(req.payload, EDNS_PAYLOAD))
+        return min(limit, req.udp_cap) if req.udp_cap else limit
 
     @staticmethod
     def _header_only(wire: bytes, rcode: int) -> bytes:
@@ -1147,6 +1192,8 @@ class Dispatcher:
             q_text = f"{dns.rdataclass.to_text(rrset.rdclass)} {dns.rdatatype.to_text(rrset.rdtype)}"
         opt_payload = msg.payload if msg.edns >= 0 else 512
         req = _Request(msg.id, int(opcode), msg.flags, question, msg.edns, opt_payload, tcp)
+        # Until the request proves who sent it, a UDP answer is no larger than the request.
+        req.udp_cap = 0 if tcp else len(wire)
         kind = {T_SOA: "soa", T_AXFR: "axfr", T_IXFR: "ixfr"}.get(qtype, "other")
         if opcode == dns.opcode.NOTIFY:
             kind = "notify"
@@ -1160,8 +1207,33 @@ class Dispatcher:
             entry = self.access.keys.get(keyname) if keyname is not None else None
             if entry is None:  # dnspython verified with a key we no longer hold
                 return self._tsig_refusal(msg, req, kind, (BADKEY, "badkey"), peer)
+            rd = msg.tsig[0] if msg.tsig else None
+            now = self.now()
+            if rd is None or abs(now - rd.time_signed) > FUDGE:  # our window, whatever fudge the client chose
+                return self._tsig_refusal(msg, req, kind, (BADTIME, "badtime"), peer)
+            # Only transfers carry the list: an SOA query may be sent again as it was (a secondary's
+            # UDP retry resends the same bytes) and tells nothing an unsigned one does not.
+            if qtype in (T_AXFR, T_IXFR) and not self.replays.first_use(bytes(rd.mac), now):
+                return Answer(kind, "refused", self._single(req, REFUSED), reason="replay", isp=entry[0],
+                              detail=f"key {key_text}: a request already answered was sent again (from {peer})")
             isp_by_key = entry[0]
             req.signer = TsigSigner(entry[1], msg.mac or b"", msg.id, self.now)
+        # An address-only ISP's address is its identity.
+        by_address = None if msg.had_tsig else self.access.by_address(peer)
+        trusted = (isp_by_key is not None and isp_by_key.address_allowed(peer)) or by_address is not None
+        if trusted:
+            req.udp_cap = 0
+        answer = self._serve(msg, wire, peer, req, kind, qname, qtype, qclass, q_text, isp_by_key, by_address)
+        answer.authenticated = trusted
+        return answer
+
+    def _serve(self, msg: dns.message.Message, wire: bytes, peer: str, req: _Request, kind: str,
+               qname: dns.name.Name | None, qtype: int, qclass: int, q_text: str, isp_by_key: Isp | None,
+               by_address: Isp | None) -> Answer:
+        """The answer to a request whose TSIG, if any, is valid."""
+        tcp = req.tcp
+        opcode = msg.opcode()
+        key_text = isp_by_key.tsig_name if isp_by_key is not None else ""
         if opcode != dns.opcode.QUERY:
             return Answer(kind, "notimp", self._single(req, NOTIMP), reason="opcode",
                           detail=f"{dns.opcode.to_text(opcode)} is not served here", isp=isp_by_key)
@@ -1194,12 +1266,12 @@ class Dispatcher:
                 return Answer(kind, "refused", self._single(req, REFUSED), reason="acl", isp=isp_by_key,
                               detail=f"key {key_text} is not allowed from {peer}")
             isp = isp_by_key
+        elif by_address is not None:
+            isp = by_address
         else:
-            found = self.access.by_address(peer)
-            if found is None:
-                return Answer(kind, "refused", self._single(req, REFUSED), reason="no_tsig",
-                              detail=f"a transfer without TSIG from {peer}, which no ISP allows")
-            isp = found
+            return Answer(kind, "refused", self._single(req, REFUSED), reason="no_tsig",
+                          detail=f"a transfer without TSIG from {peer}: every ISP with a key must sign, "
+                                 "and no address-only ISP has this address")
         if qtype == T_AXFR:
             return self._axfr(req, zone, isp, "axfr")
         soa = self._client_soa(msg, served[0].origin)
@@ -1265,7 +1337,9 @@ class Dispatcher:
         if code == BADTIME and rd is not None:
             entry = self.access.keys.get(keyname)
             if entry is not None:
-                # Signed, with the request's time and ours in Other Data (RFC 8945 5.2.3).
+                # Signed, with the request's time and ours in Other Data (RFC 8945 5.2.3). The
+                # MAC was good, so the sender holds the key: the answer may exceed the request.
+                req.udp_cap = 0
                 req.signer = TsigSigner(entry[1], rd.mac, msg.id, self.now, error=BADTIME,
                                         other=struct.pack("!HI", (int(now) >> 32) & 0xFFFF, int(now) & 0xFFFFFFFF),
                                         time_signed=int(rd.time_signed))

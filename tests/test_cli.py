@@ -132,6 +132,30 @@ def test_isp_commands_and_publish(core: Core, personas: Personas, settings: Sett
     assert "1" in run(settings, "publications", "list").stdout
 
 
+def test_address_only_is_an_explicit_audited_mode_that_needs_an_address_list(core: Core, settings: Settings) -> None:
+    r = run(settings, "isp", "add", "unbound-isp", "--address-only")
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("blocklist: an address-only ISP needs at least one allowed address "
+                                "(--allow-from CIDR)")
+    assert core.isps.list() == [], "nothing was created"
+    r = run(settings, "isp", "add", "unbound-isp", "--address-only", "--allow-from", "0.0.0.0/0")
+    assert r.returncode == 1 and "too wide" in r.stderr
+    r = run(settings, "isp", "add", "unbound-isp", "--address-only", "--allow-from", "192.0.2.53")
+    assert r.returncode == 0, r.stderr
+    created = json.loads(r.stdout)
+    assert created["transfer_auth"] == "address-only"
+    assert "tsig_secret" not in created
+    assert run(settings, "isp", "add", "bind-isp", "--allow-from", "192.0.2.0/24").returncode == 0
+    listing = run(settings, "isp", "list").stdout.splitlines()
+    assert [ln.split()[2] for ln in listing] == ["tsig", "ADDRESS-ONLY"]
+    shown = json.loads(run(settings, "isp", "show", "unbound-isp").stdout)
+    assert (shown["transfer_auth"], shown["tsig_key_name"]) == ("address-only", None)
+    r = run(settings, "isp", "rotate", "unbound-isp", "--tsig")
+    assert r.returncode == 1 and "address-only" in r.stderr
+    record = json.loads(run(settings, "audit", "show", "--action", "isp.add", "--target", "isp:unbound-isp").stdout)
+    assert record["after"]["transfer_auth"] == "address-only"
+
+
 def test_settings_commands(core: Core, settings: Settings) -> None:
     r = run(settings, "settings", "set", "guard_remove_pct", "5", "--reason", "tighter")
     assert r.returncode == 0, r.stderr

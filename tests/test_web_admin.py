@@ -283,6 +283,33 @@ def test_an_isps_credentials_are_shown_once(app, core: Core, personas: Personas)
     assert not core.isps.get("isp-one").active
 
 
+def test_the_isp_page_says_in_one_line_how_transfers_are_authenticated_and_shows_the_xot_pin(
+        app, core: Core, personas: Personas) -> None:
+    from app.xot import self_signed, spki_pin
+
+    ada = signed_in(app.test_client(), personas.ada)
+    r = post(ada, "/isps", {"name": "unbound-isp", "allow_from": "192.0.2.53", "address_only": "y",
+                            "reason": "resolver cannot sign"})
+    assert r.status_code == 200
+    assert core.isps.get("unbound-isp").address_only
+    assert core.isps.get("unbound-isp").tsig_secret == ""
+    r = post(ada, "/isps", {"name": "nowhere", "address_only": "y"})
+    assert r.status_code == 400
+    assert "needs at least one allowed address" in text(r)
+    core.isps.add(SYSTEM, "bind-isp", allow_from=["192.0.2.0/24"])
+    weak = text(ada.get("/isps/unbound-isp"))
+    assert "<strong>Address only, no TSIG key</strong>: the weaker mode" in weak
+    strong = text(ada.get("/isps/bind-isp"))
+    assert "TSIG key required: <code>bind-isp.tsig.</code>" in strong
+    assert ada.get("/isps/xot-certificate.pem").status_code == 404
+    pem = self_signed("xfr.example.org")[0].decode()
+    core.store.set_xot_cert(pem)
+    assert spki_pin(pem) in text(ada.get("/isps/bind-isp"))
+    cert = ada.get("/isps/xot-certificate.pem")
+    assert cert.status_code == 200
+    assert cert.get_data(as_text=True) == pem
+
+
 def test_isps_behind_the_latest_version_are_shown(app, core: Core, personas: Personas) -> None:
     core.isps.add(SYSTEM, "slowisp")
     core.isps.add(SYSTEM, "fastisp")

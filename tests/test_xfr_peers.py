@@ -157,7 +157,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def dns_settings(settings: Settings) -> Settings:
     return replace(settings, dns_listen=("127.0.0.1", free_port()), xfrd_metrics_listen=None,
-                   notify_timeout=0.5, notify_retries=6)
+                   notify_timeout=0.5, notify_retries=6, dns_queries_per_second=1000.0, dns_query_burst=1000)
 
 
 ENTRIES = {"csam-forum.example": True, "exact-only.example": False}
@@ -272,9 +272,9 @@ remote-control:
         peer.stop()
 
 
-def test_unbound_from_the_isp_guide_loads_the_zone_by_address_acl_and_blocks(
+def test_unbound_from_the_isp_guide_loads_the_zone_as_an_address_only_isp_and_blocks(
         tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
-    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"])
+    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"], address_only=True)
     listed(core, personas, ENTRIES)
     version = publish(core).version
     with ServerThread(dns_settings, core.store) as xfrd:

@@ -46,10 +46,11 @@ OTHER_SECRET = base64.b64encode(bytes(range(1, 33))).decode()
 
 
 def isp(name: str = "acme", *, allow_from: list[str] | None = None, active: bool = True,
-        secret: str = SECRET, notify: list[str] | None = None) -> Isp:
+        secret: str = SECRET, notify: list[str] | None = None, address_only: bool = False) -> Isp:
     allow = allow_from or []
-    return Isp(name=name, active=active, tsig_name=f"{name}.tsig.", tsig_secret=secret, notify=notify or [],
-               allow_from=allow, created_at=0, version="1", networks=[ipaddress.ip_network(c) for c in allow])
+    return Isp(name=name, active=active, tsig_name="" if address_only else f"{name}.tsig.",
+               tsig_secret="" if address_only else secret, notify=notify or [], allow_from=allow, created_at=0,
+               version="1", address_only=address_only, networks=[ipaddress.ip_network(c) for c in allow])
 
 
 def names_for(domains: list[tuple[str, bool]]) -> list[str]:
@@ -88,8 +89,15 @@ def query(rdtype: str, *, key: dns.tsig.Key | None = KEY, serial: int | None = N
     return q
 
 
+_IDS = itertools.cycle(range(1, 65536))
+
+
 def ask(d: Dispatcher, q: dns.message.Message, *, peer: str = "192.0.2.1",
         tcp: bool = True) -> tuple[xfr.Answer, list[bytes]]:
+    if isinstance(q.keyring, dns.tsig.Key):
+        # A new request each time: the server refuses a signed request sent twice.
+        q.id = next(_IDS)
+        q.use_tsig(q.keyring, original_id=q.id)
     a = d.handle(q.to_wire(), peer, tcp)
     msgs = [m[2:] if tcp else m for m in a.messages]
     if tcp:
@@ -404,9 +412,10 @@ def test_a_request_signed_outside_the_fudge_is_notauth_badtime_signed_with_our_t
     assert rd.mac == expect.mac
 
 
-def test_without_tsig_a_transfer_is_refused_unless_an_isp_allows_the_address() -> None:
+def test_without_tsig_a_transfer_is_refused_unless_an_address_only_isp_allows_the_address() -> None:
     zone = zone_of(names_for(domains(100)))
-    d = Dispatcher(INFO, zone, Access.from_isps([isp(), isp("resolver", allow_from=["198.51.100.0/24"])]))
+    d = Dispatcher(INFO, zone, Access.from_isps([isp(), isp("resolver", allow_from=["198.51.100.0/24"],
+                                                            address_only=True)]))
     q = query("AXFR", key=None)
     answer, msgs = ask(d, q, peer="203.0.113.9")
     assert (answer.result, answer.reason) == ("refused", "no_tsig")
@@ -428,20 +437,48 @@ def test_an_address_acl_applies_on_top_of_a_valid_key_and_the_refusal_is_signed(
     assert r.rcode() == dns.rcode.REFUSED
 
 
+def test_a_signed_transfer_request_is_served_once_but_a_retried_soa_query_is_answered_again() -> None:
+    d = Dispatcher(INFO, zone_of(["a.example"]), Access.from_isps([isp()]))
+    axfr = query("AXFR").to_wire()
+    assert d.handle(axfr, "192.0.2.1", True).result == "ok"
+    again = d.handle(axfr, "192.0.2.1", True)
+    assert (again.result, again.reason) == ("refused", "replay")
+    soa = query("SOA").to_wire()
+    for _ in range(2):  # a secondary's UDP retry resends the same bytes
+        answer = d.handle(soa, "192.0.2.1", False)
+        assert answer.result == "ok"
+        assert dns.message.from_wire(next(iter(answer.messages)), keyring=False).answer
+
+
+def test_the_replay_memory_is_bounded_and_forgets_after_the_window() -> None:
+    guard = xfr.ReplayGuard(window=600, limit=3)
+    assert all(guard.first_use(bytes([i]), 1000.0) for i in range(3))
+    assert not guard.first_use(b"\x00", 1000.0)
+    assert guard.first_use(b"\x09", 1001.0)
+    assert len(guard.seen) == 3, "the oldest MAC went first"
+    assert guard.first_use(b"\x01", 1700.0), "after the window a MAC is forgotten (and its time is BADTIME anyway)"
+    assert len(guard.seen) == 1
+
+
 def test_a_revoked_isps_key_is_refused() -> None:
     d = Dispatcher(INFO, zone_of(["a.example"]), Access.from_isps([isp(active=False)]))
     answer, _ = ask(d, query("AXFR"))
     assert (answer.result, answer.reason) == ("refused", "revoked")
 
 
-def test_soa_is_answered_to_anyone_over_udp_and_tcp(dispatcher: Dispatcher) -> None:
-    for tcp in (False, True):
-        q = query("SOA", key=None)
-        answer, msgs = ask(dispatcher, q, peer="203.0.113.50", tcp=tcp)
-        assert answer.result == "ok"
-        r = dns.message.from_wire(msgs[0])
-        assert r.answer[0][0].serial == 5
-        assert r.flags & dns.flags.AA
+def test_soa_is_answered_to_anyone_over_tcp_and_over_udp_truncated_to_the_query_size(
+        dispatcher: Dispatcher) -> None:
+    q = query("SOA", key=None)
+    answer, msgs = ask(dispatcher, q, peer="203.0.113.50", tcp=True)
+    assert answer.result == "ok"
+    r = dns.message.from_wire(msgs[0])
+    assert r.answer[0][0].serial == 5
+    assert r.flags & dns.flags.AA
+    answer, msgs = ask(dispatcher, q, peer="203.0.113.50", tcp=False)
+    r = dns.message.from_wire(msgs[0])
+    assert r.flags & dns.flags.TC
+    assert not r.answer
+    assert len(msgs[0]) <= len(q.to_wire())
 
 
 def test_a_signed_soa_query_gets_a_signed_answer(dispatcher: Dispatcher) -> None:
@@ -573,5 +610,5 @@ def test_random_and_mutated_packets_never_break_the_dispatcher(packet: bytes, tc
         assert wire[:2] == packet[:2]
         assert wire[2] & 0x80
     q = query("SOA", key=None)
-    _, msgs = ask(d, q, tcp=False)
+    _, msgs = ask(d, q, tcp=True)
     assert dns.message.from_wire(msgs[0]).answer[0][0].serial == 5

@@ -52,7 +52,7 @@ def dns_settings(settings: Settings) -> Settings:
 def resolver(core: Core, personas: Personas) -> dict[str, Any]:
     """An ISP allowed by address, so that transfers need no TSIG and two
     servers can be given the very same request bytes."""
-    return core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"])
+    return core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"], address_only=True)
 
 
 def serial_of(port: int, zone: str) -> int | None:

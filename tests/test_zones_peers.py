@@ -210,7 +210,7 @@ def test_through_changes_and_folds_a_listed_name_is_never_answered_nor_a_deliste
 def test_unbound_answers_the_canary_with_the_version_in_force_and_blocks_the_blocked_canary(
         tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
     # Unbound follows by its SOA refresh timer (1 s here), not by NOTIFY.
-    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"])
+    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"], address_only=True)
     ids = listed(core, personas, ENTRIES)
     v1 = publish(core).version
     with ServerThread(replace(dns_settings, rpz_soa_refresh=1, rpz_soa_retry=1), core.store) as xfrd:

@@ -1,6 +1,7 @@
 """``blocklist xfrd``: the DNS transfer server (RPZ over AXFR/IXFR with TSIG, NOTIFY).
 
-One asyncio loop serves UDP and TCP on ``BLOCKLIST_DNS_LISTEN``; the wire
+One asyncio loop serves UDP and TCP on ``BLOCKLIST_DNS_LISTEN`` and, when
+``BLOCKLIST_XOT_LISTEN`` is set, TLS 1.3 (RFC 9103, XoT); the wire
 work (rendering, TSIG, answers) is in :mod:`app.xfr`, which does no I/O.
 A watcher thread does the blocking part: it waits on Redis for publications
 (pub/sub, with a poll of the latest version every half second as a fallback),
@@ -16,6 +17,10 @@ What must stay true:
   match its publication record) is not served; the previous one stays.
 * A slow or idle client never holds more than its own connection: reads and
   writes time out, writes honour backpressure, connections are capped.
+* One source address cannot starve the others: it has its own cap on open
+  connections and its own query rate (IPv6: per /64), and a connection is
+  closed after ``BLOCKLIST_DNS_TCP_IDLE`` seconds without an authenticated
+  request (unsigned SOA queries do not keep it open).
 * Every refusal is logged with the peer address and the reason; every
   transfer is recorded as a pull of that ISP.
 * SIGTERM or SIGINT stops the listeners and ends the process cleanly.
@@ -26,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +84,7 @@ from app.xfr import (
     overlay_recs,
     zone_file_names,
 )
+from app.xot import ALPN, XotCertificate, ensure_certificate, server_context
 
 log = logging.getLogger("blocklist.xfrd")
 
@@ -115,6 +123,76 @@ class Metrics:
         self.load_seconds = Gauge("blocklist_xfr_load_seconds", "Seconds to make the last version servable",
                                   registry=r)
         self.connections = Gauge("blocklist_xfr_connections", "Open TCP connections", registry=r)
+
+
+class AddressLimits:
+    """Budgets per source address (IPv6 addresses share one per /64, which
+    one host usually holds): open connections, and a token bucket of
+    queries refilled at ``rate`` a second up to ``burst``."""
+
+    #: Buckets kept before the full (idle) ones are forgotten.
+    MAX_TRACKED = 100_000
+
+    def __init__(self, max_connections: int, rate: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_connections = max_connections
+        self.rate = rate
+        self.burst = float(burst)
+        self.clock = clock
+        self.connections: dict[str, int] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    @staticmethod
+    def key(peer: str) -> str:
+        try:
+            ip = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return peer
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped:
+                return str(ip.ipv4_mapped)
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip)
+
+    def open(self, peer: str) -> bool:
+        """Count a new connection; False (and not counted) over the cap."""
+        k = self.key(peer)
+        n = self.connections.get(k, 0)
+        if n >= self.max_connections:
+            return False
+        self.connections[k] = n + 1
+        return True
+
+    def close(self, peer: str) -> None:
+        k = self.key(peer)
+        n = self.connections.get(k, 0) - 1
+        if n > 0:
+            self.connections[k] = n
+        else:
+            self.connections.pop(k, None)
+
+    def query(self, peer: str) -> bool:
+        """Take one query from the address's bucket; False when it is empty."""
+        k = self.key(peer)
+        now = self.clock()
+        tokens, at = self.buckets.get(k, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self.buckets[k] = (tokens, now)
+            return False
+        self.buckets[k] = (tokens - 1.0, now)
+        if len(self.buckets) > self.MAX_TRACKED:
+            self._forget_full(now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled: forgetting them changes nothing."""
+        full = self.burst / self.rate
+        for k, (_tokens, at) in list(self.buckets.items()):
+            if now - at >= full:
+                del self.buckets[k]
+        if len(self.buckets) > self.MAX_TRACKED:  # a flood of fresh addresses: start afresh
+            self.buckets.clear()
 
 
 class _LogLimiter:
@@ -423,6 +501,12 @@ class XfrServer:
         self.writers: set[asyncio.StreamWriter] = set()
         self.notify_tasks: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] | None = None
+        self.limits = AddressLimits(settings.dns_max_connections_per_address, settings.dns_queries_per_second,
+                                    settings.dns_query_burst)
+        self.xot: asyncio.Server | None = None
+        self.xot_address: tuple[str, int] | None = None
+        self.xot_certificate: XotCertificate | None = None
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def zone(self) -> Zone | None:
@@ -450,12 +534,30 @@ class XfrServer:
                                                            family=family)
         self.udp = udp
         log.info("listening on %s port %s (UDP and TCP) for zone %s", host, self.address[1], self.settings.rpz_zone)
+        if self.settings.xot_listen is not None:
+            await self._start_xot(self.settings.xot_listen)
+
+    async def _start_xot(self, listen: tuple[str, int]) -> None:
+        assert self.loop is not None
+        cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
+        self._tls = server_context(cert)
+        self.xot_certificate = cert
+        host, port = listen
+        # The TLS handshake runs inside the connection handler, after the
+        # per-address limits, so a failed one is logged and counted.
+        self.xot = await asyncio.start_server(self._xot, host, port, reuse_address=True, limit=70_000, backlog=256)
+        sock = self.xot.sockets[0].getsockname()
+        self.xot_address = (sock[0], sock[1])
+        log.info("listening on %s port %s (XoT: TLS 1.3, ALPN %s) with the certificate %s, SPKI pin %s", host,
+                 sock[1], ALPN, cert.cert_file, cert.pin)
 
     async def stop(self) -> None:
         for t in list(self.notify_tasks):
             t.cancel()
         if self.tcp is not None:
             self.tcp.close()
+        if self.xot is not None:
+            self.xot.close()
         if self.udp is not None:
             self.udp.close()
         for w in list(self.writers):
@@ -518,11 +620,12 @@ class XfrServer:
                                               "isp": answer.isp.name if answer.isp else None})
         return answer
 
-    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float) -> None:
+    def transferred(self, answer: Answer, peer: str, messages: int, size: int, seconds: float,
+                    over: str = "TCP") -> None:
         isp = answer.isp
         what = "IXFR" if answer.transfer == "xfr:ixfr" else "AXFR"
-        log.info("%s of version %s to %s (%s): %d messages, %d bytes, %.3f s", what, answer.serial,
-                 isp.name if isp else "?", peer, messages, size, seconds,
+        log.info("%s of version %s to %s (%s) over %s: %d messages, %d bytes, %.3f s", what, answer.serial,
+                 isp.name if isp else "?", peer, over, messages, size, seconds,
                  extra={"peer": peer, "isp": isp.name if isp else None, "version": answer.serial,
                         "qtype": answer.kind})
         if isp is not None and self.isps is not None and answer.transfer and self.loop is not None:
@@ -536,42 +639,99 @@ class XfrServer:
         except (redis.exceptions.RedisError, BlocklistError) as e:
             log.warning("could not record the transfer of %s: %s", isp.name, e, extra={"isp": isp.name})
 
+    def refuse(self, peer: str, reason: str, message: str, *args: object) -> None:
+        """Count a refusal by the network side and log it (rate-limited per peer and reason)."""
+        self.metrics.refusals.labels(reason).inc()
+        if self.limiter.allow(peer, reason):
+            log.warning(message, *args, extra={"peer": peer, "reason": reason})
+
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._connection(reader, writer, None)
+
+    async def _xot(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._connection(reader, writer, self._tls)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          tls: ssl.SSLContext | None) -> None:
+        assert self.loop is not None
         peername = writer.get_extra_info("peername")
         peer = str(peername[0]) if peername else "?"
+        over = "TLS" if tls is not None else "TCP"
         if len(self.writers) >= self.settings.dns_max_connections:
-            if self.limiter.allow(peer, "connections"):
-                log.warning("too many connections: closing one from %s", peer,
-                            extra={"peer": peer, "reason": "connections"})
-            self.metrics.refusals.labels("connections").inc()
+            self.refuse(peer, "connections", "too many connections: closing one from %s", peer)
+            writer.close()
+            return
+        if not self.limits.open(peer):
+            self.refuse(peer, "connections_per_address", "%s has %d connections open already: closing a new %s one",
+                        peer, self.limits.max_connections, over)
             writer.close()
             return
         self.writers.add(writer)
         self.metrics.connections.set(len(self.writers))
-        writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
         idle = self.settings.dns_tcp_idle
         try:
+            if tls is not None and not await self._handshake(writer, tls, peer, idle):
+                return
+            writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
+            # The idle clock starts at the connection and is reset only by an
+            # authenticated request: unsigned queries do not keep it open.
+            trusted_at = self.loop.time()
+            unsigned = 0
             while True:
+                left = idle - (self.loop.time() - trusted_at)
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(2), idle)
+                    if left <= 0:
+                        raise TimeoutError
+                    head = await asyncio.wait_for(reader.readexactly(2), left)
                     wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), idle)
-                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                except TimeoutError:
+                    if unsigned:
+                        self.refuse(peer, "idle", "closed a %s connection from %s after %.0f s without an "
+                                    "authenticated request (%d unauthenticated ones)", over, peer, idle, unsigned)
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                if not self.limits.query(peer):
+                    self.refuse(peer, "rate", "%s sends more than %g queries a second: closing its %s connection",
+                                peer, self.limits.rate, over)
                     break
                 answer = self.dispatch(wire, peer, tcp=True)
-                if not await self._send(writer, answer, peer):
+                if answer.authenticated:
+                    trusted_at, unsigned = self.loop.time(), 0
+                else:
+                    unsigned += 1
+                if not await self._send(writer, answer, peer, over):
                     break
+                if answer.authenticated:
+                    trusted_at = self.loop.time()  # a long transfer does not count as idle time
                 if answer.result == "formerr" and answer.reason in ("short", "response"):
                     break
         except Exception:
-            log.exception("TCP connection from %s failed", peer, extra={"peer": peer})
+            log.exception("%s connection from %s failed", over, peer, extra={"peer": peer})
         finally:
+            self.limits.close(peer)
             self.writers.discard(writer)
             self.metrics.connections.set(len(self.writers))
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
-    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str) -> bool:
+    async def _handshake(self, writer: asyncio.StreamWriter, tls: ssl.SSLContext, peer: str, idle: float) -> bool:
+        """TLS 1.3 with ALPN ``dot`` (RFC 9103); False, logged and counted, when it fails."""
+        try:
+            await writer.start_tls(tls, ssl_handshake_timeout=idle)
+        except (ssl.SSLError, OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+            self.refuse(peer, "tls", "TLS handshake with %s failed (%s): a plain TCP client, an old TLS version, "
+                        "or a client that does not trust our certificate", peer, _tls_reason(e))
+            return False
+        tls_object = writer.get_extra_info("ssl_object")
+        alpn = tls_object.selected_alpn_protocol() if tls_object is not None else None
+        if alpn != ALPN:
+            self.refuse(peer, "alpn", "XoT client %s did not offer ALPN %r (RFC 9103): closing", peer, ALPN)
+            return False
+        return True
+
+    async def _send(self, writer: asyncio.StreamWriter, answer: Answer, peer: str, over: str = "TCP") -> bool:
         """Write an answer; False when the client is gone or too slow."""
         assert self.loop is not None
         idle = self.settings.dns_tcp_idle
@@ -599,7 +759,7 @@ class XfrServer:
             return False
         self.metrics.bytes.inc(sent)
         if answer.transfer and answer.result == "ok" and count:
-            self.transferred(answer, peer, count, sent, self.loop.time() - start)
+            self.transferred(answer, peer, count, sent, self.loop.time() - start, over)
         return True
 
     # -- NOTIFY (RFC 1996)
@@ -676,6 +836,14 @@ class XfrServer:
             transport.close()
 
 
+def _tls_reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError):
+        return e.reason or str(e)
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return type(e).__name__
+
+
 class _NotifyProtocol(asyncio.DatagramProtocol):
     """Waits for the answer to one NOTIFY (same id, a NOTIFY response)."""
 
@@ -712,14 +880,19 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self.transport is None:
             return
-        answer = self.server.dispatch(data, str(addr[0]), tcp=False)
+        peer = str(addr[0])
+        if not self.server.limits.query(peer):
+            self.server.refuse(peer, "rate", "%s sends more than %g queries a second: dropping its UDP queries",
+                               peer, self.server.limits.rate)
+            return
+        answer = self.server.dispatch(data, peer, tcp=False)
         size = 0
         for message in answer.messages:
             self.transport.sendto(message, addr)
             size += len(message)
         self.server.metrics.bytes.inc(size)
         if answer.transfer and answer.result == "ok" and answer.isp is not None:
-            self.server.transferred(answer, str(addr[0]), 1, size, 0.0)
+            self.server.transferred(answer, str(addr[0]), 1, size, 0.0, "UDP")
 
     def error_received(self, exc: Exception) -> None:
         pass
@@ -850,6 +1023,9 @@ async def serve(settings: Settings, store: Store, stop: asyncio.Event,
     server = XfrServer(settings, isps=isps, metrics=metrics)
     await server.start()
     loop = asyncio.get_running_loop()
+    if server.xot_certificate is not None:
+        # The web and the CLI show ISPs the pin of the certificate actually served.
+        await loop.run_in_executor(None, store.set_xot_cert, server.xot_certificate.pem)
     loader = VersionLoader(store, ArtifactStore(settings.artifact_dir), server.info, settings.dns_history,
                            server.overlay_info)
     watcher = Watcher(server, store, loader, isps, loop)
@@ -934,6 +1110,12 @@ class ServerThread:
         assert self.server is not None
         assert self.server.address is not None
         return self.server.address[1]
+
+    @property
+    def xot_port(self) -> int:
+        assert self.server is not None
+        assert self.server.xot_address is not None
+        return self.server.xot_address[1]
 
     def __enter__(self) -> ServerThread:
         self._thread.start()

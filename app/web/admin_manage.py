@@ -32,6 +32,7 @@ from app.web.forms import (
     UserAddForm,
     UserEditForm,
 )
+from app.web.pages import error_page
 
 bp = Blueprint("manage", __name__)
 
@@ -208,7 +209,8 @@ def isps_add() -> Any:
         return render_template("isps.html", isps=rows, latest=latest, form=form, error=_errors(form)), 400
     try:
         created = core().isps.add(actor(), form.name.data.strip(), _lines(form.notify.data),
-                                  _lines(form.allow_from.data), form.reason.data or "")
+                                  _lines(form.allow_from.data), form.reason.data or "",
+                                  address_only=bool(form.address_only.data))
     except BlocklistError as e:
         rows, latest = _isp_rows()
         return render_template("isps.html", isps=rows, latest=latest, form=form, error=e.message), e.status
@@ -242,7 +244,30 @@ def isp(name: str) -> Any:
     latest = c.latest_version()
     edit = IspEditForm(data={"notify": "\n".join(i.notify), "allow_from": "\n".join(i.allow_from)})
     return render_template("isp.html", isp=i.public(latest), latest=latest, edit=edit, rotate=IspRotateForm(),
-                           revoke=ReasonForm())
+                           revoke=ReasonForm(), xot=_xot())
+
+
+def _xot() -> dict[str, Any] | None:
+    """The XoT certificate's pin, name and address, once a transfer server has served it."""
+    from app.xot import spki_pin
+
+    c = core()
+    pem = c.store.xot_cert()
+    if pem is None:
+        return None
+    s = c.settings
+    return {"pin": spki_pin(pem), "name": s.xot_name,
+            "listen": f"{s.xot_listen[0]}:{s.xot_listen[1]}" if s.xot_listen else None}
+
+
+@bp.get("/isps/xot-certificate.pem")
+@page("isp.read")
+def xot_certificate() -> Any:
+    pem = core().store.xot_cert()
+    if pem is None:
+        return error_page("No transfer server has served zone transfers over TLS yet.", 404)
+    return pem, 200, {"Content-Type": "application/x-pem-file",
+                      "Content-Disposition": 'attachment; filename="blocklist-xot.pem"'}
 
 
 @bp.post("/isps/<name>/edit")

@@ -413,7 +413,8 @@ def isps() -> Any:
 @bp.post("/isps")
 def add_isp() -> Any:
     d = body()
-    created = core().isps.add(actor(), d.get("name"), d.get("notify"), d.get("allow_from"), d.get("reason", ""))
+    created = core().isps.add(actor(), d.get("name"), d.get("notify"), d.get("allow_from"), d.get("reason", ""),
+                              address_only=d.get("address_only", False))
     return jsonify(created), 201
 
 

@@ -161,6 +161,8 @@ class IspAddForm(Form):
                            render_kw={"rows": 2, "spellcheck": "false"})
     allow_from = TextAreaField("Allowed addresses for zone transfers (CIDR, one a line; empty: any)",
                                validators=[Optional(), Length(max=4000)], render_kw={"rows": 2, "spellcheck": "false"})
+    address_only = BooleanField("Address only, no TSIG key (weaker: for resolvers that cannot sign, "
+                                "such as Unbound; needs allowed addresses)")
     reason = _reason()
 
 

@@ -38,7 +38,7 @@ def dns_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def resolver(core: Core, personas: Personas) -> dict[str, Any]:
-    return core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"])
+    return core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"], address_only=True)
 
 
 def test_a_zone_copy_with_a_listed_name_removed_fails_its_zonemd_check(
