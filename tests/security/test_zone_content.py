@@ -33,7 +33,9 @@ from workers.xfrd import ServerThread
 
 @pytest.fixture
 def dns_settings(settings: Settings) -> Settings:
-    return replace(settings, dns_listen=("127.0.0.1", free_port()), xfrd_metrics_listen=None, notify_retries=0)
+    return replace(settings, dns_listen=("127.0.0.1", free_port()), xfrd_metrics_listen=None,
+                   # The test, the resolvers and the transfers all come from 127.0.0.1.
+                   dns_queries_per_second=10_000.0, dns_query_burst=10_000, notify_retries=0)
 
 
 @pytest.fixture
