@@ -378,21 +378,27 @@ class VersionLoader:
         return list(reversed(steps)), past
 
     def full_base(self, latest: dict[str, Any], base: int, report: BuildReport) -> Zone:
-        """The base zone built from the latest zone file, taken back to the
-        base version through the deltas in between."""
+        """The base zone built from the newest full zone file (the latest
+        version's, or the one its metadata names as ``base``), taken to the
+        base version through the deltas in between, in either direction."""
         version = int(latest["version"])
-        text = self._read(latest["rpz"]).decode("utf-8")
+        file_version = int(latest.get("base") or version)
+        file_meta = latest if file_version == version else self.meta(file_version)
+        if file_meta is None or not file_meta.get("rpz"):
+            raise ZoneDataError(f"the full zone file of version {file_version} is no longer stored")
+        text = self._read(file_meta["rpz"]).decode("utf-8")
         serial, names = zone_file_names(text)
-        if serial != version:
-            raise ZoneDataError(f"{latest['rpz']['path']} has serial {serial}, not {version}")
+        if serial != file_version:
+            raise ZoneDataError(f"{file_meta['rpz']['path']} has serial {serial}, not {file_version}")
         del text
-        if base != version:
-            d = self.diff(base, version)
+        if base != file_version:
+            forward = base > file_version
+            d = self.diff(file_version, base) if forward else self.diff(base, file_version)
             if d is None:
-                raise ZoneDataError(f"the deltas from base version {base} to {version} are not available")
-            deleted, added = d
-            names = [n for n in names if n not in added] if added else names
-            names.extend(deleted)
+                raise ZoneDataError(f"the deltas between versions {base} and {file_version} are not available")
+            gone, back = (d[0], d[1]) if forward else (d[1], d[0])
+            names = [n for n in names if n not in gone] if gone else names
+            names.extend(back)
         snapshot = build_snapshot(self.info, base, base_names(names), report)
         del names
         steps, past = self.base_history(snapshot, base)
