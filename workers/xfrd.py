@@ -119,7 +119,10 @@ class Metrics:
         self.bytes = Counter("blocklist_xfr_bytes", "Bytes of DNS answers sent", registry=r)
         self.refusals = Counter("blocklist_xfr_refusals", "Requests refused, by reason", ["reason"], registry=r)
         self.notify = Counter("blocklist_xfr_notify", "NOTIFY messages by outcome", ["result"], registry=r)
-        self.serial = Gauge("blocklist_xfr_serial", "Version (SOA serial) being served", registry=r)
+        self.serial = Gauge("blocklist_xfr_serial", "Version being served (the overlay zone's SOA serial)",
+                            registry=r)
+        self.base_serial = Gauge("blocklist_xfr_base_serial", "Version the base policy zone holds (its SOA serial)",
+                                 registry=r)
         self.load_seconds = Gauge("blocklist_xfr_load_seconds", "Seconds to make the last version servable",
                                   registry=r)
         self.connections = Gauge("blocklist_xfr_connections", "Open TCP connections", registry=r)
@@ -587,6 +590,7 @@ class XfrServer:
         self.dispatcher.zone = zone
         self.dispatcher.overlay = overlay
         self.metrics.serial.set(overlay.serial)
+        self.metrics.base_serial.set(zone.serial)
         self.metrics.load_seconds.set(loaded.seconds)
         log.info("serving version %s: overlay %s records over base version %s (%s records, %s, %s) "
                  "in %.3f s; IXFR from %s (base) and %s (overlay)", overlay.serial, overlay.records, zone.serial,

@@ -106,3 +106,33 @@ def test_damaged_zone_metadata_in_redis_is_refused_and_the_served_version_stays(
         wait_for(lambda: any("inconsistent zone layout" in r.getMessage() for r in caplog.records), timeout=5)
         assert serial_of(xfrd.port, OVERLAY) == v1
         assert serial_of(xfrd.port, ZONE) == v1
+
+
+def test_the_overlay_zone_is_refused_without_tsig_and_with_a_wrong_key_like_the_base(
+        dns_settings: Settings, core: Core, personas: Personas) -> None:
+    import base64
+    import os
+
+    import dns.tsig
+
+    core.publisher.settings = replace(core.publisher.settings, rpz_fold_grace=300)  # the overlay on
+    acme = core.isps.add(personas.ada.actor, "acme")
+    ids = listed(core, personas, {"csam-forum.example": True, "recent.example": False})
+    publish(core)
+    core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "gone")
+    listed(core, personas, {"newest.example": False})
+    version = publish(core).version
+    with ServerThread(dns_settings, core.store) as xfrd:
+        wait_for(lambda: serial_of(xfrd.port, OVERLAY) == version)
+        for key in (None, dns.tsig.Key(acme["tsig_key_name"], base64.b64encode(os.urandom(32)).decode(),
+                                       dns.tsig.HMAC_SHA256)):
+            q = dns.message.make_query(OVERLAY, "AXFR")
+            if key is not None:
+                q.use_tsig(key)
+            # REFUSED (no key) or a TSIG error (wrong key): both end the transfer before any record.
+            with pytest.raises(dns.exception.DNSException) as refused:
+                dns.query.inbound_xfr("127.0.0.1", dns.versioned.Zone(OVERLAY), q, port=xfrd.port, timeout=5)
+            assert "newest" not in str(refused.value)
+        good = dns.versioned.Zone(OVERLAY)
+        dns.query.inbound_xfr("127.0.0.1", good, _signed_axfr(OVERLAY, acme), port=xfrd.port, timeout=5)
+    assert good.get_node("newest.example") is not None, "with the ISP's key the overlay transfers"
