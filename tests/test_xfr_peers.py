@@ -103,15 +103,23 @@ def answered_not_blocked(r: dns.message.Message | None) -> bool:
 
 @contextmanager
 def named(tmp: Path, primary_port: int, isp: dict[str, Any], policy: str = "given", extra: str = "",
-          port: int | None = None) -> Iterator[Peer]:
+          port: int | None = None, base_only: str | None = None) -> Iterator[Peer]:
+    """BIND configured from deploy/isp/bind; ``base_only`` replaces the zone
+    file with a template that lists only the base zone (older ISP setups)."""
     require_binary("named")
     port = port or free_port()
-    zone_conf = render(DEPLOY / "bind" / "blocklist-rpz.conf", ZONE=ZONE.rstrip("."), PRIMARY_ADDR="127.0.0.1",
-                       OVERLAY_ZONE=OVERLAY.rstrip("."), PRIMARY_PORT=primary_port, TSIG_NAME=isp["tsig_key_name"],
-                       TSIG_SECRET=isp["tsig_secret"], ZONE_FILE=tmp / "blocklist.rpz.db",
-                       OVERLAY_ZONE_FILE=tmp / "overlay.blocklist.rpz.db")
-    policy_conf = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."),
-                         OVERLAY_ZONE=OVERLAY.rstrip("."), POLICY=policy)
+    values = {"ZONE": ZONE.rstrip("."), "PRIMARY_ADDR": "127.0.0.1", "OVERLAY_ZONE": OVERLAY.rstrip("."),
+              "PRIMARY_PORT": primary_port, "TSIG_NAME": isp["tsig_key_name"], "TSIG_SECRET": isp["tsig_secret"],
+              "ZONE_FILE": tmp / "blocklist.rpz.db", "OVERLAY_ZONE_FILE": tmp / "overlay.blocklist.rpz.db"}
+    if base_only is None:
+        zone_conf = render(DEPLOY / "bind" / "blocklist-rpz.conf", **values)
+        policy_conf = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."),
+                             OVERLAY_ZONE=OVERLAY.rstrip("."), POLICY=policy)
+    else:
+        (tmp / "base-only.conf.in").write_text(base_only)
+        zone_conf = render(tmp / "base-only.conf.in", **values)
+        policy_conf = (f'response-policy {{ zone "{ZONE.rstrip(".")}" policy {policy}; }} break-dnssec yes '
+                       "qname-wait-recurse no min-update-interval 0;")
     (tmp / "blocklist-rpz.conf").write_text(zone_conf)
     conf = tmp / "named.conf"
     conf.write_text(f"""

@@ -27,7 +27,7 @@ from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
 from tests.conftest import Personas, publish
-from tests.test_xfr_peers import OVERLAY, Peer, answered_not_blocked, blocked, named, unbound
+from tests.test_xfr_peers import DEPLOY, OVERLAY, Peer, answered_not_blocked, blocked, named, unbound
 from tests.test_xfr_server import bulk_listed, listed, soa_serial, wait_for
 from workers.xfrd import ServerThread
 
@@ -254,3 +254,34 @@ def test_bind_answers_the_canary_with_the_version_in_force_and_blocks_the_blocke
         v2 = publish(core).version
         wait_for(lambda: canary(bind) == str(v2), timeout=5, step=0.05)
         assert blocked(bind.ask("blocked.canary"))
+
+
+def test_an_isp_listing_only_the_base_zone_stays_correct_and_catches_up_at_each_fold(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas, clock: FakeClock) -> None:
+    named_port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{named_port}"])
+    ids = listed(core, personas, ENTRIES)
+    v1 = publish(core).version
+    # The configuration ISPs had before the overlay: the base zone alone.
+    extra_zone = re.sub(r'\nzone "overlay\.[^\n]*\{.*?\n\};\n', "\n",
+                        (DEPLOY / "bind" / "blocklist-rpz.conf").read_text(), flags=re.S)
+    with ServerThread(dns_settings, core.store) as xfrd, \
+            named(tmp_path, xfrd.port, acme, port=named_port, base_only=extra_zone) as bind:
+        wait_for(lambda: canary(bind) == str(v1), timeout=20, step=0.1)
+        listed(core, personas, {"new-site.example": False})
+        core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "gone")
+        listed(core, personas, {f"more{i}.example": False for i in range(4)})  # enough changes to fold
+        versions = [publish(core).version]
+        time.sleep(1.0)
+        assert answered_not_blocked(bind.ask("new-site.example")), "not in the base yet: slower, not wrong"
+        assert blocked(bind.ask("csam-forum.example")), "still the whole of version 1"
+        assert canary(bind) == str(v1)
+        for _ in range(3):  # announce, switch, steady: one grace apart
+            clock.advance(GRACE + 1)
+            listed(core, personas, {f"later{len(versions)}.example": False})
+            versions.append(publish(core).version)
+        base = soa_serial(xfrd.port)
+        assert base is not None and base > v1
+        wait_for(lambda: canary(bind) == str(base), timeout=10, step=0.05)
+        assert blocked(bind.ask("new-site.example"))
+        assert answered_not_blocked(bind.ask("csam-forum.example"))
