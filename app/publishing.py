@@ -51,7 +51,7 @@ from app.errors import (
     RetryableConflictError,
     ValidationError,
 )
-from app.rpz import FoldPolicy, Layout, SoaParams, fragment, next_layout
+from app.rpz import FoldPolicy, Layout, SoaParams, fold_due, fragment, next_layout
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
 from client.minisign import Prehasher, Signature, format_trusted_comment
@@ -500,7 +500,11 @@ class Publisher:
         # Redis restored from a backup older than the last publication: publish
         # even without changes, so every client moves above what it already has.
         behind_highwater = highwater > (int(latest["version"]) if latest else 0)
-        if diff.empty and not force and not behind_highwater:
+        # A fold of the zones that waits for a version goes on without a change.
+        fold = diff.empty and latest is not None and self._fold_due(latest, now)
+        if fold and not reason:
+            reason = "the overlay zone is folded into the base zone"
+        if diff.empty and not force and not behind_highwater and not fold:
             self.store.dirty_consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
@@ -629,6 +633,13 @@ class Publisher:
         self._write_manifest_files(manifest_body, manifest_sig)
         log.info("published version %s: %s entries, %s", version, len(lines), diff.summary())
         return Outcome("published", version=version, diff=diff.summary(), timings=timings), snap["sha256"]
+
+    def _fold_due(self, latest: dict[str, Any], now: float) -> bool:
+        try:
+            layout = Layout.from_json(latest.get("zones"), int(latest["version"]))
+        except (ValueError, KeyError, TypeError):
+            return False
+        return fold_due(layout, now, FoldPolicy.from_settings(self.settings))
 
     def _zone_layout(self, version: int, base: ListState, continuous: bool, diff: Diff,
                      now: float) -> dict[str, Any]:

@@ -252,3 +252,15 @@ def next_layout(previous: Layout | None, version: int, now: float, changed: int,
     if step_done:
         return Layout(previous.base, (previous.base,), now, changes)
     return replace(previous, changes=changes)
+
+
+def fold_due(previous: Layout, now: float, policy: FoldPolicy) -> bool:
+    """Whether a version published now would move a fold on even without a
+    change to the list: so that a quiet list still gets its base moved (and
+    ISPs that list only the base catch up), the publisher then publishes a
+    version without changes."""
+    if policy.grace <= 0:
+        return False
+    if previous.phase == "steady":
+        return previous.changes > 0 and now - previous.since >= policy.age
+    return now - previous.since >= policy.grace

@@ -273,3 +273,28 @@ def test_the_zone_file_in_the_feed_carries_the_canary_and_loads_in_named_checkzo
     assert zone.get_rdataset("version.canary", "CNAME") is None, "an entry cannot take the canary's name"
     assert names_of(zone)["blocked.canary"] == "."
     assert names_of(zone)["*.csam-forum.example"] == "."
+
+
+def test_a_quiet_list_still_gets_its_base_moved_and_then_publishing_stops(
+        core: Core, personas: Personas, clock: FakeClock) -> None:
+    ids = listed(core, personas, {"csam-forum.example": True})
+    v1 = publish(core).version
+    core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "gone")
+    v2 = publish(core).version
+    assert core.publisher.publish().status == "unchanged", "nothing due yet"
+    clock.advance(10_000)  # the fold age
+    steps = []
+    for _ in range(3):
+        outcome = core.publisher.publish()
+        assert outcome.status == "published", outcome
+        latest = core.publisher.latest()
+        assert latest is not None
+        steps.append(Layout.from_json(latest["zones"], int(latest["version"])))
+        clock.advance(GRACE)
+    assert [(s.base, s.covers, s.phase) for s in steps] == [
+        (v1, (v1, v2 + 1), "announced"), (v2 + 1, (v1, v2 + 1), "switched"), (v2 + 1, (v2 + 1,), "steady")]
+    assert core.publisher.publish().status == "unchanged", "the fold is over: no more versions"
+    meta = core.publisher.version_meta(int(latest["version"]))
+    assert meta is not None
+    assert meta["changes"] == {"added": 0, "removed": 0, "changed": 0}
+    assert meta["count"] == 0
