@@ -153,6 +153,7 @@ def test_every_version_of_both_zones_verifies_by_zonemd_after_axfr_and_after_ixf
         ids = listed(core, personas, {f"seed{i}.example": i % 2 == 0 for i in range(14)})
         kinds: dict[str, set[str]] = {ZONE: set(), OVERLAY: set()}
         bases = set()
+        base_serials: list[int] = []
         for r in range(12):
             if r:
                 listed(core, personas, {f"round{r}.example": r % 2 == 0})
@@ -168,6 +169,7 @@ def test_every_version_of_both_zones_verifies_by_zonemd_after_axfr_and_after_ixf
                 fresh.verify_digest()
                 assert names_of(fresh) == names_of(zone), "IXFR and AXFR lead to the same zone"
             bases.add(base.get_soa().serial)
+            base_serials.append(base.get_soa().serial)
             txt = overlay.get_rdataset("version.canary", "TXT")
             assert txt is not None
             assert txt[0].strings == (str(version).encode(),)
@@ -179,6 +181,7 @@ def test_every_version_of_both_zones_verifies_by_zonemd_after_axfr_and_after_ixf
                 assert (effective == ".") == expect_listed, (version, name, effective)
     assert kinds[ZONE] == {"axfr", "ixfr"} and kinds[OVERLAY] == {"axfr", "ixfr"}
     assert len(bases) >= 3, f"the base moved: {bases}"
+    assert base_serials == sorted(base_serials), "the base zone's serial only goes up"
 
 
 def _axfr_text(port: int, zone: str) -> str:
