@@ -213,13 +213,14 @@ def test_through_changes_and_folds_a_listed_name_is_never_answered_nor_a_deliste
 
 def test_unbound_answers_the_canary_with_the_version_in_force_and_blocks_the_blocked_canary(
         tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
-    # Unbound follows by its SOA refresh timer (1 s here), not by NOTIFY.
-    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"], address_only=True)
+    ub_port = free_port()
+    core.isps.add(personas.ada.actor, "resolver", allow_from=["127.0.0.1/32"], address_only=True,
+                  notify=[f"127.0.0.1:{ub_port}"])
     ids = listed(core, personas, ENTRIES)
     v1 = publish(core).version
-    with ServerThread(replace(dns_settings, rpz_soa_refresh=1, rpz_soa_retry=1), core.store) as xfrd:
+    with ServerThread(dns_settings, core.store) as xfrd:
         wait_for(lambda: xfrd.server is not None and xfrd.server.access.address_only)
-        with unbound(tmp_path, xfrd.port) as ub:
+        with unbound(tmp_path, xfrd.port, port=ub_port) as ub:
             wait_for(lambda: canary(ub) == str(v1), timeout=20, step=0.1)
             r = ub.ask("blocked.canary")
             assert r is not None
