@@ -164,11 +164,11 @@ class FoldPolicy:
     changes: int = 2000  # names changed since the newest covered base
     age: float = 900.0  # seconds a base may stay behind while anything changed
     grace: float = 300.0  # seconds each fold step is served before the next
-    span: int = 50  # versions the overlay may reach back (deltas must still be kept)
+    span: int = 100  # versions of deltas kept: the overlay reaches back less than this
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FoldPolicy:
-        span = max(2, min(settings.dns_history, settings.retain_deltas) // 2)
+        span = max(8, min(settings.dns_history, settings.retain_deltas))
         return cls(settings.rpz_fold_changes, float(settings.rpz_fold_age), float(settings.rpz_fold_grace), span)
 
 
@@ -201,6 +201,7 @@ class Layout:
     covers: tuple[int, ...]
     since: float  # when the current step began (publication time, epoch seconds)
     changes: int = 0  # names changed since the newest covered version
+    step: int = 0  # the version with which the current step began
 
     @property
     def phase(self) -> str:
@@ -209,19 +210,21 @@ class Layout:
         return "announced" if self.base == self.covers[0] else "switched"
 
     def to_json(self) -> dict[str, Any]:
-        return {"base": self.base, "covers": list(self.covers), "since": self.since, "changes": self.changes}
+        return {"base": self.base, "covers": list(self.covers), "since": self.since, "changes": self.changes,
+                "step": self.step}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None, version: int) -> Layout:
         """The layout stored with a version; a version published before
         layouts existed is its own base, with an empty overlay."""
         if not data:
-            return cls(version, (version,), 0.0)
+            return cls(version, (version,), 0.0, 0, version)
         base = int(data["base"])
         covers = tuple(sorted({int(v) for v in data["covers"]}))
-        if base not in covers or any(v > version for v in covers) or len(covers) > 2:
+        step = int(data.get("step", covers[-1]))
+        if base not in covers or any(v > version for v in covers) or len(covers) > 2 or step > version:
             raise ValueError(f"version {version} has an inconsistent zone layout: {dict(data)}")
-        return cls(base, covers, float(data.get("since", 0.0)), int(data.get("changes", 0)))
+        return cls(base, covers, float(data.get("since", 0.0)), int(data.get("changes", 0)), step)
 
 
 def next_layout(previous: Layout | None, version: int, now: float, changed: int, continuous: bool,
@@ -236,21 +239,26 @@ def next_layout(previous: Layout | None, version: int, now: float, changed: int,
     A pure function: the publisher calls it, everything else reads its
     result from the version metadata."""
     if previous is None or not continuous or policy.grace <= 0:
-        return Layout(version, (version,), now, 0)
+        return Layout(version, (version,), now, 0, version)
     changes = previous.changes + changed
-    span_hit = version - previous.covers[0] >= policy.span
+    # Publications faster than the grace force the steps, each at least
+    # ``quick`` versions after the one before (a resolver that follows
+    # NOTIFY has long caught up by then), so that the overlay never reaches
+    # back further than the deltas are kept: at most 4 * quick + 1 versions.
+    quick = max(1, policy.span // 5)
     if previous.phase == "steady":
-        due = changes >= policy.changes or (changes and now - previous.since >= policy.age) or span_hit
+        due = (changes >= policy.changes or (changes and now - previous.since >= policy.age)
+               or version - previous.base >= 2 * quick)
         if due:
-            return Layout(previous.base, (previous.base, version), now, 0)
+            return Layout(previous.base, (previous.base, version), now, 0, version)
         return replace(previous, changes=changes)
-    step_done = now - previous.since >= policy.grace or span_hit
+    step_done = now - previous.since >= policy.grace or version - previous.step >= quick
     if previous.phase == "announced":
         if step_done:
-            return Layout(previous.covers[1], previous.covers, now, changes)
+            return Layout(previous.covers[1], previous.covers, now, changes, version)
         return replace(previous, changes=changes)
     if step_done:
-        return Layout(previous.base, (previous.base,), now, changes)
+        return Layout(previous.base, (previous.base,), now, changes, version)
     return replace(previous, changes=changes)
 
 

@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,8 @@ def test_a_fold_announces_the_new_base_switches_to_it_and_only_then_drops_the_ol
 def test_a_version_without_a_delta_or_with_the_overlay_off_is_its_own_base() -> None:
     policy = FoldPolicy(changes=3, age=1000, grace=10, span=50)
     announced = Layout(1, (1, 4), 5.0, 0)
-    assert next_layout(announced, 5, 6.0, 1, False, policy) == Layout(5, (5,), 6.0, 0)
-    assert next_layout(announced, 5, 6.0, 1, True, replace(policy, grace=0)) == Layout(5, (5,), 6.0, 0)
+    assert next_layout(announced, 5, 6.0, 1, False, policy) == Layout(5, (5,), 6.0, 0, 5)
+    assert next_layout(announced, 5, 6.0, 1, True, replace(policy, grace=0)) == Layout(5, (5,), 6.0, 0, 5)
 
 
 def test_a_damaged_layout_is_refused_not_served() -> None:
@@ -301,3 +302,17 @@ def test_a_quiet_list_still_gets_its_base_moved_and_then_publishing_stops(
     assert meta is not None
     assert meta["changes"] == {"added": 0, "removed": 0, "changed": 0}
     assert meta["count"] == 0
+
+
+def test_publications_faster_than_the_grace_force_fold_steps_while_the_needed_deltas_are_kept() -> None:
+    policy = FoldPolicy(changes=10**6, age=10**6, grace=300, span=100)
+    layouts = [next_layout(None, 1, 0.0, 1, False, policy)]
+    for v in range(2, 400):  # one publication a second: no grace ever passes
+        layouts.append(next_layout(layouts[-1], v, float(v), 1, True, policy))
+    moves = [(v, lay.phase) for v, (before, lay) in enumerate(pairwise(layouts), start=2)
+             if lay.phase != before.phase]
+    assert moves[:4] == [(41, "announced"), (61, "switched"), (81, "steady"), (82, "announced")]
+    # A new base is served 20 versions after the overlay covers it, and the
+    # old one forgotten 20 versions after that.
+    assert all(b - a >= 20 for (a, _), (b, phase) in pairwise(moves) if phase != "announced")
+    assert max(v - lay.covers[0] for v, lay in enumerate(layouts, start=1)) < 90, "the deltas it needs are kept"
