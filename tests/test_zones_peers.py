@@ -286,3 +286,22 @@ def test_an_isp_listing_only_the_base_zone_stays_correct_and_catches_up_at_each_
         wait_for(lambda: canary(bind) == str(base), timeout=10, step=0.05)
         assert blocked(bind.ask("new-site.example"))
         assert answered_not_blocked(bind.ask("csam-forum.example"))
+
+
+def test_delisting_a_parent_with_its_subdomains_leaves_its_still_listed_children_blocked(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
+    named_port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{named_port}"])
+    ids = listed(core, personas, {"host.example": True, "bad.host.example": False, "worse.host.example": True})
+    publish(core)
+    with ServerThread(dns_settings, core.store) as xfrd, named(tmp_path, xfrd.port, acme, port=named_port) as bind:
+        wait_for(lambda: blocked(bind.ask("other.host.example")), timeout=20, step=0.1)
+        core.curation.act(personas.bruno.actor, ids["host.example"], "delist", "the host cleaned up")
+        v2 = publish(core).version
+        wait_for(lambda: canary(bind) == str(v2), timeout=10, step=0.05)
+        assert answered_not_blocked(bind.ask("other.host.example")), "the parent's delisting took effect"
+        assert answered_not_blocked(bind.ask("host.example"))
+        assert blocked(bind.ask("bad.host.example")), "a child listed on its own stays blocked"
+        assert blocked(bind.ask("worse.host.example"))
+        assert blocked(bind.ask("deep.worse.host.example")), "and its subdomains too"
+        assert answered_not_blocked(bind.ask("sub.bad.host.example")), "an exact child covers only itself"

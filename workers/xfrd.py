@@ -259,6 +259,7 @@ class VersionLoader:
         self.history = history
         self.steps: dict[int, Step] = {}  # by the version a delta leads to
         self.layouts: dict[int, Layout] = {}
+        self._under: dict[tuple[int, tuple[str, ...]], set[str]] = {}
 
     def meta(self, version: int) -> dict[str, Any] | None:
         raw = self.store.pub_version_raw(version)
@@ -322,16 +323,43 @@ class VersionLoader:
             return None
         return compose_steps(list(reversed(chain)))
 
-    def overlay_recs(self, version: int, layout: Layout, report: BuildReport) -> list[Rec]:
+    def overlay_recs(self, version: int, layout: Layout, report: BuildReport, base: Zone) -> list[Rec]:
         blocked: set[str] = set()
         passed: set[str] = set()
-        for base in layout.covers:
-            d = self.diff(base, version)
+        for cover in layout.covers:
+            d = self.diff(cover, version)
             if d is None:
-                raise ZoneDataError(f"version {version}: the deltas from base version {base} are not available")
+                raise ZoneDataError(f"version {version}: the deltas from base version {cover} are not available")
             passed |= d[0]
             blocked |= d[1]
+        # The first zone that matches decides, whatever the specificity: a
+        # "*.x CNAME rpz-passthru." in the overlay would also pass the names
+        # under x that the version still lists on their own, so those go in
+        # the overlay too.
+        parents = {n[2:] for n in passed if n.startswith("*.")}
+        if parents:
+            blocked |= self.names_under(base, version, parents)
         return overlay_recs(self.overlay_info, version, blocked, passed, report)
+
+    def names_under(self, base: Zone, version: int, parents: set[str]) -> set[str]:
+        """The names ``version`` lists strictly under any of ``parents``:
+        those of the base zone held (one scan per base and set of parents,
+        cached), moved to ``version`` through the deltas in between."""
+        suffixes = tuple(sorted("." + p for p in parents))
+        key = (base.serial, suffixes)
+        found = self._under.get(key)
+        if found is None:
+            found = {n for n in base.snapshot.names() if n.endswith(suffixes)}
+            self._under = {key: found}
+        if base.serial <= version:
+            d = self.diff(base.serial, version)
+            gone, back = (d[0], d[1]) if d is not None else (set(), set())
+        else:
+            d = self.diff(version, base.serial)
+            gone, back = (d[1], d[0]) if d is not None else (set(), set())
+        if d is None:
+            raise ZoneDataError(f"version {version}: the deltas from base version {base.serial} are not available")
+        return (found - gone) | {n for n in back if n.endswith(suffixes)}
 
     def _base_extras(self, snap: Snapshot) -> tuple[bytes, ...]:
         """The base zone's extra records, its ZONEMD digest computed once
@@ -407,7 +435,7 @@ class VersionLoader:
         steps, past = self.base_history(snapshot, base)
         return Zone(self.info, snapshot, steps, self.history, self._base_extras(snapshot), past)
 
-    def overlay_history(self, version: int, report: BuildReport) -> RecordZone:
+    def overlay_history(self, version: int, report: BuildReport, base: Zone) -> RecordZone:
         """The overlay of ``version`` with the versions before it that the
         cached layouts and deltas allow, so IXFR works from them too."""
         olds: list[int] = []
@@ -420,12 +448,12 @@ class VersionLoader:
         zone: RecordZone | None = None
         for v in reversed(olds):
             try:
-                recs = self.overlay_recs(v, self.layouts[v], BuildReport())
+                recs = self.overlay_recs(v, self.layouts[v], BuildReport(), base)
             except ZoneDataError:
                 zone = None
                 continue
             zone = RecordZone(self.overlay_info, v, recs, (), self.history) if zone is None else zone.advance(v, recs)
-        recs = self.overlay_recs(version, self.layouts[version], report)
+        recs = self.overlay_recs(version, self.layouts[version], report, base)
         if zone is None:
             return RecordZone(self.overlay_info, version, recs, (), self.history)
         return zone.advance(version, recs)
@@ -456,9 +484,9 @@ class VersionLoader:
         else:
             base_zone, how, base_seconds = self._base(current.zone if current else None, latest, layout, report)
         if current is not None and current.overlay.serial < version:
-            overlay = current.overlay.advance(version, self.overlay_recs(version, layout, report))
+            overlay = current.overlay.advance(version, self.overlay_recs(version, layout, report, base_zone))
         else:
-            overlay = self.overlay_history(version, report)
+            overlay = self.overlay_history(version, report, base_zone)
         return Loaded(base_zone, overlay, layout, how, time.perf_counter() - t0, report, base_seconds)
 
     def finish_base(self, loaded: Loaded, latest: dict[str, Any]) -> Loaded:
