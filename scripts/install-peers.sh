@@ -7,9 +7,10 @@ PACKAGES=(redis-server bind9 bind9-dnsutils knot-dnsutils unbound minisign chrom
 BINARIES=(redis-server named kdig unbound minisign chromium nginx dnsmasq named-checkzone unbound-checkconf)
 
 # --- Zone content: ldns-verify-zone checks the ZONEMD digest of every served zone
-# (tests/test_zones_peers.py)
-PACKAGES+=(ldnsutils)
-BINARIES+=(ldns-verify-zone)
+# (tests/test_zones.py); PowerDNS Recursor loads both policy zones from the ISP
+# guide (tests/test_zones_peers.py)
+PACKAGES+=(ldnsutils pdns-recursor)
+BINARIES+=(ldns-verify-zone pdns_recursor)
 
 # --- ISP pull tool: Squid reads its proxy ACL outputs (tests/test_client_outputs.py)
 PACKAGES+=(squid)

@@ -26,8 +26,8 @@ from app.clock import FakeClock
 from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
-from tests.conftest import Personas, publish
-from tests.test_xfr_peers import DEPLOY, OVERLAY, Peer, answered_not_blocked, blocked, named, unbound
+from tests.conftest import Personas, publish, require_binary
+from tests.test_xfr_peers import DEPLOY, OVERLAY, Peer, answered_not_blocked, blocked, named, render, unbound
 from tests.test_xfr_server import bulk_listed, listed, soa_serial, wait_for
 from workers.xfrd import ServerThread
 
@@ -305,3 +305,55 @@ def test_delisting_a_parent_with_its_subdomains_leaves_its_still_listed_children
         assert blocked(bind.ask("worse.host.example"))
         assert blocked(bind.ask("deep.worse.host.example")), "and its subdomains too"
         assert answered_not_blocked(bind.ask("sub.bad.host.example")), "an exact child covers only itself"
+
+
+def test_powerdns_recursor_from_the_isp_guide_applies_the_overlay_first_and_its_stop_page_on_the_base(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
+    pdns = require_binary("pdns_recursor")
+    port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{port}"])
+    ids = listed(core, personas, ENTRIES)
+    v1 = publish(core).version
+    # PowerDNS keeps policy answers in its packet cache for the records' TTL: 1 s here.
+    with ServerThread(replace(dns_settings, rpz_ttl=1), core.store) as xfrd:
+        (tmp_path / "recursor.lua").write_text(render(
+            DEPLOY / "powerdns" / "recursor.lua", OVERLAY_ZONE=OVERLAY.rstrip("."), ZONE="blocklist.rpz",
+            PRIMARY=f"127.0.0.1:{xfrd.port}", TSIG_NAME=acme["tsig_key_name"], TSIG_SECRET=acme["tsig_secret"],
+            STOP_PAGE="stop.isp.example", DUMP_DIR=tmp_path))
+        (tmp_path / "recursor.conf").write_text(f"""
+local-address=127.0.0.1
+local-port={port}
+socket-dir={tmp_path}
+lua-config-file={tmp_path}/recursor.lua
+allow-notify-for={OVERLAY.rstrip(".")},blocklist.rpz
+allow-notify-from=127.0.0.1
+forward-zones-recurse=.=127.0.0.1:9
+dnssec=off
+daemon=no
+write-pid=no
+loglevel=6
+""")
+        peer = Peer([pdns, f"--config-dir={tmp_path}"], tmp_path / "pdns.log", port)
+        peer.start()
+        try:
+            wait_for(lambda: canary(peer) == str(v1), timeout=20, step=0.1)
+            assert stop_page_cname(peer.ask("csam-forum.example")), "the base zone takes the ISP's stop page"
+            core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "taken down")
+            listed(core, personas, {"new-site.example": False})
+            v2 = publish(core).version
+            # It polls the overlay every 5 s (PowerDNS Recursor 4.8 does not transfer on NOTIFY).
+            wait_for(lambda: canary(peer) == str(v2), timeout=15, step=0.05)
+            r = peer.ask("new-site.example")
+            assert r is not None and r.rcode() == dns.rcode.NXDOMAIN, "added since the fold: the overlay's NXDOMAIN"
+            assert not stop_page_cname(peer.ask("csam-forum.example")), "the overlay's passthru wins over the base"
+            assert not stop_page_cname(peer.ask("www.csam-forum.example"))
+            assert stop_page_cname(peer.ask("exact-only.example"))
+            log = peer.log
+        finally:
+            peer.stop()
+    assert "blocklist-overlay" in log or "overlay.blocklist.rpz" in log, log[-2000:]
+
+
+def stop_page_cname(r: dns.message.Message | None) -> bool:
+    return r is not None and any(rr.rdtype == dns.rdatatype.CNAME and rr[0].target.to_text() == "stop.isp.example."
+                                 for rr in r.answer)
