@@ -8,9 +8,9 @@ BINARIES=(redis-server named kdig unbound minisign chromium nginx dnsmasq named-
 
 # --- Zone content: ldns-verify-zone checks the ZONEMD digest of every served zone
 # (tests/test_zones.py); PowerDNS Recursor loads both policy zones from the ISP
-# guide (tests/test_zones_peers.py)
-PACKAGES+=(ldnsutils pdns-recursor)
-BINARIES+=(ldns-verify-zone pdns_recursor)
+# guide, Knot Resolver both zone files (tests/test_zones_peers.py)
+PACKAGES+=(ldnsutils pdns-recursor knot-resolver)
+BINARIES+=(ldns-verify-zone pdns_recursor kresd)
 
 # --- ISP pull tool: Squid reads its proxy ACL outputs (tests/test_client_outputs.py)
 PACKAGES+=(squid)

@@ -20,6 +20,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.tsig
+import dns.zone
 import pytest
 
 from app.clock import FakeClock
@@ -357,3 +359,49 @@ loglevel=6
 def stop_page_cname(r: dns.message.Message | None) -> bool:
     return r is not None and any(rr.rdtype == dns.rdatatype.CNAME and rr[0].target.to_text() == "stop.isp.example."
                                  for rr in r.answer)
+
+
+def test_knot_resolver_from_the_isp_guide_applies_the_overlay_file_first(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas) -> None:
+    kresd = require_binary("kresd")
+    acme = core.isps.add(personas.ada.actor, "acme")
+    ids = listed(core, personas, ENTRIES)
+    publish(core)
+    core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "taken down")
+    listed(core, personas, {"new-site.example": False})
+    v2 = publish(core).version
+    overlay_file, base_file = tmp_path / "overlay.blocklist.rpz.zone", tmp_path / "blocklist.rpz.zone"
+    with ServerThread(dns_settings, core.store) as xfrd:
+        wait_for(lambda: overlay_serial(xfrd.port) == v2)
+        # As the guide's timer does: a TSIG-signed transfer of each zone into its file.
+        for zone, path in ((OVERLAY, overlay_file), ("blocklist.rpz.", base_file)):
+            z = dns.zone.Zone(zone, relativize=False)
+            q = dns.message.make_query(zone, "AXFR")
+            q.use_tsig(dns.tsig.Key(acme["tsig_key_name"], acme["tsig_secret"], dns.tsig.HMAC_SHA256))
+            dns.query.inbound_xfr("127.0.0.1", z, q, port=xfrd.port, timeout=5)
+            path.write_text(z.to_text(relativize=False))
+    port = free_port()
+    rules = render(DEPLOY / "knot-resolver" / "kresd.conf", OVERLAY_ZONE_FILE=overlay_file, ZONE_FILE=base_file)
+    (tmp_path / "kresd.conf").write_text(f"""
+net.listen('127.0.0.1', {port}, {{ kind = 'dns' }})
+{rules}
+-- Offline: everything else goes to a closed port and fails.
+policy.add(policy.all(policy.FORWARD('127.0.0.1@9')))
+""")
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    peer = Peer([kresd, "-n", "-c", str(tmp_path / "kresd.conf"), str(rundir)], tmp_path / "kresd.log", port)
+    peer.start()
+    try:
+        wait_for(lambda: _rcode_of(peer.ask("exact-only.example", 0.5)) == dns.rcode.NXDOMAIN, timeout=20, step=0.2)
+        assert _rcode_of(peer.ask("new-site.example")) == dns.rcode.NXDOMAIN, "added since the fold: in the overlay"
+        assert _rcode_of(peer.ask("www.csam-forum.example", 0.5)) != dns.rcode.NXDOMAIN, "the overlay's passthru wins"
+        assert _rcode_of(peer.ask("csam-forum.example", 0.5)) != dns.rcode.NXDOMAIN
+        assert _rcode_of(peer.ask("blocked.canary")) == dns.rcode.NXDOMAIN
+        assert canary(peer) == str(v2), "the overlay's canary, not the base's"
+    finally:
+        peer.stop()
+
+
+def _rcode_of(r: dns.message.Message | None) -> int | None:
+    return None if r is None else int(r.rcode())
