@@ -350,7 +350,9 @@ class VersionLoader:
         found = self._under.get(key)
         if found is None:
             found = {n for n in base.snapshot.names() if n.endswith(suffixes)}
-            self._under = {key: found}
+            if len(self._under) >= 8:
+                self._under.pop(next(iter(self._under)))
+            self._under[key] = found
         if base.serial <= version:
             d = self.diff(base.serial, version)
             gone, back = (d[0], d[1]) if d is not None else (set(), set())
