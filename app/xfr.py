@@ -722,8 +722,14 @@ class RecordZone:
         # The apex NS goes out with the SOA; the rest is one sorted set.
         self.rest = (info.record(info.zonemd_rec(serial, digest)), *(info.record(r) for r in body))
         self.names = len(body)
+        self.soa_record = info.soa(serial)
+        self._first = self.soa_record + ns
+        self._keep(steps)
+
+    def _keep(self, steps: Sequence[RecStep]) -> None:
+        """Keep the unbroken chain of differences that ends at this version."""
         kept: list[RecStep] = []
-        expect = serial
+        expect = self.serial
         for st in reversed(list(steps)[-self.history:] if self.history else []):
             if st.new != expect:
                 break
@@ -731,8 +737,6 @@ class RecordZone:
             expect = st.old
         self.steps = tuple(reversed(kept))
         self._index = {st.old: i for i, st in enumerate(self.steps)}
-        self.soa_record = info.soa(serial)
-        self._first = self.soa_record + ns
 
     @property
     def oldest(self) -> int:
@@ -745,8 +749,8 @@ class RecordZone:
     def advance(self, serial: int, recs: Iterable[Rec]) -> RecordZone:
         nxt = RecordZone(self.info, serial, recs, (), self.history)
         old, new = frozenset(self.rest), frozenset(nxt.rest)
-        step = RecStep(self.serial, serial, old - new, new - old)
-        return RecordZone(self.info, serial, recs, [*self.steps, step], self.history) if self.history else nxt
+        nxt._keep([*self.steps, RecStep(self.serial, serial, old - new, new - old)])
+        return nxt
 
     def is_current(self, client_serial: int) -> bool:
         c, s = dns.serial.Serial(client_serial), dns.serial.Serial(self.serial)
