@@ -638,15 +638,9 @@ def isp() -> None:
 
 def _xot_details(core: Core) -> dict[str, Any]:
     """What an ISP needs to check our XoT server: the certificate's SPKI pin and name."""
-    from app.xot import spki_pin
+    from app.xot import details
 
-    pem = core.store.xot_cert()
-    if pem is None:
-        return {"xot": None}
-    s = core.settings
-    listen = f"{s.xot_listen[0]}:{s.xot_listen[1]}" if s.xot_listen else None
-    return {"xot": {"spki_pin_sha256": spki_pin(pem), "name": s.xot_name, "listen": listen,
-                    "certificate": "blocklist xot cert (PEM)"}}
+    return {"xot": details(core.store.xot_cert(), core.settings)}
 
 
 @isp.command("add")
@@ -674,6 +668,17 @@ def isp_show(ctx: Context, name: str) -> None:
     """One ISP as JSON (no secrets), with the XoT certificate pin."""
     core = ctx.core()
     click.echo(json.dumps({**core.isps.get(name).public(core.latest_version()), **_xot_details(core)}, indent=2))
+
+
+@isp.command("mode")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(["tsig", "address-only"]))
+@click.option("--reason", default="")
+@pass_ctx
+def isp_mode(ctx: Context, name: str, mode: str, reason: str) -> None:
+    """Switch how NAME's zone transfers are authenticated: tsig (a new key, printed once) or
+    address-only (the weaker mode: its key stops working, its --allow-from list is the only gate)."""
+    click.echo(json.dumps(ctx.core().isps.set_transfer_auth(cli_actor(), name, mode, reason), indent=2))
 
 
 @isp.command("list")

@@ -270,6 +270,31 @@ class Isps:
                      expect=isp.version)
         return self.get(name)
 
+    def set_transfer_auth(self, actor: Actor, name: str, mode: Any, reason: str = "") -> dict[str, Any]:
+        """Switch an ISP between ``tsig`` (a new key, shown this once) and ``address-only``
+        (its key is dropped at once; its address list, required, becomes the only gate)."""
+        actor.require("isp.manage")
+        if mode not in ("tsig", "address-only"):
+            raise ValidationError("the transfer mode is tsig or address-only")
+        isp = self.get(name)
+        if not isp.active:
+            raise ConflictError(f"{name} is revoked")
+        current = "address-only" if isp.address_only else "tsig"
+        if mode == current:
+            raise ConflictError(f"{name} already transfers in {mode} mode")
+        out: dict[str, Any] = {"name": name, "transfer_auth": mode}
+        if mode == "address-only":
+            _check_address_only(isp.allow_from)
+            fields = {"address_only": "1", "tsig_name": "", "tsig_secret": ""}
+        else:
+            secret = base64.b64encode(secrets.token_bytes(32)).decode()
+            fields = {"address_only": "0", "tsig_name": f"{name}.tsig.", "tsig_secret": secret}
+            out.update(tsig_key_name=f"{name}.tsig.", tsig_algorithm=TSIG_ALGORITHM, tsig_secret=secret)
+        self._change(actor, name, "isp.transfer_auth", fields, {"transfer_auth": current},
+                     {"transfer_auth": mode, "tsig_key_name": fields["tsig_name"] or None},
+                     clean_text(reason, "reason"), expect=isp.version)
+        return out
+
     def rotate(self, actor: Actor, name: str, *, token: bool = True, tsig: bool = False,
                reason: str = "") -> dict[str, Any]:
         """New feed token and/or TSIG secret; the old ones stop working at once."""

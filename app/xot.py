@@ -129,3 +129,29 @@ def server_context(cert: XotCertificate) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"cannot load the XoT certificate {cert.cert_file} and key {cert.key_file}: {e}") from e
     return ctx
+
+
+def certificate_name(pem: str) -> str | None:
+    """The first name the certificate is for (subjectAltName, else its common name): the one ISPs check."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n.value) for n in alt if isinstance(n, (x509.DNSName, x509.IPAddress))]
+        if names:
+            return names[0]
+    except x509.ExtensionNotFound:
+        pass
+    common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else None
+
+
+def details(pem: str | None, settings: Settings) -> dict[str, str | None] | None:
+    """What an ISP needs to check our XoT server (None until a transfer server has served XoT):
+    the SPKI pin and name of the certificate served (read from it, so any host shows the same),
+    and where this host's settings say it listens."""
+    if pem is None:
+        return None
+    listen = settings.xot_listen
+    return {"spki_pin_sha256": spki_pin(pem), "name": certificate_name(pem),
+            "listen": (f"[{listen[0]}]:{listen[1]}" if ":" in listen[0] else f"{listen[0]}:{listen[1]}")
+            if listen else None}

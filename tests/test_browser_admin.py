@@ -157,3 +157,32 @@ def test_an_appeal_from_the_stop_page_lets_a_vetter_suspend_the_entry(
     expect(vera.get_by_role("status").first).to_contain_text("under review: the entry is suspended")
     expect(vera.get_by_role("heading", level=1)).to_contain_text("reviewing")
     assert core.curation.get(entry.id).status == "suspended"
+
+
+def test_an_admin_registers_an_address_only_isp_and_sees_the_weaker_mode_and_the_xot_pin(
+    pages: Pages, core: Core, personas: Personas
+) -> None:
+    from app.xot import self_signed, spki_pin
+
+    pem = self_signed("xfr.example.org")[0].decode()
+    core.store.set_xot_cert(pem)  # as the transfer server does when it serves XoT
+    ada = pages.signed_in(personas.ada)
+    ada.goto("/isps")
+    ada.get_by_label("Name (lower-case letters, digits, dashes)").fill("bind-isp")
+    ada.get_by_role("button", name="Add and show its credentials").click()
+    ada.goto("/isps")
+    ada.get_by_label("Name (lower-case letters, digits, dashes)").fill("bind-isp")
+    ada.get_by_label("Address only, no TSIG key", exact=False).check()
+    ada.get_by_role("button", name="Add and show its credentials").click()
+    expect(ada.get_by_text("needs at least one allowed address")).to_be_visible()
+    assert core.isps.get("bind-isp").tsig_secret, "the first registration (with a key) is unchanged"
+    ada.get_by_label("Name (lower-case letters, digits, dashes)").fill("unbound-isp")
+    ada.get_by_label("Allowed addresses for zone transfers", exact=False).fill("192.0.2.53")
+    ada.get_by_label("Address only, no TSIG key", exact=False).check()
+    ada.get_by_role("button", name="Add and show its credentials").click()
+    expect(ada.get_by_text("TSIG secret")).to_have_count(0)
+    ada.goto("/isps/bind-isp")
+    expect(ada.locator(".transfer-auth")).to_contain_text("TSIG key required")
+    ada.goto("/isps/unbound-isp")
+    expect(ada.locator(".transfer-auth")).to_contain_text("Address only, no TSIG key: the weaker mode")
+    expect(ada.locator(".xot-pin")).to_have_text(spki_pin(pem))

@@ -154,6 +154,22 @@ def test_address_only_is_an_explicit_audited_mode_that_needs_an_address_list(cor
     assert r.returncode == 1 and "address-only" in r.stderr
     record = json.loads(run(settings, "audit", "show", "--action", "isp.add", "--target", "isp:unbound-isp").stdout)
     assert record["after"]["transfer_auth"] == "address-only"
+    # An ISP registered before this mode existed is switched explicitly, and back.
+    assert run(settings, "isp", "add", "old-unbound").returncode == 0
+    r = run(settings, "isp", "mode", "old-unbound", "address-only")
+    assert r.returncode == 1 and "needs at least one allowed address" in r.stderr
+    assert core.isps.get("old-unbound").tsig_secret, "a refused switch changes nothing"
+    core.isps.update(SYSTEM, "old-unbound", allow_from=["198.51.100.53"])
+    r = run(settings, "isp", "mode", "old-unbound", "address-only", "--reason", "Unbound cannot sign")
+    assert r.returncode == 0, r.stderr
+    assert (core.isps.get("old-unbound").address_only, core.isps.get("old-unbound").tsig_secret) == (True, "")
+    r = run(settings, "isp", "mode", "old-unbound", "tsig")
+    assert r.returncode == 0, r.stderr
+    assert core.isps.get("old-unbound").tsig_secret == json.loads(r.stdout)["tsig_secret"]
+    assert not core.isps.get("old-unbound").address_only
+    switches = run(settings, "audit", "show", "--action", "isp.transfer_auth").stdout.splitlines()
+    assert len(switches) == 2
+    assert "tsig_secret" not in "".join(switches), "secrets never enter the audit log"
 
 
 def test_settings_commands(core: Core, settings: Settings) -> None:

@@ -141,6 +141,27 @@ def test_tsig_failures_alert_but_other_refusals_do_not(tmp_path: Path) -> None:
     ])
 
 
+def test_replays_and_floods_at_the_transfer_server_alert_but_a_few_do_not(tmp_path: Path) -> None:
+    run_rule_tests(tmp_path, [
+        {
+            "interval": "1m",
+            "input_series": [
+                {"series": f'blocklist_xfr_refusals_total{{reason="rate",{XFRD}}}', "values": "0+10x30"},
+                {"series": f'blocklist_xfr_refusals_total{{reason="replay",{XFRD}}}', "values": "0+0x30"},
+            ],
+            "alert_rule_test": [alert("BlocklistTransferAbuse", "20m", fired(
+                {"severity": "warning", "reason": "rate", "instance": "dns1:9153"},
+                summary="150 transfer-server refusals (rate) on dns1:9153 in 15 minutes"))],
+        },
+        {
+            "interval": "1m",
+            "input_series": [{"series": f'blocklist_xfr_refusals_total{{reason="idle",{XFRD}}}',
+                              "values": "0+1x30"}],
+            "alert_rule_test": [alert("BlocklistTransferAbuse", "20m")],
+        },
+    ])
+
+
 def test_a_transfer_server_serving_an_old_serial_alerts(tmp_path: Path) -> None:
     run_rule_tests(tmp_path, [{
         "interval": "1m",

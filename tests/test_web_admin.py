@@ -304,10 +304,17 @@ def test_the_isp_page_says_in_one_line_how_transfers_are_authenticated_and_shows
     assert ada.get("/isps/xot-certificate.pem").status_code == 404
     pem = self_signed("xfr.example.org")[0].decode()
     core.store.set_xot_cert(pem)
-    assert spki_pin(pem) in text(ada.get("/isps/bind-isp"))
+    page = text(ada.get("/isps/bind-isp"))
+    assert spki_pin(pem) in page
+    assert "name <code>xfr.example.org</code>" in page, "the name ISPs check is the certificate's"
     cert = ada.get("/isps/xot-certificate.pem")
     assert cert.status_code == 200
     assert cert.get_data(as_text=True) == pem
+    api = app.test_client().get("/api/v1/isps/unbound-isp", headers=personas.ada.headers).json
+    assert (api["transfer_auth"], api["tsig_key_name"]) == ("address-only", None)
+    assert api["xot"]["spki_pin_sha256"] == spki_pin(pem)
+    outsider = app.test_client().get("/isps/xot-certificate.pem")
+    assert outsider.status_code in (302, 303, 401), "only signed-in staff download it here"
 
 
 def test_isps_behind_the_latest_version_are_shown(app, core: Core, personas: Personas) -> None:

@@ -601,3 +601,24 @@ def test_access_is_rebuilt_from_the_isps(core: Core, personas: Personas) -> None
     assert [(i.name, t) for i, t in access.notify] == [("acme", "192.0.2.53:53")]
     assert {n.to_text() for n in access.keys} == {"acme.tsig."}
     assert {n.to_text() for n in access.revoked} == {"gone.tsig."}
+
+
+def test_per_address_limits_group_an_ipv6_host_by_its_slash_64_and_forget_idle_buckets() -> None:
+    from workers.xfrd import AddressLimits
+
+    now = [0.0]
+    limits = AddressLimits(max_connections=2, rate=1.0, burst=2, clock=lambda: now[0])
+    assert limits.open("2001:db8:1:2::1") and limits.open("2001:db8:1:2:ffff::9")
+    assert not limits.open("2001:db8:1:2::77"), "one /64 is one host's budget"
+    assert limits.open("2001:db8:1:3::1"), "the next /64 is another"
+    assert limits.open("::ffff:192.0.2.1") and limits.open("192.0.2.1")
+    assert not limits.open("192.0.2.1"), "an IPv4-mapped address is the IPv4 address"
+    limits.close("192.0.2.1")
+    assert limits.open("192.0.2.1")
+    assert [limits.query("198.51.100.1") for _ in range(3)] == [True, True, False]
+    now[0] = 1.0
+    assert limits.query("198.51.100.1"), "the bucket refills at the rate"
+    limits.MAX_TRACKED = 1
+    now[0] = 100.0
+    assert limits.query("198.51.100.2")
+    assert list(limits.buckets) == ["198.51.100.2"], "full buckets are forgotten"

@@ -147,6 +147,19 @@ def test_bad_xot_settings_stop_with_the_variable_name(tmp_path: Path) -> None:
     assert Settings.from_env({}).xot_listen is None, "XoT is off unless asked for"
 
 
+def test_xfrd_with_a_missing_certificate_file_stops_with_one_sentence_and_serves_nothing(
+        xot_settings: Settings, tmp_path: Path) -> None:
+    s = xot_settings
+    env = {**os.environ, "BLOCKLIST_REDIS_URL": str(s.redis_url), "BLOCKLIST_DATA_DIR": str(s.data_dir),
+           "BLOCKLIST_DNS_LISTEN": f"127.0.0.1:{s.dns_listen[1]}", "BLOCKLIST_XFRD_METRICS_LISTEN": "",
+           "BLOCKLIST_XOT_CERT_FILE": str(tmp_path / "missing.crt"), "BLOCKLIST_XOT_KEY_FILE": str(tmp_path / "k")}
+    r = subprocess.run([sys.executable, "-m", "app.cli", "xfrd", "--xot", f"127.0.0.1:{free_port()}"], env=env,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"blocklist: BLOCKLIST_XOT_CERT_FILE: {tmp_path / 'missing.crt'} does not exist"
+    assert "listening" not in r.stdout, "no listener was opened"
+
+
 def test_the_blocklist_xfrd_process_serves_xot_with_the_xot_option(
         xot_settings: Settings, core: Core, personas: Personas, acme: dict[str, Any]) -> None:
     listed(core, personas, ENTRIES)

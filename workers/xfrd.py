@@ -563,6 +563,10 @@ class XfrServer:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.settings.xot_listen is not None:  # a bad certificate stops the start before any listener
+            cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
+            self._tls = server_context(cert)
+            self.xot_certificate = cert
         host, port = self.settings.dns_listen
         self.tcp = await asyncio.start_server(self._tcp, host, port, reuse_address=True,
                                               limit=70_000, backlog=256)
@@ -577,10 +581,8 @@ class XfrServer:
             await self._start_xot(self.settings.xot_listen)
 
     async def _start_xot(self, listen: tuple[str, int]) -> None:
-        assert self.loop is not None
-        cert = await self.loop.run_in_executor(None, ensure_certificate, self.settings)
-        self._tls = server_context(cert)
-        self.xot_certificate = cert
+        cert = self.xot_certificate
+        assert cert is not None
         host, port = listen
         # The TLS handshake runs inside the connection handler, after the
         # per-address limits, so a failed one is logged and counted.
@@ -723,7 +725,10 @@ class XfrServer:
                     if left <= 0:
                         raise TimeoutError
                     head = await asyncio.wait_for(reader.readexactly(2), left)
-                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")), idle)
+                    # The rest of the message within the same budget (a second at least, for a signed
+                    # request that arrives just as it runs out).
+                    wire = await asyncio.wait_for(reader.readexactly(int.from_bytes(head, "big")),
+                                                  max(1.0, idle - (self.loop.time() - trusted_at)))
                 except TimeoutError:
                     if unsigned:
                         self.refuse(peer, "idle", "closed a %s connection from %s after %.0f s without an "

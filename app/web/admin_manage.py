@@ -249,15 +249,10 @@ def isp(name: str) -> Any:
 
 def _xot() -> dict[str, Any] | None:
     """The XoT certificate's pin, name and address, once a transfer server has served it."""
-    from app.xot import spki_pin
+    from app.xot import details
 
     c = core()
-    pem = c.store.xot_cert()
-    if pem is None:
-        return None
-    s = c.settings
-    return {"pin": spki_pin(pem), "name": s.xot_name,
-            "listen": f"{s.xot_listen[0]}:{s.xot_listen[1]}" if s.xot_listen else None}
+    return details(c.store.xot_cert(), c.settings)
 
 
 @bp.get("/isps/xot-certificate.pem")

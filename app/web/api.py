@@ -415,13 +415,19 @@ def add_isp() -> Any:
     d = body()
     created = core().isps.add(actor(), d.get("name"), d.get("notify"), d.get("allow_from"), d.get("reason", ""),
                               address_only=d.get("address_only", False))
-    return jsonify(created), 201
+    return jsonify({**created, "xot": _xot()}), 201
+
+
+def _xot() -> dict[str, Any] | None:
+    from app.xot import details
+
+    return details(core().store.xot_cert(), core().settings)
 
 
 @bp.get("/isps/<name>")
 def get_isp(name: str) -> Any:
     actor().require("isp.read")
-    return jsonify(core().isps.get(name).public(core().latest_version()))
+    return jsonify({**core().isps.get(name).public(core().latest_version()), "xot": _xot()})
 
 
 @bp.patch("/isps/<name>")

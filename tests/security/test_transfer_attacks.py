@@ -163,14 +163,15 @@ def test_an_isp_registered_address_only_is_the_one_explicit_way_to_transfer_unsi
 def test_one_address_cannot_hold_more_than_its_share_of_connections(
         dns_settings: Settings, core: Core, acme: dict[str, Any], version: int,
         caplog: pytest.LogCaptureFixture) -> None:
-    with serve(dns_settings, core, version, dns_max_connections=6, dns_max_connections_per_address=3) as t:
+    share = 16  # the default of BLOCKLIST_DNS_MAX_CONNECTIONS_PER_ADDRESS
+    with serve(dns_settings, core, version) as t:
         wait_for(lambda: soa_serial(t.port) == version)
         time.sleep(0.5)  # the SOA polls above (over TCP) are closed on the server side too
-        held = [connect(t.port) for _ in range(3)]
+        held = [connect(t.port) for _ in range(share)]
         try:
             time.sleep(0.2)
             extra = connect(t.port)
-            assert closed_by_server(extra, 2.0), "a fourth connection from the same address is closed at once"
+            assert closed_by_server(extra, 2.0), "one more connection from the same address is closed at once"
             extra.close()
             # Another address still has room and is served.
             out = kdig(t.port, "-y", tsig(acme), "-b", OTHER, "AXFR", ZONE)
@@ -216,16 +217,16 @@ def test_unsigned_soa_queries_do_not_keep_a_connection_open(
 
 def test_a_flood_of_udp_queries_from_one_address_is_cut_while_others_are_answered(
         dns_settings: Settings, core: Core, version: int, acme: dict[str, Any]) -> None:
-    with serve(dns_settings, core, version, dns_queries_per_second=20.0, dns_query_burst=20) as t:
+    with serve(dns_settings, core, version) as t:  # the defaults: 20 a second, bursts of 40
         wait_for(lambda: soa_serial(t.port) == version)
-        time.sleep(1.2)  # the bucket refills after the start-up probes
+        time.sleep(2.5)  # the bucket refills after the start-up probes
         q = dns.message.make_query(ZONE, "SOA")
         q.use_tsig(key_of(acme))
         answered = 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
-            s.settimeout(0.05)
-            for _ in range(200):
+            s.settimeout(1.0)  # answers wait in the socket buffer; this only ends the count
+            for _ in range(300):
                 q.id = (q.id + 1) & 0xFFFF
                 q.use_tsig(key_of(acme), original_id=q.id)
                 s.sendto(q.to_wire(), ("127.0.0.1", t.port))
@@ -235,13 +236,13 @@ def test_a_flood_of_udp_queries_from_one_address_is_cut_while_others_are_answere
                     answered += 1
             except TimeoutError:
                 pass
-        assert 15 <= answered <= 40, answered
+        assert 35 <= answered <= 90, answered
         other = dns.message.make_query(ZONE, "SOA")
         other.use_tsig(key_of(acme))
         r = dns.query.udp(other, "127.0.0.1", port=t.port, source=OTHER, timeout=2)
         assert r.answer, "another address is still answered"
         assert t.server is not None
-        assert t.server.metrics.refusals.labels("rate")._value.get() >= 150
+        assert t.server.metrics.refusals.labels("rate")._value.get() >= 200
 
 
 def test_an_unsigned_udp_query_gets_no_answer_larger_than_itself(

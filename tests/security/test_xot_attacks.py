@@ -184,3 +184,16 @@ def test_half_open_tls_handshakes_from_one_address_cannot_fill_the_server(
         wait_for(lambda: refusals(caplog, "tls"))
     finally:
         t.__exit__()
+
+
+def test_a_stolen_key_used_over_tls_from_outside_its_isps_addresses_is_refused(
+        core: Core, personas: Personas, xot_settings: Settings, xot: ServerThread,
+        caplog: pytest.LogCaptureFixture) -> None:
+    beta = core.isps.add(personas.ada.actor, "beta", allow_from=["192.0.2.0/24"])
+    wait_for(lambda: xot.server is not None and len(xot.server.access.keys) == 2, timeout=6)
+    ca = xot_settings.data_dir / "xot" / "cert.pem"
+    out = kdig(xot.xot_port, "-y", tsig(beta), "+tls", f"+tls-ca={ca}", f"+tls-hostname={XOT_NAME}", "AXFR", ZONE)
+    assert "REFUSED" in out.stdout + out.stderr
+    assert not [r for r in records(out.stdout) if r[1] == "CNAME"], "the address list applies over TLS too"
+    line = refusals(caplog, "acl")[0]
+    assert line.peer == "127.0.0.1"
