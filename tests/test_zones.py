@@ -316,3 +316,67 @@ def test_publications_faster_than_the_grace_force_fold_steps_while_the_needed_de
     # old one forgotten 20 versions after that.
     assert all(b - a >= 20 for (a, _), (b, phase) in pairwise(moves) if phase != "announced")
     assert max(v - lay.covers[0] for v, lay in enumerate(layouts, start=1)) < 90, "the deltas it needs are kept"
+
+
+def test_unbound_loads_a_served_zone_with_zonemd_check_and_refuses_an_altered_copy(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas, clock: FakeClock,
+        resolver: dict[str, Any]) -> None:
+    unbound, checkconf = require_binary("unbound"), require_binary("unbound-checkconf")
+    churn(core, personas, clock, 2)
+    latest = core.publisher.latest()
+    assert latest is not None
+    with ServerThread(dns_settings, core.store) as xfrd:
+        wait_for(lambda: serial_of(xfrd.port, OVERLAY) == int(latest["version"]))
+        text = _axfr_text(xfrd.port, OVERLAY)
+    lines = text.splitlines()
+    victim = next(i for i, line in enumerate(lines) if "CNAME" in line and "canary" not in line)
+    altered = "\n".join(lines[:victim] + lines[victim + 1:]) + "\n"
+    for name, content, loads in (("good", text, True), ("altered", altered, False)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "zone").write_text(content)
+        port = free_port()
+        conf = d / "unbound.conf"
+        conf.write_text(f"""
+server:
+    interface: 127.0.0.1
+    port: {port}
+    do-ip6: no
+    chroot: ""
+    username: ""
+    directory: "{d}"
+    pidfile: "{d}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    access-control: 127.0.0.0/8 allow
+auth-zone:
+    name: "{OVERLAY}"
+    zonefile: "{d}/zone"
+    zonemd-check: yes
+    zonemd-reject-absence: yes
+    for-upstream: yes
+    for-downstream: yes
+remote-control:
+    control-enable: no
+""")
+        check = subprocess.run([checkconf, str(conf)], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        log = d / "unbound.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([unbound, "-d", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+            try:
+                def answer(port: int = port) -> dns.message.Message | None:
+                    try:
+                        return dns.query.udp(dns.message.make_query(f"version.canary.{OVERLAY}", "TXT"),
+                                             "127.0.0.1", port=port, timeout=0.5)
+                    except (dns.exception.Timeout, OSError):
+                        return None
+                r = wait_for(answer, timeout=10, step=0.1)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        served = bool(r.answer)
+        assert served == loads, (name, r, log.read_text()[-1500:])
+        if not loads:
+            assert "ZONEMD" in log.read_text(), log.read_text()[-1500:]
