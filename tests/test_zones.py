@@ -8,6 +8,7 @@ them) and checked with ``Zone.verify_digest()`` and with the stock
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import subprocess
@@ -380,3 +381,75 @@ remote-control:
         assert served == loads, (name, r, log.read_text()[-1500:])
         if not loads:
             assert "ZONEMD" in log.read_text(), log.read_text()[-1500:]
+
+
+def test_a_knot_secondary_with_zonemd_verify_takes_every_version_of_both_zones_by_axfr_then_ixfr(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas, clock: FakeClock) -> None:
+    knotd = require_binary("knotd")
+    port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{port}"])
+    ids = listed(core, personas, {f"seed{i}.example": i % 2 == 0 for i in range(8)})
+    v1 = publish(core).version
+    with ServerThread(replace(dns_settings, notify_retries=6, notify_timeout=0.5), core.store) as xfrd:
+        zones = "".join(f"""
+  - domain: {zone}
+    master: primary
+    acl: [notify]
+    zonemd-verify: on
+""" for zone in (OVERLAY, ZONE))
+        conf = tmp_path / "knot.conf"
+        conf.write_text(f"""
+server:
+    rundir: "{tmp_path}"
+    listen: 127.0.0.1@{port}
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "{tmp_path}/db"
+key:
+  - id: {acme['tsig_key_name']}
+    algorithm: hmac-sha256
+    secret: {acme['tsig_secret']}
+remote:
+  - id: primary
+    address: 127.0.0.1@{xfrd.port}
+    key: {acme['tsig_key_name']}
+acl:
+  - id: notify
+    address: 127.0.0.1
+    key: {acme['tsig_key_name']}
+    action: notify
+template:
+  - id: default
+    storage: "{tmp_path}/zones"
+zone:{zones}""")
+        (tmp_path / "zones").mkdir()
+        log = tmp_path / "knot.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([knotd, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+            try:
+                def knot_serial(zone: str) -> int | None:
+                    return serial_of(port, zone)
+
+                wait_for(lambda: knot_serial(OVERLAY) == v1 and knot_serial(ZONE) == v1, timeout=20, step=0.1)
+                version = v1
+                for r in range(6):
+                    listed(core, personas, {f"round{r}.example": True})
+                    core.curation.act(personas.bruno.actor, ids[f"seed{r}.example"], "delist", "gone")
+                    clock.advance(GRACE * 0.6)
+                    version = publish(core).version
+                    wait_for(lambda v=version: knot_serial(OVERLAY) == v, timeout=10, step=0.05)
+                base = soa_serial(xfrd.port)
+                wait_for(lambda: knot_serial(ZONE) == base, timeout=10, step=0.05)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    text = log.read_text()
+    assert base is not None and base > v1, "a fold moved the base"
+    ixfrs = re.findall(r"\[(\S+)\] IXFR, incoming, remote \S+, finished", text)
+    assert {OVERLAY, ZONE} <= set(ixfrs), text[-3000:]
+    checked = re.findall(r"\[(\S+)\] ZONEMD, verification successful", text)
+    assert checked.count(OVERLAY) >= 7, "the first version and every later one, each verified"
+    assert checked.count(ZONE) >= 2
+    assert not re.search(r"ZONEMD, verification failed|ZONEMD.*(mismatch|invalid)", text), text[-3000:]
