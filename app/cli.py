@@ -5,6 +5,12 @@ variables, see ``deploy/env.example``). Without ``BLOCKLIST_REDIS_URL`` the
 commands use the embedded Redis of ``--data-dir``: the one a running
 ``blocklist serve`` started, or one started just for the command.
 
+No command but the first start of ``serve`` creates a data directory or an
+embedded store, and only ``serve`` (first start) and ``keys init`` make a
+signing key: a command pointed at a data directory that holds no store, or
+at a Redis that holds no programme, says what it expected and exits 1.
+Only the publisher signs: ``publish`` asks it and waits for its answer.
+
 User mistakes end with one sentence on stderr and a non-zero exit status:
 1 for a refused or failed action, 2 for a malformed command line.
 """
@@ -32,6 +38,7 @@ from app.core import Core
 from app.domain import Actor, Role
 from app.embedded import EmbeddedRedis
 from app.errors import BlocklistError, ConfigError
+from app.publishing import no_publisher_message
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -71,16 +78,32 @@ class Context:
     def redis_dir(self) -> Path:
         return self.settings.data_dir / "redis"
 
-    def core(self) -> Core:
+    def core(self, *, programme: bool = True) -> Core:
+        """The service objects; with ``programme``, refuse a store that holds none."""
         if self._core is None:
             s = self.settings
-            if not s.redis_url:
+            if s.redis_url:
+                where = f"the Redis at {shown_url(s.redis_url)}"
+            else:
                 s = replace(s, redis_url=self._embedded_url())
-            self._core = Core.from_settings(s)
-            self._core.store.ping()
+                where = f"the store in {s.data_dir.resolve()}"
+            core = Core.from_settings(s)
+            core.store.ping()
+            if programme and core.store.keys_raw() is None and not core.users.exists_any():
+                fail(f"{where} holds no blocklist programme (no signing key recorded, no users): check "
+                     "BLOCKLIST_REDIS_URL or --data-dir (`blocklist serve` makes a programme on first start, "
+                     "`blocklist keys init` on a new Redis)")
+            self._core = core
         return self._core
 
     def _embedded_url(self) -> str:
+        data_dir = self.settings.data_dir.resolve()
+        if not data_dir.is_dir():
+            fail(f"there is no data directory {data_dir}: give --data-dir or BLOCKLIST_DATA_DIR, set "
+                 "BLOCKLIST_REDIS_URL, or run `blocklist serve` once to make one")
+        if not (self.redis_dir / "redis.conf").is_file():
+            fail(f"{data_dir} holds no blocklist store (no {self.redis_dir / 'redis.conf'}): give the data "
+                 "directory of a `blocklist serve`, or set BLOCKLIST_REDIS_URL")
         server = EmbeddedRedis(self.redis_dir)
         if server.socket_path.exists():
             try:
@@ -97,6 +120,20 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be printed: without its password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "BLOCKLIST_REDIS_URL"
+    return url
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,9 +238,9 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, xot_addr: st
         s = replace(s, redis_url=redis_url)
         ctx._settings = s
         core = Core.from_settings(s)
+        _programme_key(core)
         secret_file = bootstrap.ensure_secret_file(s.data_dir / "secret_key")
         first = bootstrap.first_start(core)
-        _ensure_keys(core)
         xot_pin = None
         if s.xot_listen is not None:  # made here, before the transfer server starts and reads it
             from app.xot import ensure_certificate
@@ -250,11 +287,25 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, xot_addr: st
     sys.exit(exit_code)
 
 
-def _ensure_keys(core: Core) -> Any:
-    """Load the signing key, creating it on first start."""
-    from app import signing
+def _programme_key(core: Core) -> None:
+    """First start records (and if need be makes) the programme's key; later
+    starts need this host's copy of the key the store names."""
+    from app.domain import SYSTEM
+    from app.keys import Keyring
 
-    return signing.ensure_key(core.settings.signing_key_file)
+    ring = Keyring(core.store, core.settings.signing_key_file, core.clock)
+    rec = ring.record()
+    if rec is None:
+        rec, made = ring.init(SYSTEM, "first start of blocklist serve")
+        if made:
+            click.echo(f"first start: made the signing key {rec.current.key_id} ({core.settings.signing_key_file})")
+        else:
+            click.echo(f"recorded the signing key {rec.current.key_id} ({core.settings.signing_key_file}) "
+                       "as the programme's key")
+        return
+    if ring.local_key(rec.current.key_id) is None:
+        fail(f"the programme's signing key {rec.current.key_id} is not in {core.settings.signing_key_file}: "
+             "copy the programme's key file there (serve never makes a second key)")
 
 
 @cli.command()
@@ -538,34 +589,64 @@ def xfrd(ctx: Context, xot_addr: str | None) -> None:
 # --------------------------------------------------------------------------- publication
 
 
-def _print_outcome(outcome: Any) -> None:
-    if outcome.status == "published":
-        click.echo(f"published version {outcome.version} "
-                   f"(+{outcome.diff['added']} -{outcome.diff['removed']} ~{outcome.diff['changed']}, "
-                   f"{outcome.timings.get('total', 0):.2f} s)")
-        click.echo(str(outcome.version))
-    elif outcome.status == "held":
-        fail(f"publication held, not published: {outcome.message}. "
+def _print_outcome(outcome: dict[str, Any]) -> None:
+    status = outcome.get("status")
+    version = outcome.get("version")
+    if status == "published":
+        c = outcome.get("changes") or {}
+        click.echo(f"published version {version} (+{c.get('added', 0)} -{c.get('removed', 0)} "
+                   f"~{c.get('changed', 0)})")
+        click.echo(str(version))
+    elif status == "held":
+        fail(f"publication held, not published: {outcome.get('message')}. "
              "An admin can release it: blocklist publications release --reason ...")
-    elif outcome.status == "busy":
-        fail(outcome.message)
+    elif status in ("unchanged", "refreshed"):
+        click.echo(f"{outcome.get('message')}; version {version} stays current")
+        if version:
+            click.echo(str(version))
     else:
-        click.echo(f"{outcome.message}; version {outcome.version} stays current")
-        if outcome.version:
-            click.echo(str(outcome.version))
+        fail(str(outcome.get("message") or f"the publisher answered {status}"))
+
+
+#: How long ``publish`` waits for a publisher that took the request to finish.
+PUBLISH_RUN_LIMIT = 1800
+
+
+def _ask_publisher(core: Core, reason: str, timeout: int | None, *, force: bool = False,
+                   full: bool = False) -> dict[str, Any]:
+    """Queue a publish request and wait for the publisher's answer."""
+    pub = core.publisher
+    limit = timeout or core.settings.publish_answer_timeout
+    request_id = pub.request(cli_actor(), reason, force=force, full=full, timeout=limit)
+    started = time.monotonic()
+    while True:
+        result = pub.answer(request_id, timeout=limit)
+        if result is None:
+            fail("the publication request was lost (was the store flushed?)")
+        status = result.get("status")
+        if status == "unanswered":
+            fail(no_publisher_message(limit))
+        if status not in ("requested", "working"):
+            return result
+        if time.monotonic() - started > PUBLISH_RUN_LIMIT:
+            fail(f"the publisher took the request but gave no answer within {PUBLISH_RUN_LIMIT // 60} min; "
+                 "see the worker's log")
+        time.sleep(0.2)
 
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Publish a new version even if nothing changed.")
 @click.option("--full", is_flag=True, help="Rebuild from every entry instead of the change feed.")
 @click.option("--reason", default="")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=None, metavar="SECONDS",
+              help="How long to wait for a publisher to take the request (BLOCKLIST_PUBLISH_ANSWER_TIMEOUT, 30).")
 @pass_ctx
-def publish(ctx: Context, force: bool, full: bool, reason: str) -> None:
-    """Publish now; prints the version."""
-    core = ctx.core()
-    core.publisher._key = _ensure_keys(core)
-    _print_outcome(core.publisher.publish(actor=cli_actor(), reason=reason, force=force, full=full,
-                                          wait_lock=60))
+def publish(ctx: Context, force: bool, full: bool, reason: str, timeout: int | None) -> None:
+    """Ask the running publisher to publish now; prints the version.
+
+    Only the publisher (`blocklist worker`, or `serve`) holds the signing key:
+    this command queues a request in the store and waits for its answer."""
+    _print_outcome(_ask_publisher(ctx.core(), reason, timeout, force=force, full=full))
 
 
 @cli.group()
@@ -616,16 +697,95 @@ def publications_preview(ctx: Context) -> None:
 
 @cli.group()
 def keys() -> None:
-    """The publication signing key."""
+    """The programme's signing keys (recorded in the store; secret keys stay on publisher hosts)."""
+
+
+def _keyring(core: Core) -> Any:
+    from app.keys import Keyring
+
+    return Keyring(core.store, core.settings.signing_key_file, core.clock)
+
+
+@keys.command("init")
+@click.option("--reason", default="")
+@pass_ctx
+def keys_init(ctx: Context, reason: str) -> None:
+    """Start a programme on this store: record this host's key (made if
+    BLOCKLIST_SIGNING_KEY_FILE does not exist). Never replaces a recorded key."""
+    core = ctx.core(programme=False)
+    rec, made = _keyring(core).init(cli_actor(), reason)
+    file = core.settings.signing_key_file
+    if made:
+        click.echo(f"made the signing key {rec.current.key_id} in {file} and recorded it as the programme's key",
+                   err=True)
+    else:
+        click.echo(f"recorded the key {rec.current.key_id} in {file} as the programme's key", err=True)
+    click.echo(rec.current.public().text(), nl=False)
 
 
 @keys.command("show")
+@click.option("--next", "show_next", is_flag=True, help="Print the announced next key instead.")
 @pass_ctx
-def keys_show(ctx: Context) -> None:
-    """Print the public key in minisign format (give it to ISPs to pin)."""
-    from app.signing import ensure_key
+def keys_show(ctx: Context, show_next: bool) -> None:
+    """Print the programme's public key in minisign format (its comment names
+    the key id): the key ISPs pin, read from the store, the same on every host."""
+    rec = _keyring(ctx.core()).require()
+    if show_next:
+        if rec.next is None:
+            fail("no next key is announced (blocklist keys rotate starts a rotation)")
+        click.echo(rec.next.public().text(), nl=False)
+        return
+    click.echo(rec.current.public().text(), nl=False)
 
-    click.echo(ensure_key(ctx.settings.signing_key_file).public.text(), nl=False)
+
+@keys.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def keys_status(ctx: Context, as_json: bool) -> None:
+    """The current key, the announced next key and when it takes over, and retired keys."""
+    rec = _keyring(ctx.core()).require()
+    if as_json:
+        click.echo(json.dumps(json.loads(rec.to_json()), indent=2))
+        return
+    click.echo(f"current: {rec.current.key_id} (since {rec.current.created_at})")
+    if rec.next is not None:
+        click.echo(f"next:    {rec.next.key_id} (announced {rec.next.created_at}, may sign from {rec.next_from})")
+    for k in rec.retired:
+        click.echo(f"retired: {k.key_id}")
+
+
+@keys.command("rotate")
+@click.option("--complete", is_flag=True, help="Make the announced next key current and retire the old one.")
+@click.option("--now", "early", is_flag=True, help="With --complete: do not wait for the end of the overlap.")
+@click.option("--reason", default="")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=None, metavar="SECONDS",
+              help="With --complete: how long to wait for the publisher to re-publish.")
+@pass_ctx
+def keys_rotate(ctx: Context, complete: bool, early: bool, reason: str, timeout: int | None) -> None:
+    """Rotate the signing key without a flag day (run it on the publisher host).
+
+    Without --complete: make the next key (BLOCKLIST_SIGNING_KEY_FILE.next)
+    and announce it in every manifest signed by the current key for
+    BLOCKLIST_KEY_ROTATION_OVERLAP seconds. With --complete: make it current,
+    retire the old key, and have the publisher publish a version signed by it."""
+    core = ctx.core()
+    ring = _keyring(core)
+    if early and not complete:
+        fail("--now goes with --complete", EXIT_USAGE)
+    if not complete:
+        rec = ring.rotate(cli_actor(), core.settings.key_rotation_overlap, reason)
+        assert rec.next is not None
+        click.echo(f"made the next key {rec.next.key_id} in {ring.key_file}.next; the publisher re-signs the "
+                   f"manifest with {rec.current.key_id} announcing it within a minute", err=True)
+        click.echo(f"it may sign from {rec.next_from}: then run `blocklist keys rotate --complete`", err=True)
+        click.echo("copy the .next file to every standby publisher host before then", err=True)
+        click.echo(rec.next.public().text(), nl=False)
+        return
+    rec = ring.complete(cli_actor(), early=early, reason=reason)
+    click.echo(f"key {rec.current.key_id} is now the programme's key; {rec.retired[-1].key_id} is retired",
+               err=True)
+    result = _ask_publisher(core, "signing key rotated", timeout, force=True)
+    _print_outcome(result)
 
 
 # --------------------------------------------------------------------------- ISPs

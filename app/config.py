@@ -177,6 +177,10 @@ class Settings:
     retain_snapshots: int = 5
     retain_deltas: int = 100
     expire_interval: int = 60
+    # How long "publish now" waits for a publisher to take the request.
+    publish_answer_timeout: int = 30
+    # How long a next signing key is announced before it may sign.
+    key_rotation_overlap: int = 7 * 86400
 
     # Curation policy defaults (admins may override them at run time; see app.policy)
     reverify_days: int = 90
@@ -286,6 +290,8 @@ class Settings:
             retain_snapshots=env.whole("BLOCKLIST_RETAIN_SNAPSHOTS", 5, 1),
             retain_deltas=env.whole("BLOCKLIST_RETAIN_DELTAS", 100, 1),
             expire_interval=env.whole("BLOCKLIST_EXPIRE_INTERVAL", 60, 1),
+            publish_answer_timeout=env.whole("BLOCKLIST_PUBLISH_ANSWER_TIMEOUT", 30, 1, 3600),
+            key_rotation_overlap=env.whole("BLOCKLIST_KEY_ROTATION_OVERLAP", 7 * 86400, 0),
             reverify_days=env.whole("BLOCKLIST_REVERIFY_DAYS", 90, 1),
             require_other_agency=env.flag("BLOCKLIST_REQUIRE_OTHER_AGENCY", True),
             guard_remove_pct=env.number("BLOCKLIST_GUARD_REMOVE_PCT", 10.0, 0.0, 100.0),

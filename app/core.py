@@ -58,6 +58,8 @@ class Core:
         signer = self.store.signer_status()
         if signer is None:
             out["signing"] = (False, "no publisher holding the signing key has reported in the last 5 minutes")
+        elif signer.get("problem"):
+            out["signing"] = (False, f"the publisher cannot sign: {signer['problem']}")
         else:
             out["signing"] = (True, f"key {signer['key_id']} loaded by the publisher")
         m = self.store.pub_manifest()

@@ -230,6 +230,7 @@ class Publisher:
         self.clock = clock
         self.artifacts = ArtifactStore(settings.artifact_dir)
         self._key = key
+        self._reminded_at = 0.0
         self._state: ListState | None = None
         self.soa = SoaParams(
             zone=settings.rpz_zone, ttl=settings.rpz_ttl, refresh=settings.rpz_soa_refresh,
@@ -242,6 +243,79 @@ class Publisher:
         if self._key is None:
             self._key = load_key(self.settings.signing_key_file)
         return self._key
+
+    def signing_key(self) -> SecretKey:
+        """The key to sign with: this host's copy of the key the store names as
+        the programme's current key. Any other key is refused, so a stray
+        publisher with a key of its own can never sign a version."""
+        from app.keys import Keyring
+
+        ring = Keyring(self.store, self.settings.signing_key_file, self.clock)
+        rec = ring.record()
+        if rec is None:
+            raise PublicationError(
+                "the store names no programme signing key: run `blocklist keys init` on the publisher host"
+            )
+        want = rec.current.key_id
+        if self._key is not None and self._key.public.id_hex == want:
+            return self._key
+        key = ring.local_key(want)
+        if key is None:
+            mine = self._key.public.id_hex if self._key is not None else "none"
+            raise PublicationError(
+                f"this publisher's signing key ({mine}, {self.settings.signing_key_file}) is not the programme's "
+                f"current key {want}; refusing to sign (install the programme's key file on this host)"
+            )
+        if self._key is not None:
+            log.warning("signing key changed from %s to the programme's current key %s",
+                        self._key.public.id_hex, want)
+        self._key = key
+        return key
+
+    def check_key(self) -> bool:
+        """Report to /readyz whether this publisher can sign; True if it can."""
+        try:
+            key = self.signing_key()
+        except BlocklistError as e:
+            log.error("cannot sign: %s", e.message)
+            mine = self._key.public.id_hex if self._key is not None else ""
+            self.store.signer_report(mine, SIGNER_REPORT_TTL, problem=e.message)
+            return False
+        self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
+        self._remind_rotation()
+        return True
+
+    def _remind_rotation(self) -> None:
+        """Once an hour, say that an announced key may take over and is waiting for the operator."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        rec = ProgrammeKeys.from_json(raw) if raw else None
+        now = self.clock()
+        if rec is None or rec.next is None or rec.next_from_ts is None or now < rec.next_from_ts:
+            return
+        if now - self._reminded_at >= 3600:
+            self._reminded_at = now
+            log.warning("the announced key %s may sign since %s: run `blocklist keys rotate --complete` "
+                        "on the publisher host", rec.next.key_id, rec.next_from)
+
+    def _keys_changed(self, body: str | None) -> bool:
+        """The manifest in the store was signed by another key, or announces
+        another next key, than the store now names: re-sign it at once."""
+        if body is None:
+            return False
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return True
+        return bool(doc.get("key_id") != self.key.public.id_hex or doc.get("next_key") != self._key_announcement())
+
+    def _key_announcement(self) -> dict[str, str] | None:
+        """The next key, announced by the current key's signature over the manifest."""
+        from app.keys import ProgrammeKeys
+
+        raw = self.store.keys_raw()
+        return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     # ------------------------------------------------------------------ reads
 
@@ -464,6 +538,7 @@ class Publisher:
     def _publish_locked(self, token: str, *, actor: Actor, reason: str, force: bool,
                         full: bool) -> Outcome:
         t0 = time.perf_counter()
+        self._key = self.signing_key()
         timings: dict[str, float] = {}
         self.artifacts.clean_staging()
         latest = self.latest()
@@ -705,6 +780,10 @@ class Publisher:
             "snapshot": meta["snapshot"]["path"], "rpz": meta["rpz"]["path"],
             "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
         }
+        body["key_id"] = self.key.public.id_hex
+        announced = self._key_announcement()
+        if announced is not None:
+            body["next_key"] = announced
         text = json.dumps(body, indent=1) + "\n"
         fields = {"list": self.settings.list_name, "version": str(version), "file": "manifest.json",
                   "expires": expires}
@@ -736,6 +815,7 @@ class Publisher:
         latest_raw = self.store.pub_latest_raw()
         if not latest_raw:
             return False
+        self._key = self.signing_key()
         latest = json.loads(latest_raw)
         if int(latest["version"]) < self.artifacts.highwater():
             # Restored from an older backup: never sign a manifest below a
@@ -744,7 +824,8 @@ class Publisher:
         current = self.store.pub_manifest()
         signed_at = current[2] if current else 0
         now = self.clock()
-        if not force and now - signed_at < self.settings.manifest_refresh:
+        due = now - signed_at >= self.settings.manifest_refresh
+        if not force and not due and not self._keys_changed(current[0] if current else None):
             return False
         meta = self.version_meta(int(latest["version"]))
         if meta is None:
@@ -831,7 +912,7 @@ class Publisher:
             if decision == "release":
                 held.update(released_by=actor.name, released_at=iso(self.clock()))
                 self.store.pub_set_held(txn, json.dumps(held, separators=(",", ":")))
-                self.store.pub_set_request(self._request_payload(actor, f"release: {reason}"), txn)
+                self._enqueue(actor, f"release: {reason}", txn)
             else:
                 self.store.pub_set_held(txn, None)
             audit.add(txn, self.store, head, actor=actor, action=f"publication.{decision}",
@@ -861,27 +942,65 @@ class Publisher:
 
     # ------------------------------------------------------------------ requests
 
-    def _request_payload(self, actor: Actor, reason: str, request_id: str | None = None) -> str:
+    def _request_payload(self, actor: Actor, reason: str, request_id: str | None = None, *,
+                         force: bool = False, full: bool = False) -> str:
         return json.dumps({"id": request_id or secrets.token_hex(8), "by": actor.name, "role": str(actor.role),
-                           "agency": actor.agency, "reason": reason, "at": iso(self.clock())})
+                           "agency": actor.agency, "reason": reason, "at": iso(self.clock()),
+                           "force": force, "full": full})
 
-    def request(self, actor: Actor, reason: str = "") -> str:
-        """Ask the worker to publish now (the web tier does not hold the key).
-        Returns the request id; the worker stores the outcome under it."""
-        actor.require("publish.now")
+    def _enqueue(self, actor: Actor, reason: str, txn: Txn | None = None, *, force: bool = False,
+                 full: bool = False, timeout: int | None = None) -> str:
         request_id = secrets.token_hex(8)
-        self.store.pub_set_request(self._request_payload(actor, reason, request_id))
+        pending = json.dumps({"status": "requested", "requested_at": self.clock()})
+        # Not taken in time, a request is dropped: nobody is waiting for it any more.
+        self.store.pub_set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
+                                                                     full=full), pending, txn,
+                                   request_ttl=(timeout or self.settings.publish_answer_timeout) + 5)
         return request_id
 
-    def request_result(self, request_id: str) -> dict[str, Any] | None:
+    def request(self, actor: Actor, reason: str = "", *, force: bool = False, full: bool = False,
+                timeout: int | None = None) -> str:
+        """Ask the publisher to publish now: only the publisher holds the key and
+        signs. Returns the request id; the publisher stores its answer under it
+        (see :meth:`answer`). A request no publisher took within ``timeout``
+        (default ``publish_answer_timeout``) seconds is never served."""
+        actor.require("publish.now")
+        return self._enqueue(actor, reason, force=force, full=full, timeout=timeout)
+
+    def answer(self, request_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """The answer to a request: ``requested`` (queued), ``working`` (taken by
+        a publisher), ``unanswered`` (no publisher took it within
+        ``publish_answer_timeout``; it is withdrawn), or the outcome. None for
+        an unknown or forgotten request."""
         raw = self.store.pub_result(request_id)
-        return json.loads(raw) if raw else None
+        if raw is None:
+            return None
+        result: dict[str, Any] = json.loads(raw)
+        if result.get("status") != "requested":
+            return result
+        waited = self.clock() - float(result.get("requested_at", 0))
+        limit = self.settings.publish_answer_timeout if timeout is None else timeout
+        if waited < limit or not self.store.pub_withdraw_request(request_id):
+            return result
+        result = {"status": "unanswered", "message": no_publisher_message(limit)}
+        self.store.pub_set_result(request_id, json.dumps(result))
+        return result
+
+    def request_result(self, request_id: str) -> dict[str, Any] | None:
+        """The outcome once the publisher answered (or gave up), else None."""
+        result = self.answer(request_id)
+        if result is None or result.get("status") in ("requested", "working"):
+            return None
+        return result
 
     def serve_request(self) -> Outcome | None:
-        """Run a pending publish request, if any (the worker calls this often)."""
-        req = self.take_request()
-        if req is None:
+        """Run the oldest pending publish request, if any (the worker calls this often)."""
+        taken = self.store.pub_take_request()
+        if taken is None:
             return None
+        request_id, raw = taken
+        req = json.loads(raw)
+        self.store.pub_set_result(request_id, json.dumps({"status": "working", "taken_at": self.clock()}))
         from app.domain import Role
 
         try:
@@ -889,14 +1008,18 @@ class Publisher:
         except ValueError:
             role = Role.ADMIN
         who = Actor(name=str(req.get("by", "system")), role=role, agency=str(req.get("agency", "")))
-        outcome = self.publish(actor=who, reason=str(req.get("reason", "")), wait_lock=30)
-        if req.get("id"):
-            self.store.pub_set_result(str(req["id"]), json.dumps(outcome.to_dict()))
+        try:
+            outcome = self.publish(actor=who, reason=str(req.get("reason", "")), wait_lock=30,
+                                   force=bool(req.get("force")), full=bool(req.get("full")))
+        except BlocklistError as e:
+            outcome = Outcome("failed", message=e.message)
+        except Exception:
+            # Answer the requester before the error reaches the worker's log.
+            failed = Outcome("failed", message="the publisher failed; see its log")
+            self.store.pub_set_result(request_id, json.dumps(failed.to_dict()))
+            raise
+        self.store.pub_set_result(request_id, json.dumps(outcome.to_dict()))
         return outcome
-
-    def take_request(self) -> dict[str, Any] | None:
-        raw = self.store.pub_take_request()
-        return json.loads(raw) if raw else None
 
     def preview(self) -> Diff:
         """What the next publication would change (read-only)."""
@@ -940,3 +1063,8 @@ def parse_version(value: Any) -> int:
         raise ValidationError("versions start at 1")
     return v
 
+
+def no_publisher_message(seconds: float) -> str:
+    """What "publish now" says when no publisher took the request in time."""
+    return (f"no publisher answered within {seconds:g} s: is `blocklist worker` (or `blocklist serve`) running "
+            "with the programme's signing key?")

@@ -1,9 +1,12 @@
-"""The publication signing key: made once, kept in a 0600 file, used to sign artifacts.
+"""Signing key files: made once, kept in a 0600 file, never overwritten.
 
 The key file is minisign's unencrypted secret key format, so an operator
-can also sign or rotate with the stock tool (``minisign -G -W``). Its
-public key, ``<key file>.pub``, is what ISPs pin (``blocklist keys show``).
+can also sign with the stock tool. Its public key is written beside it as
+``<key file>.pub``; the key ISPs pin is the one the store records as the
+programme's current key (:mod:`app.keys`, ``blocklist keys show``).
 Signing itself is :mod:`client.minisign` (pure, shared with the pull tool).
+Only :mod:`app.keys` (``keys init``, ``keys rotate``, first start of
+``serve``) calls :func:`create_key`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from app.errors import ConfigError, SigningError
 from client.minisign import MinisignError, PublicKey, SecretKey, Signature
 
-__all__ = ["PublicKey", "SecretKey", "Signature", "ensure_key", "load_key", "public_key_path"]
+__all__ = ["PublicKey", "SecretKey", "Signature", "create_key", "ensure_key", "load_key", "public_key_path"]
 
 
 def public_key_path(key_file: Path) -> Path:
@@ -23,13 +26,22 @@ def public_key_path(key_file: Path) -> Path:
 
 
 def ensure_key(key_file: Path) -> SecretKey:
-    """Load the signing key, making it first if the file does not exist."""
+    """Load the key in ``key_file``, making it first if the file does not exist
+    (for tests and benchmarks; the service records its keys with app.keys)."""
     if key_file.exists():
         return load_key(key_file)
+    return create_key(key_file)
+
+
+def create_key(key_file: Path) -> SecretKey:
+    """Make a new key in ``key_file``; refuses if the file exists."""
     key_file.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(key_file.parent, 0o700)
     key = SecretKey.generate()
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SigningError(f"{key_file} already exists; a key file is never overwritten") from None
     with os.fdopen(fd, "w") as f:
         f.write(key.text())
         f.flush()

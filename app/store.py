@@ -75,8 +75,13 @@ class K:
     pub_manifest = PREFIX + "pub:manifest"
     pub_held = PREFIX + "pub:held"
     pub_lock = PREFIX + "pub:lock"
-    pub_request = PREFIX + "pub:request"
+    # "Publish now" requests: a queue of request ids, each request's payload,
+    # and its answer (pending, taken, then the outcome).
+    pub_queue = PREFIX + "pub:queue"
+    pub_request = PREFIX + "pub:request:{id}"
     pub_result = PREFIX + "pub:result:{id}"
+    # The programme's signing keys (current, announced next, retired): JSON.
+    programme_keys = PREFIX + "keys"
     signer = PREFIX + "health:signer"
     pub_channel = PREFIX + "pub:events"
     appeal_seq = PREFIX + "seq:appeal"
@@ -749,11 +754,17 @@ class Store:
         else:
             txn.op("SET", K.pub_held, held_json)
 
-    def pub_set_request(self, payload: str, txn: Txn | None = None) -> None:
-        if txn is not None:
-            txn.op("SET", K.pub_request, payload)
-        else:
-            self.r.set(K.pub_request, payload)
+    def pub_set_request(self, request_id: str, payload: str, pending: str, txn: Txn | None = None,
+                        ttl: int = 3600, request_ttl: int = 3600) -> None:
+        """Queue a "publish now" request; its answer starts as ``pending``. A
+        request not taken within ``request_ttl`` seconds is dropped unserved."""
+        own = txn is None
+        t = Txn() if txn is None else txn
+        t.op("SET", K.pub_request.format(id=request_id), payload, "EX", request_ttl)
+        t.op("SET", K.pub_result.format(id=request_id), pending, "EX", ttl)
+        t.op("RPUSH", K.pub_queue, request_id)
+        if own:
+            self.commit(t)
 
     def pub_set_result(self, request_id: str, payload: str, ttl: int = 3600) -> None:
         self.r.set(K.pub_result.format(id=request_id), payload, ex=ttl)
@@ -762,18 +773,45 @@ class Store:
         v = self.r.get(K.pub_result.format(id=request_id))
         return None if v is None else str(v)
 
-    def pub_take_request(self) -> str | None:
-        v = self.r.getdel(K.pub_request)
+    def pub_take_request(self) -> tuple[str, str] | None:
+        """The oldest queued request (id, payload), removed from the queue."""
+        while True:
+            request_id = self.r.lpop(K.pub_queue)
+            if request_id is None:
+                return None
+            payload = self.r.getdel(K.pub_request.format(id=request_id))
+            if payload is not None:
+                return str(request_id), str(payload)
+
+    def pub_withdraw_request(self, request_id: str) -> bool:
+        """Take a request back if no publisher has taken it yet (True if it was still queued)."""
+        removed = int(self.r.lrem(K.pub_queue, 1, request_id))
+        self.r.delete(K.pub_request.format(id=request_id))
+        return removed > 0
+
+    # ------------------------------------------------------------------ programme keys
+
+    def keys_raw(self) -> str | None:
+        v = self.r.get(K.programme_keys)
         return None if v is None else str(v)
+
+    def keys_put(self, txn: Txn, expect: str | None, value: str) -> None:
+        """Compare-and-set of the key record (``expect`` None: none recorded yet)."""
+        txn.expect_get(K.programme_keys, expect)
+        txn.op("SET", K.programme_keys, value)
 
     def pub_subscribe(self) -> redis.client.PubSub:
         ps: redis.client.PubSub = self.r.pubsub(ignore_subscribe_messages=True)
         ps.subscribe(K.pub_channel)
         return ps
 
-    def signer_report(self, key_id: str, ttl: int) -> None:
-        """The publisher says it holds the signing key (read by /readyz on any host)."""
-        self.r.set(K.signer, json.dumps({"key_id": key_id, "at": int(time.time())}), ex=ttl)
+    def signer_report(self, key_id: str, ttl: int, problem: str | None = None) -> None:
+        """The publisher says it holds the signing key, or why it cannot sign
+        (read by /readyz on any host)."""
+        report: dict[str, Any] = {"key_id": key_id, "at": int(time.time())}
+        if problem:
+            report["problem"] = problem
+        self.r.set(K.signer, json.dumps(report), ex=ttl)
 
     def signer_status(self) -> dict[str, Any] | None:
         v = self.r.get(K.signer)

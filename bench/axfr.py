@@ -57,6 +57,7 @@ from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM, Actor, Role
 from app.embedded import EmbeddedRedis, free_port
+from app.keys import Keyring
 from app.signing import ensure_key
 
 ZONE = "blocklist.rpz."
@@ -364,6 +365,7 @@ def main() -> None:
                                 signing_key_file=work / "keys" / "blocklist.key",
                                 dns_listen=("127.0.0.1", free_port()), rpz_fold_grace=0)
             core = Core.from_settings(settings)
+            Keyring(core.store, settings.signing_key_file).init(SYSTEM, "benchmark")  # the programme's key
             core.publisher._key = ensure_key(settings.signing_key_file)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})

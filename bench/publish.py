@@ -26,6 +26,7 @@ from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM, Actor, Role
 from app.embedded import EmbeddedRedis, free_port
+from app.keys import Keyring
 from app.publishing import Publisher
 from app.signing import ensure_key
 
@@ -74,6 +75,7 @@ def main() -> None:
             settings = Settings(redis_url=server.url, data_dir=work, artifact_dir=work / "artifacts",
                                 signing_key_file=work / "keys" / "blocklist.key")
             core = Core.from_settings(settings)
+            Keyring(core.store, settings.signing_key_file).init(SYSTEM, "benchmark")  # the programme's key
             core.publisher._key = ensure_key(settings.signing_key_file)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})

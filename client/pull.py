@@ -154,7 +154,9 @@ def _ago(now: float, ts: float | None) -> str:
 
 
 def health(config: Config, now: float) -> tuple[dict[str, Any], list[str]]:
-    state = StateDir(config.state_dir).load()
+    state_dir = StateDir(config.state_dir)
+    state = state_dir.load()
+    ring = state_dir.load_keys()
     problems: list[str] = []
     if state.version is None:
         problems.append("no version has been applied yet")
@@ -172,6 +174,7 @@ def health(config: Config, now: float) -> tuple[dict[str, Any], list[str]]:
     if state.reload_pending:
         problems.append("the post-apply command has not yet succeeded for the latest change")
     info: dict[str, Any] = {"healthy": not problems, "problems": problems, **vars(state),
+                            "learned_keys": [lk.key_id for lk in ring.learned], "retired_keys": list(ring.retired),
                             "outputs": [{"format": o.format, "path": str(o.path), "present": o.path.exists()}
                                         for o in config.outputs]}
     return info, problems
@@ -190,6 +193,8 @@ def status(config: Config, now: float, *, as_json: bool = False) -> int:
          f"{info['version']}, published {_ago(now, published_ts)}, {info['count']} entries"
          + (f", via {info['applied_via']}" if info["applied_via"] else "")),
         ("signing key", info["key_id"] or "-"),
+        ("announced keys", ", ".join(info["learned_keys"]) or "none"),
+        ("retired keys", ", ".join(info["retired_keys"]) or "none"),
         ("last check", _ago(now, info["last_check"])
          + (f"; manifest valid until {info['manifest_expires_at']}" if info["manifest_expires_at"] else "")),
         ("last change", _ago(now, info["last_change"])),

@@ -7,6 +7,9 @@ Files (the directory is private to the tool, mode 0700):
   times and outcome of the last runs;
 * ``entries.jsonl``: the held list as canonical lines, exactly the bytes
   whose sha256 is the version's ``entries_sha256`` (the base for deltas);
+* ``keys.json``: signing keys learned from signed announcements in the
+  manifest, and keys retired after the programme moved to their successor
+  (see :class:`client.verify.KeyRing`);
 * ``lock``: held with ``flock`` by the run in progress.
 
 What must stay true:
@@ -33,9 +36,10 @@ from pathlib import Path
 
 from client import files
 from client.errors import LocalError, LockedError, RefusedError
-from client.verify import EntryList, Held, check_order, load_json
+from client.verify import EntryList, Held, KeyRing, check_order, load_json
 
 STATE_FILE = "state.json"
+KEYS_FILE = "keys.json"
 ENTRIES_FILE = "entries.jsonl"
 LOCK_FILE = "lock"
 
@@ -158,3 +162,25 @@ class StateDir:
             files.write_atomic(self.path / ENTRIES_FILE, data)
         except OSError as e:
             raise LocalError(f"cannot write {self.path / ENTRIES_FILE}: {e.strerror}") from None
+
+    def load_keys(self) -> KeyRing:
+        path = self.path / KEYS_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return KeyRing()
+        except OSError as e:
+            raise LocalError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            return KeyRing.from_dict(json.loads(data))
+        except (ValueError, TypeError, KeyError):
+            raise LocalError(
+                f"{path} is damaged; move it away to start afresh (the tool then trusts only the pinned keys)"
+            ) from None
+
+    def save_keys(self, ring: KeyRing) -> None:
+        data = (json.dumps(ring.to_dict(), indent=1, sort_keys=True) + "\n").encode()
+        try:
+            files.write_atomic(self.path / KEYS_FILE, data)
+        except OSError as e:
+            raise LocalError(f"cannot write {self.path / KEYS_FILE}: {e.strerror}") from None

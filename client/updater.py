@@ -33,6 +33,7 @@ from client import files
 from client.config import Config, OutputSpec
 from client.errors import LocalError, NotFoundError, PostApplyError, PullError, RefusedError
 from client.fetch import Transport
+from client.minisign import PublicKey
 from client.outputs import ListInfo, Rendered, is_ours, render, same_content
 from client.state import State, StateDir
 from client.verify import (
@@ -41,6 +42,7 @@ from client.verify import (
     ArtifactRef,
     EntryList,
     Held,
+    KeyRing,
     Manifest,
     TrustPolicy,
     apply_delta,
@@ -87,16 +89,23 @@ class Updater:
         self.clock = clock
         self.dir = StateDir(config.state_dir)
         self.state = State()
+        self.ring = KeyRing()
+
+    @property
+    def keys(self) -> tuple[PublicKey, ...]:
+        """The pinned keys and those learned from signed announcements, less retired ones."""
+        return self.ring.trusted(self.config.keys)
 
     @property
     def policy(self) -> TrustPolicy:
         c = self.config
-        return TrustPolicy(keys=c.keys, max_version_jump=c.max_version_jump, max_artifact_size=c.max_download,
+        return TrustPolicy(keys=self.keys, max_version_jump=c.max_version_jump, max_artifact_size=c.max_download,
                            list_name=c.list_name)
 
     def run(self, dry_run: bool = False) -> Report:
         with self.dir.lock():
             self.state = self.dir.load()
+            self.ring = self.dir.load_keys()
             now = self.clock()
             try:
                 return self._run(now, dry_run)
@@ -170,6 +179,10 @@ class Updater:
             report.post_apply = "ran"
         elif not self.config.post_apply:
             report.post_apply = "not-configured"
+        ring = self.ring.after(manifest, self.config.keys, now)
+        if ring != self.ring:
+            self.dir.save_keys(ring)
+            self.ring = ring
         new.last_success = now
         new.last_error = None
         new.last_error_at = None
@@ -181,7 +194,7 @@ class Updater:
         # The download stops one byte past the size the signed manifest states.
         data = self.transport.get(ref.path, ref.size)
         sig = self.transport.get(ref.path + ".minisig", SIGNATURE_MAX)
-        check_artifact(data, sig, ref, manifest, self.config.keys)
+        check_artifact(data, sig, ref, manifest, self.keys)
         return data
 
     def _obtain(self, manifest: Manifest, state: State, held_entries: EntryList | None

@@ -11,6 +11,10 @@ The pull tool trusts nothing it downloads until this module has checked it
   rollback; one more than ``max_version_jump`` ahead is refused too, so a
   single forged or mistaken number cannot lock a client out of later
   updates.
+* A next signing key is learned only from a manifest whose signature by a
+  trusted key verified (its ``next_key`` announcement), and a key is
+  retired once a manifest signed by its announced successor is accepted; a
+  retired key is never trusted again (see :class:`KeyRing`).
 * Every artifact matches the size and sha256 the signed manifest states,
   and carries its own signature naming that file and version.
 * A delta applies only to the version and snapshot it was made from; the
@@ -242,6 +246,94 @@ class Manifest:
     rpz: ArtifactRef
     deltas: tuple[ArtifactRef, ...]
     key_id: str
+    next_key: AnnouncedKey | None = None
+
+
+@dataclass(frozen=True)
+class AnnouncedKey:
+    """A next key as a signed manifest announces it."""
+
+    key: PublicKey
+    starts: str
+
+    @property
+    def key_id(self) -> str:
+        return self.key.id_hex
+
+
+@dataclass(frozen=True)
+class LearnedKey:
+    """A key this client trusts because a trusted key announced it."""
+
+    key_id: str
+    public_key: str
+    announced_by: str
+    learned_at: str
+
+    def public(self) -> PublicKey:
+        return PublicKey.parse(self.public_key)
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """What the client learned about the programme's keys beyond its pinned
+    configuration: keys announced to it, and keys it has retired."""
+
+    learned: tuple[LearnedKey, ...] = ()
+    retired: tuple[str, ...] = ()
+
+    def trusted(self, pinned: Sequence[PublicKey]) -> tuple[PublicKey, ...]:
+        """The pinned keys that are not retired, then the learned ones."""
+        out = [k for k in pinned if k.id_hex not in self.retired]
+        ids = {k.id_hex for k in out}
+        for lk in self.learned:
+            if lk.key_id not in ids and lk.key_id not in self.retired:
+                out.append(lk.public())
+                ids.add(lk.key_id)
+        return tuple(out)
+
+    def after(self, manifest: Manifest, pinned: Sequence[PublicKey], now: float) -> KeyRing:
+        """The ring once ``manifest`` (signed by a trusted key, fully checked) is applied.
+
+        The announced next key is learned (replacing any earlier announcement
+        by the same signer); a manifest signed by a learned key retires every
+        other key except the one it announces in turn."""
+        learned = list(self.learned)
+        retired = list(self.retired)
+        signer = manifest.key_id
+        if any(lk.key_id == signer for lk in learned):
+            keep = {signer} | ({manifest.next_key.key_id} if manifest.next_key else set())
+            for key_id in [k.id_hex for k in pinned] + [lk.key_id for lk in learned]:
+                if key_id not in keep and key_id not in retired:
+                    retired.append(key_id)
+            learned = [lk for lk in learned if lk.key_id in keep]
+        nxt = manifest.next_key
+        if nxt is not None and nxt.key_id not in retired and nxt.key_id != signer:
+            learned = [lk for lk in learned if lk.announced_by != signer or lk.key_id == nxt.key_id]
+            if all(lk.key_id != nxt.key_id for lk in learned):
+                learned.append(LearnedKey(nxt.key_id, nxt.key.base64(), signer, iso(now)))
+        return KeyRing(tuple(learned), tuple(retired))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"learned": [lk.__dict__ for lk in self.learned], "retired": list(self.retired)}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> KeyRing:
+        """The ring from its stored form; raises ValueError when it is damaged."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("learned"), list) \
+                or not isinstance(doc.get("retired"), list):
+            raise ValueError("not a key ring")
+        learned = []
+        for item in doc["learned"]:
+            lk = LearnedKey(str(item["key_id"]), str(item["public_key"]), str(item["announced_by"]),
+                            str(item["learned_at"]))
+            try:
+                if lk.public().id_hex != lk.key_id:
+                    raise ValueError("a learned key does not match its id")
+            except MinisignError as e:
+                raise ValueError(str(e)) from None
+            learned.append(lk)
+        return cls(tuple(learned), tuple(str(k) for k in doc["retired"]))
 
 
 @dataclass(frozen=True)
@@ -388,6 +480,8 @@ def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held
         raise RefusedError("the manifest must list exactly one snapshot and one zone file")
     if doc.get("snapshot") != snapshots[0].path or doc.get("rpz") != zones[0].path:
         raise RefusedError("the manifest's snapshot or rpz path disagrees with its artifact list")
+    if "key_id" in doc and doc["key_id"] != key_id:
+        raise RefusedError(f"the manifest names key {str(doc['key_id'])[:20]!r} but is signed by key {key_id}")
     return Manifest(
         list_name=list_name, version=version, published_at=published_at, signed_at=signed_at,
         expires_at=expires_at, expires_ts=expires_ts,
@@ -395,7 +489,28 @@ def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held
         entries_sha256=_sha(doc.get("entries_sha256"), "the manifest's entries_sha256"),
         rpz_zone=rpz_zone, snapshot=snapshots[0], rpz=zones[0],
         deltas=tuple(r for r in refs if r.kind == "delta"), key_id=key_id,
+        next_key=_next_key(doc.get("next_key"), key_id),
     )
+
+
+def _next_key(item: Any, signer: str) -> AnnouncedKey | None:
+    """The announced next key of a manifest whose signature already verified."""
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise RefusedError("the manifest's next_key is not an object")
+    text = _str(item.get("public_key"), "the next key's public_key")
+    try:
+        key = PublicKey.parse(text)
+    except MinisignError as e:
+        raise RefusedError(f"the manifest's next key is not a minisign public key: {e.args[0]}") from None
+    if item.get("key_id") != key.id_hex:
+        raise RefusedError("the manifest's next_key names a key id that differs from its public key")
+    if key.id_hex == signer:
+        raise RefusedError("the manifest announces its own signing key as the next key")
+    starts = _str(item.get("from"), "the next key's from time")
+    parse_time(starts, "the next key's from time")
+    return AnnouncedKey(key, starts)
 
 
 def _ago(seconds: float) -> str:

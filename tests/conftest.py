@@ -32,7 +32,7 @@ from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM, Actor
 from app.embedded import EmbeddedRedis, free_port
-from app.signing import ensure_key
+from app.signing import SecretKey, ensure_key
 from app.users import User
 
 AGENCY_A = "Agency A (UK)"
@@ -92,6 +92,7 @@ def core(settings: Settings, clock: FakeClock) -> Iterator[Core]:
     c = Core.from_settings(settings, clock=clock)
     c.store.r.flushdb()
     c.publisher._key = ensure_key(settings.signing_key_file)
+    record_key(c, c.publisher._key)
     yield c
     c.store.r.close()
 
@@ -224,6 +225,17 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait()
 
 
+def record_key(core: Core, key: SecretKey) -> None:
+    """Name ``key`` as the programme's current key in the store (what `keys init` does, unaudited)."""
+    from app.keys import KeyInfo, ProgrammeKeys
+    from app.store import Txn
+
+    txn = Txn()
+    record = ProgrammeKeys(KeyInfo.of(key.public, "2027-01-15T08:00:00Z"))
+    core.store.keys_put(txn, core.store.keys_raw(), record.to_json())
+    core.store.commit(txn)
+
+
 def publish(core: Core, **kwargs: Any) -> Any:
     """Publish now, as the worker would; the outcome must be a published version."""
     outcome = core.publisher.publish(**kwargs)
@@ -237,4 +249,4 @@ def port_is_free(port: int) -> bool:
 
 
 __all__ = ["AGENCY_A", "AGENCY_B", "PASSWORD", "LiveServer", "Persona", "Personas", "port_is_free", "publish",
-           "replace", "require_binary"]
+           "record_key", "replace", "require_binary"]

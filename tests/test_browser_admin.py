@@ -113,7 +113,7 @@ def test_publish_now_and_find_the_version_in_the_publications(pages: Pages, core
     ada.get_by_role("link", name="Publications", exact=True).click()
     ada.get_by_placeholder("Reason (optional)").fill("first national list")
     ada.get_by_role("button", name="Publish now").click()
-    expect(ada.get_by_role("heading", name="Publishing…")).to_be_visible()
+    expect(ada.get_by_role("heading", name="Requested; waiting for the publisher")).to_be_visible()
     outcome = core.publisher.serve_request()  # the worker's step
     assert outcome is not None
     assert outcome.status == "published"

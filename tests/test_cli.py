@@ -112,7 +112,18 @@ def test_keys_show_prints_a_minisign_public_key(core: Core, settings: Settings) 
     assert out == core.publisher.key.public.text()
 
 
-def test_isp_commands_and_publish(core: Core, personas: Personas, settings: Settings) -> None:
+def start_worker(settings: Settings, processes: list[subprocess.Popen[bytes]], **extra: str) -> None:
+    """The real publisher (`blocklist worker`): the only process that signs."""
+    env = {**os.environ, "BLOCKLIST_REDIS_URL": settings.redis_url or "",
+           "BLOCKLIST_DATA_DIR": str(settings.data_dir), "BLOCKLIST_ARTIFACT_DIR": str(settings.artifact_dir),
+           "BLOCKLIST_SIGNING_KEY_FILE": str(settings.signing_key_file), "BLOCKLIST_LOG_FORMAT": "text", **extra}
+    processes.append(subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def test_isp_commands_and_publish(core: Core, personas: Personas, settings: Settings,
+                                  processes: list[subprocess.Popen[bytes]]) -> None:
+    start_worker(settings, processes)
     r = run(settings, "isp", "add", "acme", "--notify", "192.0.2.53:53", "--allow-from", "192.0.2.0/24")
     assert r.returncode == 0, r.stderr
     created = json.loads(r.stdout)

@@ -17,6 +17,7 @@ import pytest
 
 from app.domain import SYSTEM
 from client.minisign import SecretKey
+from tests.conftest import record_key
 from tests.test_client_support import OUTPUTS, Feed, Proxy
 
 
@@ -231,6 +232,7 @@ def test_a_rotated_key_is_accepted_while_both_keys_are_pinned(feed: Feed) -> Non
     assert feed.pull(config=both).code == 0
 
     feed.core.publisher._key = new  # the programme switches its signing key
+    record_key(feed.core, new)
     feed.list("second.test")
     feed.publish()
     r = feed.pull(config=both)

@@ -23,10 +23,12 @@ from client.fetch import HttpTransport
 from client.minisign import SecretKey, format_trusted_comment
 from client.state import State, StateDir
 from client.verify import (
+    AnnouncedKey,
     ArtifactRef,
     Delta,
     EntryList,
     Held,
+    KeyRing,
     Manifest,
     Record,
     TrustPolicy,
@@ -472,3 +474,38 @@ def test_a_second_run_while_one_holds_the_lock_is_refused(tmp_path: Path) -> Non
     d = StateDir(tmp_path)
     with d.lock(), pytest.raises(LockedError, match="another blocklist-pull run holds"), StateDir(tmp_path).lock():
         pass
+
+
+# ---------------------------------------------------------------- key ring (rotation)
+
+
+def _signed_by(key_id: str, announces: SecretKey | None = None) -> Any:
+    """The two fields of a checked manifest that the key ring reads."""
+    nxt = AnnouncedKey(announces.public, "2027-01-22T08:00:00Z") if announces else None
+    return type("M", (), {"key_id": key_id, "next_key": nxt})()
+
+
+def test_the_key_ring_learns_an_announcement_and_retires_the_announcer_after_the_switch() -> None:
+    old, new, newer = SecretKey.generate(), SecretKey.generate(), SecretKey.generate()
+    pinned = [old.public]
+    ring = KeyRing().after(_signed_by(old.public.id_hex, new), pinned, 1_800_000_000)
+    assert [k.id_hex for k in ring.trusted(pinned)] == [old.public.id_hex, new.public.id_hex]
+    ring = ring.after(_signed_by(new.public.id_hex), pinned, 1_800_000_100)
+    assert [k.id_hex for k in ring.trusted(pinned)] == [new.public.id_hex]
+    assert ring.retired == (old.public.id_hex,)
+    # A later announcement of the retired key does not bring it back.
+    ring = ring.after(_signed_by(new.public.id_hex, old), pinned, 1_800_000_200)
+    assert [k.id_hex for k in ring.trusted(pinned)] == [new.public.id_hex]
+    # The next rotation works the same way.
+    ring = ring.after(_signed_by(new.public.id_hex, newer), pinned, 1_800_000_300)
+    ring = ring.after(_signed_by(newer.public.id_hex), pinned, 1_800_000_400)
+    assert [k.id_hex for k in ring.trusted(pinned)] == [newer.public.id_hex]
+
+
+def test_a_replaced_announcement_is_no_longer_trusted() -> None:
+    old, first, second = SecretKey.generate(), SecretKey.generate(), SecretKey.generate()
+    pinned = [old.public]
+    ring = KeyRing().after(_signed_by(old.public.id_hex, first), pinned, 1_800_000_000)
+    ring = ring.after(_signed_by(old.public.id_hex, second), pinned, 1_800_000_100)
+    assert [k.id_hex for k in ring.trusted(pinned)] == [old.public.id_hex, second.public.id_hex]
+    assert KeyRing.from_dict(ring.to_dict()) == ring

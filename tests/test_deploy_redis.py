@@ -33,7 +33,7 @@ from app.core import Core
 from app.domain import SYSTEM
 from app.embedded import free_port
 from app.signing import ensure_key
-from tests.conftest import AGENCY_A, AGENCY_B
+from tests.conftest import AGENCY_A, AGENCY_B, record_key
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -198,6 +198,8 @@ def make_core(redis_url: str, data_dir: Path, clock: Clock = system_clock, **ove
     )
     core = Core.from_settings(settings, clock=clock)
     core.publisher._key = ensure_key(settings.signing_key_file)
+    if core.store.keys_raw() is None:  # a replica, or a restored store, has it already
+        record_key(core, core.publisher._key)
     return core
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import time
 
 import pytest
 
@@ -120,6 +121,32 @@ def test_every_pull_is_recorded(client, core: Core, isp, published) -> None:
 def test_nothing_published_yet_is_a_clear_404(client, core: Core, isp) -> None:
     r = client.get("/feed/v1/manifest.json", headers=auth(isp))
     assert r.status_code == 404 and "nothing has been published" in r.json["error"]
+
+
+def test_api_publish_without_a_running_publisher_answers_503_and_withdraws_the_request(
+        client, core: Core, personas: Personas, clock) -> None:
+    e = core.curation.submit(personas.alice.actor, "api.example.test")
+    core.curation.act(personas.bruno.actor, e.id, "approve")
+    r = client.post("/api/v1/publish", json={"reason": "urgent"}, headers=personas.bruno.headers)
+    assert r.status_code == 202 and r.json["status"] == "requested"
+    request_id = r.json["request"]
+    clock.advance(core.settings.publish_answer_timeout + 1)
+    late = client.get(f"/api/v1/publish/{request_id}", headers=personas.bruno.headers)
+    assert late.status_code == 503
+    assert late.json["error"].startswith("no publisher answered within 30 s")
+    assert core.publisher.serve_request() is None
+    assert core.latest_version() is None
+    unknown = client.get("/api/v1/publish/0123456789abcdef", headers=personas.bruno.headers)
+    assert unknown.status_code == 404
+
+
+def test_a_publish_request_no_publisher_took_in_time_is_never_served_later(core: Core, personas: Personas) -> None:
+    e = core.curation.submit(personas.alice.actor, "late.example.test")
+    core.curation.act(personas.bruno.actor, e.id, "approve")
+    core.publisher.request(personas.bruno.actor, "nobody polls this one", timeout=1)
+    time.sleep(6.5)  # the request lives its timeout plus 5 s
+    assert core.publisher.serve_request() is None  # a publisher starting now does not act on it
+    assert core.latest_version() is None
 
 
 def test_publishing_over_the_api_needs_the_worker(client, core: Core, personas: Personas, isp) -> None:

@@ -22,7 +22,7 @@ from app.rpz import parse_zone_names
 from app.signing import ensure_key
 from app.store import Txn
 from client.minisign import PublicKey, Signature, parse_trusted_comment
-from tests.conftest import Personas, publish, require_binary
+from tests.conftest import Personas, publish, record_key, require_binary
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "blocklist_schema.json").read_text())
 
@@ -223,6 +223,7 @@ def own_redis_core(tmp_path: Path, clock) -> tuple[EmbeddedRedis, Settings, Core
                         signing_key_file=tmp_path / "keys" / "k")
     core = Core.from_settings(settings, clock=clock)
     core.publisher._key = ensure_key(settings.signing_key_file)
+    record_key(core, core.publisher._key)
     core.users.add(SYSTEM, "alice", "curator", "A")
     core.users.add(SYSTEM, "bruno", "vetter", "B")
     return srv, settings, core
@@ -330,15 +331,21 @@ def test_a_publisher_killed_mid_publication_leaves_the_previous_version_served(c
     publish(core)
     manifest_before = core.publisher.manifest()
     bulk_active(core, 120_000, prefix="more")
-    env = worker_env(settings)
+    env = worker_env(settings, BLOCKLIST_PUBLISH_INTERVAL="3600")
     killed_during_work = 0
-    for delay in (0.4, 0.8, 1.2, 1.6):
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "publish", "--full"], env=env,
+    for delay in (0.5, 1.0, 1.5, 2.0, 3.0):
+        # A full rebuild asked of the real publisher, killed while it works on it.
+        request_id = core.publisher.request(personas.ada.actor, "rebuild", full=True)
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while (core.publisher.answer(request_id) or {}).get("status") == "requested" \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+        if proc.poll() is None and (core.publisher.answer(request_id) or {}).get("status") == "working":
             killed_during_work += 1
+        proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         if core.publisher.latest()["version"] != 1:
             break

@@ -338,6 +338,21 @@ def test_isps_behind_the_latest_version_are_shown(app, core: Core, personas: Per
 # --------------------------------------------------------------------------- publications and audit
 
 
+def test_publish_now_without_a_running_publisher_says_so_and_withdraws_the_request(
+        app, core: Core, personas: Personas, clock) -> None:
+    approved(core, personas, "one.example")
+    ada = signed_in(app.test_client(), personas.ada)
+    request_page = post(ada, "/publications/publish", {"reason": "weekly"}).headers["Location"]
+    assert "Requested; waiting for the publisher" in text(ada.get(request_page))
+    clock.advance(core.settings.publish_answer_timeout + 1)
+    page = text(ada.get(request_page))
+    assert "No publisher answered" in page
+    assert "no publisher answered within 30 s" in page and "blocklist worker" in page
+    assert 'http-equiv="refresh"' not in page
+    assert core.publisher.serve_request() is None  # withdrawn: a publisher started later does not act on it
+    assert core.latest_version() is None
+
+
 def test_publish_now_reports_the_version_the_worker_published(app, core: Core, personas: Personas) -> None:
     approved(core, personas, "one.example")
     approved(core, personas, "two.example")
@@ -346,7 +361,7 @@ def test_publish_now_reports_the_version_the_worker_published(app, core: Core, p
     assert r.status_code == 303
     request_page = r.headers["Location"]
     waiting = ada.get(request_page)
-    assert "Publishing…" in text(waiting)
+    assert "Requested; waiting for the publisher" in text(waiting)
     assert 'http-equiv="refresh"' in text(waiting)
     outcome = core.publisher.serve_request()  # what the worker does
     assert outcome is not None

@@ -30,7 +30,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from app.config import Settings
 from app.core import Core
-from app.errors import BlocklistError
+from app.errors import BlocklistError, ConfigError
 from app.signing import load_key
 
 log = logging.getLogger("blocklist.worker")
@@ -77,9 +77,9 @@ class Worker:
         return self.core.publisher.refresh_manifest()
 
     def heartbeat(self) -> bool:
-        """Report the loaded signing key (/readyz on every web host reads it)."""
-        self.core.publisher.report_key()
-        return True
+        """Report whether this publisher holds the programme's current key
+        (/readyz on every web host reads it)."""
+        return self.core.publisher.check_key()
 
     def guarded(self, name: str, step: Callable[[], bool]) -> Callable[[], None]:
         def run() -> None:
@@ -138,6 +138,10 @@ def main(settings: Settings | None = None) -> None:
     setup_logging(settings, "worker")
     core = Core.from_settings(settings)
     core.store.ping()
+    if core.store.keys_raw() is None:
+        # An empty or wrong Redis: a publisher would sign for no programme.
+        raise ConfigError("BLOCKLIST_REDIS_URL: that Redis names no programme signing key; run "
+                          "`blocklist keys init` on the publisher host once (it records the existing key)")
     key = load_key(settings.signing_key_file)
     core.publisher._key = key
     worker = Worker(core)

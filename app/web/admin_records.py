@@ -101,8 +101,11 @@ def publish_now() -> Any:
 def publish_request(request_id: str) -> Any:
     if not _REQUEST_ID.fullmatch(request_id):
         raise NotFoundError("there is no such publication request")
-    result = core().publisher.request_result(request_id)
-    return render_template("publish_request.html", request_id=request_id, result=result)
+    result = core().publisher.answer(request_id)
+    if result is None:
+        raise NotFoundError("there is no such publication request (answers are kept for an hour)")
+    return render_template("publish_request.html", request_id=request_id, result=result,
+                           waiting=result["status"] in ("requested", "working"))
 
 
 @bp.post("/publications/held/<decision>")

@@ -326,20 +326,29 @@ def publish() -> Any:
     request_id = pub.request(actor(), d.get("reason", ""))
     wait = int_arg("wait", 0, 0, 300)
     deadline = time.monotonic() + wait
-    while wait and time.monotonic() < deadline:
-        result = pub.request_result(request_id)
-        if result is not None:
-            return jsonify(request=request_id, **result), 200
+    while True:
+        result = pub.answer(request_id) or {"status": "requested"}
+        if result["status"] not in ("requested", "working") or time.monotonic() >= deadline:
+            return _answer(request_id, result)
         time.sleep(0.1)
-    return jsonify(request=request_id, status="requested"), 202
 
 
 @bp.get("/publish/<request_id>")
 def publish_result(request_id: str) -> Any:
-    result = _publisher().request_result(request_id)
+    actor().require("publish.read")
+    result = _publisher().answer(request_id)
     if result is None:
-        return jsonify(request=request_id, status="requested"), 202
-    return jsonify(request=request_id, **result)
+        raise NotFoundError("there is no such publication request (answers are kept for an hour)")
+    return _answer(request_id, result)
+
+
+def _answer(request_id: str, result: dict[str, Any]) -> Any:
+    """202 while the request waits or runs, 503 when no publisher took it, else 200 with the outcome."""
+    if result["status"] in ("requested", "working"):
+        return jsonify(request=request_id, status=result["status"]), 202
+    if result["status"] == "unanswered":
+        return jsonify(request=request_id, status="unanswered", error=result["message"]), 503
+    return jsonify(request=request_id, **result), 200
 
 
 @bp.get("/publications")

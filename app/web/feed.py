@@ -80,12 +80,14 @@ def _serve(rel: str, token: str | None) -> Any:
         raise NotFoundError(f"there is no feed artifact {rel!r}")
     core = _core()
     if m.group("key"):
-        from app.signing import public_key_path
+        # The programme's current key as the store records it, the same from
+        # every host (a web host holds no key file).
+        from app.keys import Keyring
 
-        path = public_key_path(core.settings.signing_key_file)
-        if not path.exists():
+        rec = Keyring(core.store, core.settings.signing_key_file).record()
+        if rec is None:
             raise NotFoundError("no signing key yet")
-        return _bytes_response(path.read_bytes(), "text/plain; charset=utf-8", REVALIDATE)
+        return _bytes_response(rec.current.public().text().encode(), "text/plain; charset=utf-8", REVALIDATE)
     if m.group("manifest"):
         manifest = core.store.pub_manifest()
         if manifest is None:
