@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain import Actor, iso
+from app.errors import ConflictError, RetryableConflictError
 from app.store import Store, Txn
 
 GENESIS = "0" * 64
@@ -156,11 +157,14 @@ def search(
     actor: str | None = None,
     action: str | None = None,
     target: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
     before_seq: int | None = None,
     limit: int = 50,
     scan_limit: int = 20000,
 ) -> tuple[list[Record], int | None]:
-    """Newest first, filtered; returns the page and the seq to continue from."""
+    """Newest first, filtered; returns the page and the seq to continue from.
+    ``since`` and ``until`` are days (``YYYY-MM-DD``, UTC), both included."""
     end = f"{before_seq - 1}-0" if before_seq else "+"
     out: list[Record] = []
     scanned = 0
@@ -180,6 +184,8 @@ def search(
                 continue
             if target and not _target_matches(rec.target, target):
                 continue
+            if (since and rec.ts[:10] < since) or (until and rec.ts[:10] > until):
+                continue
             out.append(rec)
             if len(out) >= limit:
                 return out, rec.seq
@@ -189,6 +195,22 @@ def search(
             return out, None
         end = f"{ms - 1}-0"
     return out, (out[-1].seq if out else None)
+
+
+def append(store: Store, *, actor: Actor, action: str, target: str, after: Any = None, reason: str = "",
+           ts: float, retries: int = 25) -> int:
+    """Write one audit record that goes with no other change (e.g. that
+    someone exported part of the log); returns its sequence number."""
+    for _ in range(retries):
+        txn = Txn()
+        seq = add(txn, store, head(store), actor=actor, action=action, target=target, after=after,
+                  reason=reason, ts=ts)
+        try:
+            store.commit(txn)
+        except RetryableConflictError:
+            continue
+        return seq
+    raise ConflictError("too many concurrent changes; try again")
 
 
 def _target_matches(rec_target: str, wanted: str) -> bool:

@@ -56,8 +56,10 @@ def first_start(core: Core) -> FirstStart:
     result = FirstStart()
     if not core.users.exists_any():
         password = secrets.token_urlsafe(15)
-        core.users.add(SYSTEM, ADMIN_NAME, "admin", ADMIN_AGENCY, password)
+        # Printed on a terminal, so temporary: the first sign-in must replace it.
+        core.users.add(SYSTEM, ADMIN_NAME, "admin", ADMIN_AGENCY, password, must_change=True)
         result.admin_password = password
+    core.users.agencies()  # an upgrade from free-text agencies puts them on the list
     if core.store.once("allowlist_seeded") and not core.curation.allowlist():
         for domain, sub, reason in seed_lines():
             try:

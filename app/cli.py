@@ -260,6 +260,7 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, xot_addr: st
             click.echo("")
             click.echo("first start: an admin account was created. Sign in with")
             click.echo(f"  user:     admin\n  password: {first.admin_password}")
+            click.echo("  (temporary: the first sign-in asks you to choose your own)")
             click.echo("and change the password; it is not shown again.")
         if first.allowlist_seeded:
             click.echo(f"first start: the never-block allowlist was seeded with {first.allowlist_seeded} names.")
@@ -328,11 +329,12 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
-@click.option("--agency", required=True, help="Agency or country the person works for.")
+@click.option("--agency", required=True,
+              help="The person's agency, as listed by `blocklist user agency list` (add one there first).")
 @click.option("--password-stdin", is_flag=True, help="Read a password from stdin (else none: API token only).")
 @pass_ctx
 def user_add(ctx: Context, name: str, role: str, agency: str, password_stdin: bool) -> None:
-    """Add an account."""
+    """Add an account. A password given here is temporary: it must be changed at first sign-in."""
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     u = ctx.core().users.add(cli_actor(), name, role, agency, password)
     click.echo(f"added {u.name} ({u.role}, {u.agency})")
@@ -379,10 +381,11 @@ def user_unlock(ctx: Context, name: str) -> None:
 @click.argument("name")
 @pass_ctx
 def user_password(ctx: Context, name: str) -> None:
-    """Set a password, read from stdin."""
+    """Set a temporary password, read from stdin (to be changed at the next sign-in;
+    a lock-out stays until `user unlock`)."""
     password = sys.stdin.readline().rstrip("\n")
-    ctx.core().users.set_password(cli_actor(), name, password)
-    click.echo(f"password of {name} changed")
+    ctx.core().users.set_password(cli_actor(), name, password, "set on the command line")
+    click.echo(f"password of {name} set; {name} must choose a new one at the next sign-in")
 
 
 @user.command("list")
@@ -397,6 +400,57 @@ def user_list(ctx: Context, as_json: bool) -> None:
     for u in users:
         state = "disabled" if u.disabled else ("locked" if u.locked else "active")
         click.echo(f"{u.name:20} {u.role!s:8} {state:8} {u.agency}")
+
+
+@user.group("agency")
+def user_agency() -> None:
+    """The agencies accounts pick from (approval needs a vetter of another agency)."""
+
+
+@user_agency.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def user_agency_list(ctx: Context, as_json: bool) -> None:
+    """List agencies, retired ones included."""
+    agencies = ctx.core().users.agencies()
+    if as_json:
+        click.echo(json.dumps([a.public() for a in agencies], indent=2))
+        return
+    for a in agencies:
+        click.echo(f"{a.name}{'  (retired)' if a.retired else ''}{'' if a.id == a.name else f'  [id: {a.id}]'}")
+
+
+@user_agency.command("add")
+@click.argument("name")
+@click.option("--reason", default="")
+@pass_ctx
+def user_agency_add(ctx: Context, name: str, reason: str) -> None:
+    """Add an agency to the list."""
+    a = ctx.core().users.add_agency(cli_actor(), name, reason)
+    click.echo(f"added agency {a.name}")
+
+
+@user_agency.command("rename")
+@click.argument("agency")
+@click.argument("new_name")
+@click.option("--reason", default="")
+@pass_ctx
+def user_agency_rename(ctx: Context, agency: str, new_name: str, reason: str) -> None:
+    """Rename AGENCY (its id or name); its people keep it."""
+    users = ctx.core().users
+    a = users.rename_agency(cli_actor(), users.resolve_agency(agency, include_retired=True), new_name, reason)
+    click.echo(f"agency {a.id} is now called {a.name}")
+
+
+@user_agency.command("retire")
+@click.argument("agency")
+@click.option("--reason", default="")
+@pass_ctx
+def user_agency_retire(ctx: Context, agency: str, reason: str) -> None:
+    """Retire AGENCY: nobody new can be given it; its people keep it."""
+    users = ctx.core().users
+    a = users.retire_agency(cli_actor(), users.resolve_agency(agency), reason)
+    click.echo(f"agency {a.name} retired")
 
 
 # --------------------------------------------------------------------------- allowlist

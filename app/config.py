@@ -207,6 +207,7 @@ class Settings:
     programme_law: str = "the applicable national law on child sexual abuse material"
     programme_help_url: str = "https://www.inhope.org/"
     stop_host: str | None = None
+    stop_names_per_hour: int = 100
 
     # DNS transfer server
     dns_listen: tuple[str, int] = ("127.0.0.1", 8053)
@@ -312,6 +313,7 @@ class Settings:
             programme_law=env.text("BLOCKLIST_PROGRAMME_LAW", cls.programme_law),
             programme_help_url=env.text("BLOCKLIST_PROGRAMME_HELP_URL", cls.programme_help_url),
             stop_host=env.opt("BLOCKLIST_STOP_HOST"),
+            stop_names_per_hour=env.whole("BLOCKLIST_STOP_NAMES_PER_HOUR", 100, 1),
             dns_listen=env.hostport("BLOCKLIST_DNS_LISTEN", "127.0.0.1:8053"),
             dns_history=env.whole("BLOCKLIST_DNS_HISTORY", 100, 1),
             dns_tcp_idle=env.number("BLOCKLIST_DNS_TCP_IDLE", 30.0, 0.1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.appeals import Appeals
 from app.artifacts import ArtifactStore
 from app.clock import Clock, system_clock
 from app.config import Settings
@@ -31,6 +32,7 @@ class Core:
     isps: Isps = field(init=False)
     publisher: Publisher = field(init=False)
     artifacts: ArtifactStore = field(init=False)
+    appeals: Appeals = field(init=False)
 
     def __post_init__(self) -> None:
         self.curation = Curation(self.store, self.settings, self.clock)
@@ -40,12 +42,15 @@ class Core:
         # `publish` command) ever signs; the web tier never needs it.
         self.publisher = Publisher(self.store, self.settings, self.curation, self.clock)
         self.artifacts = self.publisher.artifacts
+        self.appeals = Appeals(self.store, self.curation, self.clock)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = system_clock) -> Core:
         if not settings.redis_url:
             raise ConfigError("BLOCKLIST_REDIS_URL is not set (blocklist serve starts an embedded Redis)")
-        return cls(settings=settings, store=Store.from_url(settings.redis_url), clock=clock)
+        store = Store.from_url(settings.redis_url)
+        store.upgrade_key_names()
+        return cls(settings=settings, store=store, clock=clock)
 
     def latest_version(self) -> int | None:
         latest = self.publisher.latest()

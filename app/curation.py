@@ -28,8 +28,10 @@ from app import audit
 from app.clock import Clock, system_clock
 from app.config import Settings
 from app.domain import (
+    ENTRY_ACTIONS,
     REASON_REQUIRED,
     TRANSITIONS,
+    WITHDRAWN,
     Actor,
     AllowItem,
     Entry,
@@ -38,11 +40,16 @@ from app.domain import (
     Status,
     check_four_eyes,
     check_transition,
+    check_withdraw,
     clean_text,
+    display_domain,
+    display_url,
     index_key,
     normalize,
     normalize_domain,
     parents,
+    parse_bool,
+    url_host,
 )
 from app.errors import (
     BlocklistError,
@@ -198,17 +205,6 @@ class ImportReport:
         }
 
 
-def _parse_bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "y"):
-        return True
-    if text in ("false", "0", "no", "n"):
-        return False
-    raise ValidationError(f"{what} must be true or false, not {value!r}")
-
-
 # --------------------------------------------------------------------------- pages
 
 
@@ -298,12 +294,17 @@ class Curation:
         category: str | None = None,
         agency: str | None = None,
         submitted_by: str | None = None,
+        approvable_by: Actor | None = None,
+        oldest_first: bool = False,
         offset: int = 0,
         limit: int = 50,
         scan_budget: int = 5000,
     ) -> Page:
-        """A page of entries, newest first. Filters other than status are applied
-        while walking the status index, up to ``scan_budget`` records a page."""
+        """A page of entries, newest first (oldest first on request). Filters
+        other than status are applied while walking the status index, up to
+        ``scan_budget`` records a page. ``approvable_by`` keeps only the entries
+        the four-eyes rule lets that vetter approve."""
+        require_other = self.policy().require_other_agency if approvable_by is not None else False
         if status is not None and status not in {s.value for s in Status}:
             raise ValidationError(f"unknown status {status!r}")
         limit = max(1, min(int(limit), 500))
@@ -315,17 +316,24 @@ class Curation:
                 and (category is None or e.category == category)
                 and (agency is None or e.agency.casefold() == agency.casefold())
                 and (submitted_by is None or e.submitted_by == submitted_by)
+                and (approvable_by is None or self.four_eyes_problem(e, approvable_by, require_other) is None)
             )
 
         if q:
             return self._search(q.strip(), keep, offset, limit)
-        filtered = category is not None or agency is not None or submitted_by is not None
+        filtered = (category is not None or agency is not None or submitted_by is not None
+                    or approvable_by is not None)
         window = limit if not filtered else 200
         if status is not None:
             end = self.store.count_by_status([status])[status]
 
             def ids_at(pos: int) -> builtins.list[int]:
-                return self.store.ids_by_status(str(status), pos, window)
+                return self.store.ids_by_status(str(status), pos, window, newest_first=not oldest_first)
+        elif oldest_first:
+            end = self.store.last_entry_id()
+
+            def ids_at(pos: int) -> builtins.list[int]:
+                return list(range(pos + 1, min(end, pos + window) + 1))
         else:
             # Without a status, newest first is simply descending ids.
             end = last = self.store.last_entry_id()
@@ -350,11 +358,24 @@ class Curation:
                     out.append(e)
                     if len(out) >= limit:
                         break
+        if oldest_first:
+            # Redis orders equal scores (an import shares one second) by the
+            # id's text, which puts 10 before 9; people expect numbers.
+            out.sort(key=lambda e: (self._score(e), e.id))
         more = pos < end
         total = None
         if not filtered:
             total = end if status is not None else sum(self.counts().values())
         return Page(out, pos if more else None, total, partial=filtered and more and scanned >= scan_budget)
+
+    @staticmethod
+    def four_eyes_problem(entry: Entry, vetter: Actor, require_other_agency: bool) -> str | None:
+        """Why ``vetter`` may not approve ``entry``, in the rule's own words (None: may)."""
+        try:
+            check_four_eyes(entry, vetter, require_other_agency)
+        except BlocklistError as e:
+            return e.message
+        return None
 
     def _search(self, q: str, keep: Callable[[Entry], bool], offset: int, limit: int) -> Page:
         found: builtins.list[int] = []
@@ -368,11 +389,17 @@ class Curation:
             if e_id is not None and e_id not in seen:
                 found.append(e_id)
                 seen.add(e_id)
+        # Values are stored as A-labels; a needle typed in Unicode ("bücher")
+        # is looked for in the Unicode form of the names that have A-labels.
         needle = q.lower()
+        unicode_needle = not needle.isascii()
         partial = False
-        for raw in self.store.search_values(needle):
+        for raw in self.store.search_values("xn--" if unicode_needle else needle):
             e = Entry.from_json(raw)
-            if needle not in e.value or e.id in seen:
+            if e.id in seen:
+                continue
+            shown = display_domain(e.value) if e.type is EntryType.DOMAIN else display_url(e.value)
+            if needle not in e.value and needle not in shown.lower():
                 continue
             found.append(e.id)
             seen.add(e.id)
@@ -383,6 +410,20 @@ class Curation:
         page = out[offset : offset + limit]
         more = len(out) > offset + limit
         return Page(page, offset + limit if more else None, None, partial=partial)
+
+    def urls_on_host(self, host: str, limit: int = 200) -> builtins.list[Entry]:
+        """URL entries whose host is ``host`` (a normal domain), from the host
+        index. The first call on a store made before the index existed fills
+        it from one scan of the URL records."""
+        if not self.store.url_host_index_ready():
+            pairs = []
+            for raw in self.store.search_values("://"):
+                e = Entry.from_json(raw)
+                if e.type is EntryType.URL:
+                    pairs.append((url_host(e.value), e.id))
+            self.store.add_url_hosts(pairs, done=True)
+        found = self.get_many(self.store.url_host_ids(host)[:limit])
+        return [e for e in found if e.type is EntryType.URL and url_host(e.value) == host]
 
     def expiring(self, within_days: int = 14, limit: int = 200) -> builtins.list[Entry]:
         p = self.policy()
@@ -469,11 +510,11 @@ class Curation:
             raise ValidationError("value must be a string")
         norm = normalize(kind, value)
         if kind is EntryType.URL:
-            if subdomains not in (None, "", False) and _parse_bool(subdomains, "subdomains"):
+            if subdomains not in (None, "", False) and parse_bool(subdomains, "subdomains"):
                 raise ValidationError("subdomains applies to domain entries only, not to URLs")
             sub = False
         else:
-            sub = True if subdomains in (None, "") else _parse_bool(subdomains, "subdomains")
+            sub = True if subdomains in (None, "") else parse_bool(subdomains, "subdomains")
         return kind, norm, sub
 
     def submit(
@@ -531,8 +572,8 @@ class Curation:
         raise ConflictError("too many concurrent changes; try again")
 
     def act(self, actor: Actor, entry_id: Any, action: str, reason: Any = "") -> Entry:
-        """approve, reject, reverify, suspend, reinstate or delist one entry."""
-        if action not in TRANSITIONS or action in ("expire", "resubmit"):
+        """One of :data:`app.domain.ENTRY_ACTIONS` on one entry."""
+        if action not in ENTRY_ACTIONS:
             raise ValidationError(f"unknown action {action!r}")
         actor.require(f"entry.{action}")
         try:
@@ -575,6 +616,10 @@ class Curation:
             changes.update(status_reason=None)
         elif action in ("reject", "suspend", "delist"):
             changes.update(status_reason=reason)
+        elif action == "withdraw":
+            check_withdraw(old, actor)
+            changes.update(status_reason=f"{WITHDRAWN}: {reason}" if reason else WITHDRAWN)
+            after["status_reason"] = changes["status_reason"]
         return replace(old, **changes), before, after
 
     def approve_many(self, actor: Actor, ids: builtins.list[Any], reason: Any = "") -> builtins.list[Entry]:
@@ -797,14 +842,30 @@ class Curation:
 
     # ------------------------------------------------------------------ allowlist
 
-    def allowlist_add(self, actor: Actor, domain: Any, subdomains: Any = False, reason: Any = "") -> builtins.list[int]:
-        """Add a never-block name. Active entries it conflicts with are suspended
-        at once (their ids are returned), so a mistake can be stopped by one action."""
-        actor.require("allowlist.write")
+    def allowlist_effect(self, domain: Any, subdomains: Any = False) -> tuple[str, bool, builtins.list[Entry]]:
+        """What adding ``domain`` to the allowlist would do, changing nothing:
+        its normal form, whether it covers subdomains, and the active entries
+        it would suspend."""
         if not isinstance(domain, str):
             raise ValidationError("domain must be a string")
         name = normalize_domain(domain)
-        sub = _parse_bool(subdomains, "subdomains") if subdomains not in (None, "") else False
+        sub = parse_bool(subdomains, "subdomains") if subdomains not in (None, "") else False
+        return name, sub, [e for e in self._conflicting(name, sub) if e.status is Status.ACTIVE]
+
+    def allowlist_add(self, actor: Actor, domain: Any, subdomains: Any = False, reason: Any = "",
+                      expect_suspended: builtins.list[int] | None = None) -> builtins.list[int]:
+        """Add a never-block name. Active entries it conflicts with are suspended
+        at once (their ids are returned), so a mistake can be stopped by one action.
+
+        ``expect_suspended`` is the set of entries the person confirmed would be
+        suspended; when it is given and the set has changed since, nothing is
+        done and the person is asked again."""
+        actor.require("allowlist.write")
+        name, sub, conflicting = self.allowlist_effect(domain, subdomains)
+        if expect_suspended is not None and sorted(expect_suspended) != sorted(e.id for e in conflicting):
+            raise ConflictError(
+                f"the entries that adding {name} would suspend changed since you confirmed; check them again"
+            )
         reason_text = clean_text(reason, "reason")
         for _ in range(MAX_RETRIES):
             old_raw = self.store.allow_raw(name)
@@ -869,10 +930,12 @@ class Curation:
                 continue
         raise ConflictError("too many concurrent changes; try again")
 
-    def check_value(self, value: Any, etype: Any = None) -> dict[str, Any]:
-        """What submitting ``value`` would do, without changing anything (UI preview)."""
+    def check_value(self, value: Any, etype: Any = None, subdomains: Any = None) -> dict[str, Any]:
+        """What submitting ``value`` would do, without changing anything (UI
+        preview). ``subdomains`` is the choice the submission will carry (None:
+        the default, which covers subdomains)."""
         try:
-            kind, norm, sub = self._prepare(value, etype, None)
+            kind, norm, sub = self._prepare(value, etype, subdomains)
             self.rules().check(kind, norm)
         except BlocklistError as e:
             return {"ok": False, "error": e.message}
@@ -880,7 +943,7 @@ class Curation:
         probe = Entry(id=0, type=kind, value=norm, subdomains=sub, category="", status=Status.PENDING,
                       reason="", evidence_ref="", submitted_by="", agency="", submitted_at=0,
                       updated_at=0)
-        return {"ok": True, "type": str(kind), "value": norm, "covers": probe.covers(),
+        return {"ok": True, "type": str(kind), "value": norm, "subdomains": sub, "covers": probe.covers(),
                 "existing": None if existing is None else {"id": existing.id,
                                                             "status": str(existing.status)}}
 

@@ -71,10 +71,20 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "reverify": (frozenset({Status.ACTIVE}), Status.ACTIVE),
     "suspend": (frozenset({Status.ACTIVE}), Status.SUSPENDED),
     "reinstate": (frozenset({Status.SUSPENDED}), Status.ACTIVE),
-    "delist": (frozenset({Status.ACTIVE, Status.SUSPENDED, Status.EXPIRED, Status.PENDING}), Status.DELISTED),
+    # A pending entry was never published: it is rejected or withdrawn, not delisted.
+    "delist": (frozenset({Status.ACTIVE, Status.SUSPENDED, Status.EXPIRED}), Status.DELISTED),
+    # The submitter takes back their own pending entry; it ends as rejected,
+    # with "withdrawn by submitter" as the state's reason.
+    "withdraw": (frozenset({Status.PENDING}), Status.REJECTED),
     "expire": (frozenset({Status.ACTIVE}), Status.EXPIRED),
     "resubmit": (frozenset({Status.EXPIRED, Status.DELISTED, Status.REJECTED}), Status.PENDING),
 }
+
+# The actions people take on one entry (the web and the API offer these);
+# "expire" is the system's and "resubmit" makes a new submission.
+ENTRY_ACTIONS: tuple[str, ...] = tuple(a for a in TRANSITIONS if a not in ("expire", "resubmit"))
+
+WITHDRAWN = "withdrawn by submitter"
 
 # Actions that need a reason from the person taking them.
 REASON_REQUIRED = frozenset({"reject", "suspend", "reinstate", "delist"})
@@ -90,6 +100,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "entry.suspend": frozenset({Role.VETTER, Role.ADMIN}),
     "entry.reinstate": frozenset({Role.VETTER, Role.ADMIN}),
     "entry.delist": frozenset({Role.VETTER, Role.ADMIN}),
+    # Only the submitter may withdraw (checked by the service); these roles submit.
+    "entry.withdraw": frozenset({Role.CURATOR, Role.VETTER, Role.ADMIN}),
     "entry.import": frozenset({Role.CURATOR, Role.VETTER, Role.ADMIN}),
     "allowlist.read": _ALL,
     "allowlist.write": frozenset({Role.ADMIN}),
@@ -104,6 +116,36 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "appeal.read": frozenset({Role.ADMIN, Role.VETTER, Role.CURATOR}),
     "appeal.decide": frozenset({Role.VETTER, Role.ADMIN}),
 }
+
+#: What each permission lets a person do, as a person would say it.
+PERMISSION_WORDS: dict[str, str] = {
+    "entry.read": "see the list's entries",
+    "entry.submit": "submit entries",
+    "entry.resubmit": "submit entries again",
+    "entry.approve": "approve entries",
+    "entry.reject": "reject entries",
+    "entry.reverify": "re-verify entries",
+    "entry.suspend": "suspend entries",
+    "entry.reinstate": "reinstate entries",
+    "entry.delist": "delist entries",
+    "entry.import": "import entries",
+    "allowlist.read": "see the never-block allowlist",
+    "allowlist.write": "change the never-block allowlist",
+    "user.manage": "manage user accounts",
+    "isp.manage": "manage ISPs",
+    "isp.read": "see the ISPs",
+    "settings.write": "change settings",
+    "publish.now": "publish the list",
+    "publish.release": "release or discard held publications",
+    "publish.read": "see publications",
+    "audit.read": "read the audit log",
+    "appeal.read": "see appeals",
+    "appeal.decide": "decide appeals",
+}
+
+
+def _with_article(role: str) -> str:
+    return ("an " if role[:1] in "aeiou" else "a ") + role
 
 
 @dataclass(frozen=True)
@@ -120,8 +162,12 @@ class Actor:
 
     def require(self, permission: str) -> None:
         if not self.may(permission):
-            what = permission.replace(".", " ")
-            raise PermissionDeniedError(f"the {self.role} role may not {what.split(' ', 1)[1]} ({what})")
+            allowed = sorted(str(r) for r in PERMISSIONS[permission])
+            who = " or ".join(f"{r}s" for r in allowed)
+            raise PermissionDeniedError(
+                f"as {_with_article(str(self.role))} you may not {PERMISSION_WORDS.get(permission, permission)}; "
+                f"only {who} may"
+            )
 
 
 SYSTEM = Actor(name="system", role=Role.ADMIN, agency="system", system=True)
@@ -231,6 +277,16 @@ def display_domain(ascii_name: str) -> str:
         return idna.decode(ascii_name)
     except (idna.IDNAError, UnicodeError):
         return ascii_name
+
+
+def display_url(url: str) -> str:
+    """A URL with its host in Unicode form, for people."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, slash, tail = rest.partition("/")
+    name, colon, port = host.partition(":")
+    return f"{scheme}://{display_domain(name)}{colon}{port}{slash}{tail}"
 
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -567,13 +623,23 @@ class Entry:
     def key(self) -> str:
         return index_key(self.type, self.value)
 
+    def display(self) -> str:
+        """The value as people read it: Unicode host names."""
+        return display_domain(self.value) if self.type is EntryType.DOMAIN else display_url(self.value)
+
+    def label(self) -> str:
+        """The value for messages: the Unicode form, with the stored A-label
+        form beside it when the two differ."""
+        shown = self.display()
+        return shown if shown == self.value else f"{shown} ({self.value})"
+
     def covers(self) -> str:
         """What blocking this entry affects, in words shown before approval."""
         if self.type is EntryType.URL:
-            return f"only the URL {self.value} (web proxies; not in the DNS zone)"
+            return f"only the URL {self.label()} (web proxies; not in the DNS zone)"
         if self.subdomains:
-            return f"{self.value} and every name under it (*.{self.value})"
-        return f"exactly {self.value}; names under it stay reachable"
+            return f"{self.label()} and every name under it (*.{self.display()})"
+        return f"exactly {self.label()}; names under it stay reachable"
 
     def expires_at(self, reverify_days: int) -> int | None:
         if self.status is not Status.ACTIVE or self.verified_at is None:
@@ -639,6 +705,29 @@ def raise_state(entry: Entry, action: str) -> None:
 
     allowed = ", ".join(sorted(TRANSITIONS[action][0]))
     raise ConflictError(f"entry {entry.id} is {entry.status}; {action} needs it to be {allowed}")
+
+
+def check_withdraw(entry: Entry, actor: Actor) -> None:
+    if actor.name != entry.submitted_by:
+        raise PermissionDeniedError(
+            f"entry {entry.id} was submitted by {entry.submitted_by}; only the submitter may withdraw it"
+        )
+
+
+def parse_bool(value: object, what: str) -> bool:
+    """A yes/no from a form, a query string, JSON or a CSV cell. The text
+    "false" is false; anything that is not clearly yes or no is refused
+    rather than guessed."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off"):
+        return False
+    raise ValidationError(f"{what} must be true or false, not {value!r}")
 
 
 def check_four_eyes(entry: Entry, approver: Actor, require_other_agency: bool) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 import redis.exceptions
 
-from app.errors import ConfigError, RetryableConflictError, StoreError
+from app.errors import ConfigError, RetryableConflictError, StoreError, ValidationError
 
 PREFIX = "bl:"
 BUCKET_SIZE = 1024
@@ -46,12 +47,24 @@ INDEX_BUCKETS = 8192
 
 
 class K:
-    """Key templates. Keep every key name here."""
+    """Key templates. Keep every key name here.
+
+    A template filled with a name that people choose (a user, an ISP) has a
+    family prefix that no other key shares, and the name itself is checked by
+    :func:`key_part` (no ``:``), so no chosen name can ever spell a key of
+    another kind (``user:{name}`` once met ``user:sessions:{name}``, and
+    ``isp:{name}`` met ``isp:tokens``).
+    """
 
     entry_seq = PREFIX + "seq:entry"
     entries = PREFIX + "entries:{bucket}"
     value_index = PREFIX + "ix:value:{bucket}"
     status_index = PREFIX + "ix:status:{status}"
+    # URL entries by host (a set of ids per host), so a search for a host
+    # finds the URLs on it without reading every record; "ready" once the
+    # entries made before this index existed were added to it.
+    url_host = PREFIX + "ix:urlhost:{host}"
+    url_host_ready = PREFIX + "ix:urlhost-ready"
     dirty = PREFIX + "dirty"
     allowlist = PREFIX + "allowlist"
     users = PREFIX + "users"
@@ -63,7 +76,9 @@ class K:
     once = PREFIX + "once"
     isps = PREFIX + "isps"
     isp = PREFIX + "isp:{name}"
-    isp_tokens = PREFIX + "isp:tokens"
+    isp_tokens = PREFIX + "isp-tokens"
+    #: Where the ISP token index lived before it had its own family.
+    legacy_isp_tokens = PREFIX + "isp:tokens"
     pulls = PREFIX + "pulls"
     xot_cert = PREFIX + "xot:cert"
     pub_latest = PREFIX + "pub:latest"
@@ -91,9 +106,36 @@ class K:
     # Appeals: idempotency claims (same content, same form) -> appeal id.
     appeal_claim = PREFIX + "appeal-claim:{digest}"
     rate = PREFIX + "rate:{scope}:{who}"
+    rate_set = PREFIX + "rate-set:{scope}:{who}"
     login_failures = PREFIX + "login:failures:{name}"
     session = PREFIX + "session:{sid}"
-    user_sessions = PREFIX + "user:sessions:{name}"
+    user_sessions = PREFIX + "sessions-of:{name}"
+    agencies = PREFIX + "agencies"
+
+
+_KEY_PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: Sessions are stored under the SHA-256 (hex) of the id the browser holds.
+_SESSION_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def key_part(value: object, what: str) -> str:
+    """``value`` as the variable part of a key, or a :class:`ValidationError`.
+
+    The last line of defence: callers validate names with their own rules
+    first; this makes sure nothing else (a ``:``, upper case, a space) ever
+    reaches a key name.
+    """
+    if not isinstance(value, str) or not _KEY_PART.fullmatch(value):
+        raise ValidationError(f"{what} {str(value)[:80]!r} is not a valid name")
+    return value
+
+
+def _user_key(name: str) -> str:
+    return K.user.format(name=key_part(name, "user name"))
+
+
+def _isp_key(name: str) -> str:
+    return K.isp.format(name=key_part(name, "ISP name"))
 
 
 def entry_key(entry_id: int) -> str:
@@ -106,6 +148,14 @@ def _digest(index_key: str) -> bytes:
 
 def value_key(index_key: str) -> str:
     return K.value_index.format(bucket=int.from_bytes(_digest(index_key)[:4], "big") % INDEX_BUCKETS)
+
+
+def url_host_of(index_key: str) -> str | None:
+    """The host of a URL entry's index key (``u:scheme://host[:port]/...``)."""
+    if not index_key.startswith("u:"):
+        return None
+    rest = index_key[2:].partition("://")[2]
+    return rest.partition("/")[0].partition(":")[0] or None
 
 
 def value_field(index_key: str) -> str:
@@ -416,6 +466,9 @@ class Store:
             vkey, vfield = value_key(index_key), value_field(index_key)
             txn.expect_hget(vkey, vfield, index_expect)
             txn.op("HSET", vkey, vfield, f"{index_expect},{member}" if index_expect else member)
+            host = url_host_of(index_key)
+            if host:
+                txn.op("SADD", K.url_host.format(host=host), member)
         txn.op("HSET", ek, member, new_json)
         if old_status is not None and old_status != new_status:
             txn.op("ZREM", status_key(old_status), member)
@@ -429,6 +482,7 @@ class Store:
         fresh ids from :meth:`allocate_entry_ids`, in few large writes."""
         buckets: dict[str, list[str]] = {}
         index: dict[str, list[str]] = {}
+        hosts: dict[str, list[str]] = {}
         zadd_args: list[str] = []
         sc = repr(float(score))
         for entry_id, ikey, js, index_expect in items:
@@ -439,13 +493,34 @@ class Store:
             index.setdefault(vkey, []).extend(
                 (vfield, f"{index_expect},{member}" if index_expect else member)
             )
+            host = url_host_of(ikey)
+            if host:
+                hosts.setdefault(K.url_host.format(host=host), []).append(member)
             zadd_args += (sc, member)
         for key, args in buckets.items():
             txn.op("HSET", key, *args)
         for key, args in index.items():
             txn.op("HSET", key, *args)
+        for key, args in hosts.items():
+            txn.op("SADD", key, *args)
         if zadd_args:
             txn.op("ZADD", status_key(status), *zadd_args)
+
+    def url_host_ids(self, host: str) -> list[int]:
+        """Ids of the URL entries on ``host``."""
+        return sorted(int(i) for i in self.r.smembers(K.url_host.format(host=host)))
+
+    def url_host_index_ready(self) -> bool:
+        return bool(self.r.exists(K.url_host_ready))
+
+    def add_url_hosts(self, pairs: Iterable[tuple[str, int]], done: bool = False) -> None:
+        """Add (host, id) pairs to the URL host index; ``done`` marks it complete."""
+        pipe = self.r.pipeline(transaction=False)
+        for host, entry_id in pairs:
+            pipe.sadd(K.url_host.format(host=host), str(entry_id))
+        if done:
+            pipe.set(K.url_host_ready, "1")
+        pipe.execute()
 
     def count_by_status(self, statuses: Iterable[str]) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
@@ -515,11 +590,11 @@ class Store:
         return sorted(str(n) for n in self.r.smembers(K.users))
 
     def user_raw(self, name: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.r.hgetall(K.user.format(name=name)).items()}
+        return {str(k): str(v) for k, v in self.r.hgetall(_user_key(name)).items()}
 
     def put_user(self, txn: Txn, name: str, fields: dict[str, str], *, create: bool = False,
                  expect_version: str | None = None) -> None:
-        key = K.user.format(name=name)
+        key = _user_key(name)
         if create:
             txn.expect_hget(key, "name", None)
             txn.op("SADD", K.users, name)
@@ -533,7 +608,18 @@ class Store:
 
     def user_touch(self, name: str, fields: dict[str, str]) -> None:
         """Bookkeeping that is not a change of the account (last login, failures)."""
-        self.r.hset(K.user.format(name=name), mapping=fields)
+        self.r.hset(_user_key(name), mapping=fields)
+
+    def expect_user_field(self, txn: Txn, name: str, fld: str, value: str | None) -> None:
+        """Make ``txn`` apply only while the account's ``fld`` is still ``value``."""
+        txn.expect_hget(_user_key(name), fld, value)
+
+    def agencies_raw(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(K.agencies).items()}
+
+    def put_agency(self, txn: Txn, agency_id: str, new_json: str, expect_json: str | None) -> None:
+        txn.expect_hget(K.agencies, agency_id, expect_json)
+        txn.op("HSET", K.agencies, agency_id, new_json)
 
     def set_token(self, txn: Txn, name: str, token_hash: str, old_hash: str | None) -> None:
         if old_hash:
@@ -545,10 +631,10 @@ class Store:
         return None if v is None else str(v)
 
     def login_failures(self, name: str) -> int:
-        return int(self.r.get(K.login_failures.format(name=name)) or 0)
+        return int(self.r.get(K.login_failures.format(name=key_part(name, "user name"))) or 0)
 
     def add_login_failure(self, name: str, window: int) -> int:
-        key = K.login_failures.format(name=name)
+        key = K.login_failures.format(name=key_part(name, "user name"))
         pipe = self.r.pipeline()
         pipe.incr(key)
         pipe.expire(key, window)
@@ -556,37 +642,59 @@ class Store:
         return int(n)
 
     def clear_login_failures(self, name: str) -> None:
-        self.r.delete(K.login_failures.format(name=name))
+        self.r.delete(K.login_failures.format(name=key_part(name, "user name")))
 
     def rate_hit(self, scope: str, who: str, window: int) -> int:
         """Fixed-window counter: hits of ``who`` in the current window."""
         slot = int(time.time() // window)
-        key = K.rate.format(scope=scope, who=f"{who}:{slot}")
+        key = K.rate.format(scope=key_part(scope, "rate scope"), who=f"{key_part(who, 'rate subject')}:{slot}")
         pipe = self.r.pipeline()
         pipe.incr(key)
         pipe.expire(key, window * 2)
         n, _ = pipe.execute()
         return int(n)
 
+    def rate_peek(self, scope: str, who: str, window: int) -> int:
+        """Hits of ``who`` in the current window of :meth:`rate_hit`, without counting one."""
+        slot = int(time.time() // window)
+        key = K.rate.format(scope=key_part(scope, "rate scope"), who=f"{key_part(who, 'rate subject')}:{slot}")
+        return int(self.r.get(key) or 0)
+
+    def distinct_hit(self, scope: str, who: str, item: str, window: int) -> int:
+        """Fixed-window count of the different ``item`` values ``who`` used (``item`` is stored as a digest)."""
+        slot = int(time.time() // window)
+        key = K.rate_set.format(scope=key_part(scope, "rate scope"), who=f"{key_part(who, 'rate subject')}:{slot}")
+        pipe = self.r.pipeline()
+        pipe.sadd(key, hashlib.sha256(item.encode()).hexdigest()[:16])
+        pipe.expire(key, window * 2)
+        pipe.scard(key)
+        _, _, n = pipe.execute()
+        return int(n)
+
     # ------------------------------------------------------------------ sessions
 
     def session_get(self, sid: str) -> str | None:
+        if not _SESSION_ID.fullmatch(sid or ""):
+            return None  # nothing is ever stored under anything but a digest
         v = self.r.get(K.session.format(sid=sid))
         return None if v is None else str(v)
 
     def session_put(self, sid: str, data: str, ttl: int, user: str | None) -> None:
         pipe = self.r.pipeline()
+        if not _SESSION_ID.fullmatch(sid):
+            raise ValidationError("a session is stored under the SHA-256 digest of its id")
         pipe.set(K.session.format(sid=sid), data, ex=ttl)
         if user:
-            pipe.sadd(K.user_sessions.format(name=user), sid)
+            pipe.sadd(K.user_sessions.format(name=key_part(user, "user name")), sid)
             pipe.expire(K.user_sessions.format(name=user), 86400 * 2)
         pipe.execute()
 
     def session_delete(self, sid: str) -> None:
-        self.r.delete(K.session.format(sid=sid))
+        if _SESSION_ID.fullmatch(sid or ""):
+            self.r.delete(K.session.format(sid=sid))
 
     def sessions_end_for_user(self, name: str) -> None:
-        key = K.user_sessions.format(name=name)
+        key = K.user_sessions.format(name=key_part(name, "user name"))
         sids = self.r.smembers(key)
         pipe = self.r.pipeline()
         for sid in sids:
@@ -633,6 +741,20 @@ class Store:
         else:
             txn.op("HSET", K.settings, name, value)
 
+    def upgrade_key_names(self) -> None:
+        """Move keys whose family an older release shared with chosen names.
+
+        Idempotent and cheap (one EXISTS when there is nothing to do); runs
+        when a process opens the store.
+        """
+        try:
+            if self.r.exists(K.legacy_isp_tokens) and not self.r.exists(K.isp_tokens):
+                self.r.renamenx(K.legacy_isp_tokens, K.isp_tokens)
+        except redis.exceptions.ResponseError:
+            pass  # another process moved it first
+        except redis.exceptions.RedisError:
+            pass  # unreachable: the first real read says so, in the caller's words
+
     def once(self, name: str) -> bool:
         """True the first time it is called with ``name`` for this store, ever."""
         return bool(self.r.hsetnx(K.once, name, str(int(time.time()))))
@@ -643,17 +765,17 @@ class Store:
         return sorted(str(n) for n in self.r.smembers(K.isps))
 
     def isp_raw(self, name: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.r.hgetall(K.isp.format(name=name)).items()}
+        return {str(k): str(v) for k, v in self.r.hgetall(_isp_key(name)).items()}
 
     def isps_raw(self, names: Sequence[str]) -> list[dict[str, str]]:
         pipe = self.r.pipeline(transaction=False)
         for n in names:
-            pipe.hgetall(K.isp.format(name=n))
+            pipe.hgetall(_isp_key(n))
         return [{str(k): str(v) for k, v in d.items()} for d in pipe.execute()]
 
     def put_isp(self, txn: Txn, name: str, fields: dict[str, str], *, create: bool = False,
                 expect_version: str | None = None) -> None:
-        key = K.isp.format(name=name)
+        key = _isp_key(name)
         if create:
             txn.expect_hget(key, "name", None)
             txn.op("SADD", K.isps, name)
@@ -676,7 +798,7 @@ class Store:
     def isp_record_pull(self, name: str, fields: dict[str, str], keep: int = 100_000) -> None:
         """Bookkeeping of a feed pull or zone transfer (not an audited change)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(K.isp.format(name=name), mapping=fields)
+        pipe.hset(_isp_key(name), mapping=fields)
         pipe.xadd(K.pulls, {"isp": name, **fields}, maxlen=keep, approximate=True)
         pipe.execute()
 
@@ -853,19 +975,19 @@ class Store:
         return int(str(self.r.incr(K.appeal_seq)))
 
     def appeal_raw(self, appeal_id: int) -> str | None:
-        v = self.r.get(K.appeal.format(id=appeal_id))
+        v = self.r.get(K.appeal.format(id=int(appeal_id)))
         return None if v is None else str(v)
 
     def appeals_raw(self, ids: Sequence[int]) -> list[str | None]:
         if not ids:
             return []
-        values = self.r.mget([K.appeal.format(id=i) for i in ids])
+        values = self.r.mget([K.appeal.format(id=int(i)) for i in ids])
         return [None if v is None else str(v) for v in values]
 
     def put_appeal(self, txn: Txn, appeal_id: int, new_json: str, *, expect_json: str | None,
                    old_status: str | None, new_status: str, score: float) -> None:
         """Write one appeal with its indexes, if it still is ``expect_json``."""
-        key = K.appeal.format(id=appeal_id)
+        key = K.appeal.format(id=int(appeal_id))
         member = str(appeal_id)
         txn.expect_get(key, expect_json)
         txn.op("SET", key, new_json)

@@ -4,7 +4,7 @@
     TOKEN=$(.venv/bin/blocklist user token admin)
     python3 scripts/api_walkthrough.py --url http://127.0.0.1:8000 --admin-token "$TOKEN"
 
-It adds three accounts (a curator and a vetter of agency A, a vetter of
+It puts agencies A and B on the list, adds three accounts (a curator and a vetter of agency A, a vetter of
 agency B), then: the curator submits ``Example.TEST.`` (stored as
 ``example.test``, pending); the curator's own approval is refused; the vetter
 of the same agency is refused; the vetter of the other agency approves
@@ -56,6 +56,9 @@ def main() -> int:
         failures += 0 if ok else 1
 
     suffix = secrets.token_hex(3)
+    for agency in ("Agency A", "Agency B"):
+        status, body = admin.call("POST", "/agencies", {"name": agency})
+        check(status in (201, 409), f"{agency} is on the list of agencies", body if status not in (201, 409) else "")
     people = {}
     for role, agency in (("curator", "Agency A"), ("vetter", "Agency A"), ("vetter", "Agency B")):
         name = f"{role[:3]}-{agency[-1].lower()}-{suffix}"

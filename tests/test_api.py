@@ -169,7 +169,10 @@ def test_listing_and_audit_over_http(client, personas: Personas) -> None:
 def test_users_and_tokens_over_http(client, personas: Personas) -> None:
     a = personas.ada.headers
     r = client.post("/api/v1/users", json={"name": "nina", "role": "vetter", "agency": "Agency C"}, headers=a)
-    assert r.status_code == 201 and r.json["role"] == "vetter"
+    assert r.status_code == 400 and "no agency 'Agency C' on the list" in r.json["error"]
+    assert client.post("/api/v1/agencies", json={"name": "Agency C"}, headers=a).status_code == 201
+    r = client.post("/api/v1/users", json={"name": "nina", "role": "vetter", "agency": "agency c"}, headers=a)
+    assert r.status_code == 201 and r.json["role"] == "vetter" and r.json["agency"] == "Agency C"
     token = client.post("/api/v1/users/nina/token", headers=a).json["token"]
     assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json["name"] == "nina"
     new = client.post("/api/v1/users/nina/token", headers=a).json["token"]

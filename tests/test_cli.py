@@ -26,9 +26,13 @@ def run(settings: Settings, *args: str, stdin: str | None = None) -> subprocess.
 
 
 def test_user_commands(core: Core, settings: Settings) -> None:
-    r = run(settings, "user", "add", "olga", "--role", "vetter", "--agency", "Agency C", "--password-stdin",
+    r = run(settings, "user", "add", "olga", "--role", "vetter", "--agency", "Agency C")
+    assert r.returncode == 1 and "there is no agency 'Agency C' on the list" in r.stderr
+    assert run(settings, "user", "agency", "add", "Agency C").returncode == 0
+    r = run(settings, "user", "add", "olga", "--role", "vetter", "--agency", "agency c", "--password-stdin",
             stdin="a long enough password\n")
     assert r.returncode == 0, r.stderr
+    assert core.users.get("olga").must_change  # a password someone else chose is temporary
     assert core.users.authenticate_password("olga", "a long enough password").role == "vetter"
     token = run(settings, "user", "token", "olga").stdout.strip()
     assert token.startswith("blu_")

@@ -319,11 +319,19 @@ def test_nginx_redirects_plain_http_and_keeps_metrics_to_the_token(
     assert b"blocklist_http_requests_total" in scraped.body
 
 
-def test_the_stop_page_answers_every_other_name_and_is_not_logged(stack: tuple[Nginx, LiveServer]) -> None:
+def test_the_stop_page_answers_every_other_name_and_is_not_logged(
+    stack: tuple[Nginx, LiveServer], offload_core: Core, personas: Personas
+) -> None:
     proxy, _server = stack
+    entry = offload_core.curation.submit(personas.alice.actor, "blocked-name.test", "domain", True, "csam",
+                                         "seen", "case-8")
+    offload_core.curation.act(personas.bruno.actor, entry.id, "approve", "checked")
     page = proxy.get("/", host="blocked-name.test", tls=False)
     assert page.status == 451
     assert b"blocked-name.test" in page.body
+    other = proxy.get("/", host="unlisted-name.test", tls=False)
+    assert other.status == 404
+    assert b"unlisted-name.test" not in other.body
     assert "blocked-name.test" not in proxy.access_log()
 
 

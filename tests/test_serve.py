@@ -49,7 +49,8 @@ def wait_http(url: str, timeout: float = 30) -> bytes:
 
 
 def sign_in(base: str, user: str, password: str) -> None:
-    """Sign in through the web admin as a person would, and land on the dashboard."""
+    """Sign in through the web admin as a person would with the printed (temporary)
+    password, and land where it must be replaced."""
     import html
     import http.cookiejar
     import urllib.parse
@@ -63,8 +64,8 @@ def sign_in(base: str, user: str, password: str) -> None:
                                    "password": password}).encode()
     with opener.open(f"{base}/login", data=form, timeout=10) as r:
         body = r.read().decode()
-        assert r.geturl().rstrip("/") == base, r.geturl()
-    assert "Dashboard" in body and "Sign out" in body
+        assert r.geturl() == f"{base}/account#password", r.geturl()
+    assert "choose your own before anything else" in body and "Sign out" in body
 
 
 def stop(proc: subprocess.Popen[str]) -> str:

@@ -40,5 +40,5 @@ def test_the_walkthrough_script_passes_against_a_live_service(live_server, core,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 failure(s)" in r.stdout
-    assert r.stdout.count("PASS") == 14
+    assert r.stdout.count("PASS") == 16
     assert "FAIL" not in r.stdout

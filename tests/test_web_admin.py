@@ -25,6 +25,11 @@ def approved(core: Core, p: Personas, value: str, subdomains: bool = True) -> in
     return entry_id
 
 
+def words(r) -> str:
+    """A page's text with entry numbers unlinked (messages link them)."""
+    return re.sub(r'<a href="/entries/\d+">(\d+)</a>', r"\1", text(r))
+
+
 def secret_values(html: str) -> list[str]:
     return re.findall(r'<code class="secret">([^<]+)</code>', html)
 
@@ -93,7 +98,7 @@ def test_self_approval_is_refused_and_another_agency_approves(app, core: Core, p
     page = text(vera.get(f"/entries/{entry_id}"))
     assert "submitted by vera; a second person must approve it" in page
     r = post(vera, f"/entries/{entry_id}/approve", {"reason": ""}, follow_redirects=True)
-    assert f"Not approved: entry {entry_id} was submitted by vera" in text(r)
+    assert f"Not approved: entry {entry_id} was submitted by vera" in words(r)
     assert core.curation.get(entry_id).status == "pending"
     # A vetter of the same agency is refused too.
     alice_entry = submit(core, personas.alice, "same-agency.example")
@@ -101,7 +106,7 @@ def test_self_approval_is_refused_and_another_agency_approves(app, core: Core, p
     assert "approval must come from a vetter of another agency" in text(r)
     bruno = signed_in(app.test_client(), personas.bruno)
     r = post(bruno, f"/entries/{entry_id}/approve", {"reason": "confirmed"}, follow_redirects=True)
-    assert f"Entry {entry_id} (forum.bad.example) approved; it is now active" in text(r)
+    assert f"Entry {entry_id} (forum.bad.example) approved; it is now active" in words(r)
 
 
 def test_suspend_and_delist_need_a_reason(app, core: Core, personas: Personas) -> None:
@@ -121,7 +126,7 @@ def test_suspend_and_delist_need_a_reason(app, core: Core, personas: Personas) -
 
 def test_submit_checks_first_and_refusals_change_nothing(app, core: Core, personas: Personas) -> None:
     alice = signed_in(app.test_client(), personas.alice)
-    r = post(alice, "/submit", {"value": "Bad.Example", "type": "", "subdomains": "", "category": "csam",
+    r = post(alice, "/submit", {"value": "Bad.Example", "type": "", "subdomains": "y", "category": "csam",
                                 "check": "Check what it covers"})
     assert r.status_code == 200
     assert "would block: bad.example and every name under it" in text(r)
@@ -133,7 +138,7 @@ def test_submit_checks_first_and_refusals_change_nothing(app, core: Core, person
     assert core.store.last_entry_id() == 0
     r = post(alice, "/submit", {"value": "https://Bad.Example/a/../gallery?id=1", "category": "csam",
                                 "subdomains": "y", "submit": "Submit for vetting"}, follow_redirects=True)
-    assert "Entry 1 (https://bad.example/gallery?id=1) submitted" in text(r)
+    assert "Entry 1 (https://bad.example/gallery?id=1) submitted" in words(r)
     assert "only the URL https://bad.example/gallery?id=1" in text(r)
 
 
@@ -218,7 +223,12 @@ def test_an_admin_adds_to_the_allowlist_and_conflicting_entries_are_suspended(
     ada = signed_in(app.test_client(), personas.ada)
     r = post(ada, "/allowlist", {"domain": "bigplatform.example", "subdomains": "y", "reason": "platform"},
              follow_redirects=True)
-    assert f"Suspended at once because they conflict with it: entry {entry_id}" in text(r)
+    assert "This suspends 1 active entry at once" in text(r)  # first it says what happens, and asks
+    assert "cdn.bigplatform.example" in text(r)
+    assert core.curation.get(entry_id).status == "active"
+    r = post(ada, "/allowlist", {"domain": "bigplatform.example", "subdomains": "y", "reason": "platform",
+                                 "confirmed": "yes", "expect": str(entry_id)}, follow_redirects=True)
+    assert f"Suspended because they conflict with it: entry {entry_id}" in words(r)
     assert core.curation.get(entry_id).status == "suspended"
     r = post(ada, "/allowlist", {"domain": "co.uk!", "reason": "x"}, follow_redirects=True)
     assert "Not added" in text(r)
@@ -229,6 +239,8 @@ def test_an_admin_adds_to_the_allowlist_and_conflicting_entries_are_suspended(
 
 
 def test_an_admin_manages_users(app, core: Core, personas: Personas) -> None:
+    for agency in ("Agency C", "Oversight"):
+        core.users.add_agency(personas.ada.actor, agency)
     ada = signed_in(app.test_client(), personas.ada)
     r = post(ada, "/users", {"name": "dora", "role": "vetter", "agency": "Agency C", "password": "a" * 14})
     assert r.status_code == 200
@@ -396,7 +408,13 @@ def test_a_held_publication_is_released_by_an_admin(app, core: Core, personas: P
     r = post(ada, "/publications/held/release", {"reason": ""}, follow_redirects=True)
     assert "Give a reason" in text(r)
     r = post(ada, "/publications/held/release", {"reason": "expected: new national list"}, follow_redirects=True)
+    assert "Release the held publication?" in text(r)
+    assert not core.publisher.held().get("released_by")  # nothing is done before the confirmation
+    expect = re.search(r'name="expect" value="([^"]+)"', text(r)).group(1)
+    r = post(ada, "/publications/held/release", {"reason": "expected: new national list", "confirmed": "yes",
+                                                 "expect": expect}, follow_redirects=True)
     assert "Released" in text(r)
+    assert 'http-equiv="refresh"' in text(r)  # the page follows the publisher until it has published
     core.publisher.serve_request()
     assert core.latest_version() == 1
 

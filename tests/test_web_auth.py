@@ -213,18 +213,21 @@ def test_sign_in_never_sends_people_to_another_site(client, personas: Personas) 
 # --------------------------------------------------------------------------- second factor
 
 
-def set_up_totp(client) -> str:
+def set_up_totp(client, clock: FakeClock) -> str:
     r = post(client, "/account/mfa")
     assert r.status_code == 200
     secret = text(r).split('id="totp-secret">', 1)[1].split("<", 1)[0]
-    r = post(client, "/account/mfa/confirm", {"code": pyotp.TOTP(secret).now()}, follow_redirects=True)
+    r = post(client, "/account/mfa/confirm", {"code": pyotp.TOTP(secret).at(clock())}, follow_redirects=True)
     assert "Second factor on" in text(r)
+    clock.advance(30)  # the code that turned it on is spent; the next one signs in
     return secret
 
 
-def test_with_a_second_factor_the_password_alone_is_not_enough(app, core: Core, personas: Personas) -> None:
+def test_with_a_second_factor_the_password_alone_is_not_enough(
+    app, core: Core, personas: Personas, clock: FakeClock
+) -> None:
     client = signed_in(app.test_client(), personas.vera)
-    secret = set_up_totp(client)
+    secret = set_up_totp(client, clock)
     assert core.users.get("vera").totp_enabled
     client.post("/logout", data={"csrf_token": csrf(client)})
 
@@ -235,7 +238,7 @@ def test_with_a_second_factor_the_password_alone_is_not_enough(app, core: Core, 
     r = client.post("/login/code", data={"csrf_token": token, "code": "000000"})
     assert r.status_code == 401
     assert "not right" in text(r)
-    code = pyotp.TOTP(secret).now()
+    code = pyotp.TOTP(secret).at(clock())
     r = client.post("/login/code", data={"csrf_token": token, "code": code})
     assert r.status_code == 302
     assert client.get("/").status_code == 200
@@ -246,9 +249,9 @@ def test_with_a_second_factor_the_password_alone_is_not_enough(app, core: Core, 
     assert r.status_code == 401
 
 
-def test_wrong_codes_count_towards_the_lock_out(app, core: Core, personas: Personas) -> None:
+def test_wrong_codes_count_towards_the_lock_out(app, core: Core, personas: Personas, clock: FakeClock) -> None:
     client = signed_in(app.test_client(), personas.vera)
-    set_up_totp(client)
+    set_up_totp(client, clock)
     client.post("/logout", data={"csrf_token": csrf(client)})
     for _ in range(2):
         sign_in(client, personas.vera)
@@ -257,7 +260,7 @@ def test_wrong_codes_count_towards_the_lock_out(app, core: Core, personas: Perso
     assert core.users.get("vera").locked
 
 
-def test_admins_must_set_up_a_second_factor_when_required(core: Core, personas: Personas) -> None:
+def test_admins_must_set_up_a_second_factor_when_required(core: Core, personas: Personas, clock: FakeClock) -> None:
     strict = replace_core(core, require_mfa=True)
     client = create_app(core=strict, test_config={"TESTING": True}).test_client()
     signed_in(client, personas.ada)
@@ -265,7 +268,7 @@ def test_admins_must_set_up_a_second_factor_when_required(core: Core, personas: 
     assert r.status_code == 302
     assert r.headers["Location"] == "/account"
     assert "Admins must set up a second factor" in text(client.get("/account"))
-    set_up_totp(client)
+    set_up_totp(client, clock)
     assert client.get("/users").status_code == 200
     # Other roles are not forced.
     other = create_app(core=strict, test_config={"TESTING": True}).test_client()
@@ -273,7 +276,7 @@ def test_admins_must_set_up_a_second_factor_when_required(core: Core, personas: 
     assert other.get("/entries").status_code == 200
 
 
-def test_changing_the_password_needs_the_current_one_and_signs_out_everywhere(
+def test_changing_the_password_needs_the_current_one_and_signs_out_everywhere_else(
     app, client, core: Core, personas: Personas
 ) -> None:
     signed_in(client, personas.alice)
@@ -285,7 +288,9 @@ def test_changing_the_password_needs_the_current_one_and_signs_out_everywhere(
     r = post(client, "/account/password", {"current": PASSWORD, "new": new, "confirm": new})
     assert r.status_code == 303
     assert elsewhere.get("/").status_code == 302
-    assert sign_in(client, personas.alice, new).status_code == 302
+    assert client.get("/").status_code == 200  # this browser goes on in a new session
+    assert sign_in(app.test_client(), personas.alice, new).status_code == 302
+    assert sign_in(app.test_client(), personas.alice).status_code == 401
 
 
 @pytest.mark.parametrize("field", ["username", "password"])
@@ -303,6 +308,7 @@ def test_the_sign_in_form_refuses_a_missing_csrf_token(client, personas: Persona
 
 
 def test_an_account_added_without_a_password_gets_one_shown_once(app, core: Core, personas: Personas) -> None:
+    core.users.add_agency(personas.ada.actor, "Agency C")
     admin = signed_in(app.test_client(), personas.ada)
     r = post(admin, "/users", {"name": "newbie", "role": "curator", "agency": "Agency C"})
     assert r.status_code == 200
@@ -312,3 +318,11 @@ def test_an_account_added_without_a_password_gets_one_shown_once(app, core: Core
     assert password not in text(admin.get("/users/newbie"))
     assert sign_in(app.test_client(), "newbie", password).status_code == 302
     assert core.users.get("newbie").role == "curator"
+
+
+def test_a_refused_page_says_in_words_what_the_role_may_not_do(app, personas: Personas) -> None:
+    auditor = signed_in(app.test_client(), personas.audrey)
+    r = auditor.get("/users")
+    assert r.status_code == 403
+    assert "as an auditor you may not manage user accounts; only admins may" in text(r)
+    assert "(user manage)" not in text(r)

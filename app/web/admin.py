@@ -1,6 +1,8 @@
-"""The curators' web admin: app wiring, shared helpers and the dashboard.
+"""The curators' web admin: app wiring and the dashboard.
 
-The pages live in four blueprints: ``admin`` (this module: the dashboard),
+Helpers shared by the page modules live in :mod:`app.web.common`; this
+module imports the page modules only to register them, and none of them
+imports this one. The pages live in four blueprints: ``admin`` (this module: the dashboard),
 ``entries`` (admin_entries: entries, submission, vetting, re-verification),
 ``manage`` (admin_manage: allowlist, users, ISPs, own account) and
 ``records`` (admin_records: publications, audit log, appeals).
@@ -23,80 +25,19 @@ What must stay true:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, g, render_template, request
 from flask_wtf.csrf import CSRFProtect
 
-from app.appeals import Appeals, AppealStatus
-from app.core import Core
-from app.domain import Status, check_four_eyes, display_domain, iso
-from app.errors import PermissionDeniedError
-from app.web import core_of
+from app.appeals import AppealStatus
+from app.domain import Status, display_domain, display_url
+from app.web import common, core_of
 from app.web.auth import actor, current_user, page
+from app.web.common import core, when
 
 bp = Blueprint("admin", __name__)
-
-
-def core() -> Core:
-    return core_of(current_app)
-
-
-def appeals() -> Appeals:
-    found: Appeals | None = current_app.extensions.get("blocklist.appeals")
-    if found is None:
-        c = core()
-        found = current_app.extensions["blocklist.appeals"] = Appeals(c.store, c.curation, c.clock)
-    return found
-
-
-# --------------------------------------------------------------------------- template helpers
-
-
-def when(value: Any) -> str:
-    """Epoch seconds or ISO text as ``2027-01-15 08:00 UTC``."""
-    if value in (None, "", 0):
-        return "—"
-    text = (iso(value) or "") if isinstance(value, int | float) else str(value)
-    if len(text) >= 16 and text[10] == "T":
-        return f"{text[:10]} {text[11:16]} UTC"
-    return text
-
-
-def size(n: Any) -> str:
-    try:
-        v = float(n)
-    except (TypeError, ValueError):
-        return "—"
-    for unit in ("B", "KB", "MB", "GB"):
-        if v < 1024 or unit == "GB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return f"{v:.1f} GB"
-
-
-def number(n: Any) -> str:
-    return "—" if n is None else f"{int(n):,}"
-
-
-def compact_json(value: Any, limit: int = 400) -> str:
-    """An audit record's before/after on one line; bulk records (imports of
-    thousands of entries) are cut, the full record stays in the log."""
-    if value is None:
-        return ""
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def four_eyes_problem(entry: Any) -> str | None:
-    """Why the signed-in vetter may not approve ``entry``, in the rule's own words."""
-    try:
-        check_four_eyes(entry, actor(), core().curation.policy().require_other_agency)
-    except PermissionDeniedError as e:
-        return e.message
-    return None
 
 
 def _nav() -> list[tuple[str, str, str]]:
@@ -156,6 +97,19 @@ class Chart:
     min_count: int
     max_change: int
     bar_width: float
+    ticks: list[tuple[int, float]]
+
+
+def nice_ticks(hi: int, count: int = 4) -> list[int]:
+    """Round values from 0 to at least ``hi`` for an axis: 0, 250, 500, 750..."""
+    if hi <= 0:
+        return [0, 1]
+    raw = hi / count
+    magnitude = 10 ** (len(str(int(raw))) - 1) if raw >= 1 else 1
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    step = max(1, int(step))
+    top = -(-hi // step) * step
+    return list(range(0, top + 1, step))
 
 
 def build_chart(versions: list[dict[str, Any]], width: int = 720, height: int = 240) -> Chart | None:
@@ -170,7 +124,9 @@ def build_chart(versions: list[dict[str, Any]], width: int = 720, height: int = 
     change_half = height * 0.16
     counts = [int(m.get("count", 0)) for m in points]
     hi, lo = max(counts), min(counts)
-    span = max(1, hi - lo)
+    # The size axis starts at zero, so the line's height is the list's size.
+    axis = nice_ticks(hi)
+    span = axis[-1]
     changes = [m.get("changes") or {} for m in points]
     max_change = max([1, *(int(c.get("added", 0)) for c in changes), *(int(c.get("removed", 0)) for c in changes)])
     step = (width - left - right) / max(1, len(points))
@@ -178,7 +134,7 @@ def build_chart(versions: list[dict[str, Any]], width: int = 720, height: int = 
     coords = []
     for i, (m, count, ch) in enumerate(zip(points, counts, changes, strict=True)):
         x = left + step * i + step / 2
-        y = size_bottom - (count - lo) / span * (size_bottom - top) if hi != lo else (size_bottom + top) / 2
+        y = size_bottom - count / span * (size_bottom - top)
         added, removed = int(ch.get("added", 0)), int(ch.get("removed", 0))
         coords.append(f"{x:.1f},{y:.1f}")
         bars.append(Bar(
@@ -189,7 +145,8 @@ def build_chart(versions: list[dict[str, Any]], width: int = 720, height: int = 
         ))
     return Chart(width=width, height=height, top=top, base=size_bottom, change_mid=change_mid, bars=bars,
                  line=" ".join(coords), max_count=hi, min_count=lo, max_change=max_change,
-                 bar_width=max(2.0, min(24.0, step * 0.5)))
+                 bar_width=max(2.0, min(24.0, step * 0.5)),
+                 ticks=[(t, size_bottom - t / span * (size_bottom - top)) for t in axis])
 
 
 # --------------------------------------------------------------------------- dashboard
@@ -203,10 +160,9 @@ def dashboard() -> Any:
     counts = c.curation.counts()
     work: dict[str, Any] = {}
     if a.may("entry.approve"):
-        pending = c.curation.list(status=Status.PENDING.value, limit=50)
-        mine_to_vet = [e for e in pending.entries if four_eyes_problem(e) is None]
-        work["to_vet"] = mine_to_vet[:8]
-        work["to_vet_more"] = len(mine_to_vet) > 8
+        mine_to_vet = c.curation.list(status=Status.PENDING.value, approvable_by=a, oldest_first=True, limit=8)
+        work["to_vet"] = mine_to_vet.entries
+        work["to_vet_more"] = mine_to_vet.next_offset is not None
     if a.may("entry.submit"):
         own = c.curation.list(status=Status.PENDING.value, submitted_by=a.name, limit=8)
         work["own_pending"] = own.entries
@@ -214,7 +170,7 @@ def dashboard() -> Any:
         work["expiring"] = c.curation.expiring(14, limit=8)
         work["expiring_count"] = c.curation.count_expiring(14)
     if a.may("appeal.read"):
-        work["appeals_open"] = appeals().counts()[AppealStatus.OPEN.value]
+        work["appeals_open"] = c.appeals.counts()[AppealStatus.OPEN.value]
     latest = c.publisher.latest()
     held = c.publisher.held()
     versions = c.publisher.versions(limit=30)
@@ -267,10 +223,14 @@ def init_app(app: Flask) -> None:
     app.context_processor(_context)
     app.after_request(_no_store)
     app.add_template_filter(when)
-    app.add_template_filter(size)
-    app.add_template_filter(number)
-    app.add_template_filter(compact_json, "json_compact")
+    app.add_template_filter(common.size)
+    app.add_template_filter(common.number)
+    app.add_template_filter(common.plural)
+    app.add_template_filter(common.link_entries)
+    app.add_template_filter(common.compact_json, "json_compact")
+    app.add_template_filter(common.pretty_json, "json_pretty")
     app.add_template_filter(display_domain, "display")
+    app.add_template_filter(display_url, "display_url")
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
     auth.check_declared(app)

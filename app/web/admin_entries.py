@@ -4,8 +4,14 @@ re-verification.
 The entries list stays fast at a million entries: a page is one range read
 of a status index (or of the id sequence) and one pipelined read of the
 records, and totals come from the index sizes. The exact search is an index
-lookup of the name and of each parent that could cover it; the "contains"
-search reads every record and says so.
+lookup of the name, of each parent that could cover it and of the URL
+entries on that host (an index by host); the "contains" search
+reads every record and says so. Names typed in Unicode and their A-label
+forms find the same entries.
+
+The vetting queue shows, by default, only the entries the signed-in vetter
+may approve, oldest first; with "all" it shows the others too, each with the
+four-eyes reason why its Approve button is disabled.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from app import audit
 from app.curation import parse_import
 from app.domain import (
+    ENTRY_ACTIONS,
     REASON_REQUIRED,
     TRANSITIONS,
     Entry,
@@ -28,29 +35,16 @@ from app.domain import (
     parents,
 )
 from app.errors import BlocklistError, ValidationError
-from app.web.admin import core, four_eyes_problem
 from app.web.auth import actor, page, safe_next
+from app.web.common import core, form_errors, four_eyes_problem, int_arg, plural
 from app.web.forms import EntryFilterForm, EntryForm, ImportForm, ReasonForm, choices
 
 bp = Blueprint("entries", __name__)
 
 PER_PAGE = 50
-ENTRY_ACTIONS = ("approve", "reject", "reverify", "suspend", "reinstate", "delist")
+VETTING_PER_PAGE = 100
 _DONE = {"approve": "approved", "reject": "rejected", "reverify": "re-verified", "suspend": "suspended",
-         "reinstate": "reinstated", "delist": "delisted"}
-
-
-def _int_arg(name: str, default: int, hi: int = 10**9) -> int:
-    raw = request.args.get(name, "")
-    if raw == "":
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be a whole number") from None
-    if not 0 <= n <= hi:
-        raise ValidationError(f"{name} must be between 0 and {hi}")
-    return n
+         "reinstate": "reinstated", "delist": "delisted", "withdraw": "withdrawn"}
 
 
 def _categories() -> list[tuple[str, str]]:
@@ -80,10 +74,15 @@ def exact_matches(text: str) -> list[tuple[Entry, str]]:
         return found
     if "://" in text:
         add(c.find(EntryType.DOMAIN, host), f"covers the URL's host {host}")
+    else:
+        add(c.find(EntryType.DOMAIN, host), "exact match")
     for p in parents(host):
         e = c.find(EntryType.DOMAIN, p)
         if e is not None and e.subdomains:
             add(e, f"covers it: {p} and its subdomains")
+    if "://" not in text:
+        for e in c.urls_on_host(host):
+            add(e, f"a URL on {host}")
     return found
 
 
@@ -100,9 +99,9 @@ def list_entries() -> Any:
     category = form.category.data or None
     agency = (form.agency.data or "").strip() or None
     mode = form.mode.data or "exact"
-    offset = _int_arg("offset", -1)
+    offset = int_arg("offset", -1)
     if offset < 0:
-        offset = (max(1, _int_arg("page", 1)) - 1) * PER_PAGE
+        offset = (max(1, int_arg("page", 1)) - 1) * PER_PAGE
     filtered = category is not None or agency is not None
     rows: list[tuple[Entry, str]]
     if q and mode == "exact":
@@ -132,14 +131,35 @@ def list_entries() -> Any:
 
 
 def available_actions(entry: Entry) -> list[dict[str, Any]]:
-    """The actions the signed-in person may take on ``entry`` in its state."""
+    """The actions the signed-in person may take on ``entry`` in its state,
+    straight from the lifecycle's transitions; "withdraw" only for the
+    submitter, "approve" with the four-eyes reason when the rule forbids it."""
     a = actor()
     out = []
     for action in ENTRY_ACTIONS:
-        if entry.status in TRANSITIONS[action][0] and a.may(f"entry.{action}"):
-            out.append({"name": action, "reason_required": action in REASON_REQUIRED,
-                        "problem": four_eyes_problem(entry) if action == "approve" else None})
+        if entry.status not in TRANSITIONS[action][0] or not a.may(f"entry.{action}"):
+            continue
+        if action == "withdraw" and a.name != entry.submitted_by:
+            continue
+        out.append({"name": action, "reason_required": action in REASON_REQUIRED,
+                    "problem": four_eyes_problem(entry) if action == "approve" else None,
+                    "confirm": _confirmation(entry, action)})
     return out
+
+
+def _confirmation(entry: Entry, action: str) -> str | None:
+    """The question asked before an action that takes an entry out of use."""
+    published = entry.status is Status.ACTIVE
+    if action == "delist":
+        return (f"Delist entry {entry.id}? It leaves the published list with the next publication."
+                if published else f"Delist entry {entry.id}? It cannot be published again unless resubmitted.")
+    if action == "suspend":
+        return f"Suspend entry {entry.id}? It leaves the published list until it is reinstated."
+    if action == "withdraw":
+        return f"Withdraw entry {entry.id}? It will not be vetted; you can submit it again later."
+    if action == "reject":
+        return f"Reject entry {entry.id}? It will not be published."
+    return None
 
 
 @bp.get("/entries/<int:entry_id>")
@@ -170,22 +190,22 @@ def act(entry_id: int, action: str) -> Any:
         raise ValidationError(f"unknown action {action!r}")
     form = ReasonForm()
     if not form.validate():
-        flash("; ".join(m for ms in form.errors.values() for m in ms), "error")
+        flash(form_errors(form), "error")
         return redirect(back, 303)
     try:
         entry = core().curation.act(actor(), entry_id, action, form.reason.data or "")
     except BlocklistError as e:
         flash(f"Not {_DONE[action]}: {e.message}", "error")
     else:
-        flash(f"Entry {entry.id} ({entry.value}) {_DONE[action]}; it is now {entry.status}.", "ok")
+        flash(f"Entry {entry.id} ({entry.label()}) {_DONE[action]}; it is now {entry.status}.", "ok")
     return redirect(back, 303)
 
 
 # --------------------------------------------------------------------------- submit and import
 
 
-def _entry_form() -> EntryForm:
-    form = EntryForm()
+def _entry_form(read: bool = True) -> EntryForm:
+    form = EntryForm() if read else EntryForm(formdata=None)
     form.category.choices = choices(_categories())
     if request.method == "GET":
         if request.args.get("value"):
@@ -195,10 +215,20 @@ def _entry_form() -> EntryForm:
     return form
 
 
-def _import_form() -> ImportForm:
-    form = ImportForm()
+def _import_form(read: bool = True) -> ImportForm:
+    # Each form reads only its own post: the single-entry form's reason is
+    # never copied into the upload form, and the other way round.
+    form = ImportForm() if read else ImportForm(formdata=None)
     form.category.choices = choices(_categories())
     return form
+
+
+def _subdomains(form: EntryForm) -> bool | None:
+    """The subdomains choice of the form; None for URLs (they have none)."""
+    kind = form.type.data or None
+    if kind == "url" or (kind is None and "://" in (form.value.data or "")):
+        return None
+    return bool(form.subdomains.data)
 
 
 @bp.get("/submit")
@@ -212,28 +242,27 @@ def submit() -> Any:
 def submit_post() -> Any:
     c = core()
     form = _entry_form()
-    upload = _import_form()
+    upload = _import_form(read=False)
     if not form.validate():
         return render_template("submit.html", form=form, upload=upload), 400
     kind = form.type.data or None
     if form.check.data and not form.submit.data:
-        preview = c.curation.check_value(form.value.data, kind)
+        preview = c.curation.check_value(form.value.data, kind, _subdomains(form))
         return render_template("submit.html", form=form, upload=upload, preview=preview)
     try:
-        entry = c.curation.submit(actor(), form.value.data, kind,
-                                  form.subdomains.data if kind != "url" and "://" not in form.value.data else None,
+        entry = c.curation.submit(actor(), form.value.data, kind, _subdomains(form),
                                   form.category.data, form.reason.data or "", form.evidence_ref.data or "")
     except BlocklistError as e:
         return render_template("submit.html", form=form, upload=upload, error=e.message), e.status
     rule = " from another agency" if c.curation.policy().require_other_agency else ""
-    flash(f"Entry {entry.id} ({entry.value}) submitted. It waits for a vetter{rule} to approve it.", "ok")
+    flash(f"Entry {entry.id} ({entry.label()}) submitted. It waits for a vetter{rule} to approve it.", "ok")
     return redirect(url_for("entries.show", entry_id=entry.id), 303)
 
 
 @bp.post("/submit/file")
 @page("entry.import")
 def import_file() -> Any:
-    form = _entry_form()
+    form = _entry_form(read=False)
     upload = _import_form()
     if not upload.validate():
         return render_template("submit.html", form=form, upload=upload), 400
@@ -260,40 +289,95 @@ def import_file() -> Any:
 # --------------------------------------------------------------------------- vetting
 
 
+def _batch_of(entry: Entry) -> int | None:
+    """The audit record that created ``entry`` (an import batch shares one)."""
+    return entry.history[0] if entry.history else None
+
+
 @bp.get("/vetting")
 @page("entry.approve")
 def vetting() -> Any:
     c = core()
-    offset = _int_arg("offset", 0)
-    p = c.curation.list(status=Status.PENDING.value, offset=offset, limit=PER_PAGE)
+    a = actor()
+    show_all = request.args.get("show") == "all"
+    if request.args.get("show", "mine") not in ("mine", "all"):
+        raise ValidationError("show must be mine or all")
+    offset = int_arg("offset", 0)
+    p = c.curation.list(status=Status.PENDING.value, approvable_by=None if show_all else a, oldest_first=True,
+                        offset=offset, limit=VETTING_PER_PAGE)
     rows = [(e, four_eyes_problem(e)) for e in p.entries]
-    return render_template("vetting.html", rows=rows, total=p.total, offset=offset, next_offset=p.next_offset,
-                           per_page=PER_PAGE, policy=c.curation.policy(), form=ReasonForm())
+    why_not = {e.id: ("you submitted it" if e.submitted_by == a.name else "submitted from your agency")
+               for e, problem in rows if problem}
+    # Import batches among the rows the vetter may approve: several entries
+    # created by one audit record.
+    batches: dict[int, list[Entry]] = {}
+    for e, problem in rows:
+        b = _batch_of(e)
+        if problem is None and b is not None:
+            batches.setdefault(b, []).append(e)
+    batch_info = []
+    for seq, members in batches.items():
+        if len(members) < 2:
+            continue
+        rec = audit.get(c.store, seq)
+        source = rec.target.removeprefix("import:") if rec is not None and rec.action == "entry.import" else "?"
+        batch_info.append({"seq": seq, "source": source, "count": len(members)})
+    waiting = c.curation.counts()[Status.PENDING.value]
+    return render_template("vetting.html", rows=rows, waiting=waiting, offset=offset, next_offset=p.next_offset,
+                           per_page=VETTING_PER_PAGE, policy=c.curation.policy(), form=ReasonForm(),
+                           show_all=show_all, batches=batch_info, batch_of=_batch_of, why_not=why_not,
+                           approvable=[e.id for e, problem in rows if problem is None])
+
+
+def _batch_ids(seq_text: str) -> list[int]:
+    """The pending entries of import batch ``seq`` that the vetter may approve."""
+    c = core()
+    if not seq_text.isdigit():
+        raise ValidationError("the batch must be a number")
+    rec = audit.get(c.store, int(seq_text))
+    if rec is None or rec.action != "entry.import" or not isinstance(rec.after, dict):
+        raise ValidationError(f"audit record {seq_text} is not an import batch")
+    ids = [int(i) for i, _ in rec.after.get("entries", [])]
+    return [e.id for e in c.curation.get_many(ids)
+            if e.status is Status.PENDING and four_eyes_problem(e) is None]
 
 
 @bp.post("/vetting")
 @page("entry.approve")
 def vetting_approve() -> Any:
+    back = safe_next(request.form.get("next") or url_for("entries.vetting"))
     form = ReasonForm()
     if not form.validate():
-        flash("; ".join(m for ms in form.errors.values() for m in ms), "error")
-        return redirect(url_for("entries.vetting"), 303)
+        flash(form_errors(form), "error")
+        return redirect(back, 303)
     c = core()
     only = request.form.get("only")
-    ids = [only] if only else request.form.getlist("ids")
+    batch = request.form.get("batch")
+    if only:
+        ids = [only]
+    elif batch:
+        ids = [str(i) for i in _batch_ids(batch)]
+        if not ids:
+            flash("Nothing in that batch is waiting for you to approve.", "error")
+            return redirect(back, 303)
+    elif request.form.get("scope") == "page":
+        ids = request.form.getlist("page_ids")
+    else:
+        ids = request.form.getlist("ids")
     if not ids:
         flash("Tick the entries to approve first.", "error")
-        return redirect(url_for("entries.vetting"), 303)
+        return redirect(back, 303)
     try:
         if only:
             entry = c.curation.act(actor(), only, "approve", form.reason.data or "")
-            flash(f"Entry {entry.id} ({entry.value}) approved; it is in the next publication.", "ok")
+            flash(f"Entry {entry.id} ({entry.label()}) approved; it is in the next publication.", "ok")
         else:
             done = c.curation.approve_many(actor(), ids, form.reason.data or "")
-            flash(f"{len(done)} entries approved; they are in the next publication.", "ok")
+            flash(f"{plural(len(done), 'entry', 'entries')} approved; "
+                  f"{'it is' if len(done) == 1 else 'they are'} in the next publication.", "ok")
     except BlocklistError as e:
         flash(f"Not approved: {e.message}", "error")
-    return redirect(url_for("entries.vetting"), 303)
+    return redirect(back, 303)
 
 
 # --------------------------------------------------------------------------- re-verification
@@ -327,5 +411,5 @@ def reverify_post() -> Any:
     except BlocklistError as e:
         flash(f"Not re-verified: {e.message}", "error")
     else:
-        flash(f"Entry {entry.id} ({entry.value}) re-verified: it stays listed.", "ok")
+        flash(f"Entry {entry.id} ({entry.label()}) re-verified: it stays listed.", "ok")
     return redirect(url_for("entries.reverify"), 303)

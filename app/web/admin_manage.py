@@ -14,12 +14,18 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+import segno
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from markupsafe import Markup
 
-from app.errors import AuthenticationError, BlocklistError, PermissionDeniedError, ValidationError
-from app.web.admin import core
-from app.web.auth import SIGNED_IN, actor, current_user, page, record_failure, server_session
+from app.domain import display_domain
+from app.errors import AuthenticationError, BlocklistError, ValidationError
+from app.users import SecondFactorError, totp_uri
+from app.web.auth import SIGNED_IN, actor, complete_login, current_user, page, record_failure, second_factor_fresh
+from app.web.common import core
 from app.web.forms import (
+    AgencyForm,
+    AgencyRenameForm,
     AllowForm,
     CodeForm,
     EmptyForm,
@@ -28,9 +34,11 @@ from app.web.forms import (
     IspRotateForm,
     PasswordForm,
     ReasonForm,
+    RecoveryCodesForm,
     RequiredReasonForm,
     UserAddForm,
     UserEditForm,
+    choices,
 )
 from app.web.pages import error_page
 
@@ -58,19 +66,29 @@ def allowlist() -> Any:
 @bp.post("/allowlist")
 @page("allowlist.write")
 def allowlist_add() -> Any:
+    """Add a never-block name. When active entries conflict with it, the first
+    post shows which ones it would suspend and asks; the confirmed post
+    carries that set, and the server refuses it if the set changed since."""
     form = AllowForm()
     if not form.validate():
         flash(_errors(form), "error")
         return redirect(url_for("manage.allowlist"), 303)
+    c = core()
     try:
-        suspended: list[int] = core().curation.allowlist_add(actor(), form.domain.data, bool(form.subdomains.data),
-                                                  form.reason.data or "")
+        name, sub, conflicting = c.curation.allowlist_effect(form.domain.data, bool(form.subdomains.data))
+        if form.confirmed.data != "yes" and conflicting:
+            return render_template("allowlist_confirm.html", form=form, name=name, subdomains=sub,
+                                   conflicting=conflicting, expect=",".join(str(e.id) for e in conflicting))
+        expect = [int(i) for i in (form.expect.data or "").split(",") if i.strip().isdigit()]
+        suspended: list[int] = c.curation.allowlist_add(
+            actor(), form.domain.data, sub, form.reason.data or "",
+            expect_suspended=expect if form.confirmed.data == "yes" else [])
     except BlocklistError as e:
         flash(f"Not added: {e.message}", "error")
         return redirect(url_for("manage.allowlist"), 303)
-    text = f"{form.domain.data.strip()} is on the never-block allowlist."
+    text = f"{display_domain(name)} is on the never-block allowlist."
     if suspended:
-        text += " Suspended at once because they conflict with it: " + ", ".join(f"entry {i}" for i in suspended)
+        text += " Suspended because they conflict with it: " + ", ".join(f"entry {i}" for i in suspended) + "."
     flash(text, "ok")
     return redirect(url_for("manage.allowlist"), 303)
 
@@ -92,13 +110,29 @@ def allowlist_remove() -> Any:
     return redirect(url_for("manage.allowlist"), 303)
 
 
-# --------------------------------------------------------------------------- users
+# --------------------------------------------------------------------------- users and agencies
+
+
+def _agency_choices(form: Any, current: str | None = None) -> None:
+    """Fill an agency select with the active agencies (and the account's own, even if retired)."""
+    options = [(a.id, a.name) for a in core().users.agencies() if not a.retired or a.id == current]
+    form.agency.choices = choices([("", "pick an agency"), *options])
+
+
+def _users_page(form: UserAddForm | None = None, error: str | None = None, status: int = 200,
+                agency_form: AgencyForm | None = None, agency_error: str | None = None) -> Any:
+    form = form or UserAddForm()
+    _agency_choices(form)
+    return render_template("users.html", users=core().users.list(), form=form, error=error,
+                           agencies=core().users.agencies(), agency_names=core().users.agency_names(),
+                           agency_form=agency_form or AgencyForm(prefix="agency"), agency_error=agency_error,
+                           rename=AgencyRenameForm(), retire=ReasonForm()), status
 
 
 @bp.get("/users")
 @page("user.manage")
 def users() -> Any:
-    return render_template("users.html", users=core().users.list(), form=UserAddForm())
+    return _users_page()
 
 
 @bp.post("/users")
@@ -106,19 +140,67 @@ def users() -> Any:
 def users_add() -> Any:
     form = UserAddForm()
     if not form.validate():
-        return render_template("users.html", users=core().users.list(), form=form, error=_errors(form)), 400
+        return _users_page(form, _errors(form), 400)
     password = form.password.data or secrets.token_urlsafe(12)
     try:
         user = core().users.add(actor(), form.name.data.strip(), form.role.data, form.agency.data, password)
     except BlocklistError as e:
-        return render_template("users.html", users=core().users.list(), form=form, error=e.message), e.status
-    shown = None if form.password.data else password
+        return _users_page(form, e.message, e.status)
+    agency = core().users.agency_names().get(user.agency, user.agency)
     return render_template("secret.html", title=f"Account {user.name} made",
-                           intro=f"{user.name} ({user.role}, {user.agency}) can now sign in.",
-                           secrets=[("Initial password", shown)] if shown else [],
-                           note="Give the password to the person over a separate channel; "
-                                "they should change it on their account page.",
+                           intro=f"{user.name} ({user.role}, {agency}) can now sign in.",
+                           secrets=[("Temporary password", password)] if not form.password.data else [],
+                           note="Give the password to the person over a separate channel. It is temporary: "
+                                "at the first sign-in they must choose their own.",
                            back=url_for("manage.user", name=user.name))
+
+
+@bp.post("/agencies")
+@page("user.manage")
+def agencies_add() -> Any:
+    form = AgencyForm(prefix="agency")
+    if not form.validate():
+        return _users_page(agency_form=form, agency_error=_errors(form), status=400)
+    try:
+        agency = core().users.add_agency(actor(), form.name.data, form.reason.data or "")
+    except BlocklistError as e:
+        return _users_page(agency_form=form, agency_error=e.message, status=e.status)
+    flash(f"{agency.name} is on the list of agencies.", "ok")
+    return redirect(url_for("manage.users", _anchor="agencies"), 303)
+
+
+@bp.post("/agencies/rename")
+@page("user.manage")
+def agencies_rename() -> Any:
+    form = AgencyRenameForm()
+    agency_id = request.form.get("agency", "")
+    if not form.validate():
+        flash(f"Not renamed: {_errors(form)}", "error")
+        return redirect(url_for("manage.users", _anchor="agencies"), 303)
+    try:
+        agency = core().users.rename_agency(actor(), agency_id, form.name.data, form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not renamed: {e.message}", "error")
+    else:
+        flash(f"The agency is now called {agency.name}; its people keep it.", "ok")
+    return redirect(url_for("manage.users", _anchor="agencies"), 303)
+
+
+@bp.post("/agencies/retire")
+@page("user.manage")
+def agencies_retire() -> Any:
+    form = ReasonForm()
+    agency_id = request.form.get("agency", "")
+    if not form.validate():
+        flash(f"Not retired: {_errors(form)}", "error")
+        return redirect(url_for("manage.users", _anchor="agencies"), 303)
+    try:
+        agency = core().users.retire_agency(actor(), agency_id, form.reason.data or "")
+    except BlocklistError as e:
+        flash(f"Not retired: {e.message}", "error")
+    else:
+        flash(f"{agency.name} is retired: nobody new can be given it; its people keep it.", "ok")
+    return redirect(url_for("manage.users", _anchor="agencies"), 303)
 
 
 @bp.get("/users/<name>")
@@ -126,7 +208,9 @@ def users_add() -> Any:
 def user(name: str) -> Any:
     u = core().users.get(name)
     edit = UserEditForm(data={"role": u.role.value, "agency": u.agency})
+    _agency_choices(edit, u.agency)
     return render_template("user.html", user=u, edit=edit, form=ReasonForm(),
+                           agency_names=core().users.agency_names(),
                            failures=core().store.login_failures(u.name),
                            max_failures=core().settings.login_max_failures)
 
@@ -144,7 +228,7 @@ def user_edit(name: str) -> Any:
     except BlocklistError as e:
         flash(f"Not changed: {e.message}", "error")
     else:
-        flash(f"{u.name} is now {u.role} at {u.agency}.", "ok")
+        flash(f"{u.name} is now {u.role} at {core().users.agency_names().get(u.agency, u.agency)}.", "ok")
     return redirect(url_for("manage.user", name=name), 303)
 
 
@@ -155,7 +239,7 @@ _USER_ACTIONS = {"disable", "enable", "unlock", "password"}
 @page("user.manage")
 def user_action(name: str, action: str) -> Any:
     if action not in _USER_ACTIONS:
-        raise ValidationError(f"unknown action {action!r}")
+        raise ValidationError(f"there is no account action {action!r}")
     form = ReasonForm()
     if not form.validate():
         flash(_errors(form), "error")
@@ -164,14 +248,15 @@ def user_action(name: str, action: str) -> Any:
     reason = form.reason.data or ""
     try:
         if action == "password":
-            password = secrets.token_urlsafe(12)
-            users_.set_password(actor(), name, password, reason)
+            password = users_.reset_password(actor(), name, reason)
+            locked = users_.get(name).locked
             return render_template("secret.html", title=f"New password for {name}",
-                                   intro=f"The password of {name} was reset; their sessions ended "
-                                         "and a lock-out, if any, was lifted.",
+                                   intro=f"The password of {name} was reset; their sessions ended."
+                                         + (" The account is still locked: unlock it when you are sure."
+                                            if locked else ""),
                                    secrets=[("Temporary password", password)],
-                                   note="Give it to the person over a separate channel; "
-                                        "they should change it on their account page.",
+                                   note="Give it to the person over a separate channel. It is temporary: "
+                                        "at the next sign-in they must choose their own.",
                                    back=url_for("manage.user", name=name))
         if action in ("disable", "enable"):
             u = users_.set_disabled(actor(), name, action == "disable", reason)
@@ -317,14 +402,27 @@ def isp_revoke(name: str) -> Any:
 # --------------------------------------------------------------------------- own account
 
 
+def _qr_svg(uri: str) -> Markup:
+    """The provisioning link as an inline SVG QR code, drawn here: no script,
+    no inline style, nothing fetched from elsewhere (the CSP allows none)."""
+    qr = segno.make(uri, error="m")
+    svg = qr.svg_inline(scale=4, border=2, dark="#000", light="#fff", omitsize=False,
+                        title="QR code of the authenticator set-up link")
+    return Markup(svg)  # noqa: S704 (segno's own markup of a URI we made)
+
+
 def _account(**extra: Any) -> Any:
     u = current_user()
     assert u is not None
     uri = extra.pop("pending_uri", None)
     secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0] if uri else None
-    return render_template("account.html", user=core().users.get(u.name), password=extra.pop("password", None)
+    user = core().users.get(u.name)
+    return render_template("account.html", user=user, password=extra.pop("password", None)
                            or PasswordForm(), code=extra.pop("code", None) or CodeForm(), button=EmptyForm(),
-                           pending_uri=uri, pending_secret=secret, **extra)
+                           recovery=extra.pop("recovery", None) or RecoveryCodesForm(prefix="recovery"),
+                           agency_name=core().users.agency_names().get(user.agency, user.agency),
+                           ask_code=user.totp_enabled and not second_factor_fresh(),
+                           pending_uri=uri, pending_secret=secret, qr=_qr_svg(uri) if uri else None, **extra)
 
 
 @bp.get("/account")
@@ -341,20 +439,26 @@ def account_password() -> Any:
         return _account(password=form, change_error=_errors(form)), 400
     users_ = core().users
     name = actor().name
+    user = users_.get(name)
+    code = form.code.data or ""
+    if user.totp_enabled and not code and not second_factor_fresh():
+        return _account(password=form, change_error="enter a code from your authenticator app "
+                                                    "(or a recovery code) as well"), 400
     try:
-        users_.authenticate_password(name, form.current.data)
-    except AuthenticationError:
+        users_.change_own_password(actor(), form.current.data, form.new.data,
+                                   code if code or not user.totp_enabled else None,
+                                   second_factor_checked=not code and second_factor_fresh())
+    except AuthenticationError as e:
         record_failure(name)
-        return _account(password=form, change_error="the current password is not right"), 400
-    except PermissionDeniedError as e:
-        return _account(password=form, change_error=e.message), 403
-    try:
-        users_.set_password(actor(), name, form.new.data, "changed by the account holder")
+        message = (e.message if isinstance(e, SecondFactorError) else "the current password is not right")
+        return _account(password=form, change_error=message), 400
     except BlocklistError as e:
         return _account(password=form, change_error=e.message), e.status
-    server_session().end()
-    flash("Password changed. Every session of your account has ended: sign in with the new password.", "ok")
-    return redirect(url_for("auth.login"), 303)
+    # Every session of the account ended; this browser starts a fresh one.
+    fresh = second_factor_fresh()
+    complete_login(users_.get(name), second_factor=fresh, record=False)
+    flash("Password changed. Every other session of your account has ended.", "ok")
+    return redirect(url_for("manage.account"), 303)
 
 
 @bp.post("/account/mfa")
@@ -367,6 +471,14 @@ def account_mfa_start() -> Any:
     return _account(pending_uri=uri)
 
 
+def _show_recovery(codes: list[str], intro: str) -> Any:
+    return render_template("secret.html", title="Your recovery codes", intro=intro,
+                           secrets=[("Recovery codes", " ".join(codes))], codes=codes,
+                           note="This is the only time they are shown. Keep them somewhere safe and apart from "
+                                "your phone: each one signs you in once if you lose your authenticator.",
+                           back=url_for("manage.account"))
+
+
 @bp.post("/account/mfa/confirm")
 @page(SIGNED_IN)
 def account_mfa_confirm() -> Any:
@@ -377,20 +489,32 @@ def account_mfa_confirm() -> Any:
     if not pending:
         flash("Start the set-up first.", "error")
         return redirect(url_for("manage.account"), 303)
-    uri = _uri_for(name, pending)
+    uri = totp_uri(name, pending)
     if not form.validate():
         return _account(code=form, pending_uri=uri, code_error=_errors(form)), 400
-    if not users_.confirm_totp(actor(), name, form.code.data):
+    codes = users_.confirm_totp(actor(), name, form.code.data)
+    if codes is None:
         return _account(code=form, pending_uri=uri, code_error=(
             "that code does not match; check the clock of your device and try the next code")), 400
-    flash("Second factor on: from now on, signing in asks for a code.", "ok")
-    return redirect(url_for("manage.account"), 303)
+    session["mfa_ok_at"] = int(core().clock())
+    return _show_recovery(codes, "Second factor on: from now on, signing in asks for a code from your app. "
+                                 "If you lose the device, one of these codes stands in for it, once.")
 
 
-def _uri_for(name: str, secret: str) -> str:
-    import pyotp
-
-    return str(pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name="Blocklist"))
+@bp.post("/account/recovery-codes")
+@page(SIGNED_IN)
+def account_recovery_codes() -> Any:
+    form = RecoveryCodesForm(prefix="recovery")
+    if not form.validate():
+        return _account(recovery=form, recovery_error=_errors(form)), 400
+    try:
+        codes = core().users.regenerate_recovery_codes(actor(), form.current.data)
+    except AuthenticationError:
+        record_failure(actor().name)
+        return _account(recovery=form, recovery_error="the current password is not right"), 400
+    except BlocklistError as e:
+        return _account(recovery=form, recovery_error=e.message), e.status
+    return _show_recovery(codes, "New recovery codes: the earlier ones no longer work.")
 
 
 @bp.post("/account/token")

@@ -9,19 +9,22 @@ page of its own rather than slowing down the list of versions.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
 from typing import Any
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 
 from app import audit
-from app.appeals import APPEAL_STEPS, AppealStatus
+from app.appeals import APPEAL_STEPS, Appeals, AppealStatus
 from app.errors import BlocklistError, NotFoundError, ValidationError
-from app.web.admin import appeals, core
 from app.web.auth import actor, page
-from app.web.forms import AuditFilterForm, ReasonForm, RequiredReasonForm
+from app.web.common import core, form_errors
+from app.web.common import int_arg as _int_arg
+from app.web.forms import AuditFilterForm, EmptyForm, ReasonForm, RequiredReasonForm
 
 bp = Blueprint("records", __name__)
 
@@ -29,16 +32,14 @@ bp = Blueprint("records", __name__)
 DIFF_SHOWN = 500
 #: Up to this many audit records, the chain is verified whenever the page is shown.
 VERIFY_ON_VIEW = 50_000
+#: Audit records on one page, and at most in one export.
+AUDIT_PER_PAGE = 50
+EXPORT_LIMIT = 100_000
 _REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 
 
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name, "")
-    if not raw:
-        return default
-    if not raw.isdigit() or len(raw) > 12:
-        raise ValidationError(f"{name} must be a whole number")
-    return int(raw)
+def appeals() -> Appeals:
+    return core().appeals
 
 
 # --------------------------------------------------------------------------- publications
@@ -108,9 +109,18 @@ def publish_request(request_id: str) -> Any:
                            waiting=result["status"] in ("requested", "working"))
 
 
+def held_fingerprint(held: dict[str, Any]) -> str:
+    """What identifies the held publication an admin looked at: if another
+    hold replaces it meanwhile, a confirmation given for the old one is void."""
+    return ":".join(str(held.get(k, "")) for k in ("base_version", "held_at", "added", "removed", "changed"))
+
+
 @bp.post("/publications/held/<decision>")
 @page("publish.release")
 def held_decision(decision: str) -> Any:
+    """Release or discard the held publication. The first post shows what the
+    decision does and asks; only the confirmed post (carrying the fingerprint
+    of the publication that was shown) acts."""
     if decision not in ("release", "discard"):
         raise ValidationError("decide release or discard")
     form = RequiredReasonForm()
@@ -118,10 +128,21 @@ def held_decision(decision: str) -> Any:
         flash("Give a reason for the decision.", "error")
         return redirect(url_for("records.publications"), 303)
     pub = core().publisher
+    held = pub.held()
+    if held is None:
+        flash("Not done: no publication is held.", "error")
+        return redirect(url_for("records.publications"), 303)
+    if request.form.get("confirmed") != "yes":
+        return render_template("held_confirm.html", decision=decision, held=held, reason=form.reason.data,
+                               fingerprint=held_fingerprint(held), confirm=EmptyForm())
+    if request.form.get("expect") != held_fingerprint(held):
+        flash("Not done: the held publication changed since you confirmed; look at it again.", "error")
+        return redirect(url_for("records.publications"), 303)
     try:
         if decision == "release":
             pub.release(actor(), form.reason.data)
-            flash("Released: the publisher publishes the held changes next.", "ok")
+            flash("Released: the publisher publishes the held changes next; this page refreshes until it has.",
+                  "ok")
         else:
             pub.discard(actor(), form.reason.data)
             flash("Discarded: the held publication is dropped. Entries that caused it stay as they are "
@@ -134,18 +155,30 @@ def held_decision(decision: str) -> Any:
 # --------------------------------------------------------------------------- audit
 
 
+def _audit_filters() -> tuple[AuditFilterForm, dict[str, Any]]:
+    form = AuditFilterForm(request.args)
+    if not form.validate():
+        raise ValidationError(form_errors(form).replace("Not a valid date value.", "a date is YYYY-MM-DD"))
+    since, until = form.since.data, form.until.data
+    if since and until and since > until:
+        raise ValidationError("the first day comes after the last day")
+    filters = {
+        "actor": (form.actor.data or "").strip() or None,
+        "action": (form.action.data or "").strip() or None,
+        "target": (form.target.data or "").strip() or None,
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+    }
+    return form, filters
+
+
 @bp.get("/audit", endpoint="audit")
 @page("audit.read")
 def audit_log() -> Any:
     store = core().store
-    form = AuditFilterForm(request.args)
-    if not form.validate():
-        raise ValidationError("; ".join(m for ms in form.errors.values() for m in ms))
+    form, filters = _audit_filters()
     before = _int_arg("before", 0)
-    records, next_before = audit.search(
-        store, actor=(form.actor.data or "").strip() or None, action=(form.action.data or "").strip() or None,
-        target=(form.target.data or "").strip() or None, before_seq=before or None, limit=100,
-    )
+    records, next_before = audit.search(store, **filters, before_seq=before or None, limit=AUDIT_PER_PAGE)
     length = store.audit_length()
     verification = None
     seconds = 0.0
@@ -153,10 +186,66 @@ def audit_log() -> Any:
         started = time.perf_counter()
         verification = audit.verify(store)
         seconds = time.perf_counter() - started
-    args = {k: v for k, v in {"actor": form.actor.data, "action": form.action.data,
-                              "target": form.target.data}.items() if v}
+    args = {k: v for k, v in filters.items() if v}
     return render_template("audit.html", form=form, records=records, next_before=next_before, args=args,
-                           verification=verification, seconds=seconds, length=length)
+                           verification=verification, seconds=seconds, length=length, before=before,
+                           per_page=AUDIT_PER_PAGE)
+
+
+_CSV_COLUMNS = ("seq", "ts", "actor", "role", "agency", "action", "target", "before", "after", "reason", "prev",
+                "hash")
+
+
+@bp.get("/audit/export.csv")
+@page("audit.read")
+def audit_export_csv() -> Any:
+    return _export("csv")
+
+
+@bp.get("/audit/export.json")
+@page("audit.read")
+def audit_export_json() -> Any:
+    return _export("json")
+
+
+def _export(fmt: str) -> Any:
+    """The filtered records as CSV or JSON, oldest first, hashes included so
+    the range can be checked against the chain. The export is itself recorded."""
+    store = core().store
+    _, filters = _audit_filters()
+    records, more = audit.search(store, **filters, limit=EXPORT_LIMIT, scan_limit=10 * EXPORT_LIMIT)
+    records.reverse()
+    wanted = {k: v for k, v in filters.items() if v}
+    audit.append(store, actor=actor(), action="audit.export", target="audit",
+                 after={"format": fmt, "filters": wanted, "records": len(records),
+                        "first": records[0].seq if records else None, "last": records[-1].seq if records else None},
+                 ts=core().clock())
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(core().clock()))
+    name = f"audit-{stamp}.{fmt}"
+    if fmt == "json":
+        body = json.dumps({"filters": wanted, "complete": more is None, "records": [r.to_dict() for r in records]},
+                          ensure_ascii=False, indent=1)
+        mimetype = "application/json"
+    else:
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(_CSV_COLUMNS)
+        for r in records:
+            d = r.to_dict()
+            w.writerow([_csv_cell(d[c]) for c in _CSV_COLUMNS])
+        body = out.getvalue()
+        mimetype = "text/csv"
+    return Response(body, mimetype=mimetype,
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _csv_cell(value: Any) -> str:
+    """A cell as text; JSON for structures; a leading = + - @ is quoted so a
+    spreadsheet never runs a cell as a formula."""
+    text = "" if value is None else (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    if isinstance(value, str) and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        text = "'" + text
+    return text
 
 
 # --------------------------------------------------------------------------- appeals

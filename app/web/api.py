@@ -17,14 +17,14 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app import audit
 from app.curation import parse_import
-from app.domain import Actor, Entry, iso
-from app.errors import AuthenticationError, NotFoundError, ValidationError
-from app.users import User
+from app.domain import ENTRY_ACTIONS, Actor, Entry, iso
+from app.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ValidationError
+from app.users import SecondFactorError, User
 from app.web import core_of
+from app.web.common import bearer_token, yes_no
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-ENTRY_ACTIONS = ("approve", "reject", "reverify", "suspend", "reinstate", "delist")
 
 
 def core() -> Any:
@@ -35,11 +35,7 @@ def core() -> Any:
 def _authenticate() -> None:
     if request.endpoint == "api.openapi":
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("a valid API token is required (Authorization: Bearer blu_...)")
-    user: User = core().users.authenticate_token(token.strip())
+    user: User = core().users.authenticate_token(bearer_token("API token", "blu_..."))
     g.user = user
     g.actor = user.actor
 
@@ -179,11 +175,10 @@ def import_file() -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValidationError("the file must be UTF-8 text") from None
-    dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
-    subdomains = request.args.get("subdomains")
+    dry_run = bool(yes_no(request.args.get("dry_run"), "dry_run", default=False))
     report = core().curation.import_rows(
         actor(), parse_import(io.StringIO(text)), source=source[:100],
-        default_subdomains=None if subdomains in (None, "") else subdomains.lower() in ("1", "true", "yes"),
+        default_subdomains=yes_no(request.args.get("subdomains"), "subdomains"),
         default_category=request.args.get("category") or None,
         default_reason=request.args.get("reason", ""),
         dry_run=dry_run,
@@ -304,11 +299,71 @@ def user_action(name: str, action: str) -> Any:
     elif action == "unlock":
         user = users_.unlock(actor(), name, reason)
     elif action == "password":
-        users_.set_password(actor(), name, d.get("password"), reason)
-        user = users_.get(name)
+        return _password(name, d, reason)
     else:
         raise ValidationError(f"unknown action {action!r}; use disable, enable, unlock, password or token")
     return jsonify(user.public())
+
+
+def _password(name: str, d: dict[str, Any], reason: str) -> Any:
+    """Own password: needs ``current`` (and ``code`` with a second factor), never
+    the token alone. Someone else's (admins): a temporary ``password``, or a
+    generated one returned once; it must be changed at the next sign-in."""
+    users_ = core().users
+    if name == actor().name:
+        for key in ("current", "new"):
+            if not isinstance(d.get(key), str) or not d.get(key):
+                raise ValidationError(
+                    f"give {key!r}: changing your own password needs the current one and the new one"
+                )
+        try:
+            users_.change_own_password(actor(), d["current"], d["new"],
+                                       d.get("code") if isinstance(d.get("code"), str) else None)
+        except AuthenticationError as e:
+            from app.web.auth import record_failure
+
+            record_failure(name)
+            raise PermissionDeniedError(
+                e.message if isinstance(e, SecondFactorError) else "the current password is not right"
+            ) from None
+        return jsonify(users_.get(name).public())
+    given = d.get("password")
+    if given is None:
+        password = users_.reset_password(actor(), name, reason)
+        resp = jsonify(dict(users_.get(name).public(), temporary_password=password))
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    users_.set_password(actor(), name, given, reason)
+    return jsonify(users_.get(name).public())
+
+
+# --------------------------------------------------------------------------- agencies
+
+
+@bp.get("/agencies")
+def agencies() -> Any:
+    return jsonify(agencies=[a.public() for a in core().users.agencies()])
+
+
+@bp.post("/agencies")
+def add_agency() -> Any:
+    d = body()
+    return jsonify(core().users.add_agency(actor(), d.get("name"), d.get("reason", "")).public()), 201
+
+
+@bp.post("/agencies/<decision>")
+def change_agency(decision: str) -> Any:
+    d = body()
+    users_ = core().users
+    if not isinstance(d.get("agency"), str):
+        raise ValidationError("give 'agency': the id of the agency to change")
+    if decision == "rename":
+        agency = users_.rename_agency(actor(), d["agency"], d.get("name"), d.get("reason", ""))
+    elif decision == "retire":
+        agency = users_.retire_agency(actor(), d["agency"], d.get("reason", ""))
+    else:
+        raise ValidationError(f"unknown change {decision!r}; use rename or retire")
+    return jsonify(agency.public())
 
 
 # --------------------------------------------------------------------------- publications
@@ -456,5 +511,6 @@ def revoke_isp(name: str) -> Any:
 @bp.post("/isps/<name>/rotate")
 def rotate_isp(name: str) -> Any:
     d = body()
-    return jsonify(core().isps.rotate(actor(), name, token=bool(d.get("token", True)),
-                                      tsig=bool(d.get("tsig", False)), reason=d.get("reason", ""))), 201
+    token = bool(yes_no(d.get("token"), "token", default=True))
+    tsig = bool(yes_no(d.get("tsig"), "tsig", default=False))
+    return jsonify(core().isps.rotate(actor(), name, token=token, tsig=tsig, reason=d.get("reason", ""))), 201

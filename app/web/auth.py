@@ -18,7 +18,10 @@ What must stay true:
   has a sign-in rate limit.
 * Signing in gets a new session id; the second factor, when the account has
   one (required for admins when ``BLOCKLIST_REQUIRE_MFA`` is on), is checked
-  before the session belongs to the user.
+  before the session belongs to the user. A TOTP code is good once (see
+  ``Users.check_totp``); a recovery code may stand in for it, once.
+* Someone signed in with a temporary password (the first admin's, or one an
+  admin set) can do nothing but choose a new one.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from app.domain import PERMISSIONS, Actor, Role
 from app.errors import AuthenticationError, PermissionDeniedError, StoreError
 from app.users import User
 from app.web import core_of
-from app.web.forms import CodeForm, LoginForm
+from app.web.forms import LoginForm, SignInCodeForm
 from app.web.sessions import ServerSession
 
 log = logging.getLogger("blocklist.web.auth")
@@ -71,6 +74,11 @@ MFA_TRIES = 5
 #: Where someone who must first set up a second factor may go.
 _ENROL_ENDPOINTS = frozenset({"manage.account", "manage.account_mfa_start", "manage.account_mfa_confirm",
                               "manage.account_password", "auth.logout", "static"})
+#: Where someone who must first replace a temporary password may go.
+_CHANGE_ENDPOINTS = frozenset({"manage.account", "manage.account_password", "auth.logout", "static"})
+#: A password change within this many seconds of a sign-in with the second
+#: factor does not ask for another code (the one just used is spent).
+FRESH_MFA_SECONDS = 300
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -142,6 +150,9 @@ def load_user() -> Response | None:
         return None
     g.user = user
     g.actor = user.actor
+    if user.must_change and request.endpoint not in _CHANGE_ENDPOINTS:
+        flash("Your password was set by someone else: choose your own before anything else.", "error")
+        return redirect(url_for("manage.account", _anchor="password"))
     if must_enrol_mfa(user) and request.endpoint not in _ENROL_ENDPOINTS:
         flash("Admins must set up a second factor before anything else.", "error")
         return redirect(url_for("manage.account"))
@@ -213,16 +224,25 @@ def record_failure(name: str) -> None:
         log.warning("account %s locked after %d failed sign-ins", name, n)
 
 
-def complete_login(user: User) -> Response:
+def complete_login(user: User, *, second_factor: bool = False, record: bool = True) -> Response:
     s = server_session()
     target = session.get("next")
     s.clear()
     s.regenerate()
     session["user"] = user.name
     session["since"] = int(core().clock())
-    core().users.record_login(user.name)
-    log.info("%s signed in from %s", user.name, client_address())
+    if second_factor:
+        session["mfa_ok_at"] = int(core().clock())
+    if record:
+        core().users.record_login(user.name)
+        log.info("%s signed in from %s", user.name, client_address())
     return redirect(safe_next(target))
+
+
+def second_factor_fresh() -> bool:
+    """The current session began with a second-factor code a moment ago."""
+    at = session.get("mfa_ok_at")
+    return at is not None and core().clock() - float(at) <= FRESH_MFA_SECONDS
 
 
 # --------------------------------------------------------------------------- views
@@ -281,7 +301,7 @@ def mfa() -> Any:
             session.pop(k, None)
         flash("Sign in again: the time to enter the code ran out.", "error")
         return redirect(url_for("auth.login"))
-    form = CodeForm()
+    form = SignInCodeForm()
     error = None
     if form.validate_on_submit():
         if _rate_limited():
@@ -291,12 +311,9 @@ def mfa() -> Any:
             server_session().end()
             flash("The account is disabled or locked.", "error")
             return redirect(url_for("auth.login"))
-        code = form.code.data.strip()
-        # A code stays valid for up to 90 s; remember used ones so that a code
-        # seen over someone's shoulder cannot be used again.
-        replay = c.store.rate_hit("totp", f"{user.name}:{code}", 180) > 1
-        if c.users.check_totp(user, code) and not replay:
-            return complete_login(user)
+        # A code (TOTP or recovery) is good once: see Users.check_totp.
+        if c.users.check_second_factor(user, form.code.data):
+            return complete_login(user, second_factor=True)
         record_failure(user.name)
         tries = int(session.get("mfa_tries", 0)) + 1
         if tries >= MFA_TRIES:
@@ -304,9 +321,9 @@ def mfa() -> Any:
             flash("Too many wrong codes: sign in again.", "error")
             return redirect(url_for("auth.login"))
         session["mfa_tries"] = tries
-        error = "That code is not right (or was already used); try the next one."
+        error = "That code is not right (or was already used); wait for the next one."
     elif request.method == "POST":
-        error = "Enter the six-digit code."
+        error = "Enter the six-digit code, or one of your recovery codes."
     return render_template("login_code.html", form=form, error=error), 401 if error else 200
 
 

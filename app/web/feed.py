@@ -26,9 +26,10 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 
 from app.core import Core
-from app.errors import AuthenticationError, NotFoundError
+from app.errors import NotFoundError
 from app.isps import Isp
 from app.web import core_of
+from app.web.common import bearer_token
 
 bp = Blueprint("feed", __name__, url_prefix="/feed/v1")
 
@@ -53,11 +54,7 @@ def _core() -> Core:
 
 def _authenticate(token: str | None) -> Isp:
     if token is None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthenticationError("a valid feed token is required (Authorization: Bearer blf_...)")
-        token = value.strip()
+        token = bearer_token("feed token", "blf_...")
     isp = _core().isps.authenticate_feed(token)
     g.isp = isp
     return isp

@@ -17,6 +17,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired, FileSize
 from wtforms import (
     BooleanField,
+    DateField,
     HiddenField,
     PasswordField,
     SelectField,
@@ -76,6 +77,16 @@ class CodeForm(Form):
                                   "maxlength": 8})
 
 
+class SignInCodeForm(Form):
+    code = StringField("Six-digit code from your authenticator app, or a recovery code",
+                       validators=[InputRequired(),
+                                   Regexp(r"^\s*(\d{6}|[A-Za-z2-7]{4}-?[A-Za-z2-7]{4}-?[A-Za-z2-7]{4})\s*$",
+                                          message="enter the six digits your app shows, or a recovery code "
+                                                  "such as abcd-efgh-ijkl")],
+                       render_kw={"autocomplete": "one-time-code", "autofocus": True, "maxlength": 20,
+                                  "spellcheck": "false"})
+
+
 class EmptyForm(Form):
     """A button that changes something and needs nothing but the CSRF token."""
 
@@ -106,15 +117,21 @@ class EntryForm(Form):
 
 
 class ImportForm(Form):
-    file = FileField("File (CSV with a header naming value, or one domain or URL a line)",
+    """Shown on the same page as :class:`EntryForm`: its fields have ids of
+    their own (``upload-...``), so a label of one form never works the other."""
+
+    file = FileField("File (CSV with a header naming value, or one domain or URL a line)", id="upload-file",
                      validators=[FileRequired(message="choose a file"),
                                  FileSize(MAX_UPLOAD, message="the file is larger than 20 MB")])
-    subdomains = SelectField("Subdomains", choices=choices([("", "as the file says (default: yes)"),
-                                                            ("true", "yes, block names under each domain"),
-                                                            ("false", "no, exact names only")]))
-    category = SelectField("Category", choices=[])
-    reason = _reason("Reason for lines that give none")
-    dry_run = BooleanField("Only check: change nothing")
+    subdomains = SelectField("Subdomains for the file's domains", id="upload-subdomains",
+                             choices=choices([("", "as the file says (default: yes)"),
+                                              ("true", "yes, block names under each domain"),
+                                              ("false", "no, exact names only")]))
+    category = SelectField("Category for lines that give none", id="upload-category", choices=[])
+    reason = TextAreaField("Reason for lines that give none", id="upload-reason",
+                           validators=[Optional(), Length(max=MAX_TEXT_LENGTH)],
+                           render_kw={"rows": 2, "maxlength": MAX_TEXT_LENGTH})
+    dry_run = BooleanField("Only check: change nothing", id="upload-dry-run")
 
 
 class EntryFilterForm(QueryForm):
@@ -137,20 +154,38 @@ class AllowForm(Form):
                          render_kw={"spellcheck": "false"})
     subdomains = BooleanField("Also never block any name under it")
     reason = _reason("Why it must never be blocked")
+    # Set by the confirmation step: the entries the admin saw would be
+    # suspended (comma-separated ids; empty: none). Absent on the first post.
+    confirmed = HiddenField()
+    expect = HiddenField()
 
 
 class UserAddForm(Form):
     name = StringField("User name", validators=[InputRequired(), Length(max=32)],
                        render_kw={"spellcheck": "false", "autocomplete": "off"})
     role = SelectField("Role", choices=choices((r.value, r.value) for r in Role), default=Role.CURATOR.value)
-    agency = StringField("Agency", validators=[InputRequired(), Length(max=100)])
+    agency = SelectField("Agency", choices=[], validators=[InputRequired(message="pick an agency")],
+                         validate_choice=False)
     password = PasswordField(f"Initial password (at least {MIN_PASSWORD} characters; empty: make one)",
                              validators=[Optional(), Length(max=1024)], render_kw={"autocomplete": "new-password"})
 
 
 class UserEditForm(Form):
     role = SelectField("Role", choices=choices((r.value, r.value) for r in Role))
-    agency = StringField("Agency", validators=[InputRequired(), Length(max=100)])
+    agency = SelectField("Agency", choices=[], validators=[InputRequired(message="pick an agency")],
+                         validate_choice=False)
+    reason = _reason()
+
+
+class AgencyForm(Form):
+    name = StringField("Agency name (as people will pick it)", validators=[InputRequired(), Length(min=2, max=100)],
+                       render_kw={"spellcheck": "false"})
+    reason = _reason()
+
+
+class AgencyRenameForm(Form):
+    name = StringField("New name", validators=[InputRequired(), Length(min=2, max=100)],
+                       render_kw={"spellcheck": "false"})
     reason = _reason()
 
 
@@ -191,6 +226,14 @@ class PasswordForm(Form):
     confirm = PasswordField("New password again",
                             validators=[InputRequired(), EqualTo("new", message="the two new passwords differ")],
                             render_kw={"autocomplete": "new-password"})
+    code = StringField("Code from your authenticator app, or a recovery code",
+                       validators=[Optional(), Length(max=20)],
+                       render_kw={"autocomplete": "one-time-code", "spellcheck": "false", "maxlength": 20})
+
+
+class RecoveryCodesForm(Form):
+    current = PasswordField("Your password", validators=[InputRequired(), Length(max=1024)],
+                            render_kw={"autocomplete": "current-password"})
 
 
 # --------------------------------------------------------------------------- publications, audit
@@ -202,6 +245,8 @@ class AuditFilterForm(QueryForm):
                          render_kw={"spellcheck": "false"})
     target = StringField("Target (e.g. entry:12, user:alice)", validators=[Optional(), Length(max=200)],
                          render_kw={"spellcheck": "false"})
+    since = DateField("From (day, UTC)", validators=[Optional()])
+    until = DateField("To (day, UTC, included)", validators=[Optional()])
 
 
 # --------------------------------------------------------------------------- public appeal

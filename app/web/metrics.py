@@ -41,6 +41,7 @@ from app.core import Core
 from app.domain import Status
 from app.errors import AuthenticationError, BlocklistError, PermissionDeniedError
 from app.web import core_of
+from app.web.common import bearer_token
 
 log = logging.getLogger("blocklist.metrics")
 
@@ -120,10 +121,9 @@ def metrics_view() -> Response:
 
 def _authorise() -> None:
     token = core_of(current_app).settings.metrics_token
-    header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if token and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
+    if request.headers.get("Authorization"):
+        value = bearer_token("metrics token", "<BLOCKLIST_METRICS_TOKEN>")
+        if token and hmac.compare_digest(value.encode(), token.encode()):
             return
         raise AuthenticationError("the metrics token is not valid")
     if _direct_loopback():

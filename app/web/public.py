@@ -7,17 +7,32 @@ cookie, nothing from elsewhere, nothing that tracks the visitor.
 
 Which name was blocked: when ``BLOCKLIST_STOP_HOST`` is set, every request
 whose Host is not the admin's own host (the host of ``BLOCKLIST_PUBLIC_URL``)
-gets the stop page. The blocked name is the Host itself, or, in the
-walled-garden convention where the resolver answers ``name.<stop host>``,
-the part before the stop host. The page never says whether a name is on the
-list (the list is confidential): it shows the name it was given.
+is about a name. The name is the Host itself, or, in the walled-garden
+convention where the resolver answers ``name.<stop host>``, the part before
+the stop host.
+
+What must stay true:
+
+* The page accuses a site only when an active entry covers the name (the
+  name itself, or a parent listed with its subdomains), or, for a host with
+  URL entries only, when the request's own path and query are an active URL
+  entry (then it names that URL). Any other name (a Host anyone can send,
+  a name delisted since the ISP last pulled) gets a neutral page, status 404,
+  that does not repeat the name and says nothing about any list.
+* The stop host itself (no name) shows the programme's general page.
+* Naming listed sites makes the page an oracle for the confidential list,
+  so one client address gets at most ``BLOCKLIST_STOP_NAMES_PER_HOUR``
+  different names checked an hour; beyond that it gets the neutral page
+  (429) without any check.
 
 The appeal form resists abuse without a CAPTCHA: a signed, time-stamped
 form token that must be at least :data:`MIN_FORM_SECONDS` old and at most a
 day (robots post at once), a field hidden from people that robots fill in,
-a rate limit per address and overall, size limits, and the duplicate
-suppression of :class:`app.appeals.Appeals`. The answer to an appeal is the
-same whether or not the name is listed.
+size limits, and the duplicate suppression of :class:`app.appeals.Appeals`.
+Rate limits: every attempt counts against its address first; only a valid,
+new appeal counts against the limit for everyone, so nobody can shut the
+form for others by sending junk or replaying a form. The answer to an
+appeal is the same whether or not the name is listed.
 """
 
 from __future__ import annotations
@@ -26,11 +41,12 @@ import logging
 import secrets
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, render_template, request
+from flask import Blueprint, Flask, Response, current_app, render_template, request
+from flask.globals import request_ctx
 from itsdangerous import BadSignature, Signer
 
 from app.core import Core
-from app.domain import display_domain, normalize_domain
+from app.domain import EntryType, Status, display_domain, normalize_domain, normalize_url, parents
 from app.errors import BlocklistError
 from app.web import core_of
 from app.web.auth import address_key, client_address
@@ -87,20 +103,55 @@ def stop_mode() -> bool:
     return bool(stop_host) and _host() != _admin_host()
 
 
-def blocked_name() -> str | None:
-    """The blocked name this request is about, for display, or None."""
+def requested_name() -> str | None:
+    """The name this request is about (not yet checked against the list), or None
+    for the stop host itself and the admin's host."""
     stop_host = (_core().settings.stop_host or "").lower().rstrip(".")
     if not stop_host or not stop_mode():
         return None
-    host = _host()
+    host = _host().rstrip(".")
     if host == stop_host:
         return None
     if host.endswith("." + stop_host):
         host = host[: -len(stop_host) - 1]
+    return host
+
+
+def _active(etype: str, value: str) -> bool:
+    e = _core().curation.find(etype, value)
+    return e is not None and e.status is Status.ACTIVE
+
+
+def listed_as(host: str) -> str | None:
+    """What to name for ``host``: the domain, when an active domain entry covers
+    it; the URL asked for, when it is an active URL entry; otherwise None."""
     try:
-        return normalize_domain(host)
+        name = normalize_domain(host)
     except BlocklistError:
         return None
+    if _active(EntryType.DOMAIN, name):
+        return display_domain(name)
+    for parent in parents(name):
+        e = _core().curation.find(EntryType.DOMAIN, parent)
+        if e is not None and e.subdomains and e.status is Status.ACTIVE:
+            return display_domain(name)
+    if request.endpoint in ("public.stop", "public.appeal"):
+        return None  # our own paths, not the one the visitor asked for
+    path = request.full_path.rstrip("?") if request.query_string else request.path
+    for scheme in ("http", "https"):
+        try:
+            url = normalize_url(f"{scheme}://{name}{path}")
+        except BlocklistError:
+            return None
+        if _active(EntryType.URL, url.url):
+            return url.url
+    return None
+
+
+def blocked_name() -> str | None:
+    """The listed name (or URL) this request is about, for display, or None."""
+    host = requested_name()
+    return listed_as(host) if host else None
 
 
 # --------------------------------------------------------------------------- form token
@@ -134,14 +185,28 @@ def check_form_token(token: str) -> str:
 # --------------------------------------------------------------------------- views
 
 
+def _too_many_names(host: str) -> bool:
+    """This address has had more different names checked this hour than anyone
+    sent by a resolver would: it is testing the list name by name."""
+    c = _core()
+    seen = c.store.distinct_hit("stop-names", address_key(client_address()), host, 3600)
+    return seen > c.settings.stop_names_per_hour
+
+
 def _page(form: AppealForm, status: int, error: str | None = None, token: str | None = None) -> Any:
-    name = blocked_name()
+    host = requested_name()
+    if host and _too_many_names(host):
+        log.warning("stop page: too many different names from one address; not checking")
+        return render_template("stop_neutral.html", s=_core().settings), 429
+    name = listed_as(host) if host else None
+    if host and name is None:
+        # A name nobody listed (or no longer listed): say nothing about it.
+        return render_template("stop_neutral.html", s=_core().settings), 404
     if not form.domain.data and name:
-        form.domain.data = display_domain(name)
+        form.domain.data = name
     form.form_token.data = token or make_form_token()
     form.website.data = ""
-    return render_template("stop.html", form=form, blocked=display_domain(name) if name else None,
-                           error=error, s=_core().settings), status
+    return render_template("stop.html", form=form, blocked=name, error=error, s=_core().settings), status
 
 
 @bp.get("/stop")
@@ -164,20 +229,24 @@ def appeal() -> Any:
     store = _core().store
     limit, window = RATE_PER_ADDRESS
     overall, overall_window = RATE_OVERALL
-    if (store.rate_hit("appeal", address_key(client_address()), window) > limit
-            or store.rate_hit("appeal", "everyone", overall_window) > overall):
+    if store.rate_hit("appeal", address_key(client_address()), window) > limit:
         return _page(form, 429, "Too many appeals were sent from here in the last hour; try again later.",
                      token=form.form_token.data)
     if not form.validate():
         message = "; ".join(m for ms in form.errors.values() for m in ms)
         return _page(form, 400, message, token=form.form_token.data)
-    from app.web.admin import appeals
-
+    # Only valid, new appeals count for everyone: checked before filing,
+    # counted after, so junk and replayed forms never use up the limit.
+    if store.rate_peek("appeal-all", "everyone", overall_window) >= overall:
+        log.warning("appeal refused: the limit for everyone (%d an hour) is reached", overall)
+        return _page(form, 429, "Too many appeals reached us in the last hour; please try again later.",
+                     token=form.form_token.data)
     try:
-        filed, new = appeals().file(form.domain.data, form.contact.data, form.statement.data, once=nonce)
+        filed, new = _core().appeals.file(form.domain.data, form.contact.data, form.statement.data, once=nonce)
     except BlocklistError as e:
         return _page(form, e.status, e.message, token=form.form_token.data)
     if new:
+        store.rate_hit("appeal-all", "everyone", overall_window)
         log.info("appeal %s filed", filed.reference)
     return render_template("appeal_received.html", reference=filed.reference, repeat=not new, s=_core().settings)
 
@@ -193,6 +262,11 @@ def _limit_body() -> None:
 
 def _walled_garden() -> Any:
     """Requests for blocked names get the stop page, whatever their path."""
+    if request_ctx.url_adapter is None:
+        # Werkzeug could not route a Host it finds malformed ("a..b"): no page
+        # (not even an error page) can be built for it, so answer in plain text.
+        return Response("The Host header is not a valid host name.\n", 400, mimetype="text/plain",
+                        headers={"Cache-Control": "no-store"})
     if not stop_mode() or request.endpoint in _ANY_HOST:
         return None
     return _page(AppealForm(formdata=None), 451)

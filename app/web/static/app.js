@@ -1,6 +1,15 @@
 // Small conveniences for the admin. Every page works without this file.
 "use strict";
+// With scripts on, narrow screens fold the menu behind its button (see app.css).
+document.documentElement.classList.add("js");
 document.addEventListener("DOMContentLoaded", () => {
+  const menu = document.querySelector(".menu-button");
+  if (menu) {
+    menu.addEventListener("click", () => {
+      const open = menu.closest(".top").classList.toggle("open");
+      menu.setAttribute("aria-expanded", String(open));
+    });
+  }
   // Ask before destructive actions.
   document.querySelectorAll("form[data-confirm]").forEach((form) => {
     form.addEventListener("submit", (event) => {
