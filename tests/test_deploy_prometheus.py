@@ -120,6 +120,29 @@ def test_an_isp_behind_for_a_day_alerts_and_one_up_to_date_does_not(tmp_path: Pa
     }])
 
 
+def test_an_isp_whose_resolvers_lag_for_two_hours_alerts_and_one_that_catches_up_does_not(tmp_path: Path) -> None:
+    run_rule_tests(tmp_path, [{
+        "interval": "1m",
+        "input_series": [
+            # Stuck on an old version since time 0: the lag grows a second a second.
+            {"series": f'blocklist_isp_enforcing_behind_seconds{{isp="stuck-isp",{WEB}}}', "values": "0+60x200"},
+            # Behind for 90 minutes after each publication, then up to date again.
+            {"series": f'blocklist_isp_enforcing_behind_seconds{{isp="slowish-isp",{WEB}}}',
+             "values": "0+60x90 0x110"},
+            # Fetches the latest version all the time: no enforcement alert without a report series.
+            {"series": f'blocklist_isp_behind_seconds{{isp="quiet-isp",{WEB}}}', "values": "0x200"},
+        ],
+        "alert_rule_test": [
+            alert("BlocklistIspNotEnforcing", "2h"),
+            alert("BlocklistIspNotEnforcing", "2h20m", fired(
+                {"severity": "warning", "isp": "stuck-isp"},
+                summary="The resolvers of ISP stuck-isp have not enforced the latest version for 2h 20m 0s",
+                description="They were last seen enforcing an older version. The ISP's resolvers are not loading "
+                            "the zone or its updates; contact its operations team.")),
+        ],
+    }])
+
+
 def test_tsig_failures_alert_but_other_refusals_do_not(tmp_path: Path) -> None:
     run_rule_tests(tmp_path, [
         {
@@ -204,6 +227,8 @@ def exported_names(core: Core, tmp_path: Path, personas: Personas) -> set[str]:
     publish(core)
     isp = core.isps.add(SYSTEM, "isp-a")
     core.isps.record_pull(core.isps.authenticate_feed(isp["feed_token"]), 1, "feed:snapshots")
+    # An enforcement report from the ISP's pull tool, as it lands on the ISP record.
+    core.store.isp_record_pull("isp-a", {"enforced_version": "1", "enforced_at": "1800000000"})
     health = tmp_path / "run"
     health.mkdir()
     (health / "worker").write_text("1800000000\n")
