@@ -251,7 +251,8 @@ def serve(ctx: Context, web_addr: str | None, dns_addr: str | None, xot_addr: st
             children.append((name, subprocess.Popen(argv, env=env, start_new_session=True)))
         host, port = s.web_listen
         click.echo(f"web admin:  {s.public_url}/   (API {s.public_url}/api/v1, feed {s.public_url}/feed/v1)")
-        click.echo(f"DNS (RPZ):  {s.dns_listen[0]} port {s.dns_listen[1]}, zone {s.rpz_zone}")
+        click.echo(f"DNS (RPZ):  {s.dns_listen[0]} port {s.dns_listen[1]}, zones {s.rpz_overlay_zone} "
+                   f"(overlay, list it first) and {s.rpz_zone}")
         if s.xot_listen is not None:
             click.echo(f"XoT (TLS):  {s.xot_listen[0]} port {s.xot_listen[1]}, name {s.xot_name}, "
                        f"SPKI pin {xot_pin} (certificate: blocklist xot cert)")

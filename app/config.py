@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import dns.exception
+import dns.name
+
 from app.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -141,6 +144,20 @@ def _ip_ports(env: Env, name: str) -> tuple[tuple[str, int], ...]:
 _CATEGORY_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
+def _zone_name(env: Env, name: str, default: str) -> str:
+    """A zone name from the environment: lower case, absolute, a valid DNS name."""
+    zone = env.text(name, default).lower()
+    if not zone.endswith("."):
+        zone += "."
+    try:
+        dns.name.from_text(zone)
+    except dns.exception.DNSException as e:
+        raise ConfigError(f"{name}: {zone!r} is not a DNS name ({e})") from e
+    if zone == ".":
+        raise ConfigError(f"{name} cannot be the root zone")
+    return zone
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with production-safe defaults."""
@@ -160,6 +177,12 @@ class Settings:
     rpz_soa_retry: int = 60
     rpz_soa_expire: int = 2592000
     rpz_ns: str = "localhost."
+    # The overlay policy zone (recent changes, listed first by resolvers) and
+    # when its changes are folded into the base zone (see app.rpz.Layout).
+    rpz_overlay_zone: str = "overlay.blocklist.rpz."
+    rpz_fold_changes: int = 2000
+    rpz_fold_age: int = 900
+    rpz_fold_grace: int = 300
     categories: tuple[str, ...] = ("csam",)
 
     # Publication
@@ -258,9 +281,10 @@ class Settings:
                 )
         if not cats:
             raise ConfigError("BLOCKLIST_CATEGORIES must name at least one category")
-        zone = env.text("BLOCKLIST_RPZ_ZONE", "blocklist.rpz.").lower()
-        if not zone.endswith("."):
-            zone += "."
+        zone = _zone_name(env, "BLOCKLIST_RPZ_ZONE", "blocklist.rpz.")
+        overlay = _zone_name(env, "BLOCKLIST_RPZ_OVERLAY_ZONE", "overlay." + zone)
+        if overlay == zone:
+            raise ConfigError("BLOCKLIST_RPZ_OVERLAY_ZONE must differ from BLOCKLIST_RPZ_ZONE")
         log_format = env.text("BLOCKLIST_LOG_FORMAT", "json")
         if log_format not in ("json", "text"):
             raise ConfigError(f"BLOCKLIST_LOG_FORMAT must be json or text, not {log_format!r}")
@@ -285,6 +309,10 @@ class Settings:
             rpz_soa_retry=env.whole("BLOCKLIST_RPZ_RETRY", 60, 1),
             rpz_soa_expire=env.whole("BLOCKLIST_RPZ_EXPIRE", 2592000, 60),
             rpz_ns=env.text("BLOCKLIST_RPZ_NS", "localhost."),
+            rpz_overlay_zone=overlay,
+            rpz_fold_changes=env.whole("BLOCKLIST_RPZ_FOLD_CHANGES", 2000, 1),
+            rpz_fold_age=env.whole("BLOCKLIST_RPZ_FOLD_AGE", 900, 1),
+            rpz_fold_grace=env.whole("BLOCKLIST_RPZ_FOLD_GRACE", 300, 0),
             categories=cats,
             publish_interval=env.whole("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
             publish_quiet=env.number("BLOCKLIST_PUBLISH_QUIET", 2.0, 0.0, 60.0),

@@ -21,6 +21,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 
+def _zones(d: Any) -> dict[str, Any] | None:
+    """A stored zone layout (app.rpz.Layout as JSON), checked when it is read
+    (``Layout.from_json``), not here; anything but an object reads as none."""
+    return dict(d) if isinstance(d, dict) and d else None
+
+
 @dataclass(frozen=True)
 class FileRef:
     """A published artifact: its feed path, sha256 and size."""
@@ -81,6 +87,10 @@ class Publication:
     released: bool = False
     build_seconds: float = 0.0
     publisher: str = ""
+    #: How the version is served as base and overlay policy zones
+    #: (:class:`app.rpz.Layout` as JSON); None for versions published before
+    #: layouts existed (each is then its own base).
+    zones: dict[str, Any] | None = None
 
     @property
     def has_full_files(self) -> bool:
@@ -100,6 +110,7 @@ class Publication:
             "base": self.base, "chain": {"length": self.chain_length, "bytes": self.chain_bytes},
             "full_at": self.full_at, "entries_sha256": self.entries_sha256, "by": self.by, "reason": self.reason,
             "released": self.released, "build_seconds": self.build_seconds, "publisher": self.publisher,
+            "zones": dict(self.zones) if self.zones is not None else None,
         }
 
     def to_json(self) -> str:
@@ -122,6 +133,7 @@ class Publication:
             full_at=int(d["full_at"]) if d.get("full_at") is not None else None,
             by=str(d.get("by", "")), reason=str(d.get("reason", "")), released=bool(d.get("released", False)),
             build_seconds=float(d.get("build_seconds", 0.0)), publisher=str(d.get("publisher", "")),
+            zones=_zones(d.get("zones")),
         )
 
     @classmethod
@@ -143,6 +155,8 @@ class Latest:
     rpz: FileRef
     delta: DeltaRef | None = None
     previous_version: int | None = None
+    #: The latest version's zone layout (see :attr:`Publication.zones`).
+    zones: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, pub: Publication, base: Publication) -> Latest:
@@ -150,7 +164,7 @@ class Latest:
         assert base.rpz is not None
         return cls(version=pub.version, published_at=pub.published_at, expires_at=pub.expires_at,
                    count=pub.count, entries_sha256=pub.entries_sha256, base=base.version, snapshot=base.snapshot,
-                   rpz=base.rpz, delta=pub.delta, previous_version=pub.previous_version)
+                   rpz=base.rpz, delta=pub.delta, previous_version=pub.previous_version, zones=pub.zones)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,7 +172,27 @@ class Latest:
             "count": self.count, "entries_sha256": self.entries_sha256, "base": self.base,
             "snapshot": self.snapshot.to_dict(), "rpz": self.rpz.to_dict(),
             "delta": self.delta.to_dict() if self.delta else None, "previous_version": self.previous_version,
+            "zones": dict(self.zones) if self.zones is not None else None,
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Latest:
+        version = int(d["version"])
+        snapshot = FileRef.from_dict(d.get("snapshot"))
+        rpz = FileRef.from_dict(d.get("rpz"))
+        if snapshot is None or rpz is None:
+            raise ValueError(f"the latest record of version {version} names no full files")
+        return cls(
+            version=version, published_at=str(d["published_at"]), expires_at=str(d["expires_at"]),
+            count=int(d["count"]), entries_sha256=str(d["entries_sha256"]), base=int(d.get("base") or version),
+            snapshot=snapshot, rpz=rpz, delta=DeltaRef.from_dict(d.get("delta")),
+            previous_version=int(d["previous_version"]) if d.get("previous_version") else None,
+            zones=_zones(d.get("zones")),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> Latest:
+        return cls.from_dict(json.loads(raw))

@@ -71,7 +71,7 @@ from app.listbuild import (
     zone_fragment_of,
 )
 from app.publication import DeltaRef, FileRef, Latest, Publication
-from app.rpz import SoaParams
+from app.rpz import FoldPolicy, Layout, SoaParams, fold_due, next_layout
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
 from client.minisign import Prehasher, Signature, format_trusted_comment
@@ -382,7 +382,11 @@ class Publisher:
         # The latest version's files are not in the store (written by a release
         # that kept them on disk only): publish again, so every host can serve.
         unstored = latest is not None and not self.artifacts.exists(str(latest["snapshot"]["path"]))
-        if diff.empty and not force and not behind_highwater and not unstored:
+        # A fold of the zones that waits for a version goes on without a change.
+        fold = diff.empty and latest is not None and self._fold_due(latest, now)
+        if fold and not reason:
+            reason = "the overlay zone is folded into the base zone"
+        if diff.empty and not force and not behind_highwater and not unstored and not fold:
             self.store.dirty_consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
@@ -504,11 +508,14 @@ class Publisher:
                 delta = DeltaRef(path=ref.path, sha256=ref.sha256, size=ref.size, frm=base.version, to=version)
             timings["delta"] = time.perf_counter() - t
             hasher.join()
+            # Which versions the base and overlay zones hold: continuous when
+            # this version has a delta from the previous one.
+            zones = self._zone_layout(version, base, delta is not None, diff, now)
             pub = Publication(
                 version=version, published_at=published_at, expires_at=expires_at, count=len(lines),
                 entries_sha256=digest[0], previous_version=base.version or None, changes=diff.summary(),
                 delta=delta, base=version, by=actor.name, reason=reason, released=released,
-                build_seconds=round(sum(timings.values()), 3), publisher=self.name,
+                build_seconds=round(sum(timings.values()), 3), publisher=self.name, zones=zones,
             )
             if snap is not None and rpz is not None:
                 pub = pub.with_full_files(snap, rpz, int(now))
@@ -659,6 +666,28 @@ class Publisher:
         timings["total"] = time.perf_counter() - t0
         log.info("compacted version %s: full snapshot and zone file written in %.2fs", version, timings["total"])
         return Outcome("compacted", version=version, timings=timings)
+
+    def _fold_due(self, latest: dict[str, Any], now: float) -> bool:
+        try:
+            layout = Layout.from_json(latest.get("zones"), int(latest["version"]))
+        except (ValueError, KeyError, TypeError):
+            return False
+        return fold_due(layout, now, FoldPolicy.from_settings(self.settings))
+
+    def _zone_layout(self, version: int, base: ListState, continuous: bool, diff: Diff,
+                     now: float) -> dict[str, Any]:
+        """Which versions the base and overlay policy zones hold (app.rpz.Layout),
+        fixed here so that every transfer server serves the same zones."""
+        latest = self.latest()
+        previous = None
+        if latest is not None and int(latest["version"]) == base.version:
+            try:
+                previous = Layout.from_json(latest.get("zones"), base.version)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("starting a new base zone at version %s: %s", version, e)
+        changed = diff.added + diff.removed + diff.changed
+        layout = next_layout(previous, version, now, changed, continuous, FoldPolicy.from_settings(self.settings))
+        return layout.to_json()
 
     # ------------------------------------------------------------------ manifest
 

@@ -86,6 +86,9 @@ class K:
     pub_latest = PREFIX + "pub:latest"
     pub_versions = PREFIX + "pub:versions"
     pub_version = PREFIX + "pub:v:{version}"
+    # ZONEMD digest of a served zone version (a cache: any transfer server
+    # can recompute it, so the first to compute it shares it with the rest).
+    zone_digest = PREFIX + "zone:zonemd:{zone}:{serial}"
     pub_manifest = PREFIX + "pub:manifest"
     pub_held = PREFIX + "pub:held"
     pub_lock = PREFIX + "pub:lock"
@@ -873,6 +876,16 @@ class Store:
     def pub_latest_raw(self) -> str | None:
         v = self.r.get(K.pub_latest)
         return None if v is None else str(v)
+
+    def zone_digest_get(self, zone: str, serial: int) -> bytes | None:
+        v = self.r.get(K.zone_digest.format(zone=zone, serial=serial))
+        try:
+            return bytes.fromhex(str(v)) if v is not None else None
+        except ValueError:
+            return None
+
+    def zone_digest_set(self, zone: str, serial: int, digest: bytes, ttl: int) -> None:
+        self.r.set(K.zone_digest.format(zone=zone, serial=serial), digest.hex(), ex=ttl)
 
     def pub_version_raw(self, version: int) -> str | None:
         v = self.r.get(K.pub_version.format(version=version))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import hashlib
 import ipaddress
 import operator
 import struct
@@ -67,13 +68,13 @@ import dns.rdtypes.ANY.TSIG
 import dns.serial
 import dns.tsig
 
-from app.rpz import SoaParams
+from app.rpz import CANARY_BLOCKED, CANARY_VERSION, RESERVED, SoaParams
 
 if TYPE_CHECKING:
     from app.isps import Isp
 
 # Wire constants (RFC 1035, 1995, 5936, 6891, 8945).
-T_NS, T_CNAME, T_SOA, T_OPT, T_TSIG, T_IXFR, T_AXFR = 2, 5, 6, 41, 250, 251, 252
+T_NS, T_CNAME, T_SOA, T_TXT, T_OPT, T_ZONEMD, T_TSIG, T_IXFR, T_AXFR = 2, 5, 6, 16, 41, 63, 250, 251, 252
 C_IN, C_ANY = 1, 255
 QR, AA, TC, RD = 0x8000, 0x0400, 0x0200, 0x0100
 OP_QUERY, OP_NOTIFY = 0, 4
@@ -246,17 +247,127 @@ class ZoneInfo:
         return ["\x01*" + p + rest for p in _PTR] + [""]
 
     def soa(self, serial: int) -> bytes:
-        p = self.params
-        rdata = (
-            (dns.name.from_text(p.mname).to_wire() or b"")
-            + (dns.name.from_text(p.rname).to_wire() or b"")
-            + struct.pack("!IIIII", serial & 0xFFFFFFFF, p.refresh, p.retry, p.expire, p.minimum)
-        )
-        return b"\xc0\x0c" + struct.pack("!HHIH", T_SOA, C_IN, p.ttl, len(rdata)) + rdata
+        return self.record(self.soa_rec(serial))
 
     def ns(self) -> bytes:
-        rdata = dns.name.from_text(self.params.ns).to_wire() or b""
-        return b"\xc0\x0c" + struct.pack("!HHIH", T_NS, C_IN, self.params.ttl, len(rdata)) + rdata
+        return self.record(self.ns_rec())
+
+    def soa_rec(self, serial: int) -> Rec:
+        p = self.params
+        rdata = (
+            (dns.name.from_text(p.mname).to_wire() or b"").lower()
+            + (dns.name.from_text(p.rname).to_wire() or b"").lower()
+            + struct.pack("!IIIII", serial & 0xFFFFFFFF, p.refresh, p.retry, p.expire, p.minimum)
+        )
+        return Rec("", T_SOA, rdata)
+
+    def ns_rec(self) -> Rec:
+        return Rec("", T_NS, (dns.name.from_text(self.params.ns).to_wire() or b"").lower())
+
+    def record(self, rec: Rec) -> bytes:
+        """A record as it travels in our answers: the owner's relative labels,
+        then a pointer to the question name (the zone) at offset 12."""
+        owner = rec.owner_wire() + b"\xc0\x0c"
+        return owner + struct.pack("!HHIH", rec.rtype, C_IN, self.params.ttl, len(rec.rdata)) + rec.rdata
+
+    def canonical(self, rec: Rec) -> bytes:
+        """A record in canonical form (RFC 4034 6.2): owner uncompressed."""
+        owner = rec.owner_wire() + self.wire
+        return owner + struct.pack("!HHIH", rec.rtype, C_IN, self.params.ttl, len(rec.rdata)) + rec.rdata
+
+    def canary_recs(self, version: int) -> list[Rec]:
+        """The canary: ``version.canary`` TXT with the version, and
+        ``blocked.canary`` answered like a listed name."""
+        text = str(version).encode()
+        return [Rec(CANARY_VERSION, T_TXT, bytes([len(text)]) + text), Rec(CANARY_BLOCKED, T_CNAME, b"\x00")]
+
+    def zonemd_rec(self, serial: int, digest: bytes) -> Rec:
+        return Rec("", T_ZONEMD, struct.pack("!IBB", serial & 0xFFFFFFFF, ZONEMD_SIMPLE, ZONEMD_SHA384) + digest)
+
+
+#: ZONEMD (RFC 8976): the SIMPLE scheme with SHA-384.
+ZONEMD_SIMPLE, ZONEMD_SHA384 = 1, 1
+#: The RPZ action "do not rewrite" (a CNAME to this name), for recent removals in the overlay.
+PASSTHRU = dns.name.from_text("rpz-passthru.").to_wire() or b""
+
+
+@dataclass(frozen=True, order=True)
+class Rec:
+    """One record of a served zone outside the snapshot pieces: owner name
+    relative to the zone ("" for the apex), type, and RDATA in canonical
+    form (uncompressed, lower case), class IN and the zone's TTL."""
+
+    owner: str
+    rtype: int
+    rdata: bytes
+
+    def owner_wire(self) -> bytes:
+        return _label_wires([self.owner])[0].encode("latin-1") if self.owner else b""
+
+    @property
+    def order(self) -> tuple[str, int, bytes]:
+        """Canonical order (RFC 4034 6.1 and 6.3; RFC 8976 3.3.2)."""
+        return (canonical_key(self.owner), self.rtype, self.rdata)
+
+
+def canonical_key(relative: str) -> str:
+    """A text key whose order is DNSSEC canonical name order for names
+    relative to one zone: labels from the right, compared as octet strings,
+    a shorter label first (NUL sorts below every character of a name)."""
+    return "\x00".join(reversed(relative.split("."))) if relative else ""
+
+
+def zonemd_digest(info: ZoneInfo, serial: int, recs: Iterable[Rec], snapshot: Snapshot | None = None) -> bytes:
+    """The SHA-384 ZONEMD digest (RFC 8976, SIMPLE scheme) of a zone made of
+    its SOA at ``serial``, the records ``recs`` (apex NS included, ZONEMD
+    excluded) and the ``CNAME .`` records of ``snapshot``.
+
+    The snapshot's names are re-sorted in canonical order once: this is the
+    cost of a base version (about a second per million names), paid once per
+    base version, never per overlay version."""
+    h = hashlib.sha384()
+    small = sorted([info.soa_rec(serial), *recs], key=operator.attrgetter("order"))
+    if snapshot is None or not snapshot.pieces:
+        for r in small:
+            h.update(info.canonical(r))
+        return h.digest()
+    bases: list[str] = []
+    kinds = bytearray()
+    for p in snapshot.pieces:
+        bases.extend(p.bases.split("\n"))
+        kinds += p.kinds
+    keys = ["\x00".join(b.split(".")[::-1]) for b in bases]  # canonical_key, inlined: a million calls
+    order = sorted(range(len(bases)), key=keys.__getitem__)
+    keys = [keys[i] for i in order]
+    small_keys = [r.order[0] for r in small]
+    origin = info.wire.decode("latin-1")
+    tail = origin + struct.pack("!HHIH", T_CNAME, C_IN, info.params.ttl, 1).decode("latin-1") + "\x00"
+    start = 0
+    for r_key, r in zip(small_keys, small, strict=True):
+        # A name of the snapshot and an extra record never share an owner.
+        stop = bisect.bisect_left(keys, r_key, start)
+        if stop > start:
+            h.update(_canonical_cnames([bases[i] for i in order[start:stop]],
+                                       [kinds[i] for i in order[start:stop]], tail))
+        start = stop
+        h.update(info.canonical(r))
+    if start < len(keys):
+        h.update(_canonical_cnames([bases[i] for i in order[start:]], [kinds[i] for i in order[start:]], tail))
+    return h.digest()
+
+
+def _canonical_cnames(bases: list[str], kinds: list[int], tail: str) -> bytes:
+    """``name CNAME .`` records in canonical form; ``*.name`` follows ``name``
+    in canonical order (``*`` sorts below every other label character).
+    C-level list operations: a record a name, a wildcard record a name, and
+    an empty string where the name has no such record."""
+    if not bases:
+        return b""
+    named = list(map(str.__add__, _label_wires(bases), repeat(tail)))
+    out = [""] * (2 * len(named))
+    out[::2] = map(operator.mul, named, map(operator.and_, kinds, repeat(NAME)))
+    out[1::2] = map(operator.mul, map(str.__add__, repeat("\x01*"), named), map(operator.rshift, kinds, repeat(1)))
+    return "".join(out).encode("latin-1")
 
 
 # Kinds of a base name in a piece: the name, only ``*.name``, or both.
@@ -475,11 +586,17 @@ def compose_steps(steps: Sequence[Step]) -> tuple[set[str], set[str]]:
 
 class Zone:
     """What is served: the current snapshot and the differences that lead
-    to it from older versions (the IXFR history)."""
+    to it from older versions (the IXFR history).
 
-    def __init__(self, info: ZoneInfo, snapshot: Snapshot, steps: Sequence[Step] = (), history: int = 100) -> None:
+    ``extras`` are the version's records outside the snapshot (the canary
+    TXT, the ZONEMD), sent after the apex NS; ``past_extras`` holds those of
+    the versions in history, so an IXFR replaces them too."""
+
+    def __init__(self, info: ZoneInfo, snapshot: Snapshot, steps: Sequence[Step] = (), history: int = 100,
+                 extras: Sequence[bytes] = (), past_extras: dict[int, tuple[bytes, ...]] | None = None) -> None:
         self.info = info
         self.snapshot = snapshot
+        self.extras = tuple(extras)
         self.history = max(0, history)
         # Keep only an unbroken chain of differences that ends at this version.
         kept: list[Step] = []
@@ -493,7 +610,10 @@ class Zone:
         self._index = {s.old: i for i, s in enumerate(self.steps)}
         self._ixfr_cache: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
         self.soa_record = info.soa(snapshot.serial)
-        self._first = self.soa_record + info.ns()
+        self._first = self.soa_record + info.ns() + b"".join(self.extras)
+        self._first_count = 2 + len(self.extras)
+        past = past_extras or {}
+        self.past_extras = {s.old: past.get(s.old, ()) for s in self.steps}
 
     @property
     def serial(self) -> int:
@@ -504,11 +624,18 @@ class Zone:
         """The oldest serial an IXFR can start from."""
         return self.steps[0].old if self.steps else self.serial
 
+    @property
+    def records(self) -> int:
+        return self.snapshot.records + 2 + len(self.extras)
+
     def advance(self, serial: int, deleted: Iterable[str], added: Iterable[str],
-                report: BuildReport | None = None) -> Zone:
+                report: BuildReport | None = None,
+                extras: Callable[[Snapshot], Sequence[bytes]] | None = None) -> Zone:
+        """The next version; ``extras`` makes its extra records from its snapshot."""
         dels, adds = frozenset(deleted), frozenset(added)
         snap = apply_changes(self.info, self.snapshot, serial, dels, adds, report)
-        return Zone(self.info, snap, [*self.steps, Step(self.serial, serial, dels, adds)], self.history)
+        return Zone(self.info, snap, [*self.steps, Step(self.serial, serial, dels, adds)], self.history,
+                    extras(snap) if extras is not None else (), {**self.past_extras, self.serial: self.extras})
 
     def is_current(self, client_serial: int) -> bool:
         """The client has this version or a newer one (RFC 1982 comparison)."""
@@ -528,8 +655,8 @@ class Zone:
         and the closing SOA appended to the last one."""
         pieces = self.snapshot.pieces
         if not pieces:
-            return [(self._first + self.soa_record, 3)]
-        out = [(self._first, 2)]
+            return [(self._first + self.soa_record, self._first_count + 1)]
+        out = [(self._first, self._first_count)]
         out.extend((p.body, p.count) for p in pieces[:-1])
         out.append((pieces[-1].body + self.soa_record, pieces[-1].count + 1))
         return out
@@ -546,18 +673,158 @@ class Zone:
         if diff is None:
             return None
         deleted, added = diff
+        old_extras = self.past_extras.get(client_serial, ())
         b = _Bodies(self.info, self.info.body_start, end)
         b.record(self.soa_record)
         b.record(self.info.soa(client_serial))
-        b.names(list(deleted))
+        for rec in old_extras:
+            if rec not in self.extras:
+                b.record(rec)
+        b.names(sorted(deleted))
         b.record(self.soa_record)
-        b.names(list(added))
+        for rec in self.extras:
+            if rec not in old_extras:
+                b.record(rec)
+        b.names(sorted(added))
         b.record(self.soa_record)
         out = b.done()
         if len(self._ixfr_cache) >= 2 * max(8, self.history):
             self._ixfr_cache.pop(next(iter(self._ixfr_cache)))
         self._ixfr_cache[key] = out
         return out
+
+
+@dataclass(frozen=True)
+class RecStep:
+    """The records deleted and added between two consecutive versions of a :class:`RecordZone`."""
+
+    old: int
+    new: int
+    deleted: frozenset[bytes]
+    added: frozenset[bytes]
+
+
+class RecordZone:
+    """A small zone served record by record (the overlay): every version is
+    a sorted tuple of records in answer form, so any two hosts send the same
+    bytes; IXFR is the condensed difference of the record sets. Same
+    interface as :class:`Zone` for the dispatcher."""
+
+    def __init__(self, info: ZoneInfo, serial: int, recs: Iterable[Rec], steps: Sequence[RecStep] = (),
+                 history: int = 100) -> None:
+        self.info = info
+        self.serial = serial
+        self.history = max(0, history)
+        body = sorted(set(recs))
+        digest = zonemd_digest(info, serial, [info.ns_rec(), *body])
+        self.digest = digest
+        ns = info.ns()
+        # The apex NS goes out with the SOA; the rest is one sorted set.
+        self.rest = (info.record(info.zonemd_rec(serial, digest)), *(info.record(r) for r in body))
+        self.names = len(body)
+        self.soa_record = info.soa(serial)
+        self._first = self.soa_record + ns
+        self._keep(steps)
+
+    def _keep(self, steps: Sequence[RecStep]) -> None:
+        """Keep the unbroken chain of differences that ends at this version."""
+        kept: list[RecStep] = []
+        expect = self.serial
+        for st in reversed(list(steps)[-self.history:] if self.history else []):
+            if st.new != expect:
+                break
+            kept.append(st)
+            expect = st.old
+        self.steps = tuple(reversed(kept))
+        self._index = {st.old: i for i, st in enumerate(self.steps)}
+
+    @property
+    def oldest(self) -> int:
+        return self.steps[0].old if self.steps else self.serial
+
+    @property
+    def records(self) -> int:
+        return 2 + len(self.rest)
+
+    def advance(self, serial: int, recs: Iterable[Rec]) -> RecordZone:
+        nxt = RecordZone(self.info, serial, recs, (), self.history)
+        old, new = frozenset(self.rest), frozenset(nxt.rest)
+        nxt._keep([*self.steps, RecStep(self.serial, serial, old - new, new - old)])
+        return nxt
+
+    def is_current(self, client_serial: int) -> bool:
+        c, s = dns.serial.Serial(client_serial), dns.serial.Serial(self.serial)
+        return bool(c == s or c > s)
+
+    def axfr_bodies(self) -> list[tuple[bytes, int]]:
+        b = _Bodies(self.info, self.info.body_start, POINTER_LIMIT)
+        b.record(self._first)
+        b.count += 1  # the SOA and the NS went in as one
+        for rec in self.rest:
+            b.record(rec)
+        b.record(self.soa_record)
+        return b.done()
+
+    def ixfr_bodies(self, client_serial: int, end: int = POINTER_LIMIT) -> list[tuple[bytes, int]] | None:
+        i = self._index.get(client_serial)
+        if i is None:
+            return None
+        deleted: set[bytes] = set()
+        added: set[bytes] = set()
+        for st in self.steps[i:]:
+            for r in st.deleted:
+                if r in added:
+                    added.discard(r)
+                else:
+                    deleted.add(r)
+            for r in st.added:
+                if r in deleted:
+                    deleted.discard(r)
+                else:
+                    added.add(r)
+        b = _Bodies(self.info, self.info.body_start, end)
+        b.record(self.soa_record)
+        b.record(self.info.soa(client_serial))
+        for r in sorted(deleted):
+            b.record(r)
+        b.record(self.soa_record)
+        for r in sorted(added):
+            b.record(r)
+        b.record(self.soa_record)
+        return b.done()
+
+
+def base_digest(info: ZoneInfo, snap: Snapshot) -> bytes:
+    """The ZONEMD digest of the base zone whose records are ``snap``."""
+    return zonemd_digest(info, snap.serial, [info.ns_rec(), info.canary_recs(snap.serial)[0]], snap)
+
+
+def base_extras(info: ZoneInfo, serial: int, digest: bytes) -> tuple[bytes, ...]:
+    """The base zone's records outside its snapshot: the ZONEMD and the
+    canary TXT (the version is the base's own: what a resolver listing only
+    the base enforces). ``blocked.canary`` is a name in the snapshot."""
+    return info.record(info.zonemd_rec(serial, digest)), info.record(info.canary_recs(serial)[0])
+
+
+def base_names(names: Iterable[str]) -> list[str]:
+    """The base zone's names: the version's, without the canary's owner
+    names (an entry can never take them), plus ``blocked.canary``."""
+    return [*(n for n in names if n not in RESERVED), CANARY_BLOCKED]
+
+
+def overlay_recs(info: ZoneInfo, version: int, blocked: Iterable[str], passed: Iterable[str],
+                 report: BuildReport | None = None) -> list[Rec]:
+    """The overlay's records for ``version``: the canary, ``name CNAME .``
+    for names the version lists that a covered base does not, and
+    ``name CNAME rpz-passthru.`` for names a covered base lists that the
+    version does not. Names that cannot be served are left out (reported)."""
+    report = report if report is not None else BuildReport()
+    recs = info.canary_recs(version)
+    for names, rdata in ((blocked, b"\x00"), (passed, PASSTHRU)):
+        good, bad = _filter(sorted(set(names)), info.max_relative)
+        report.skipped.extend(bad)
+        recs.extend(Rec(n, T_CNAME, rdata) for n in good if n not in RESERVED)
+    return recs
 
 
 class _Bodies:
@@ -806,9 +1073,12 @@ class Dispatcher:
     """Maps one request (wire bytes, peer address, transport) to an :class:`Answer`."""
 
     def __init__(self, info: ZoneInfo, zone: Zone | None = None, access: Access | None = None,
-                 now: Callable[[], float] = time.time, sign_every: int = SIGN_EVERY) -> None:
+                 now: Callable[[], float] = time.time, sign_every: int = SIGN_EVERY,
+                 overlay_info: ZoneInfo | None = None, overlay: RecordZone | None = None) -> None:
         self.info = info
         self.zone = zone
+        self.overlay_info = overlay_info
+        self.overlay = overlay
         self.access = access or Access()
         self.now = now
         self.sign_every = max(1, min(SIGN_EVERY_MAX, sign_every))
@@ -976,14 +1246,15 @@ class Dispatcher:
                           detail=f"EDNS version {msg.edns} is not supported")
         if qname is None:
             return self._formerr(wire, tcp, "a query without a question", kind)
-        if qclass != C_IN or qname != self.info.origin:
+        served = self._served(qname)
+        if qclass != C_IN or served is None:
             return Answer(kind, "refused", self._single(req, REFUSED), reason="not_served",
                           detail=f"not served here: {qname} {q_text}", isp=isp_by_key)
         if qtype not in (T_SOA, T_AXFR, T_IXFR):
             return Answer(kind, "refused", self._single(req, REFUSED), reason="not_served",
                           detail=f"only SOA, AXFR and IXFR are served, not {q_text}",
                           isp=isp_by_key)
-        zone = self.zone
+        zone = served[1]
         if zone is None:
             return Answer(kind, "servfail", self._single(req, SERVFAIL), reason="no_version",
                           detail="no version has been published yet")
@@ -1007,7 +1278,7 @@ class Dispatcher:
                                  "and no address-only ISP has this address")
         if qtype == T_AXFR:
             return self._axfr(req, zone, isp, "axfr")
-        soa = self._client_soa(msg)
+        soa = self._client_soa(msg, served[0].origin)
         if soa is None:
             return self._formerr(wire, tcp, "an IXFR query needs the client's SOA in the authority section", kind)
         client_serial = soa
@@ -1034,15 +1305,24 @@ class Dispatcher:
     def _tsig_room(signer: TsigSigner) -> int:
         return len(signer.key.name.to_wire() or b"") + 10 + len(signer.key.algorithm.to_wire() or b"") + 16 + 64
 
-    def _client_soa(self, msg: dns.message.Message) -> int | None:
+    def _served(self, qname: dns.name.Name) -> tuple[ZoneInfo, Zone | RecordZone | None] | None:
+        """The zone a question is about (the base or the overlay), or None."""
+        if qname == self.info.origin:
+            return self.info, self.zone
+        if self.overlay_info is not None and qname == self.overlay_info.origin:
+            return self.overlay_info, self.overlay
+        return None
+
+    @staticmethod
+    def _client_soa(msg: dns.message.Message, origin: dns.name.Name) -> int | None:
         for rrset in msg.authority:
-            if rrset.rdtype == T_SOA and rrset.name == self.info.origin and len(rrset):
+            if rrset.rdtype == T_SOA and rrset.name == origin and len(rrset):
                 rd = rrset[0]
                 if isinstance(rd, dns.rdtypes.ANY.SOA.SOA):
                     return int(rd.serial)
         return None
 
-    def _axfr(self, req: _Request, zone: Zone, isp: Isp, kind: str) -> Answer:
+    def _axfr(self, req: _Request, zone: Zone | RecordZone, isp: Isp, kind: str) -> Answer:
         flags = _rcode_flags(req, NOERROR, aa=True)
         return Answer(kind, "ok", self._messages(req, flags, zone.axfr_bodies()), isp=isp, serial=zone.serial,
                       transfer="xfr:axfr")

@@ -6,6 +6,12 @@ set -euo pipefail
 PACKAGES=(redis-server bind9 bind9-dnsutils knot-dnsutils unbound minisign chromium nginx dnsmasq-base)
 BINARIES=(redis-server named kdig unbound minisign chromium nginx dnsmasq named-checkzone unbound-checkconf)
 
+# --- Zone content: ldns-verify-zone and a Knot DNS secondary (zonemd-verify)
+# check the ZONEMD digest of every served zone (tests/test_zones.py); PowerDNS Recursor loads both policy zones from the ISP
+# guide, Knot Resolver both zone files (tests/test_zones_peers.py)
+PACKAGES+=(ldnsutils knot pdns-recursor knot-resolver)
+BINARIES+=(ldns-verify-zone knotd pdns_recursor kresd)
+
 # --- ISP pull tool: Squid reads its proxy ACL outputs (tests/test_client_outputs.py)
 PACKAGES+=(squid)
 BINARIES+=(squid)

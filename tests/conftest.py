@@ -81,6 +81,9 @@ def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
         secret_key="test-secret-key",
         cookie_secure=False,
         log_format="text",
+        # The base zone follows every version (overlay off), so tests can
+        # wait for a version's serial; tests/test_zones*.py turn it on.
+        rpz_fold_grace=0,
     )
 
 

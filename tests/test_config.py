@@ -35,6 +35,11 @@ def test_defaults_are_production_safe() -> None:
     ({"BLOCKLIST_XOT_LISTEN": "853"}, "BLOCKLIST_XOT_LISTEN must look like HOST:PORT"),
     ({"BLOCKLIST_SECRET_KEY": "a", "BLOCKLIST_SECRET_KEY_FILE": "/x"}, "either BLOCKLIST_SECRET_KEY or"),
     ({"BLOCKLIST_SECRET_KEY_FILE": "/no/such/file"}, "BLOCKLIST_SECRET_KEY_FILE: cannot read"),
+    ({"BLOCKLIST_RPZ_OVERLAY_ZONE": "blocklist.rpz"}, "BLOCKLIST_RPZ_OVERLAY_ZONE must differ from BLOCKLIST_RPZ_ZONE"),
+    ({"BLOCKLIST_RPZ_OVERLAY_ZONE": "a..b"}, "BLOCKLIST_RPZ_OVERLAY_ZONE: 'a..b.' is not a DNS name"),
+    ({"BLOCKLIST_RPZ_ZONE": "."}, "BLOCKLIST_RPZ_ZONE cannot be the root zone"),
+    ({"BLOCKLIST_RPZ_FOLD_GRACE": "-1"}, "BLOCKLIST_RPZ_FOLD_GRACE must be at least 0"),
+    ({"BLOCKLIST_RPZ_FOLD_CHANGES": "0"}, "BLOCKLIST_RPZ_FOLD_CHANGES must be at least 1"),
 ])
 def test_a_malformed_setting_stops_with_its_name(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -63,3 +68,9 @@ def test_every_variable_read_is_documented_in_env_example() -> None:
     assert read, "no variables found"
     # Secrets are documented in their NAME_FILE form, which every setting accepts.
     assert {v for v in read if v not in documented and f"{v}_FILE" not in documented} == set()
+
+
+def test_the_overlay_zone_follows_the_base_zone_name_unless_set() -> None:
+    assert Settings.from_env({}).rpz_overlay_zone == "overlay.blocklist.rpz."
+    assert Settings.from_env({"BLOCKLIST_RPZ_ZONE": "List.Example"}).rpz_overlay_zone == "overlay.list.example."
+    assert Settings.from_env({"BLOCKLIST_RPZ_OVERLAY_ZONE": "fast.example"}).rpz_overlay_zone == "fast.example."

@@ -25,6 +25,7 @@ RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "aler
 XFRD_METRICS = {
     "blocklist_xfr_requests_total", "blocklist_xfr_bytes_total", "blocklist_xfr_refusals_total",
     "blocklist_xfr_notify_total", "blocklist_xfr_serial", "blocklist_xfr_load_seconds", "blocklist_xfr_connections",
+    "blocklist_xfr_base_serial",
 }
 WEB = 'instance="web1:443",job="blocklist-web"'
 XFRD = 'instance="dns1:9153",job="blocklist-xfrd"'
@@ -212,6 +213,27 @@ def test_a_transfer_server_serving_an_old_serial_alerts(tmp_path: Path) -> None:
         "alert_rule_test": [alert("BlocklistTransferServerBehind", "20m", fired(
             {"severity": "critical", "instance": "dns1:9153", "job": "blocklist-xfrd"},
             summary="dns1:9153 serves a zone 1 versions old"))],
+    }])
+
+
+def test_a_base_zone_that_stops_moving_alerts_and_one_that_folds_does_not(tmp_path: Path) -> None:
+    other = 'instance="dns2:9153",job="blocklist-xfrd"'
+    run_rule_tests(tmp_path, [{
+        "interval": "10m",
+        "input_series": [
+            {"series": f"blocklist_publication_version{{{WEB}}}", "values": "5+1x30"},
+            {"series": f"blocklist_xfr_base_serial{{{XFRD}}}", "values": "5x30"},
+            # Folded every 40 minutes: behind in between, never stuck.
+            {"series": f"blocklist_xfr_base_serial{{{other}}}", "values": "5 5 5 5 9 9 9 9 13 13 13 13 17 17 17 17 "
+                                                                         "21 21 21 21 25 25 25 25 29 29 29 29 33 33"},
+        ],
+        "alert_rule_test": [
+            # Only dns1 fires: dns2's base is behind most of the time but moves.
+            alert("BlocklistBaseZoneStuck", "4h", fired(
+                {"severity": "warning", "instance": "dns1:9153", "job": "blocklist-xfrd"},
+                summary="The base zone on dns1:9153 has not moved for 3 hours while 24 versions behind",
+                description="Check the worker (scheduled publications move folds on) and the transfer server's log.")),
+        ],
     }])
 
 

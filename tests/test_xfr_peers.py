@@ -32,6 +32,8 @@ from tests.test_xfr_server import ZONE, bulk_listed, kdig, listed, records, soa_
 from workers.xfrd import ServerThread
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "isp"
+OVERLAY = "overlay." + ZONE
+BASE_TRANSFER = r"transfer of 'blocklist\.rpz/IN' from [^:]+: Transfer completed: (\d+) messages, (\d+) records"
 
 
 def render(template: Path, **values: object) -> str:
@@ -71,19 +73,20 @@ class Peer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def ask(self, name: str, timeout: float = 2.0) -> dns.message.Message | None:
+    def ask(self, name: str, timeout: float = 2.0, rdtype: str = "A") -> dns.message.Message | None:
         assert self.proc is not None
         assert self.proc.poll() is None, f"{self.argv[0]} exited:\n{self.log[-3000:]}"
         try:
-            return dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.port, timeout=timeout)
+            return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port,
+                                 timeout=timeout)
         except (dns.exception.Timeout, OSError):
             return None
 
 
 def blocked(r: dns.message.Message | None) -> bool:
-    """A policy NXDOMAIN: NXDOMAIN with our zone's SOA in the additional section."""
+    """A policy NXDOMAIN: NXDOMAIN with one of our zones' SOA in the additional section."""
     return (r is not None and r.rcode() == dns.rcode.NXDOMAIN
-            and any(rr.rdtype == dns.rdatatype.SOA and rr.name.to_text() == ZONE for rr in r.additional))
+            and any(rr.rdtype == dns.rdatatype.SOA and rr.name.to_text() in (ZONE, OVERLAY) for rr in r.additional))
 
 
 def _rcode(r: dns.message.Message | None) -> int | None:
@@ -100,13 +103,23 @@ def answered_not_blocked(r: dns.message.Message | None) -> bool:
 
 @contextmanager
 def named(tmp: Path, primary_port: int, isp: dict[str, Any], policy: str = "given", extra: str = "",
-          port: int | None = None) -> Iterator[Peer]:
+          port: int | None = None, base_only: str | None = None) -> Iterator[Peer]:
+    """BIND configured from deploy/isp/bind; ``base_only`` replaces the zone
+    file with a template that lists only the base zone (older ISP setups)."""
     require_binary("named")
     port = port or free_port()
-    zone_conf = render(DEPLOY / "bind" / "blocklist-rpz.conf", ZONE=ZONE.rstrip("."), PRIMARY_ADDR="127.0.0.1",
-                       PRIMARY_PORT=primary_port, TSIG_NAME=isp["tsig_key_name"], TSIG_SECRET=isp["tsig_secret"],
-                       ZONE_FILE=tmp / "blocklist.rpz.db")
-    policy_conf = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."), POLICY=policy)
+    values = {"ZONE": ZONE.rstrip("."), "PRIMARY_ADDR": "127.0.0.1", "OVERLAY_ZONE": OVERLAY.rstrip("."),
+              "PRIMARY_PORT": primary_port, "TSIG_NAME": isp["tsig_key_name"], "TSIG_SECRET": isp["tsig_secret"],
+              "ZONE_FILE": tmp / "blocklist.rpz.db", "OVERLAY_ZONE_FILE": tmp / "overlay.blocklist.rpz.db"}
+    if base_only is None:
+        zone_conf = render(DEPLOY / "bind" / "blocklist-rpz.conf", **values)
+        policy_conf = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."),
+                             OVERLAY_ZONE=OVERLAY.rstrip("."), POLICY=policy)
+    else:
+        (tmp / "base-only.conf.in").write_text(base_only)
+        zone_conf = render(tmp / "base-only.conf.in", **values)
+        policy_conf = (f'response-policy {{ zone "{ZONE.rstrip(".")}" policy {policy}; }} break-dnssec yes '
+                       "qname-wait-recurse no min-update-interval 0;")
     (tmp / "blocklist-rpz.conf").write_text(zone_conf)
     conf = tmp / "named.conf"
     conf.write_text(f"""
@@ -122,6 +135,9 @@ options {{
     forward only;
     dnssec-validation no;
     notify no;
+    // Offline every lookup fails; BIND would answer a failed name from its
+    // SERVFAIL cache for a second without looking at the policy zones.
+    servfail-ttl 0;
 {policy_conf}
 }};
 controls {{ }};
@@ -137,6 +153,13 @@ include "{tmp}/blocklist-rpz.conf";
         yield peer
     finally:
         peer.stop()
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The base zone follows every version here (overlay off); the overlay
+    at real resolvers is tested in tests/test_zones_peers.py."""
+    return replace(settings, rpz_fold_grace=0)
 
 
 @pytest.fixture
@@ -165,7 +188,7 @@ def test_bind_secondary_from_the_isp_guide_blocks_and_follows_publications_by_no
             assert blocked(bind.ask("exact-only.example"))
             assert answered_not_blocked(bind.ask("sub.exact-only.example")), "an exact entry covers only itself"
             assert answered_not_blocked(bind.ask("innocent.example"))
-            first = re.findall(r"Transfer completed: (\d+) messages, (\d+) records", bind.log)
+            first = re.findall(BASE_TRANSFER, bind.log)
             assert first, bind.log[-3000:]
 
             core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "taken down")
@@ -178,19 +201,22 @@ def test_bind_secondary_from_the_isp_guide_blocks_and_follows_publications_by_no
     # Prompted by NOTIFY: the SOA refresh interval is minutes, this took seconds.
     assert elapsed < 3, elapsed
     assert re.search(r"notify from 127\.0\.0\.1#\d+: serial " + str(v2), log), log[-3000:]
-    # Incrementally: the last transfer carried SOA, old SOA, the 2 deleted records, SOA, SOA.
-    transfers = re.findall(r"Transfer completed: (\d+) messages, (\d+) records", log)
+    # Incrementally: the last transfer carried SOA, old SOA, old ZONEMD and
+    # canary TXT, the 2 deleted records, SOA, new ZONEMD and TXT, SOA.
+    transfers = re.findall(BASE_TRANSFER, log)
     messages, recs = (int(x) for x in first[0])
-    assert recs == 3 * len(FILLER) // 2 + 3 + 3, "the first transfer was the whole zone"
+    # SOA, NS, ZONEMD, canary TXT and CNAME, the entries, closing SOA.
+    assert recs == 3 * len(FILLER) // 2 + 3 + 6, "the first transfer was the whole zone"
     assert messages > 3
-    assert transfers[-1] == ("1", "6"), transfers
+    assert transfers[-1] == ("1", "10"), transfers
     # And our server gives the same answer to kdig: just the deletion.
     with ServerThread(dns_settings, core.store) as xfrd:
         wait_for(lambda: soa_serial(xfrd.port) == v2)
         out = kdig(xfrd.port, "-y", tsig(acme), f"IXFR={v1}", ZONE)
     recs = [(o, k) for o, k, _ in records(out.stdout)]
-    assert recs == [(ZONE, "SOA"), (ZONE, "SOA"), (f"csam-forum.example.{ZONE}", "CNAME"),
-                    (f"*.csam-forum.example.{ZONE}", "CNAME"), (ZONE, "SOA"), (ZONE, "SOA")]
+    assert recs == [(ZONE, "SOA"), (ZONE, "SOA"), (ZONE, "ZONEMD"), (f"version.canary.{ZONE}", "TXT"),
+                    (f"csam-forum.example.{ZONE}", "CNAME"), (f"*.csam-forum.example.{ZONE}", "CNAME"),
+                    (ZONE, "SOA"), (ZONE, "ZONEMD"), (f"version.canary.{ZONE}", "TXT"), (ZONE, "SOA")]
 
 
 def test_bind_with_the_isps_own_stop_page(tmp_path: Path, dns_settings: Settings, core: Core,
@@ -212,11 +238,12 @@ def test_bind_with_the_isps_own_stop_page(tmp_path: Path, dns_settings: Settings
 
 
 @contextmanager
-def unbound(tmp: Path, primary_port: int) -> Iterator[Peer]:
+def unbound(tmp: Path, primary_port: int, port: int | None = None) -> Iterator[Peer]:
     require_binary("unbound")
-    port = free_port()
+    port = port or free_port()
     rpz_conf = render(DEPLOY / "unbound" / "blocklist-rpz.conf", ZONE=ZONE.rstrip("."), PRIMARY_ADDR="127.0.0.1",
-                      PRIMARY_PORT=primary_port, ZONE_FILE=tmp / "blocklist.rpz.zone")
+                      OVERLAY_ZONE=OVERLAY.rstrip("."), PRIMARY_PORT=primary_port,
+                      ZONE_FILE=tmp / "blocklist.rpz.zone", OVERLAY_ZONE_FILE=tmp / "overlay.blocklist.rpz.zone")
     (tmp / "blocklist-rpz.conf").write_text(rpz_conf)
     conf = tmp / "unbound.conf"
     conf.write_text(f"""

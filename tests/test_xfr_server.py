@@ -34,19 +34,28 @@ import dns.tsig
 import dns.versioned
 import dns.xfr
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from app.artifacts import compress
 from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
-from app.xfr import Access, BuildReport, Zone, build_snapshot
+from app.rpz import Layout
+from app.xfr import Access, BuildReport, RecordZone, Zone, build_snapshot
 from tests.conftest import Personas, publish, require_binary
 from tests.test_xfr_wire import mutated
 from workers.xfrd import Loaded, ServerThread
 
 ZONE = "blocklist.rpz."
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests follow the base zone version by version: overlay off
+    (tests/test_zones.py covers the overlay)."""
+    return replace(settings, rpz_fold_grace=0)
 
 
 @pytest.fixture
@@ -81,7 +90,8 @@ def bulk_listed(core: Core, p: Personas, entries: dict[str, bool]) -> dict[str, 
 
 
 def zone_names(entries: dict[str, bool]) -> set[str]:
-    out = set()
+    """Owner names of the zone's CNAME records: the entries and the blocked canary."""
+    out = {f"blocked.canary.{ZONE}"}
     for v, sub in entries.items():
         out.add(f"{v}.{ZONE}")
         if sub:
@@ -179,11 +189,14 @@ def test_kdig_ixfr_with_tsig_returns_just_the_change(
     wait_for(lambda: soa_serial(server.port) == v2)
     out = kdig(server.port, "-y", tsig(acme), f"IXFR={v1}", ZONE)
     assert out.returncode == 0, out.stderr
-    recs = [(owner, kind, data.split()[2] if kind == "SOA" else data) for owner, kind, data in records(out.stdout)]
+    recs = [(owner, kind, data.split()[2] if kind == "SOA" else data.split()[0] if kind == "ZONEMD" else data)
+            for owner, kind, data in records(out.stdout)]
     assert recs == [
         (ZONE, "SOA", str(v2)), (ZONE, "SOA", str(v1)),
+        (ZONE, "ZONEMD", str(v1)), (f"version.canary.{ZONE}", "TXT", f'"{v1}"'),
         (f"csam-forum.example.{ZONE}", "CNAME", "."), (f"*.csam-forum.example.{ZONE}", "CNAME", "."),
         (ZONE, "SOA", str(v2)),
+        (ZONE, "ZONEMD", str(v2)), (f"version.canary.{ZONE}", "TXT", f'"{v2}"'),
         (f"new-site.example.{ZONE}", "CNAME", "."),
         (ZONE, "SOA", str(v2)),
     ]
@@ -363,7 +376,9 @@ def _install(server: ServerThread, zone: Zone) -> None:
 
     def install() -> None:
         assert server.server is not None
-        server.server.install_zone(Loaded(zone, "full", 0.0, BuildReport()))
+        overlay = RecordZone(server.server.overlay_info, zone.serial, [])
+        server.server.install_zone(Loaded(zone, overlay, Layout(zone.serial, (zone.serial,), 0.0), "full", 0.0,
+                                          BuildReport()))
         done.set()
 
     server.server.loop.call_soon_threadsafe(install)
@@ -412,14 +427,15 @@ def test_many_clients_transfer_at_once(
 
     with ThreadPoolExecutor(40) as pool:
         results = list(pool.map(transfer, range(40)))
-    assert all(r == zone_names(listed_all) for r in results)
+    assert all(r == zone_names(listed_all) | {f"version.canary.{ZONE}"} for r in results)
 
 
 # --------------------------------------------------------------------------- NOTIFY
 
 
 class FakeSecondary:
-    """A UDP socket that records NOTIFYs and answers from the n-th attempt on."""
+    """A UDP socket that records NOTIFYs of the base zone, answers them from
+    the n-th attempt on, and answers those of the overlay zone at once."""
 
     def __init__(self, answer_from: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -428,6 +444,7 @@ class FakeSecondary:
         self.port = self.sock.getsockname()[1]
         self.answer_from = answer_from
         self.received: list[tuple[float, dns.message.Message]] = []
+        self.overlay: list[dns.message.Message] = []
         self.keyring: dict[Any, Any] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -439,6 +456,10 @@ class FakeSecondary:
             except TimeoutError:
                 continue
             msg = dns.message.from_wire(data, keyring=self.keyring)  # verifies the TSIG
+            if msg.question[0].name.to_text() != ZONE:
+                self.overlay.append(msg)
+                self.sock.sendto(dns.message.make_response(msg).to_wire(), addr)
+                continue
             self.received.append((time.monotonic(), msg))
             if len(self.received) >= self.answer_from:
                 self.sock.sendto(dns.message.make_response(msg).to_wire(), addr)
@@ -468,7 +489,7 @@ def test_notify_reaches_every_target_signed_and_is_retried_with_backoff_until_an
             time.sleep(0.8)
             assert t.server is not None
             metrics = t.server.metrics
-            assert metrics.notify.labels("acked")._value.get() == 2
+            assert metrics.notify.labels("acked")._value.get() == 2 + 2, "both zones, both targets"
             assert metrics.notify.labels("retry")._value.get() == 2
         assert len(a.received) == 3, "answered NOTIFYs are not repeated"
         assert len(b.received) == 1
@@ -478,6 +499,8 @@ def test_notify_reaches_every_target_signed_and_is_retried_with_backoff_until_an
             assert msg.had_tsig
             assert msg.question[0].name.to_text() == ZONE
             assert msg.answer[0][0].serial == version
+            assert [m.question[0].name.to_text() for m in fake.overlay] == [f"overlay.{ZONE}"]
+            assert fake.overlay[0].answer[0][0].serial == version
         gaps = [b_[0] - a_[0] for a_, b_ in zip(a.received, a.received[1:], strict=False)]
         assert 0.2 < gaps[0] < gaps[1], f"the retry interval doubles: {gaps}"
 
@@ -546,7 +569,7 @@ def test_random_and_mutated_packets_do_not_stop_correct_answers(
     wait_for(lambda: soa_serial(server.port) == version)
     port = server.port
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(packet=st.one_of(st.binary(max_size=300), *[mutated(w) for w in SEED_QUERIES]), tcp=st.booleans())
     def throw(packet: bytes, tcp: bool) -> None:
         if tcp:
@@ -568,7 +591,8 @@ def test_random_and_mutated_packets_do_not_stop_correct_answers(
     q = dns.message.make_query(ZONE, "AXFR")
     q.use_tsig(key)
     dns.query.inbound_xfr("127.0.0.1", zone, q, port=port, timeout=5)
-    assert {f"{n}.{ZONE}" for n in zone.nodes if n.to_text() != "@"} == zone_names(ENTRIES)
+    assert {f"{n}.{ZONE}" for n in zone.nodes if n.to_text() != "@"} == zone_names(ENTRIES) | {
+        f"version.canary.{ZONE}"}
     assert server.server is not None
     assert server.server.metrics.requests.labels("other", "formerr")._value.get() > 0
     assert server.server.metrics.requests.labels("other", "servfail")._value.get() == 0

@@ -85,8 +85,9 @@ def test_kdig_over_tls_transfers_the_zone_by_axfr_and_ixfr_with_tsig(
     out = kdig(xot.xot_port, "-y", tsig(acme), *tls_args(xot_settings), f"IXFR={v1}", ZONE)
     assert out.returncode == 0, out.stdout + out.stderr
     recs = [(o, k) for o, k, _ in records(out.stdout)]
-    assert recs == [(ZONE, "SOA"), (ZONE, "SOA"), (f"csam-forum.example.{ZONE}", "CNAME"),
-                    (f"*.csam-forum.example.{ZONE}", "CNAME"), (ZONE, "SOA"), (ZONE, "SOA")]
+    assert recs == [(ZONE, "SOA"), (ZONE, "SOA"), (ZONE, "ZONEMD"), (f"version.canary.{ZONE}", "TXT"),
+                    (f"csam-forum.example.{ZONE}", "CNAME"), (f"*.csam-forum.example.{ZONE}", "CNAME"),
+                    (ZONE, "SOA"), (ZONE, "ZONEMD"), (f"version.canary.{ZONE}", "TXT"), (ZONE, "SOA")]
     wait_for(lambda: any("over TLS" in r.getMessage() and "IXFR of version" in r.getMessage()
                          for r in caplog.records))
     wait_for(lambda: core.isps.get("acme").last_version == v2)
@@ -200,8 +201,11 @@ def test_bind_secondary_from_the_isp_guide_takes_the_zone_over_tls_and_blocks(
         zone_conf = render(DEPLOY / "bind" / "blocklist-rpz-xot.conf", ZONE=ZONE.rstrip("."),
                            PRIMARY_ADDR="127.0.0.1", XOT_PORT=xfrd.xot_port, XOT_NAME=XOT_NAME,
                            CA_FILE=ca_file(xot_settings), TSIG_NAME=acme["tsig_key_name"],
-                           TSIG_SECRET=acme["tsig_secret"], ZONE_FILE=bind_dir / "blocklist.rpz.db")
-        policy = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."), POLICY="given")
+                           TSIG_SECRET=acme["tsig_secret"], ZONE_FILE=bind_dir / "blocklist.rpz.db",
+                           OVERLAY_ZONE="overlay." + ZONE.rstrip("."),
+                           OVERLAY_ZONE_FILE=bind_dir / "overlay.blocklist.rpz.db")
+        policy = render(DEPLOY / "bind" / "response-policy.conf", ZONE=ZONE.rstrip("."),
+                        OVERLAY_ZONE="overlay." + ZONE.rstrip("."), POLICY="given")
         (bind_dir / "blocklist-rpz.conf").write_text(zone_conf)
         conf = bind_dir / "named.conf"
         conf.write_text(f"""

@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from app.clock import system_clock
 from app.config import Settings, parse_hostport
 from app.errors import BlocklistError, ConfigError
 from app.isps import Isp, Isps
+from app.rpz import Layout
 from app.store import Store
 from app.xfr import (
     SIGN_EVERY,
@@ -67,11 +68,20 @@ from app.xfr import (
     Answer,
     BuildReport,
     Dispatcher,
+    Rec,
+    RecordZone,
+    Snapshot,
     Step,
     Zone,
     ZoneDataError,
     ZoneInfo,
+    apply_changes,
+    base_digest,
+    base_extras,
+    base_names,
     build_snapshot,
+    compose_steps,
+    overlay_recs,
     zone_file_names,
 )
 from app.xot import ALPN, XotCertificate, ensure_certificate, server_context
@@ -86,6 +96,11 @@ POLL = 0.5
 MIN_RATE = 16 * 1024
 #: Transport write buffer above which the server waits for the client.
 WRITE_HIGH = 256 * 1024
+#: How long a base zone's ZONEMD digest stays shared in Redis, seconds.
+DIGEST_TTL = 30 * 86400
+#: Names a restarted server re-digests at most to answer IXFR from older
+#: bases whose digest no server shared (two versions of a million names).
+DIGEST_BUDGET = 4_000_000
 #: Seconds between health-file touches.
 HEALTH_EVERY = 5.0
 
@@ -104,7 +119,10 @@ class Metrics:
         self.bytes = Counter("blocklist_xfr_bytes", "Bytes of DNS answers sent", registry=r)
         self.refusals = Counter("blocklist_xfr_refusals", "Requests refused, by reason", ["reason"], registry=r)
         self.notify = Counter("blocklist_xfr_notify", "NOTIFY messages by outcome", ["result"], registry=r)
-        self.serial = Gauge("blocklist_xfr_serial", "Version (SOA serial) being served", registry=r)
+        self.serial = Gauge("blocklist_xfr_serial", "Version being served (the overlay zone's SOA serial)",
+                            registry=r)
+        self.base_serial = Gauge("blocklist_xfr_base_serial", "Version the base policy zone holds (its SOA serial)",
+                                 registry=r)
         self.load_seconds = Gauge("blocklist_xfr_load_seconds", "Seconds to make the last version servable",
                                   registry=r)
         self.connections = Gauge("blocklist_xfr_connections", "Open TCP connections", registry=r)
@@ -205,21 +223,43 @@ class _LogLimiter:
 
 @dataclass
 class Loaded:
+    """Both served zones of one version: the base (at ``layout.base``) and
+    the overlay (at the version itself)."""
+
     zone: Zone
-    how: str  # "full" | "incremental"
+    overlay: RecordZone
+    layout: Layout
+    how: str  # "full" | "incremental" (how the base zone was built; "kept" when unchanged)
     seconds: float
     report: BuildReport
+    base_seconds: float = 0.0  # building the base zone and its ZONEMD, when it changed
+
+    @property
+    def version(self) -> int:
+        return self.overlay.serial
 
 
 class VersionLoader:
-    """Builds the served :class:`Zone` from published versions (Redis metadata
-    and artifact files). Blocking; runs in the watcher thread."""
+    """Builds the served zones from published versions (Redis metadata and
+    artifact files). Blocking; runs in the watcher thread.
 
-    def __init__(self, store: Store, artifacts: ArtifactStore, info: ZoneInfo, history: int) -> None:
+    Everything it serves is a function of the published data: the version's
+    layout (``zones`` in its metadata, see :class:`app.rpz.Layout`) says
+    which version the base zone holds and which bases the overlay covers;
+    the names come from the latest zone file and the deltas between
+    versions. Any two transfer servers therefore serve the same zones."""
+
+    def __init__(self, store: Store, artifacts: ArtifactStore, info: ZoneInfo, history: int,
+                 overlay_info: ZoneInfo | None = None) -> None:
         self.store = store
         self.artifacts = artifacts
         self.info = info
+        self.overlay_info = overlay_info or ZoneInfo.from_params(
+            replace(info.params, zone="overlay." + info.params.zone))
         self.history = history
+        self.steps: dict[int, Step] = {}  # by the version a delta leads to
+        self.layouts: dict[int, Layout] = {}
+        self._under: dict[tuple[int, tuple[str, ...]], set[str]] = {}
 
     def meta(self, version: int) -> dict[str, Any] | None:
         raw = self.store.pub_version_raw(version)
@@ -233,6 +273,10 @@ class VersionLoader:
 
     def step(self, meta: dict[str, Any]) -> Step | None:
         """The name difference a version's delta records, or None without one."""
+        version = int(meta["version"])
+        cached = self.steps.get(version)
+        if cached is not None:
+            return cached
         delta, prev = meta.get("delta"), meta.get("previous_version")
         if not delta or not prev:
             return None
@@ -241,75 +285,238 @@ class VersionLoader:
         except (BlocklistError, OSError, ValueError):
             return None
         deleted, added = rpz.delta_names(data)
-        return Step(int(prev), int(meta["version"]), frozenset(deleted), frozenset(added))
+        s = Step(int(prev), version, frozenset(deleted - rpz.RESERVED), frozenset(added - rpz.RESERVED))
+        self.steps[version] = s
+        return s
 
-    def full(self, meta: dict[str, Any]) -> Loaded:
-        """The zone of a version from its newest full zone file (``base``) and
-        the deltas after it, with the retained history before it for IXFR."""
-        t0 = time.perf_counter()
-        version = int(meta["version"])
-        base_v = int(meta.get("base") or version)
-        base = meta if base_v == version else self.meta(base_v)
-        if base is None or not base.get("rpz"):
-            raise ZoneDataError(f"the full zone file of version {base_v} is no longer stored")
-        forward: list[Step] = []
-        current: dict[str, Any] | None = meta
-        while current is not None and int(current["version"]) > base_v:
-            s = self.step(current)
-            if s is None:
-                raise ZoneDataError(f"version {current['version']} has no delta after the full zone file")
-            forward.append(s)
-            current = self.meta(s.old)
-        text = self._read(base["rpz"]).decode("utf-8")
-        serial, names = zone_file_names(text)
-        if serial != base_v:
-            raise ZoneDataError(f"{base['rpz']['path']} has serial {serial}, not {base_v}")
-        report = BuildReport()
-        snapshot = build_snapshot(self.info, base_v, names, report)
-        del text, names
-        steps: list[Step] = []
-        current = base
-        while current is not None and len(steps) < self.history:
-            s = self.step(current)
-            if s is None:
-                break
-            steps.append(s)
-            current = self.meta(s.old)
-        zone = Zone(self.info, snapshot, list(reversed(steps)), self.history)
-        for s in reversed(forward):
-            zone = zone.advance(s.new, s.deleted, s.added, report)
-        return Loaded(zone, "full", time.perf_counter() - t0, report)
-
-    def load(self, current: Zone | None, latest: dict[str, Any]) -> Loaded:
-        """The zone for ``latest``: built from ``current`` and the deltas in
-        between when they reach it, else from the zone file."""
-        target = int(latest["version"])
-        if current is None or target <= current.serial:
-            if current is not None:
-                log.error("the published version went from %s back to %s; serving %s", current.serial, target,
-                          target, extra={"version": target})
-            return self.full(latest)
-        t0 = time.perf_counter()
-        chain: list[Step] = []
+    def _follow(self, latest: dict[str, Any]) -> None:
+        """Read the layouts and deltas of the versions before ``latest``
+        (as far as history goes and they are not cached yet)."""
         meta: dict[str, Any] | None = latest
-        while meta is not None and int(meta["version"]) > current.serial and len(chain) < self.history:
+        newest = int(latest["version"])
+        while meta is not None:
+            version = int(meta["version"])
+            if version not in self.layouts:
+                self.layouts[version] = Layout.from_json(meta.get("zones"), version)
             s = self.step(meta)
-            if s is None:
+            # Stop where history ends, or where an earlier call already went.
+            if s is None or newest - s.old >= self.history or s.old in self.layouts:
                 break
+            meta = self.meta(s.old)
+        floor = newest - 2 * self.history
+        for cache in (self.steps, self.layouts):
+            for v in [v for v in cache if v < floor]:
+                del cache[v]
+
+    def diff(self, old: int, new: int) -> tuple[set[str], set[str]] | None:
+        """(deleted, added) names from version ``old`` to ``new``, or None
+        when a delta in between is missing."""
+        chain: list[Step] = []
+        v = new
+        while v > old:
+            s = self.steps.get(v)
+            if s is None:
+                return None
             chain.append(s)
-            meta = self.meta(s.old) if s.old > current.serial else None
-        if not chain or chain[-1].old != current.serial:
-            return self.full(latest)
-        zone = current
+            v = s.old
+        if v != old:
+            return None
+        return compose_steps(list(reversed(chain)))
+
+    def overlay_recs(self, version: int, layout: Layout, report: BuildReport, base: Zone) -> list[Rec]:
+        blocked: set[str] = set()
+        passed: set[str] = set()
+        for cover in layout.covers:
+            d = self.diff(cover, version)
+            if d is None:
+                raise ZoneDataError(f"version {version}: the deltas from base version {cover} are not available")
+            passed |= d[0]
+            blocked |= d[1]
+        # The first zone that matches decides, whatever the specificity: a
+        # "*.x CNAME rpz-passthru." in the overlay would also pass the names
+        # under x that the version still lists on their own, so those go in
+        # the overlay too.
+        parents = {n[2:] for n in passed if n.startswith("*.")}
+        if parents:
+            blocked |= self.names_under(base, version, parents)
+        return overlay_recs(self.overlay_info, version, blocked, passed, report)
+
+    def names_under(self, base: Zone, version: int, parents: set[str]) -> set[str]:
+        """The names ``version`` lists strictly under any of ``parents``:
+        those of the base zone held (one scan per base and set of parents,
+        cached), moved to ``version`` through the deltas in between."""
+        suffixes = tuple(sorted("." + p for p in parents))
+        key = (base.serial, suffixes)
+        found = self._under.get(key)
+        if found is None:
+            found = {n for n in base.snapshot.names() if n.endswith(suffixes)}
+            if len(self._under) >= 8:
+                self._under.pop(next(iter(self._under)))
+            self._under[key] = found
+        if base.serial <= version:
+            d = self.diff(base.serial, version)
+            gone, back = (d[0], d[1]) if d is not None else (set(), set())
+        else:
+            d = self.diff(version, base.serial)
+            gone, back = (d[1], d[0]) if d is not None else (set(), set())
+        if d is None:
+            raise ZoneDataError(f"version {version}: the deltas from base version {base.serial} are not available")
+        return (found - gone) | {n for n in back if n.endswith(suffixes)}
+
+    def _base_extras(self, snap: Snapshot) -> tuple[bytes, ...]:
+        """The base zone's extra records, its ZONEMD digest computed once
+        per base version and shared through Redis with the other servers."""
+        digest = base_digest(self.info, snap)
+        try:
+            self.store.zone_digest_set(self.info.params.zone, snap.serial, digest, DIGEST_TTL)
+        except redis.exceptions.RedisError as e:
+            log.warning("cannot share the ZONEMD digest of version %s: %s", snap.serial, e)
+        return base_extras(self.info, snap.serial, digest)
+
+    def _past_digest(self, snap: Snapshot, serial: int, deleted: set[str], added: set[str],
+                     budget: list[int]) -> bytes | None:
+        """The digest of an older base version (for IXFR from it): from
+        Redis, else recomputed while the budget of names lasts."""
+        try:
+            digest = self.store.zone_digest_get(self.info.params.zone, serial)
+        except redis.exceptions.RedisError:
+            digest = None
+        if digest is not None or budget[0] < snap.records:
+            return digest
+        budget[0] -= snap.records
+        # Back from the current base: what it added goes, what it deleted returns.
+        old = apply_changes(self.info, snap, serial, added, deleted)
+        return base_digest(self.info, old)
+
+    def base_history(self, snap: Snapshot, base: int) -> tuple[list[Step], dict[int, tuple[bytes, ...]]]:
+        """The differences to ``base`` from the older bases still in history,
+        with those bases' extra records, so a restarted server answers IXFR
+        from them as the others do."""
+        older = sorted({lay.base for lay in self.layouts.values() if lay.base < base}, reverse=True)
+        steps: list[Step] = []
+        past: dict[int, tuple[bytes, ...]] = {}
+        budget = [DIGEST_BUDGET]
+        newer = base
+        for b in older:
+            back = self.diff(b, base)
+            d = self.diff(b, newer)
+            if back is None or d is None:
+                break
+            digest = self._past_digest(snap, b, back[0], back[1], budget)
+            if digest is None:
+                break
+            steps.append(Step(b, newer, frozenset(d[0]), frozenset(d[1])))
+            past[b] = base_extras(self.info, b, digest)
+            newer = b
+        return list(reversed(steps)), past
+
+    def full_base(self, latest: dict[str, Any], base: int, report: BuildReport) -> Zone:
+        """The base zone built from the newest full zone file (the latest
+        version's, or the one its metadata names as ``base``), taken to the
+        base version through the deltas in between, in either direction."""
+        version = int(latest["version"])
+        file_version = int(latest.get("base") or version)
+        file_meta = latest if file_version == version else self.meta(file_version)
+        if file_meta is None or not file_meta.get("rpz"):
+            raise ZoneDataError(f"the full zone file of version {file_version} is no longer stored")
+        text = self._read(file_meta["rpz"]).decode("utf-8")
+        serial, names = zone_file_names(text)
+        if serial != file_version:
+            raise ZoneDataError(f"{file_meta['rpz']['path']} has serial {serial}, not {file_version}")
+        del text
+        if base != file_version:
+            forward = base > file_version
+            d = self.diff(file_version, base) if forward else self.diff(base, file_version)
+            if d is None:
+                raise ZoneDataError(f"the deltas between versions {base} and {file_version} are not available")
+            gone, back = (d[0], d[1]) if forward else (d[1], d[0])
+            names = [n for n in names if n not in gone] if gone else names
+            names.extend(back)
+        snapshot = build_snapshot(self.info, base, base_names(names), report)
+        del names
+        steps, past = self.base_history(snapshot, base)
+        return Zone(self.info, snapshot, steps, self.history, self._base_extras(snapshot), past)
+
+    def overlay_history(self, version: int, report: BuildReport, base: Zone) -> RecordZone:
+        """The overlay of ``version`` with the versions before it that the
+        cached layouts and deltas allow, so IXFR works from them too."""
+        olds: list[int] = []
+        v = version
+        while v in self.steps and len(olds) < self.history:
+            v = self.steps[v].old
+            if v not in self.layouts:
+                break
+            olds.append(v)
+        zone: RecordZone | None = None
+        for v in reversed(olds):
+            try:
+                recs = self.overlay_recs(v, self.layouts[v], BuildReport(), base)
+            except ZoneDataError:
+                zone = None
+                continue
+            zone = RecordZone(self.overlay_info, v, recs, (), self.history) if zone is None else zone.advance(v, recs)
+        recs = self.overlay_recs(version, self.layouts[version], report, base)
+        if zone is None:
+            return RecordZone(self.overlay_info, version, recs, (), self.history)
+        return zone.advance(version, recs)
+
+    def load(self, current: Loaded | None, latest: dict[str, Any]) -> Loaded:
+        """Both zones for ``latest``: the base built from the current base
+        and the deltas in between when they reach it (else from the zone
+        file), the overlay from the deltas since the bases it covers.
+
+        When the base moves while the overlay still covers the current base
+        (the second step of a fold), the base is left as it is ("deferred"):
+        the new overlay is correct over it and goes out at once, and
+        :meth:`finish_base` builds the new base (and its ZONEMD, seconds at
+        a million names) afterwards."""
+        t0 = time.perf_counter()
+        version = int(latest["version"])
+        if current is not None and version <= current.version:
+            log.error("the published version went from %s back to %s; serving %s", current.version, version,
+                      version, extra={"version": version})
+            current = None
+            self.steps.clear()
+            self.layouts.clear()
+        self._follow(latest)
+        layout = self.layouts[version]
         report = BuildReport()
-        for s in reversed(chain):
-            zone = zone.advance(s.new, s.deleted, s.added, report)
-        if not report.consistent:
-            log.warning("the deltas to version %s do not fit version %s (%d missing, %d already present); "
-                        "loading the zone file instead", target, current.serial, report.missing, report.present,
-                        extra={"version": target})
-            return self.full(latest)
-        return Loaded(zone, "incremental", time.perf_counter() - t0, report)
+        if current is not None and current.zone.serial != layout.base and current.zone.serial in layout.covers:
+            base_zone, how, base_seconds = current.zone, "deferred", 0.0
+        else:
+            base_zone, how, base_seconds = self._base(current.zone if current else None, latest, layout, report)
+        if current is not None and current.overlay.serial < version:
+            overlay = current.overlay.advance(version, self.overlay_recs(version, layout, report, base_zone))
+        else:
+            overlay = self.overlay_history(version, report, base_zone)
+        return Loaded(base_zone, overlay, layout, how, time.perf_counter() - t0, report, base_seconds)
+
+    def finish_base(self, loaded: Loaded, latest: dict[str, Any]) -> Loaded:
+        """The base zone a deferred load left behind, built now."""
+        t0 = time.perf_counter()
+        report = BuildReport()
+        base_zone, how, base_seconds = self._base(loaded.zone, latest, loaded.layout, report)
+        return Loaded(base_zone, loaded.overlay, loaded.layout, how, time.perf_counter() - t0, report, base_seconds)
+
+    def _base(self, current: Zone | None, latest: dict[str, Any], layout: Layout,
+              report: BuildReport) -> tuple[Zone, str, float]:
+        """(base zone, how it was built, seconds) for ``layout.base``."""
+        d0 = time.perf_counter()
+        if current is not None and current.serial == layout.base:
+            return current, "kept", 0.0
+        if current is not None and current.serial < layout.base:
+            d = self.diff(current.serial, layout.base)
+            if d is not None:
+                deleted, added = d
+                candidate = current.advance(layout.base, deleted, added, report, self._base_extras)
+                if report.consistent:
+                    return candidate, "incremental", time.perf_counter() - d0
+                log.warning("the deltas to version %s do not fit version %s (%d missing, %d already present); "
+                            "loading the zone file instead", layout.base, current.serial, report.missing,
+                            report.present, extra={"version": layout.base})
+                report.missing = report.present = 0
+        zone = self.full_base(latest, layout.base, report)
+        return zone, "full", time.perf_counter() - d0
 
 
 # --------------------------------------------------------------------------- server
@@ -322,7 +529,8 @@ class XfrServer:
                  sign_every: int = SIGN_EVERY) -> None:
         self.settings = settings
         self.info = ZoneInfo.from_params(rpz.soa_params(settings))
-        self.dispatcher = Dispatcher(self.info, sign_every=sign_every)
+        self.overlay_info = ZoneInfo.from_params(rpz.soa_params(settings, overlay=True))
+        self.dispatcher = Dispatcher(self.info, sign_every=sign_every, overlay_info=self.overlay_info)
         self.isps = isps
         self.metrics = metrics or Metrics()
         self.limiter = _LogLimiter()
@@ -342,6 +550,10 @@ class XfrServer:
     @property
     def zone(self) -> Zone | None:
         return self.dispatcher.zone
+
+    @property
+    def overlay(self) -> RecordZone | None:
+        return self.dispatcher.overlay
 
     @property
     def access(self) -> Access:
@@ -402,20 +614,31 @@ class XfrServer:
         self.dispatcher.access = access
 
     def install_zone(self, loaded: Loaded) -> None:
-        zone = loaded.zone
-        previous = self.dispatcher.zone
+        """Serve both zones of a version at once (one assignment each, in the
+        loop thread: no request sees one without the other), then NOTIFY
+        each zone whose serial changed."""
+        zone, overlay = loaded.zone, loaded.overlay
+        previous, previous_overlay = self.dispatcher.zone, self.dispatcher.overlay
         self.dispatcher.zone = zone
-        self.metrics.serial.set(zone.serial)
+        self.dispatcher.overlay = overlay
+        self.metrics.serial.set(overlay.serial)
+        self.metrics.base_serial.set(zone.serial)
         self.metrics.load_seconds.set(loaded.seconds)
-        log.info("serving version %s: %s records, %s in %.3f s, IXFR from %s", zone.serial,
-                 zone.snapshot.records, loaded.how, loaded.seconds, zone.oldest,
-                 extra={"version": zone.serial, "zone": self.settings.rpz_zone})
+        log.info("serving version %s: overlay %s records over base version %s (%s records, %s, %s) "
+                 "in %.3f s; IXFR from %s (base) and %s (overlay)", overlay.serial, overlay.records, zone.serial,
+                 zone.records, loaded.how, loaded.layout.phase, loaded.seconds, zone.oldest, overlay.oldest,
+                 extra={"version": overlay.serial, "zone": self.settings.rpz_zone})
         if loaded.report.skipped:
             log.warning("version %s: %d names cannot be served as DNS names and were left out, e.g. %s",
-                        zone.serial, len(loaded.report.skipped), loaded.report.skipped[0][:80],
-                        extra={"version": zone.serial})
+                        overlay.serial, len(loaded.report.skipped), loaded.report.skipped[0][:80],
+                        extra={"version": overlay.serial})
+        changed: list[tuple[ZoneInfo, int]] = []
+        if previous_overlay is None or previous_overlay.serial != overlay.serial:
+            changed.append((self.overlay_info, overlay.serial))
         if previous is None or previous.serial != zone.serial:
-            self.notify_all(zone)
+            changed.append((self.info, zone.serial))
+        if changed:
+            self.notify_all(changed)
 
     # -- answering
 
@@ -586,38 +809,40 @@ class XfrServer:
 
     # -- NOTIFY (RFC 1996)
 
-    def notify_all(self, zone: Zone) -> None:
-        """NOTIFY every active ISP target of a new version; a newer version
-        replaces the NOTIFYs still being retried for an older one."""
+    def notify_all(self, zones: list[tuple[ZoneInfo, int]]) -> None:
+        """NOTIFY every active ISP target of new zone serials; a newer
+        version replaces the NOTIFYs still being retried for the same zone."""
         if self.loop is None or self.settings.notify_retries <= 0:
             return
-        for t in list(self.notify_tasks):
-            t.cancel()
-        for isp, target in self.access.notify:
-            task = self.loop.create_task(self._notify(isp, target, zone))
-            self.notify_tasks.add(task)
-            task.add_done_callback(self.notify_tasks.discard)
+        for info, serial in zones:
+            for t in list(self.notify_tasks):
+                if t.get_name() == f"notify {info.origin}":
+                    t.cancel()
+            for isp, target in self.access.notify:
+                task = self.loop.create_task(self._notify(isp, target, info, serial), name=f"notify {info.origin}")
+                self.notify_tasks.add(task)
+                task.add_done_callback(self.notify_tasks.discard)
 
-    def _notify_message(self, isp: Isp, zone: Zone) -> dns.message.Message:
-        msg = dns.message.make_query(self.info.origin, dns.rdatatype.SOA)
+    def _notify_message(self, isp: Isp, info: ZoneInfo, serial: int) -> dns.message.Message:
+        msg = dns.message.make_query(info.origin, dns.rdatatype.SOA)
         msg.flags = dns.flags.AA  # and no RD; the opcode lives in the flags, so it is set after
         msg.set_opcode(dns.opcode.NOTIFY)
-        p = self.info.params
+        p = info.params
         msg.answer.append(dns.rrset.from_text(
-            self.info.origin, p.ttl, "IN", "SOA",
-            f"{p.mname} {p.rname} {zone.serial} {p.refresh} {p.retry} {p.expire} {p.minimum}"))
+            info.origin, p.ttl, "IN", "SOA",
+            f"{p.mname} {p.rname} {serial} {p.refresh} {p.retry} {p.expire} {p.minimum}"))
         if isp.tsig_secret:
             msg.use_tsig(dns.tsig.Key(isp.tsig_name, isp.tsig_secret, dns.tsig.HMAC_SHA256))
         return msg
 
-    async def _notify(self, isp: Isp, target: str, zone: Zone) -> None:
+    async def _notify(self, isp: Isp, target: str, info: ZoneInfo, serial: int) -> None:
         assert self.loop is not None
         try:
             host, port = parse_hostport(target, "notify target")
         except ConfigError:
             log.warning("%s has a bad NOTIFY target %r", isp.name, target, extra={"isp": isp.name})
             return
-        msg = self._notify_message(isp, zone)
+        msg = self._notify_message(isp, info, serial)
         proto = _NotifyProtocol(msg.id)
         try:
             transport, _ = await self.loop.create_datagram_endpoint(
@@ -625,8 +850,8 @@ class XfrServer:
                 family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         except OSError as e:
             self.metrics.notify.labels("failed").inc()
-            log.warning("NOTIFY of version %s to %s (%s): %s", zone.serial, target, isp.name, e,
-                        extra={"isp": isp.name, "peer": host, "version": zone.serial})
+            log.warning("NOTIFY of %s serial %s to %s (%s): %s", info.origin, serial, target, isp.name, e,
+                        extra={"isp": isp.name, "peer": host, "version": serial})
             return
         timeout = self.settings.notify_timeout
         try:
@@ -642,15 +867,15 @@ class XfrServer:
                     continue
                 if rcode == dns.rcode.NOERROR:
                     self.metrics.notify.labels("acked").inc()
-                    log.info("NOTIFY of version %s acknowledged by %s (%s)", zone.serial, target, isp.name,
-                             extra={"isp": isp.name, "peer": host, "version": zone.serial})
+                    log.info("NOTIFY of %s serial %s acknowledged by %s (%s)", info.origin, serial, target, isp.name,
+                             extra={"isp": isp.name, "peer": host, "version": serial})
                 else:
                     self.metrics.notify.labels("failed").inc()
-                    log.warning("NOTIFY of version %s to %s (%s) answered %s", zone.serial, target, isp.name,
+                    log.warning("NOTIFY of %s serial %s to %s (%s) answered %s", info.origin, serial, target, isp.name,
                                 dns.rcode.to_text(dns.rcode.Rcode.make(rcode)), extra={"isp": isp.name, "peer": host})
                 return
             self.metrics.notify.labels("failed").inc()
-            log.warning("NOTIFY of version %s to %s (%s): no answer after %d attempts", zone.serial, target,
+            log.warning("NOTIFY of %s serial %s to %s (%s): no answer after %d attempts", info.origin, serial, target,
                         isp.name, self.settings.notify_retries, extra={"isp": isp.name, "peer": host})
         finally:
             transport.close()
@@ -733,7 +958,7 @@ class Watcher(threading.Thread):
         self.isps = isps
         self.loop = loop
         self.stopping = threading.Event()
-        self.zone: Zone | None = None
+        self.loaded: Loaded | None = None
         self.last_raw: str | None = None
         self.last_access = 0.0
         self.retry_at = 0.0
@@ -764,7 +989,7 @@ class Watcher(threading.Thread):
                 self.errors += 1
                 if self.errors in (1, 10) or self.errors % 120 == 0:
                     log.warning("cannot read publications from Redis (%s); still serving version %s", e,
-                                self.zone.serial if self.zone else None)
+                                self.loaded.version if self.loaded else None)
                 with contextlib.suppress(Exception):
                     if pubsub is not None:
                         pubsub.close()
@@ -788,21 +1013,31 @@ class Watcher(threading.Thread):
         if not changed or raw is None or (raw == self.failed_raw and now < self.retry_at):
             return False
         latest = json.loads(raw)
-        if self.zone is not None and int(latest["version"]) == self.zone.serial:
+        if self.loaded is not None and int(latest["version"]) == self.loaded.version:
             self.last_raw = raw
             return False
         try:
-            loaded = self.loader.load(self.zone, latest)
+            loaded = self.loader.load(self.loaded, latest)
         except (BlocklistError, ZoneDataError, OSError, ValueError, KeyError) as e:
             log.error("cannot load version %s: %s; still serving %s (retrying in 10 s)", latest.get("version"),
-                      getattr(e, "message", e), self.zone.serial if self.zone else "nothing",
+                      getattr(e, "message", e), self.loaded.version if self.loaded else "nothing",
                       extra={"version": latest.get("version")})
             self.retry_at = now + 10.0
             self.failed_raw = raw
             return False
-        self.zone = loaded.zone
+        self.loaded = loaded
         self.last_raw = raw
         self._call(self.server.install_zone, loaded)
+        if loaded.how == "deferred":
+            try:
+                loaded = self.loader.finish_base(loaded, latest)
+            except (BlocklistError, ZoneDataError, OSError, ValueError, KeyError) as e:
+                # The overlay in force covers the base still served: correct, only larger.
+                log.error("cannot build base version %s: %s; still serving base %s", loaded.layout.base,
+                          getattr(e, "message", e), loaded.zone.serial, extra={"version": loaded.version})
+                return True
+            self.loaded = loaded
+            self._call(self.server.install_zone, loaded)
         return True
 
 
@@ -836,7 +1071,8 @@ async def serve(settings: Settings, store: Store, stop: asyncio.Event,
     if server.xot_certificate is not None:
         # The web and the CLI show ISPs the pin of the certificate actually served.
         await loop.run_in_executor(None, store.set_xot_cert, server.xot_certificate.pem)
-    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir, store), server.info, settings.dns_history)
+    loader = VersionLoader(store, ArtifactStore(settings.artifact_dir, store), server.info, settings.dns_history,
+                           server.overlay_info)
     watcher = Watcher(server, store, loader, isps, loop)
     watcher.start()
     http = None
