@@ -305,6 +305,40 @@ def test_a_quiet_list_still_gets_its_base_moved_and_then_publishing_stops(
     assert meta["count"] == 0
 
 
+def test_the_layout_is_kept_in_the_version_and_latest_records_of_delta_only_versions_and_through_compaction(
+        core: Core, personas: Personas, clock: FakeClock, settings: Settings) -> None:
+    # Every list counts as large: versions are delta-only until compacted.
+    core.settings = replace(settings, compact_small_bytes=0, compact_ratio=100.0, compact_age=10**9)
+    core.publisher.settings = core.settings
+    listed(core, personas, {f"seed{i}.example": True for i in range(3)})
+    v1 = publish(core).version
+    for r in range(5):  # five names changed: past rpz_fold_changes, a fold is announced
+        listed(core, personas, {f"round{r}.example": True})
+        clock.advance(1)
+        publish(core, compact=False)
+    latest = core.publisher.latest()
+    assert latest is not None
+    version = int(latest["version"])
+    record = core.publisher.record(version)
+    assert record is not None and not record.has_full_files, "a delta-only version"
+    layout = Layout.from_json(latest["zones"], version)
+    assert layout.phase == "announced" and layout.base == v1
+    assert record.zones == latest["zones"]
+    core.settings = core.publisher.settings = replace(core.settings, compact_ratio=0.0)  # compaction due now
+    assert core.publisher.compact().status == "compacted"
+    compacted = core.publisher.record(version)
+    assert compacted is not None and compacted.has_full_files
+    assert compacted.zones == record.zones
+    after = core.publisher.latest()
+    assert after is not None and after["base"] == version and after["zones"] == latest["zones"]
+    # The fold goes on from the stored layout: a grace later the base switches.
+    clock.advance(GRACE)
+    assert core.publisher.publish().status == "published"
+    latest = core.publisher.latest()
+    assert latest is not None
+    assert Layout.from_json(latest["zones"], int(latest["version"])).phase == "switched"
+
+
 def test_publications_faster_than_the_grace_force_fold_steps_while_the_needed_deltas_are_kept() -> None:
     policy = FoldPolicy(changes=10**6, age=10**6, grace=300, span=100)
     layouts = [next_layout(None, 1, 0.0, 1, False, policy)]
