@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test venv peers lint bench clean
 
+# Quiet by default: the sign-in instructions, then warnings and errors only
+# (BLOCKLIST_LOG_LEVEL=INFO make run shows every request and publication).
 run: venv
-	$(BIN)/blocklist serve
+	@BLOCKLIST_LOG_LEVEL=$${BLOCKLIST_LOG_LEVEL:-WARNING} $(BIN)/blocklist serve
 
 test: venv peers
 	$(BIN)/python -m pytest
@@ -16,10 +18,10 @@ test: venv peers
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $@
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $@
 
 peers:
 	bash scripts/install-peers.sh

@@ -865,13 +865,43 @@ def _xot_details(core: Core) -> dict[str, Any]:
               help="The weaker mode for resolvers that cannot sign (Unbound): no TSIG key, the --allow-from "
                    "addresses (required) are the only gate.")
 @click.option("--reason", default="")
+@click.option("--bundle", "bundle", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the onboarding bundle (.zip, with these secrets) to this new file.")
 @pass_ctx
 def isp_add(ctx: Context, name: str, notify: tuple[str, ...], allow_from: tuple[str, ...], address_only: bool,
-            reason: str) -> None:
+            reason: str, bundle: Path | None) -> None:
     """Add an ISP; prints JSON with its feed token and TSIG key (shown once)."""
     core = ctx.core()
+    _check_bundle_path(bundle)
     created = core.isps.add(cli_actor(), name, list(notify), list(allow_from), reason, address_only=address_only)
     click.echo(json.dumps({**created, **_xot_details(core)}, indent=2))
+    _write_bundle(core, name, created, bundle)
+
+
+def _check_bundle_path(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.exists():
+        fail(f"{path} already exists; the bundle holds secrets and is only written to a new file")
+    if not path.parent.is_dir():
+        fail(f"{path.parent} is not a directory")
+
+
+def _write_bundle(core: Core, name: str, issued: dict[str, Any], path: Path | None) -> None:
+    """The onboarding bundle with the secrets just issued, readable by its owner only; audited."""
+    if path is None:
+        return
+    from app import onboarding
+
+    ob = onboarding.gather(core, name, feed_token=issued.get("feed_token"), tsig_secret=issued.get("tsig_secret"))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        fail(f"cannot write the bundle to {path}: {e.strerror}")
+    with os.fdopen(fd, "wb") as out:
+        out.write(ob.bundle())
+    core.isps.record_bundle_download(cli_actor(), name, with_secrets=ob.has_secrets)
+    click.echo(f"onboarding bundle written to {path}", err=True)
 
 
 @isp.command("show")
@@ -927,11 +957,16 @@ def isp_revoke(ctx: Context, name: str, reason: str) -> None:
 @click.option("--token/--no-token", default=True, help="New feed token.")
 @click.option("--tsig/--no-tsig", default=False, help="New TSIG secret.")
 @click.option("--reason", default="")
+@click.option("--bundle", "bundle", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the onboarding bundle (.zip, with the new secrets) to this new file.")
 @pass_ctx
-def isp_rotate(ctx: Context, name: str, token: bool, tsig: bool, reason: str) -> None:
+def isp_rotate(ctx: Context, name: str, token: bool, tsig: bool, reason: str, bundle: Path | None) -> None:
     """New feed token and/or TSIG secret (printed once)."""
-    click.echo(json.dumps(ctx.core().isps.rotate(cli_actor(), name, token=token, tsig=tsig, reason=reason),
-                          indent=2))
+    _check_bundle_path(bundle)
+    core = ctx.core()
+    rotated = core.isps.rotate(cli_actor(), name, token=token, tsig=tsig, reason=reason)
+    click.echo(json.dumps(rotated, indent=2))
+    _write_bundle(core, name, rotated, bundle)
 
 
 @cli.group()

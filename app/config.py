@@ -10,6 +10,7 @@ Secrets may also be given as ``NAME_FILE`` pointing at a file that holds them
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -122,6 +123,21 @@ def optional_hostport(env: Env, name: str, default: str) -> tuple[str, int] | No
     return env.hostport(name, default)
 
 
+def _ip_ports(env: Env, name: str) -> tuple[tuple[str, int], ...]:
+    """A comma-separated list of ``IP:PORT`` (``[V6]:PORT``); empty when unset."""
+    out = []
+    for item in env.items(name, []):
+        host, port = parse_hostport(item, name)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {host!r} is not an IP address (resolvers name their primaries by address)"
+            ) from None
+        out.append((host, port))
+    return tuple(out)
+
+
 _CATEGORY_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
@@ -199,6 +215,9 @@ class Settings:
 
     # DNS transfer server
     dns_listen: tuple[str, int] = ("127.0.0.1", 8053)
+    # Where ISPs' resolvers reach the transfer server(s), as IP:PORT (their
+    # configurations need addresses); empty: the listen address.
+    dns_public: tuple[tuple[str, int], ...] = ()
     dns_history: int = 100
     dns_tcp_idle: float = 30.0
     dns_max_connections: int = 512
@@ -303,6 +322,7 @@ class Settings:
             stop_host=env.opt("BLOCKLIST_STOP_HOST"),
             stop_names_per_hour=env.whole("BLOCKLIST_STOP_NAMES_PER_HOUR", 100, 1),
             dns_listen=env.hostport("BLOCKLIST_DNS_LISTEN", "127.0.0.1:8053"),
+            dns_public=_ip_ports(env, "BLOCKLIST_DNS_PUBLIC"),
             dns_history=env.whole("BLOCKLIST_DNS_HISTORY", 100, 1),
             dns_tcp_idle=env.number("BLOCKLIST_DNS_TCP_IDLE", 30.0, 0.1),
             dns_max_connections=env.whole("BLOCKLIST_DNS_MAX_CONNECTIONS", 512, 1),
@@ -326,6 +346,11 @@ class Settings:
         if overrides:
             s = replace(s, **overrides)  # type: ignore[arg-type]
         return s
+
+    @property
+    def dns_primaries(self) -> tuple[tuple[str, int], ...]:
+        """The transfer server addresses ISPs configure as primaries."""
+        return self.dns_public or (self.dns_listen,)
 
     def with_data_dir(self, data_dir: Path) -> Settings:
         """Re-root the file locations that were left at their defaults."""

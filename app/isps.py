@@ -347,6 +347,34 @@ class Isps:
                      clean_text(reason, "reason"), expect=isp.version, token=new_tok)
         return out
 
+    def check_secrets(self, name: str, *, feed_token: str | None, tsig_secret: str | None) -> Isp:
+        """The ISP, if the given feed token and TSIG secret are its current ones."""
+        isp = self.get(name)
+        if not feed_token and not tsig_secret:
+            raise ValidationError("no credentials were given")
+        token_ok = not feed_token or secrets.compare_digest(hash_token(feed_token), isp.token_hash)
+        tsig_ok = not tsig_secret or secrets.compare_digest(tsig_secret.encode(), isp.tsig_secret.encode())
+        if not (token_ok and tsig_ok):
+            raise ValidationError(f"these are not the current credentials of {name}; rotate them to get new ones")
+        return isp
+
+    def record_bundle_download(self, actor: Actor, name: str, *, with_secrets: bool) -> None:
+        """Audit a download of the ISP's onboarding bundle (the record never holds a secret)."""
+        actor.require("isp.manage" if with_secrets else "isp.read")
+        self.get(name)
+        for _ in range(20):
+            head = audit.head(self.store)
+            txn = Txn()
+            audit.add(txn, self.store, head, actor=actor, action="isp.bundle", target=f"isp:{name}",
+                      after={"secrets": "included" if with_secrets else "placeholders"},
+                      reason="credentials bundle downloaded", ts=self.clock())
+            try:
+                self.store.commit(txn)
+                return
+            except RetryableConflictError:
+                continue
+        raise ConflictError("too many concurrent changes; try again")
+
     def authenticate_feed(self, token: str) -> Isp:
         if not token or not token.startswith(FEED_TOKEN_PREFIX) or len(token) > 200:
             raise AuthenticationError("a valid feed token is required (Authorization: Bearer blf_...)")

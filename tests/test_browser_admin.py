@@ -173,7 +173,9 @@ def test_an_admin_registers_an_address_only_isp_and_sees_the_weaker_mode_and_the
     ada.get_by_label("Name (lower-case letters, digits, dashes)").fill("bind-isp")
     ada.get_by_label("Address only, no TSIG key", exact=False).check()
     ada.get_by_role("button", name="Add and show its credentials").click()
-    expect(ada.get_by_text("needs at least one allowed address")).to_be_visible()
+    # Every mistake of the form is reported at once: the duplicate name and the missing address.
+    expect(ada.locator("p.flash-error")).to_contain_text("already exists")
+    expect(ada.locator("small.error", has_text="needs at least one allowed address")).to_be_visible()
     assert core.isps.get("bind-isp").tsig_secret, "the first registration (with a key) is unchanged"
     ada.get_by_label("Name (lower-case letters, digits, dashes)").fill("unbound-isp")
     ada.get_by_label("Allowed addresses for zone transfers", exact=False).fill("192.0.2.53")

@@ -119,20 +119,26 @@ def test_an_isp_behind_for_a_day_alerts_and_one_up_to_date_does_not(tmp_path: Pa
     }])
 
 
-def test_an_isp_whose_resolvers_stop_enforcing_alerts_after_half_an_hour(tmp_path: Path) -> None:
+def test_an_isp_whose_resolvers_lag_for_two_hours_alerts_and_one_that_catches_up_does_not(tmp_path: Path) -> None:
     run_rule_tests(tmp_path, [{
         "interval": "1m",
         "input_series": [
-            # The last check report found a resolver not enforcing the list from minute 10 on.
-            {"series": f'blocklist_isp_resolvers_enforcing{{isp="lax-isp",{WEB}}}', "values": "1x10 0x60"},
-            {"series": f'blocklist_isp_resolvers_enforcing{{isp="good-isp",{WEB}}}', "values": "1x70"},
+            # Stuck on an old version since time 0: the lag grows a second a second.
+            {"series": f'blocklist_isp_enforcing_behind_seconds{{isp="stuck-isp",{WEB}}}', "values": "0+60x200"},
+            # Behind for 90 minutes after each publication, then up to date again.
+            {"series": f'blocklist_isp_enforcing_behind_seconds{{isp="slowish-isp",{WEB}}}',
+             "values": "0+60x90 0x110"},
+            # Fetches the latest version all the time: no enforcement alert without a report series.
+            {"series": f'blocklist_isp_behind_seconds{{isp="quiet-isp",{WEB}}}', "values": "0x200"},
         ],
-        "alert_rule_test": [alert("BlocklistIspNotEnforcing", "30m"),
-                            alert("BlocklistIspNotEnforcing", "45m", fired(
-                                {"severity": "warning", "isp": "lax-isp"},
-                                summary="A resolver of ISP lax-isp does not enforce the list",
-                                description="Its last check report names the resolver (ISP page); the ISP's "
-                                            "resolvers may download the list without applying it."))],
+        "alert_rule_test": [
+            alert("BlocklistIspNotEnforcing", "2h"),
+            alert("BlocklistIspNotEnforcing", "2h20m", fired(
+                {"severity": "warning", "isp": "stuck-isp"},
+                summary="The resolvers of ISP stuck-isp have not enforced the latest version for 2h 20m 0s",
+                description="They were last seen enforcing an older version. The ISP's resolvers are not loading "
+                            "the zone or its updates; contact its operations team.")),
+        ],
     }])
 
 
@@ -199,10 +205,8 @@ def exported_names(core: Core, tmp_path: Path, personas: Personas) -> set[str]:
     publish(core)
     isp = core.isps.add(SYSTEM, "isp-a")
     core.isps.record_pull(core.isps.authenticate_feed(isp["feed_token"]), 1, "feed:snapshots")
-    from app.domain import iso
-
-    core.isps.record_report(core.isps.authenticate_feed(isp["feed_token"]), {"resolvers": [
-        {"resolver": "192.0.2.53", "version": 1, "blocked": True, "checked_at": iso(core.clock())}]})
+    # An enforcement report from the ISP's pull tool, as it lands on the ISP record.
+    core.store.isp_record_pull("isp-a", {"enforced_version": "1", "enforced_at": "1800000000"})
     health = tmp_path / "run"
     health.mkdir()
     (health / "worker").write_text("1800000000\n")

@@ -299,7 +299,10 @@ def test_nginx_sends_feed_files_only_after_the_app_authorised_the_request(
     assert marker not in revoked.body
 
     log = proxy.access_log()
-    assert "/feed/v1/t/[REDACTED]/rpz/latest.zone" in log
+    # The offloaded answer is logged under the internal path nginx sent it from;
+    # the refused token-in-path request under its redacted path.
+    assert f"/_artifacts/rpz/{version}.zone" in log
+    assert "/feed/v1/t/[REDACTED]/snapshots/" in log
     assert token not in log
     lines = [json.loads(line) for line in log.splitlines()]
     assert all(line["component"] == "nginx" and line["request_id"] for line in lines)

@@ -176,12 +176,9 @@ def dashboard() -> Any:
     versions = c.publisher.versions(limit=30)
     behind = []
     if a.may("isp.read"):
-        latest_v = int(latest["version"]) if latest else None
-        for isp in c.isps.list():
-            if not isp.active or latest_v is None:
-                continue
-            if isp.last_version is None or isp.last_version < latest_v:
-                behind.append(isp.public(latest_v))
+        from app.isp_lag import lags
+
+        behind = [lag.public() for lag in lags(c).values() if lag.behind]
     reverify_days = c.curation.policy().reverify_days
     return render_template(
         "dashboard.html", counts=counts, total=sum(counts.values()), work=work, latest=latest, held=held,

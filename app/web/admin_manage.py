@@ -11,17 +11,37 @@ or a redirect.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import segno
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, make_response, redirect, render_template, request, session, url_for
 from markupsafe import Markup
 
+from app import onboarding
 from app.domain import display_domain
-from app.errors import AuthenticationError, BlocklistError, ValidationError
+from app.errors import (
+    AuthenticationError,
+    BlocklistError,
+    ConflictError,
+    NotFoundError,
+    ValidationError,
+)
+from app.isp_lag import lags
+from app.isps import _check_address_only as check_address_only
+from app.isps import parse_cidrs, parse_notify, validate_name
+from app.onboarding import Onboarding
 from app.users import SecondFactorError, totp_uri
-from app.web.auth import SIGNED_IN, actor, complete_login, current_user, page, record_failure, second_factor_fresh
+from app.web.auth import (
+    SIGNED_IN,
+    actor,
+    complete_login,
+    current_user,
+    page,
+    record_failure,
+    second_factor_fresh,
+)
 from app.web.common import core
 from app.web.forms import (
     AgencyForm,
@@ -275,7 +295,51 @@ def user_action(name: str, action: str) -> Any:
 def _isp_rows() -> tuple[list[dict[str, Any]], int | None]:
     c = core()
     latest = c.latest_version()
-    return [i.public(latest) for i in c.isps.list()], latest
+    isps = c.isps.list()
+    behind = lags(c, [i for i in isps if i.active])
+    return [dict(i.public(latest), lag=behind[i.name].public() if i.name in behind else None) for i in isps], latest
+
+
+def _check_isp_form(form: Any) -> bool:
+    """Every problem of an ISP form, each under its field, at once.
+
+    The form checks shape; the core's rules (the name, each NOTIFY target,
+    each address prefix) are checked here too, item by item, so a person
+    fixes everything in one go. The core checks them again when it saves.
+    """
+    ok = bool(form.validate())
+
+    def check(fld: Any, items: list[str], rule: Callable[[str], object]) -> None:
+        nonlocal ok
+        if fld.errors:
+            return
+        fld.errors = []
+        for item in items:
+            try:
+                rule(item)
+            except BlocklistError as e:
+                fld.errors.append(e.message)
+                ok = False
+
+    name = getattr(form, "name", None)
+    if name is not None:
+        check(name, [(name.data or "").strip()], _new_isp_name)
+    check(form.notify, _lines(form.notify.data), lambda t: parse_notify([t]))
+    check(form.allow_from, _lines(form.allow_from.data), lambda c: parse_cidrs([c]))
+    only = getattr(form, "address_only", None)
+    if only is not None and only.data and not form.allow_from.errors:
+        check(form.allow_from, [form.allow_from.data or ""], lambda text: check_address_only(parse_cidrs(text)))
+    form._errors = None  # WTForms caches form.errors: recompute it from the fields
+    return ok
+
+
+def _new_isp_name(text: str) -> None:
+    name = validate_name(text)
+    try:
+        core().isps.get(name)
+    except NotFoundError:
+        return
+    raise ConflictError(f"an ISP named {name!r} already exists")
 
 
 @bp.get("/isps")
@@ -289,7 +353,7 @@ def isps() -> Any:
 @page("isp.manage")
 def isps_add() -> Any:
     form = IspAddForm()
-    if not form.validate():
+    if not _check_isp_form(form):
         rows, latest = _isp_rows()
         return render_template("isps.html", isps=rows, latest=latest, form=form, error=_errors(form)), 400
     try:
@@ -300,6 +364,13 @@ def isps_add() -> Any:
         rows, latest = _isp_rows()
         return render_template("isps.html", isps=rows, latest=latest, form=form, error=e.message), e.status
     return _isp_secrets(f"ISP {created['name']} added", created)
+
+
+def _onboarding(name: str, *, feed_token: str | None = None, tsig_secret: str | None = None) -> Onboarding:
+    isp = core().isps.get(name)
+    if not isp.active:
+        raise ConflictError(f"{name} is revoked: it has no subscription to configure")
+    return onboarding.gather(core(), name, feed_token=feed_token, tsig_secret=tsig_secret)
 
 
 def _isp_secrets(title: str, created: dict[str, Any]) -> Any:
@@ -313,12 +384,58 @@ def _isp_secrets(title: str, created: dict[str, Any]) -> Any:
         shown.append(("BIND key clause",
                       f'key "{created["tsig_key_name"]}" {{ algorithm {created["tsig_algorithm"]}; '
                       f'secret "{created["tsig_secret"]}"; }};'))
+    ob = _onboarding(created["name"], feed_token=created.get("feed_token"), tsig_secret=created.get("tsig_secret"))
     return render_template("secret.html", title=title,
                            intro="Send these to the ISP's technical contact over a protected channel.",
                            secrets=shown,
                            note="This is the only time they are shown: the feed token is kept only as a "
                                 "hash. Lost ones can be replaced with a rotation.",
-                           back=url_for("manage.isp", name=created["name"]))
+                           back=url_for("manage.isp", name=created["name"]),
+                           onboarding=ob, bundle=EmptyForm())
+
+
+@bp.get("/isps/<name>/onboarding")
+@page("isp.read")
+def isp_onboarding(name: str) -> Any:
+    return render_template("onboarding.html", ob=_onboarding(name))
+
+
+def _bundle_response(ob: Onboarding) -> Any:
+    resp = make_response(ob.bundle())
+    resp.headers["Content-Type"] = "application/zip"
+    suffix = "-with-secrets" if ob.has_secrets else ""
+    resp.headers["Content-Disposition"] = f'attachment; filename="{ob.folder}{suffix}.zip"'
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/isps/<name>/bundle.zip")
+@page("isp.read")
+def isp_bundle(name: str) -> Any:
+    """The onboarding bundle without secrets (placeholders where they go)."""
+    ob = _onboarding(name)
+    core().isps.record_bundle_download(actor(), name, with_secrets=False)
+    return _bundle_response(ob)
+
+
+@bp.post("/isps/<name>/bundle.zip")
+@page("isp.manage")
+def isp_bundle_with_secrets(name: str) -> Any:
+    """The bundle with the secrets just shown: the page that showed them sends them back.
+
+    Nothing keeps them on the server; they are checked against the ISP's
+    current credentials (the token by its hash), so this door cannot make a
+    bundle with anything but what was issued.
+    """
+    form = EmptyForm()
+    if not form.validate():
+        raise ValidationError(_errors(form))
+    token = (request.form.get("feed_token") or "").strip() or None
+    tsig = (request.form.get("tsig_secret") or "").strip() or None
+    core().isps.check_secrets(name, feed_token=token, tsig_secret=tsig)
+    ob = _onboarding(name, feed_token=token, tsig_secret=tsig)
+    core().isps.record_bundle_download(actor(), name, with_secrets=True)
+    return _bundle_response(ob)
 
 
 @bp.get("/isps/<name>")
@@ -328,7 +445,8 @@ def isp(name: str) -> Any:
     i = c.isps.get(name)
     latest = c.latest_version()
     edit = IspEditForm(data={"notify": "\n".join(i.notify), "allow_from": "\n".join(i.allow_from)})
-    return render_template("isp.html", isp=i.public(latest), latest=latest, edit=edit, rotate=IspRotateForm(),
+    lag = lags(c, [i])[i.name].public() if i.active else None
+    return render_template("isp.html", isp=i.public(latest), latest=latest, lag=lag, edit=edit, rotate=IspRotateForm(),
                            revoke=ReasonForm(), xot=_xot())
 
 
@@ -354,8 +472,8 @@ def xot_certificate() -> Any:
 @page("isp.manage")
 def isp_edit(name: str) -> Any:
     form = IspEditForm()
-    if not form.validate():
-        flash(_errors(form), "error")
+    if not _check_isp_form(form):
+        flash("Not changed: " + _errors(form), "error")
         return redirect(url_for("manage.isp", name=name), 303)
     try:
         core().isps.update(actor(), name, notify=_lines(form.notify.data), allow_from=_lines(form.allow_from.data),

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from app.core import Core
 from app.domain import Status
 from app.errors import AuthenticationError, BlocklistError, PermissionDeniedError
+from app.isp_lag import lags
 from app.web import core_of
 from app.web.common import bearer_token
 
@@ -258,6 +259,7 @@ class StoreCollector(Collector):
     def _isps(self, latest: int, now: float) -> Iterator[Metric]:
         core = self.core
         isps = [i for i in core.isps.list() if i.active]
+        behind_by = lags(core, isps)
         labels = ["isp"]
         count = _gauge("blocklist_isps", "ISPs with access (not revoked).", len(isps))
         last_version = GaugeMetricFamily("blocklist_isp_last_version",
@@ -267,45 +269,39 @@ class StoreCollector(Collector):
         behind_for = GaugeMetricFamily(
             "blocklist_isp_behind_seconds",
             "How long the ISP has lacked a published version: time since the first version it does not have "
-            "was published (0 when up to date).", labels=labels)
+            "was published, or since it was added if later (0 when up to date).", labels=labels)
         last_pull = GaugeMetricFamily("blocklist_isp_last_pull_timestamp_seconds",
                                       "When the ISP last fetched anything (Unix time).", labels=labels)
         since_pull = GaugeMetricFamily("blocklist_isp_seconds_since_last_pull",
                                        "Seconds since the ISP last fetched anything.", labels=labels)
-        enforced = GaugeMetricFamily(
-            "blocklist_isp_enforced_versions_behind",
-            "Published versions beyond the one the ISP's resolvers were last seen enforcing "
-            "(blocklist-pull check); absent before the first report.", labels=labels)
-        enforcing = GaugeMetricFamily(
-            "blocklist_isp_resolvers_enforcing",
-            "1 if every resolver in the ISP's last report enforced the list, else 0; absent before the first "
-            "report.", labels=labels)
+        enforced = GaugeMetricFamily("blocklist_isp_enforced_version",
+                                     "Version the ISP's resolvers were last seen enforcing (enforcement reports; "
+                                     "0: they enforce nothing; absent for an ISP that never reported).",
+                                     labels=labels)
+        enforcing_behind = GaugeMetricFamily(
+            "blocklist_isp_enforcing_behind_seconds",
+            "How long the ISP's resolvers have lacked a published version: time since the first version they "
+            "were not seen enforcing was published (0 when up to date; absent without reports).", labels=labels)
+        last_report = GaugeMetricFamily("blocklist_isp_last_enforcement_report_timestamp_seconds",
+                                        "When the ISP last reported what its resolvers enforce (Unix time).",
+                                        labels=labels)
         for isp in isps:
-            if isp.enforced_at is not None:
-                enforcing.add_metric([isp.name], 0.0 if isp.enforced_version is None else 1.0)
-                if isp.enforced_version is not None:
-                    enforced.add_metric([isp.name], float(max(0, latest - isp.enforced_version)))
-            have = isp.last_version or 0
+            lag = behind_by[isp.name]
             if isp.last_version is not None:
                 last_version.add_metric([isp.name], float(isp.last_version))
-            missing = max(0, latest - have)
-            behind.add_metric([isp.name], float(missing))
-            if missing == 0:
-                behind_for.add_metric([isp.name], 0.0)
-            else:
-                since = self._first_published_after(have)
-                if since is not None:
-                    behind_for.add_metric([isp.name], max(0.0, now - since))
+            behind.add_metric([isp.name], float(max(0, latest - (isp.last_version or 0))))
+            if latest == 0 or lag.fetched_behind_since is not None or (isp.last_version or 0) >= latest:
+                behind_for.add_metric([isp.name], lag.behind_for(now) or 0.0)
             if isp.last_pull_at is not None:
                 last_pull.add_metric([isp.name], float(isp.last_pull_at))
                 since_pull.add_metric([isp.name], max(0.0, now - isp.last_pull_at))
-        yield from (count, last_version, behind, behind_for, last_pull, since_pull, enforced, enforcing)
-
-    def _first_published_after(self, have: int) -> float | None:
-        """Publication time of the oldest version above ``have``."""
-        version = self.core.store.pub_first_version_after(have)
-        pub = self.core.publisher.record(version) if version is not None else None
-        return _epoch(pub.published_at) if pub else None
+            if lag.reported:
+                enforced.add_metric([isp.name], float(lag.enforced or 0))
+                enforcing_behind.add_metric([isp.name], lag.behind_for(now, "enforced") or 0.0)
+            if lag.enforced_at is not None:
+                last_report.add_metric([isp.name], float(lag.enforced_at))
+        yield from (count, last_version, behind, behind_for, last_pull, since_pull, enforced, enforcing_behind,
+                    last_report)
 
     def _heartbeats(self) -> Iterator[Metric]:
         health_dir = self.core.settings.health_dir
