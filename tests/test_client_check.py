@@ -153,9 +153,8 @@ def test_what_the_resolvers_enforce_is_exported_to_prometheus(feed: Feed) -> Non
 
     found = samples(client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True))
 
-    assert labelled(found, "blocklist_isp_enforced_version", isp="acme") == 1  # while version 2 is out
-    assert labelled(found, "blocklist_isp_last_enforcement_report_timestamp_seconds", isp="acme") == int(
-        feed.clock())
+    assert labelled(found, "blocklist_isp_enforced_version", isp="acme") == 1  # one behind the latest (2)
+    assert labelled(found, "blocklist_isp_resolvers_enforcing", isp="acme") == 1
 
 
 def test_check_reads_the_version_a_real_bind_enforces_from_the_pull_tools_zone_file(

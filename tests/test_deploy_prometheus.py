@@ -142,6 +142,23 @@ def test_an_isp_whose_resolvers_lag_for_two_hours_alerts_and_one_that_catches_up
     }])
 
 
+def test_an_isp_whose_resolvers_stop_enforcing_alerts_after_half_an_hour(tmp_path: Path) -> None:
+    run_rule_tests(tmp_path, [{
+        "interval": "1m",
+        "input_series": [
+            # The last check report found a resolver not enforcing the list from minute 10 on.
+            {"series": f'blocklist_isp_resolvers_enforcing{{isp="lax-isp",{WEB}}}', "values": "1x10 0x60"},
+            {"series": f'blocklist_isp_resolvers_enforcing{{isp="good-isp",{WEB}}}', "values": "1x70"},
+        ],
+        "alert_rule_test": [alert("BlocklistIspResolverNotEnforcing", "30m"),
+                            alert("BlocklistIspResolverNotEnforcing", "45m", fired(
+                                {"severity": "warning", "isp": "lax-isp"},
+                                summary="A resolver of ISP lax-isp does not enforce the list",
+                                description="Its last check report names the resolver (ISP page); the ISP's "
+                                            "resolvers may download the list without applying it."))],
+    }])
+
+
 def test_tsig_failures_alert_but_other_refusals_do_not(tmp_path: Path) -> None:
     run_rule_tests(tmp_path, [
         {
@@ -205,8 +222,10 @@ def exported_names(core: Core, tmp_path: Path, personas: Personas) -> set[str]:
     publish(core)
     isp = core.isps.add(SYSTEM, "isp-a")
     core.isps.record_pull(core.isps.authenticate_feed(isp["feed_token"]), 1, "feed:snapshots")
-    # An enforcement report from the ISP's pull tool, as it lands on the ISP record.
-    core.store.isp_record_pull("isp-a", {"enforced_version": "1", "enforced_at": "1800000000"})
+    from app.domain import iso
+
+    core.isps.record_report(core.isps.authenticate_feed(isp["feed_token"]), {"resolvers": [
+        {"resolver": "192.0.2.53", "version": 1, "blocked": True, "checked_at": iso(core.clock())}]})
     health = tmp_path / "run"
     health.mkdir()
     (health / "worker").write_text("1800000000\n")

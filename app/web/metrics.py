@@ -285,8 +285,14 @@ class StoreCollector(Collector):
         last_report = GaugeMetricFamily("blocklist_isp_last_enforcement_report_timestamp_seconds",
                                         "When the ISP last reported what its resolvers enforce (Unix time).",
                                         labels=labels)
+        enforcing = GaugeMetricFamily(
+            "blocklist_isp_resolvers_enforcing",
+            "1 if every resolver in the ISP's last report enforced the list, else 0; absent before the first "
+            "report.", labels=labels)
         for isp in isps:
             lag = behind_by[isp.name]
+            if isp.enforced_at is not None:
+                enforcing.add_metric([isp.name], 0.0 if isp.enforced_version is None else 1.0)
             if isp.last_version is not None:
                 last_version.add_metric([isp.name], float(isp.last_version))
             behind.add_metric([isp.name], float(max(0, latest - (isp.last_version or 0))))
@@ -301,7 +307,7 @@ class StoreCollector(Collector):
             if lag.enforced_at is not None:
                 last_report.add_metric([isp.name], float(lag.enforced_at))
         yield from (count, last_version, behind, behind_for, last_pull, since_pull, enforced, enforcing_behind,
-                    last_report)
+                    last_report, enforcing)
 
     def _heartbeats(self) -> Iterator[Metric]:
         health_dir = self.core.settings.health_dir
