@@ -43,8 +43,8 @@ class Pages:
         self.contexts: list[Any] = []
         self.last: Page | None = None
 
-    def new(self) -> Page:
-        context = self.browser.new_context(base_url=self.base_url, viewport={"width": 1280, "height": 900})
+    def new(self, width: int = 1280, height: int = 900) -> Page:
+        context = self.browser.new_context(base_url=self.base_url, viewport={"width": width, "height": height})
         self.contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(15_000)
@@ -156,6 +156,28 @@ def test_an_appeal_from_the_stop_page_lets_a_vetter_suspend_the_entry(
     expect(vera.get_by_role("status").first).to_contain_text("under review: the entry is suspended")
     expect(vera.get_by_role("heading", level=1)).to_contain_text("reviewing")
     assert core.curation.get(entry.id).status == "suspended"
+
+
+@pytest.mark.parametrize(("width", "height"), [(1366, 768), (390, 844)])
+def test_a_too_fast_appeal_shows_its_message_on_screen_without_scrolling(
+    pages: Pages, width: int, height: int
+) -> None:
+    public = pages.new(width, height)
+    public.goto("/stop")
+    public.get_by_label("The address that was blocked").fill("www.bakery.example")
+    public.get_by_label("How we can reach you").fill("owner@bakery.example")
+    public.get_by_label("Why the block is wrong").fill("Our family bakery's shop; it sells bread.")
+    # No time passes on the fake clock: the form was sent "too fast".
+    public.get_by_role("button", name="Send the appeal").click()
+    alert = public.get_by_role("alert")
+    expect(alert).to_contain_text("very fast")
+    box = alert.bounding_box()
+    assert box is not None
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height, f"the message is off screen at {box}"
+    # What the person wrote is kept, so sending again is one click.
+    expect(public.get_by_label("Why the block is wrong")).to_have_value("Our family bakery's shop; it sells bread.")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    public.screenshot(path=str(SCREENSHOTS / f"stop-too-fast-{width}.png"))
 
 
 def test_an_admin_registers_an_address_only_isp_and_sees_the_weaker_mode_and_the_xot_pin(

@@ -92,7 +92,7 @@ def test_a_listed_site_is_named_and_can_still_be_appealed(
         assert a.status == 451, host
         name = host.removesuffix(f".{STOP_HOST}")
         assert f"The address you tried to reach: <strong>{name}</strong>" in a.text
-        assert 'action="/stop/appeal"' in a.text
+        assert 'action="/stop/appeal#appeal"' in a.text
         assert f'value="{name}"' in a.text  # the appeal form names the site already
 
 
