@@ -379,9 +379,19 @@ server:
 # transfer by address, the programme registers an address-only ISP for it.)
 
 server:""", 1) + https
+        # The overlay (every zone before the base) must keep its answers as
+        # published: an override would also rewrite its removals
+        # (rpz-passthru) and the version canary.
+        overlay_tail = """    # No rpz-action-override here: it would also rewrite the removals
+    # (rpz-passthru) and the version.canary answer. Names added since the
+    # last fold get the list's NXDOMAIN until they move into the base.
+    rpz-log: yes
+    rpz-log-name: "blocklist-overlay"
+"""
         blocks = []
         for z in self.zones:
             name = z.rstrip(".")
+            tail = stop_page if z == self.zones[-1] else overlay_tail
             prims = "\n".join(f"    primary: {a}" for a in self.primary_list("@"))
             notifiers = "\n".join(f"    allow-notify: {h}" for h, _p in self.primaries)
             blocks.append(f"""rpz:
@@ -390,7 +400,7 @@ server:""", 1) + https
 {prims}
 {notifiers}
     zonefile: "/var/lib/unbound/{name}.zone"
-{stop_page}""")
+{tail}""")
         registered = ", ".join(self.allow_from)
         return head.replace("\n\nserver:", f"""
 #

@@ -50,7 +50,9 @@ def host_env(core: Core, host: Host, **extra: str) -> dict[str, str]:
         "BLOCKLIST_REDIS_URL": core.settings.redis_url or "", "BLOCKLIST_DATA_DIR": str(host.data),
         "BLOCKLIST_SECRET_KEY": "two-hosts-test", "BLOCKLIST_LOG_FORMAT": "text",
         "BLOCKLIST_WEB_LISTEN": f"127.0.0.1:{host.web_port}", "BLOCKLIST_DNS_LISTEN": f"127.0.0.1:{host.dns_port}",
-        "BLOCKLIST_XFRD_METRICS_LISTEN": "", "BLOCKLIST_COOKIE_SECURE": "false", **extra,
+        "BLOCKLIST_XFRD_METRICS_LISTEN": "", "BLOCKLIST_COOKIE_SECURE": "false",
+        # The base zone follows every version (overlay off), as in tests/conftest.py.
+        "BLOCKLIST_RPZ_FOLD_GRACE": "0", **extra,
     })
     return env
 

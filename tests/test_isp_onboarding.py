@@ -437,7 +437,8 @@ def test_the_bundles_resolver_files_keep_every_setting_of_the_guides_templates()
 
     deploy = Path(__file__).resolve().parent.parent / "deploy" / "isp"
     ob = Onboarding(isp="acme", public_url="https://blocklist.example.org", list_name="worst-of",
-                    zones=("blocklist.rpz.",), primaries=(("192.0.2.53", 53),), tsig_name="acme.tsig.",
+                    zones=("overlay.blocklist.rpz.", "blocklist.rpz."), primaries=(("192.0.2.53", 53),),
+                    tsig_name="acme.tsig.",
                     tsig_algorithm="hmac-sha256", allow_from=("192.0.2.0/24",), address_only=False)
     pairs = [("bind/blocklist-rpz.conf", ob.bind_zones()), ("bind/response-policy.conf", ob.bind_response_policy()),
              ("unbound/blocklist-rpz.conf", replace(ob, address_only=True).unbound())]
