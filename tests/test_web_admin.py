@@ -453,3 +453,12 @@ def test_the_audit_log_is_filterable_and_shows_the_chain_check(app, core: Core, 
     page = text(audrey.get("/audit"))
     assert "Chain BROKEN" in page
     assert "missing before record 2 (removed)" in page
+
+
+def test_the_users_page_shows_its_agencies_once_and_a_plain_title(app, core: Core, personas: Personas) -> None:
+    core.users.add_agency(personas.ada.actor, "Agency C")
+    page = text(signed_in(app.test_client(), personas.ada).get("/users"))
+    title = re.search(r"<title>(.*?)</title>", page, re.S)
+    assert title is not None and "Agencies" not in title.group(1) and "<" not in title.group(1)
+    assert title.group(1).startswith("Users")
+    assert page.count('id="agencies"') == 1
