@@ -250,3 +250,32 @@ def port_is_free(port: int) -> bool:
 
 __all__ = ["AGENCY_A", "AGENCY_B", "PASSWORD", "LiveServer", "Persona", "Personas", "port_is_free", "publish",
            "record_key", "replace", "require_binary"]
+
+
+def offline_resolver_conf(directory: Path, run_dir: Path, port: int, policy: str) -> str:
+    """The ``options`` and ``controls`` of a BIND resolver in a test, offline.
+
+    With no internet every recursion fails; forwarding to a closed port makes
+    unlisted names fail fast while listed names still get the policy answer,
+    and ``servfail-ttl 0`` keeps BIND from answering a failed name from its
+    SERVFAIL cache without looking at the policy zones. ``policy`` is the
+    ``response-policy`` statement (or an include of it).
+    """
+    return f"""
+options {{
+    directory "{directory}";
+    pid-file "{run_dir}/named.pid";
+    session-keyfile "{run_dir}/session.key";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-query {{ 127.0.0.1; }};
+    forwarders {{ 127.0.0.1 port 9; }};
+    forward only;
+    dnssec-validation no;
+    notify no;
+    servfail-ttl 0;
+    {policy}
+}};
+controls {{ }};
+"""

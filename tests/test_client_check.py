@@ -21,7 +21,7 @@ from app.domain import iso
 from app.embedded import free_port
 from client import dnsquery
 from client.pull import main
-from tests.conftest import require_binary
+from tests.conftest import offline_resolver_conf, require_binary
 from tests.test_client_pull import seed
 from tests.test_client_support import Feed, Result
 
@@ -165,24 +165,9 @@ def test_check_reads_the_version_a_real_bind_enforces_from_the_pull_tools_zone_f
     port = free_port()
     # As docs/isp-pull.md wires the rpz output into BIND: a local primary zone used as the policy.
     conf = tmp_path / "named.conf"
-    conf.write_text(f"""
-options {{
-    directory "{tmp_path}";
-    pid-file "{tmp_path}/named.pid";
-    session-keyfile "{tmp_path}/session.key";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion yes;
-    allow-query {{ 127.0.0.1; }};
-    forwarders {{ 127.0.0.1 port 9; }};
-    forward only;
-    dnssec-validation no;
-    notify no;
-    response-policy {{ zone "blocklist.rpz"; }} qname-wait-recurse no break-dnssec yes min-update-interval 0;
-}};
-controls {{ }};
-zone "blocklist.rpz" {{ type primary; file "{feed.output('rpz')}"; }};
-""")
+    policy = 'response-policy { zone "blocklist.rpz"; } qname-wait-recurse no break-dnssec yes min-update-interval 0;'
+    zone = f'zone "blocklist.rpz" {{ type primary; file "{feed.output("rpz")}"; }};\n'
+    conf.write_text(offline_resolver_conf(tmp_path, tmp_path, port, policy) + zone)
     stop.append(subprocess.Popen([named, "-g", "-u", "root", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL))
     deadline = time.monotonic() + 20

@@ -22,7 +22,7 @@ from app.embedded import free_port
 from app.onboarding import PLACEHOLDER
 from app.web import create_app
 from client import config as pull_config
-from tests.conftest import Personas, publish, require_binary
+from tests.conftest import Personas, offline_resolver_conf, publish, require_binary
 from tests.test_web_admin import secret_values
 from tests.test_web_helpers import post, signed_in, text
 from tests.test_xfr_peers import ENTRIES, Peer, answered_not_blocked, blocked
@@ -67,24 +67,8 @@ def bundle_text(folder: Path) -> str:
 def named_conf(tmp: Path, bundle: Path, port: int) -> Path:
     """A resolver's named.conf that takes the zones and policy from the bundle, unchanged."""
     conf = tmp / "named.conf"
-    conf.write_text(f"""
-options {{
-    directory "{bundle}";
-    pid-file "{tmp}/named.pid";
-    session-keyfile "{tmp}/session.key";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion yes;
-    allow-query {{ 127.0.0.1; }};
-    forwarders {{ 127.0.0.1 port 9; }};
-    forward only;
-    dnssec-validation no;
-    notify no;
-    include "{bundle}/bind/response-policy.conf";
-}};
-controls {{ }};
-include "{bundle}/bind/blocklist-rpz.conf";
-""")
+    policy = f'include "{bundle}/bind/response-policy.conf";'
+    conf.write_text(offline_resolver_conf(bundle, tmp, port, policy) + f'include "{bundle}/bind/blocklist-rpz.conf";\n')
     return conf
 
 

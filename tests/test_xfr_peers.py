@@ -27,7 +27,7 @@ import pytest
 from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
-from tests.conftest import Personas, publish, require_binary
+from tests.conftest import Personas, offline_resolver_conf, publish, require_binary
 from tests.test_xfr_server import ZONE, bulk_listed, kdig, listed, records, soa_serial, tsig, wait_for
 from workers.xfrd import ServerThread
 
@@ -122,26 +122,7 @@ def named(tmp: Path, primary_port: int, isp: dict[str, Any], policy: str = "give
                        "qname-wait-recurse no min-update-interval 0;")
     (tmp / "blocklist-rpz.conf").write_text(zone_conf)
     conf = tmp / "named.conf"
-    conf.write_text(f"""
-options {{
-    directory "{tmp}";
-    pid-file "{tmp}/named.pid";
-    session-keyfile "{tmp}/session.key";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion yes;
-    allow-query {{ 127.0.0.1; }};
-    forwarders {{ 127.0.0.1 port 9; }};
-    forward only;
-    dnssec-validation no;
-    notify no;
-    // Offline every lookup fails; BIND would answer a failed name from its
-    // SERVFAIL cache for a second without looking at the policy zones.
-    servfail-ttl 0;
-{policy_conf}
-}};
-controls {{ }};
-include "{tmp}/blocklist-rpz.conf";
+    conf.write_text(offline_resolver_conf(tmp, tmp, port, policy_conf) + f"""include "{tmp}/blocklist-rpz.conf";
 {extra}
 """)
     check = subprocess.run([require_binary("named-checkconf"), str(conf)], capture_output=True, text=True,

@@ -28,7 +28,7 @@ from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
 from app.xot import self_signed, spki_pin
-from tests.conftest import Personas, publish, require_binary
+from tests.conftest import Personas, offline_resolver_conf, publish, require_binary
 from tests.test_cli import run as cli
 from tests.test_xfr_peers import DEPLOY, Peer, answered_not_blocked, blocked, render
 from tests.test_xfr_server import ENTRIES, ZONE, kdig, listed, records, soa_serial, tsig, wait_for, zone_names
@@ -208,24 +208,8 @@ def test_bind_secondary_from_the_isp_guide_takes_the_zone_over_tls_and_blocks(
                         OVERLAY_ZONE="overlay." + ZONE.rstrip("."), POLICY="given")
         (bind_dir / "blocklist-rpz.conf").write_text(zone_conf)
         conf = bind_dir / "named.conf"
-        conf.write_text(f"""
-options {{
-    directory "{bind_dir}";
-    pid-file "{bind_dir}/named.pid";
-    session-keyfile "{bind_dir}/session.key";
-    listen-on port {named_port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion yes;
-    allow-query {{ 127.0.0.1; }};
-    forwarders {{ 127.0.0.1 port 9; }};
-    forward only;
-    dnssec-validation no;
-    notify no;
-{policy}
-}};
-controls {{ }};
-include "{bind_dir}/blocklist-rpz.conf";
-""")
+        conf.write_text(offline_resolver_conf(bind_dir, bind_dir, named_port, policy)
+                        + f'include "{bind_dir}/blocklist-rpz.conf";\n')
         check = subprocess.run([require_binary("named-checkconf"), str(conf)], capture_output=True, text=True,
                                check=False)
         assert check.returncode == 0, check.stdout + check.stderr
