@@ -35,6 +35,8 @@ bench: venv
 	$(BIN)/python bench/publish.py
 	$(BIN)/python bench/axfr.py
 	$(BIN)/python bench/xot.py
+	$(BIN)/python bench/resolver_latency.py
+	$(BIN)/python bench/pull.py
 	$(BIN)/python bench/entries_page.py
 
 clean:
