@@ -2,7 +2,7 @@
 
 This is the one place where the web UI, the JSON API, the CLI and the
 scheduled jobs change entries, the allowlist and the policy settings, so the
-rules of DESIGN section 2 hold whichever door a change comes through.
+safety and four-eyes rules hold whichever door a change comes through.
 
 What must stay true:
 

@@ -415,7 +415,7 @@ class AllowItem:
 
 
 class SafetyRules:
-    """The refusals of DESIGN section 2, over a snapshot of the allowlist."""
+    """The safety refusals (allowlist, public suffixes, IP literals), over a snapshot of the allowlist."""
 
     def __init__(self, allowlist: Mapping[str, AllowItem] | Iterable[AllowItem]) -> None:
         items = allowlist.values() if isinstance(allowlist, Mapping) else allowlist

@@ -1,6 +1,6 @@
 """A published version as an RPZ zone: text, names and differences. No I/O.
 
-The zone (DESIGN 4.4) has SOA and NS at the apex, serial = version, and for
+The zone (README, "The RPZ zone over DNS") has SOA and NS at the apex, serial = version, and for
 each active domain entry ``name CNAME .`` (NXDOMAIN), plus ``*.name CNAME .``
 when the entry covers subdomains. URL entries are not in the zone.
 

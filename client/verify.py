@@ -1,7 +1,7 @@
 """Verification of the signed feed: manifest, artifacts, snapshots and deltas. No I/O.
 
 The pull tool trusts nothing it downloads until this module has checked it
-(DESIGN 5). What must stay true:
+(docs/isp-pull.md). What must stay true:
 
 * The manifest is accepted only with a valid minisign signature by one of
   the pinned keys, a trusted comment naming ``manifest.json``, its list and
