@@ -706,12 +706,3 @@ def plan(manifest: Manifest, held: Held | None, have_entries: bool) -> list[Arti
     if chain and sum(d.size for d in chain) < sum(r.size for r in full):
         return chain
     return full
-
-
-def check_final(entries: EntryList, manifest: Manifest) -> None:
-    """The list about to be applied is the one the signed manifest describes."""
-    if entries.digest != manifest.entries_sha256 or len(entries) != manifest.count:
-        raise RefusedError(
-            f"the list built for version {manifest.version} does not match the manifest's "
-            "entries_sha256 and count"
-        )
