@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -51,14 +52,12 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import dns.tsig
-from common import load_active  # bench/common.py (run as: python bench/axfr.py)
+from common import load_active, programme_key  # bench/common.py (run as: python bench/axfr.py)
 
 from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM, Actor, Role
 from app.embedded import EmbeddedRedis, free_port
-from app.keys import Keyring
-from app.signing import ensure_key
 
 ZONE = "blocklist.rpz."
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "isp"
@@ -112,14 +111,17 @@ def soa_tail(first: bytes) -> bytes:
     return first[end - 20:end]
 
 
-def read_transfer(port: int, query: bytes, soas: int, key_wire: bytes | None = None) -> tuple[float, int, int]:
-    """Send one AXFR/IXFR over TCP and read the answer until the ``soas``-th
-    copy of the new SOA. Returns (seconds, bytes, messages). The client parses
-    only message lengths and the SOA, so it costs the same for any server."""
+def read_transfer(port: int, query: bytes, soas: int, key_wire: bytes | None = None, *,
+                  tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> tuple[float, int, int]:
+    """Send one AXFR/IXFR over TCP (or TLS, with ``tls``) and read the answer
+    until the ``soas``-th copy of the new SOA. Returns (seconds, bytes,
+    messages). The client parses only message lengths and the SOA, so it
+    costs the same for any server."""
     t0 = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=120)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    with tls.wrap_socket(raw, server_hostname=server_hostname) if tls is not None else raw as s:
         s.sendall(struct.pack("!H", len(query)) + query)
         buf = bytearray()
         view_start = 0
@@ -365,8 +367,7 @@ def main() -> None:
                                 signing_key_file=work / "keys" / "blocklist.key",
                                 dns_listen=("127.0.0.1", free_port()), rpz_fold_grace=0)
             core = Core.from_settings(settings)
-            Keyring(core.store, settings.signing_key_file).init(SYSTEM, "benchmark")  # the programme's key
-            core.publisher._key = ensure_key(settings.signing_key_file)
+            programme_key(core)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})
             values = domain_names(args.count + 200, rng)

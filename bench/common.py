@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from app.core import Core
-from app.domain import Entry, EntryType, Status
+from app.domain import SYSTEM, Entry, EntryType, Status
+from app.keys import Keyring
+from app.signing import ensure_key
 from app.store import Txn
 
 
@@ -31,3 +33,11 @@ def load_active(core: Core, values: list[str]) -> float:
         core.store.put_new_entries(txn, items, "active", now)
         core.store.commit(txn)
     return time.perf_counter() - t0
+
+
+def programme_key(core: Core) -> None:
+    """Make and record the programme's signing key, as `blocklist keys init` does,
+    and hand it to this process's publisher."""
+    key_file = core.settings.signing_key_file
+    Keyring(core.store, key_file).init(SYSTEM, "benchmark")
+    core.publisher._key = ensure_key(key_file)

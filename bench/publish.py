@@ -26,15 +26,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import load_active  # bench/common.py (run as: python bench/publish.py)
+from common import load_active, programme_key  # bench/common.py (run as: python bench/publish.py)
 
 from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM, Actor, Role
 from app.embedded import EmbeddedRedis, free_port
-from app.keys import Keyring
 from app.publishing import Publisher
-from app.signing import ensure_key
 
 
 def reference(values: list[str], work: Path) -> float:
@@ -71,6 +69,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1000)
     args = ap.parse_args()
+    if args.count < 11_000:
+        ap.error("--count must be at least 11,000: the benchmark changes 10,000 entries and measures 1,000 more")
     rng = random.Random(7)
     values = [f"{rng.choice(['kid', 'pic', 'vid', 'img', 'cp', 'xx'])}{i:07d}-{rng.randrange(36**4):x}"
               f".example-bench.test" for i in range(args.count)]
@@ -81,8 +81,7 @@ def main() -> None:
             settings = Settings(redis_url=server.url, data_dir=work, artifact_dir=work / "artifacts",
                                 signing_key_file=work / "keys" / "blocklist.key")
             core = Core.from_settings(settings)
-            Keyring(core.store, settings.signing_key_file).init(SYSTEM, "benchmark")  # the programme's key
-            core.publisher._key = ensure_key(settings.signing_key_file)
+            programme_key(core)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})
             load_s = load_active(core, values)

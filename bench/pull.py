@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import load_active  # bench/common.py (run as: python bench/pull.py)
+from common import load_active, programme_key  # bench/common.py (run as: python bench/pull.py)
 from publish import changes  # bench/publish.py: delistings and new entries through the curation rules
 from werkzeug.serving import make_server
 
@@ -32,7 +32,6 @@ from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM
 from app.embedded import EmbeddedRedis, free_port
-from app.signing import ensure_key
 from app.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +99,7 @@ def main() -> None:
             settings = Settings(redis_url=server.url, data_dir=work, artifact_dir=work / "artifacts",
                                 signing_key_file=work / "keys" / "blocklist.key")
             core = Core.from_settings(settings)
-            core.publisher._key = ensure_key(settings.signing_key_file)
+            programme_key(core)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})
             load_active(core, values)

@@ -48,14 +48,13 @@ from axfr import (  # bench/axfr.py (run as: python bench/resolver_latency.py)
     stop,
     wait,
 )
-from common import load_active
+from common import load_active, programme_key
 
 from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM
 from app.embedded import EmbeddedRedis, free_port
 from app.rpz import soa_params
-from app.signing import ensure_key
 from app.xfr import RecordZone, ZoneInfo, base_digest, build_snapshot, overlay_recs, zone_file_names, zonemd_digest
 
 RESOLVER = """    recursion yes;
@@ -186,7 +185,7 @@ def main() -> None:
                                         dns_listen=("127.0.0.1", free_port()))
             single_settings = replace(overlay_settings, rpz_fold_grace=0)
             core = Core.from_settings(single_settings)
-            core.publisher._key = ensure_key(single_settings.signing_key_file)
+            programme_key(core)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})
             values = domain_names(args.count + 4 * args.rounds, rng)

@@ -24,66 +24,24 @@ import json
 import os
 import random
 import shutil
-import socket
 import ssl
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dns.message
 import dns.tsig
-from axfr import axfr_query, domain_names, rss_mb, soa_serial, soa_tail, start_named, stop, wait  # bench/axfr.py
-from common import load_active  # bench/common.py (run as: python bench/xot.py)
+from axfr import axfr_query, domain_names, read_transfer, rss_mb, soa_serial, start_named, stop, wait  # bench/axfr.py
+from common import load_active, programme_key  # bench/common.py (run as: python bench/xot.py)
 
 from app.config import Settings
 from app.core import Core
 from app.domain import SYSTEM
 from app.embedded import EmbeddedRedis, free_port
-from app.signing import ensure_key
 
 XOT_NAME = "xfr.programme.test"
-
-
-def read_transfer(port: int, query: bytes, key_wire: bytes, tls: ssl.SSLContext | None) -> tuple[float, int, int]:
-    """One signed AXFR over TCP or TLS, read to the closing SOA: (seconds, bytes, messages)."""
-    t0 = time.perf_counter()
-    raw = socket.create_connection(("127.0.0.1", port), timeout=120)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    s = tls.wrap_socket(raw, server_hostname=XOT_NAME) if tls is not None else raw
-    with s:
-        s.sendall(struct.pack("!H", len(query)) + query)
-        buf = bytearray()
-        start = total = messages = seen = 0
-        tail = b""
-        while True:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("the server closed the connection mid-transfer")
-            buf += chunk
-            total += len(chunk)
-            while len(buf) - start >= 2:
-                n = struct.unpack_from("!H", buf, start)[0]
-                if len(buf) - start - 2 < n:
-                    break
-                msg = bytes(buf[start + 2 : start + 2 + n])
-                start += 2 + n
-                messages += 1
-                if msg[3] & 0x0F:
-                    raise RuntimeError(f"the server answered rcode {msg[3] & 0x0F}")
-                msg = msg[: msg.rfind(key_wire + b"\x00\xfa\x00\xff")]
-                if not tail:
-                    tail = soa_tail(msg)
-                seen += msg.count(tail)
-                if seen >= 2:
-                    return time.perf_counter() - t0, total, messages
-            if start > 1 << 22:
-                del buf[:start]
-                start = 0
 
 
 def start_xfrd(settings: Settings, work: Path, xot_port: int) -> subprocess.Popen[bytes]:
@@ -149,7 +107,7 @@ def main() -> None:
                                 signing_key_file=work / "keys" / "blocklist.key",
                                 dns_listen=("127.0.0.1", free_port()))
             core = Core.from_settings(settings)
-            core.publisher._key = ensure_key(settings.signing_key_file)
+            programme_key(core)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6})
             print(f"writing {args.count:,} active entries and publishing ...", flush=True)
             load_active(core, domain_names(args.count, random.Random(7)))
@@ -179,7 +137,7 @@ def main() -> None:
                     port, tls = ports[name]
                     query, key_wire = axfr_query(key)
                     assert key_wire is not None
-                    rows[name].append(read_transfer(port, query, key_wire, tls))
+                    rows[name].append(read_transfer(port, query, 2, key_wire, tls=tls, server_hostname=XOT_NAME))
             r["rss_mb_ours"], r["rss_mb_bind"] = round(rss_mb(xfrd.pid)), round(rss_mb(named.pid))
     finally:
         for p in procs:
