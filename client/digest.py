@@ -1,0 +1,266 @@
+"""The list digest (``entries_digest``): what a rebuilt list is checked against.
+
+A version's list is its canonical lines in feed order (see
+``blocklist_schema.json``). Its digest is a two-level sha256 tree that can
+be updated at the cost of a change rather than of the whole list:
+
+1. The lines are cut into chunks where their content says so: a line ends
+   a chunk when the CRC-32 (``zlib.crc32``, the ISO-HDLC CRC of gzip and
+   PNG) of its bytes, without the newline, is a multiple of 16; the last
+   line ends the last chunk. Chunks hold 16 lines on average, and a change
+   moves only the boundaries next to it.
+2. A chunk's digest is the sha256 of its lines, each followed by ``"\\n"``
+   (32 raw bytes).
+3. ``entries_digest`` is the hex sha256 of every chunk digest, sorted as
+   bytes and concatenated. The empty list's digest is ``sha256("")``.
+
+Any change to the list changes some chunk's bytes, so two lists share a
+digest only if sha256 collides. The CRC only places the cuts: someone who
+chooses lines can make chunks long (slower, never wrong). Python in a few
+lines::
+
+    def entries_digest(lines):               # canonical lines, in order, no newlines
+        chunks, cur = [], []
+        for line in lines:
+            cur.append(line + b"\\n")
+            if zlib.crc32(line) % 16 == 0:
+                chunks.append(hashlib.sha256(b"".join(cur)).digest()); cur = []
+        if cur:
+            chunks.append(hashlib.sha256(b"".join(cur)).digest())
+        return hashlib.sha256(b"".join(sorted(chunks))).hexdigest()
+
+:class:`Digest` keeps the sorted chunk digests, so that :func:`update`
+recomputes only the chunks a change touches: the publisher holds its list
+as a Python list of lines (:class:`ListView`), the pull tool as one bytes
+buffer of lines (:class:`BlobView`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+#: A line ends a chunk when its CRC-32 is a multiple of this (a power of two).
+SPAN = 16
+_MASK = SPAN - 1
+_WINDOW = 1 << 22  # bytes of a buffer split into lines at a time (bounds memory)
+
+
+def ends_chunk(line: bytes | memoryview) -> bool:
+    return not zlib.crc32(line) & _MASK
+
+
+class Digest:
+    """The sorted chunk digests of a list; :meth:`hexdigest` is its ``entries_digest``."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = sorted(chunks)
+
+    @classmethod
+    def of_lines(cls, lines: Sequence[bytes]) -> Digest:
+        """Of a list of canonical lines (no newlines)."""
+        out: list[bytes] = []
+        _chunk_digests(lines, out)
+        return cls(out)
+
+    @classmethod
+    def of_data(cls, data: bytes | bytearray) -> Digest:
+        """Of a buffer of canonical lines, each ending in a newline; read a window at a time."""
+        view = memoryview(data)
+        pending: list[bytes] = []
+        out: list[bytes] = []
+        pos, size = 0, len(data)
+        while pos < size:
+            nl = data.find(b"\n", pos + _WINDOW - 1) if pos + _WINDOW < size else -1
+            cut = size if nl < 0 else nl + 1
+            lines = bytes(view[pos:cut]).split(b"\n")
+            lines.pop()  # after the last newline
+            pending = _chunk_digests(lines, out, pending, final=cut >= size)
+            pos = cut
+        return cls(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Digest:
+        if len(data) % 32:
+            raise ValueError("a chunk digest list is a multiple of 32 bytes")
+        d = cls(())
+        d._chunks = [data[i : i + 32] for i in range(0, len(data), 32)]
+        if any(a > b for a, b in zip(d._chunks, d._chunks[1:], strict=False)):
+            raise ValueError("chunk digests are not sorted")
+        return d
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(b"".join(self._chunks)).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def replaced(self, old: Iterable[bytes], new: Iterable[bytes]) -> Digest:
+        """A copy with the chunk digests ``old`` taken out and ``new`` put in."""
+        take = set(old)
+        keep = [c for c in self._chunks if c not in take]
+        if len(keep) != len(self._chunks) - len(take):
+            raise ValueError("a chunk to replace is not in the digest")
+        out = Digest(())
+        keep.extend(new)
+        keep.sort()  # two sorted runs: one merge
+        out._chunks = keep
+        return out
+
+
+def _chunk_digests(lines: Sequence[bytes], out: list[bytes], pending: list[bytes] | None = None,
+                   final: bool = True) -> list[bytes]:
+    """Append to ``out`` the digests of the chunks ``pending + lines`` completes; return the
+    lines of an unfinished last chunk (digested here too when ``final``)."""
+    sha = hashlib.sha256
+    crc = zlib.crc32
+    ends = [i for i, c in enumerate(map(crc, lines)) if not c & _MASK]
+    start = 0
+    for e in ends:
+        if pending:
+            out.append(sha(b"\n".join(pending) + b"\n" + b"\n".join(lines[start : e + 1]) + b"\n").digest())
+            pending = None
+        else:
+            out.append(sha(b"\n".join(lines[start : e + 1]) + b"\n").digest())
+        start = e + 1
+    rest = list(pending or ()) + list(lines[start:])
+    if final and rest:
+        out.append(sha(b"\n".join(rest) + b"\n").digest())
+        return []
+    return rest
+
+
+# ---------------------------------------------------------------- updates
+
+
+class View(Protocol):
+    """A sorted list of lines addressed by positions (line starts)."""
+
+    end: int
+
+    def line(self, pos: int) -> bytes: ...
+    def next(self, pos: int) -> int: ...
+    def prev(self, pos: int) -> int: ...
+    def digest(self, start: int, stop: int) -> bytes: ...
+    def lines(self, start: int, stop: int) -> list[bytes]: ...
+
+
+class ListView:
+    """A list of lines (no newlines); positions are indices."""
+
+    def __init__(self, lines: Sequence[bytes]) -> None:
+        self.items = lines
+        self.end = len(lines)
+
+    def line(self, pos: int) -> bytes:
+        return self.items[pos]
+
+    def next(self, pos: int) -> int:
+        return pos + 1
+
+    def prev(self, pos: int) -> int:
+        return pos - 1
+
+    def digest(self, start: int, stop: int) -> bytes:
+        return hashlib.sha256(b"\n".join(self.items[start:stop]) + b"\n").digest()
+
+    def lines(self, start: int, stop: int) -> list[bytes]:
+        return list(self.items[start:stop])
+
+
+class BlobView:
+    """A buffer of lines each ending in a newline; positions are byte offsets."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.end = len(data)
+
+    def line(self, pos: int) -> bytes:
+        return self.data[pos : self.data.index(b"\n", pos)]
+
+    def next(self, pos: int) -> int:
+        return self.data.index(b"\n", pos) + 1
+
+    def prev(self, pos: int) -> int:
+        return self.data.rfind(b"\n", 0, pos - 1) + 1
+
+    def digest(self, start: int, stop: int) -> bytes:
+        return hashlib.sha256(memoryview(self.data)[start:stop]).digest()
+
+    def lines(self, start: int, stop: int) -> list[bytes]:
+        return self.data[start : stop - 1].split(b"\n") if stop > start else []
+
+
+def _chunk_start(v: View, pos: int) -> int:
+    while pos > 0:
+        p = v.prev(pos)
+        if ends_chunk(v.line(p)):
+            return pos
+        pos = p
+    return 0
+
+
+def _chunk_end(v: View, pos: int) -> int:
+    while pos < v.end:
+        line = v.line(pos)
+        pos = v.next(pos)
+        if ends_chunk(line):
+            return pos
+    return pos
+
+
+def _chunks_in(v: View, start: int, stop: int) -> list[bytes]:
+    """Digests of the chunks that make up ``[start, stop)`` (whole chunks)."""
+    out: list[bytes] = []
+    _chunk_digests(v.lines(start, stop), out)
+    return out
+
+
+def update(digest: Digest, old: View, new: View, removed: Iterable[int], inserted: Iterable[int],
+           locate: Callable[[bytes], int]) -> Digest:
+    """The digest of ``new``, given the digest of ``old`` and how ``new`` was made from it.
+
+    ``removed``: positions in ``old`` of the lines taken out (a line whose
+    content changed is taken out and put in again); ``inserted``: positions in
+    ``old`` before which each new line went (``old.end`` for the end);
+    ``locate(line)``: the position in ``new`` of a line of ``old`` that is
+    still there. Only the chunks around the changes are read.
+    """
+    regions: list[tuple[int, int]] = []
+    for pos in removed:
+        a, b = _chunk_start(old, pos), _chunk_end(old, pos)
+        if ends_chunk(old.line(pos)) and b < old.end:  # its chunk joins the next one
+            b = _chunk_end(old, b)
+        regions.append((a, b))
+    for pos in inserted:
+        if pos < old.end:
+            regions.append((_chunk_start(old, pos), _chunk_end(old, pos)))
+        elif old.end and not ends_chunk(old.line(old.prev(old.end))):
+            regions.append((_chunk_start(old, old.prev(old.end)), old.end))  # the unfinished last chunk
+        else:
+            regions.append((old.end, old.end))
+    if not regions:
+        return digest
+    regions.sort()
+    merged = [regions[0]]
+    for a, b in regions[1:]:
+        if a <= merged[-1][1]:  # overlapping or touching: one region
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    take: list[bytes] = []
+    put: list[bytes] = []
+    for a, b in merged:
+        take += _chunks_in(old, a, b)
+        # The lines either side of a region are unchanged (they belong to chunks no change touched).
+        na = 0 if a == 0 else new.next(locate(old.line(old.prev(a))))
+        nb = new.end if b >= old.end else locate(old.line(b))
+        put += _chunks_in(new, na, nb)
+    return digest.replaced(take, put)
