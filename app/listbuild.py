@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import bisect
 import gc
-import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from app.domain import Entry, Status, iso
 from app.rpz import fragment
+from client.digest import Digest, ListView, update
 
 _PREFIX_D = b'{"type":"domain","value":"'
 _PREFIX_U = b'{"type":"url","value":"'
@@ -77,6 +77,13 @@ class ListState:
     snapshot_sha256: str | None
     #: False when only the number is known (its list could not be rebuilt).
     known: bool = True
+    #: The list's ``entries_digest`` (client.digest), kept so a change costs only its chunks.
+    digest: Digest = field(default_factory=lambda: Digest(()))
+
+    @classmethod
+    def of(cls, version: int, lines: list[bytes], zone: list[bytes], snapshot_sha256: str | None,
+           digest: Digest | None = None) -> ListState:
+        return cls(version, lines, zone, snapshot_sha256, digest=digest or Digest.of_lines(lines))
 
     @property
     def count(self) -> int:
@@ -240,9 +247,13 @@ def diff_lists(old: list[bytes], new: list[bytes]) -> Diff:
     return Diff.of(changes)
 
 
-def splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes]]:
+def splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes], Digest]:
+    """The list, zone lines and digest after ``diff``: list references are
+    copied, and only the digest's chunks around each change are hashed again."""
     lines: list[bytes] = []
     zone: list[bytes] = []
+    removed: list[int] = []
+    inserted: list[int] = []
     prev = 0
     for c in diff.changes:
         pos = state.find(c.key)
@@ -251,10 +262,15 @@ def splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes]]:
         if c.new is not None:
             lines.append(c.new)
             zone.append(zone_fragment_of(c.new))
+            inserted.append(pos)
+        if c.old is not None:
+            removed.append(pos)
         prev = pos + (1 if c.old is not None else 0)
     lines.extend(state.lines[prev:])
     zone.extend(state.zone[prev:])
-    return lines, zone
+    digest = update(state.digest, ListView(state.lines), ListView(lines), removed, inserted,
+                    lambda line: bisect.bisect_left(lines, line_key(line), key=line_key))
+    return lines, zone, digest
 
 
 def snapshot_lines(data: bytes) -> list[bytes]:
@@ -283,11 +299,3 @@ def delta_diff(data: bytes) -> Diff:
         old = changes.get(key)
         changes[key] = Change(key, old.old if old else None, line)
     return Diff.of(sorted(changes.values(), key=lambda c: c.key))
-
-
-def entries_sha256(lines: list[bytes]) -> str:
-    """sha256 of the canonical lines, each followed by "\\n" (what a client rebuilds)."""
-    hasher = hashlib.sha256(b"\n".join(lines))
-    if lines:
-        hasher.update(b"\n")
-    return hasher.hexdigest()

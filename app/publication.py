@@ -69,7 +69,7 @@ class Publication:
     published_at: str
     expires_at: str
     count: int
-    entries_sha256: str
+    entries_digest: str
     previous_version: int | None = None
     changes: dict[str, int] = field(default_factory=dict)
     snapshot: FileRef | None = None
@@ -108,7 +108,7 @@ class Publication:
             "rpz": self.rpz.to_dict() if self.rpz else None,
             "delta": self.delta.to_dict() if self.delta else None,
             "base": self.base, "chain": {"length": self.chain_length, "bytes": self.chain_bytes},
-            "full_at": self.full_at, "entries_sha256": self.entries_sha256, "by": self.by, "reason": self.reason,
+            "full_at": self.full_at, "entries_digest": self.entries_digest, "by": self.by, "reason": self.reason,
             "released": self.released, "build_seconds": self.build_seconds, "publisher": self.publisher,
             "zones": dict(self.zones) if self.zones is not None else None,
         }
@@ -123,7 +123,7 @@ class Publication:
         chain = d.get("chain") or {}
         return cls(
             version=version, published_at=str(d["published_at"]), expires_at=str(d["expires_at"]),
-            count=int(d["count"]), entries_sha256=str(d["entries_sha256"]),
+            count=int(d["count"]), entries_digest=_digest_of(d),
             previous_version=int(d["previous_version"]) if d.get("previous_version") else None,
             changes={str(k): int(v) for k, v in (d.get("changes") or {}).items()},
             snapshot=snapshot, rpz=FileRef.from_dict(d.get("rpz")), delta=DeltaRef.from_dict(d.get("delta")),
@@ -149,7 +149,7 @@ class Latest:
     published_at: str
     expires_at: str
     count: int
-    entries_sha256: str
+    entries_digest: str
     base: int
     snapshot: FileRef
     rpz: FileRef
@@ -163,13 +163,13 @@ class Latest:
         assert base.snapshot is not None
         assert base.rpz is not None
         return cls(version=pub.version, published_at=pub.published_at, expires_at=pub.expires_at,
-                   count=pub.count, entries_sha256=pub.entries_sha256, base=base.version, snapshot=base.snapshot,
+                   count=pub.count, entries_digest=pub.entries_digest, base=base.version, snapshot=base.snapshot,
                    rpz=base.rpz, delta=pub.delta, previous_version=pub.previous_version, zones=pub.zones)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version, "published_at": self.published_at, "expires_at": self.expires_at,
-            "count": self.count, "entries_sha256": self.entries_sha256, "base": self.base,
+            "count": self.count, "entries_digest": self.entries_digest, "base": self.base,
             "snapshot": self.snapshot.to_dict(), "rpz": self.rpz.to_dict(),
             "delta": self.delta.to_dict() if self.delta else None, "previous_version": self.previous_version,
             "zones": dict(self.zones) if self.zones is not None else None,
@@ -187,7 +187,7 @@ class Latest:
             raise ValueError(f"the latest record of version {version} names no full files")
         return cls(
             version=version, published_at=str(d["published_at"]), expires_at=str(d["expires_at"]),
-            count=int(d["count"]), entries_sha256=str(d["entries_sha256"]), base=int(d.get("base") or version),
+            count=int(d["count"]), entries_digest=_digest_of(d), base=int(d.get("base") or version),
             snapshot=snapshot, rpz=rpz, delta=DeltaRef.from_dict(d.get("delta")),
             previous_version=int(d["previous_version"]) if d.get("previous_version") else None,
             zones=_zones(d.get("zones")),
@@ -196,3 +196,10 @@ class Latest:
     @classmethod
     def from_json(cls, raw: str) -> Latest:
         return cls.from_dict(json.loads(raw))
+
+
+def _digest_of(d: dict[str, Any]) -> str:
+    """The list digest of a stored record; records written before feed schema 2
+    hold the whole-list sha256 instead, which no rebuilt list matches any more
+    (so the next publication is written in full)."""
+    return str(d.get("entries_digest") or d.get("entries_sha256") or "")

@@ -22,7 +22,8 @@ What must stay true:
   named by the change feed. A version of a large list stores its delta and
   the manifest; its full snapshot and zone file are written later by
   compaction, once the version is served (small lists get them with every
-  version). The one whole-list cost left is ``entries_sha256``.
+  version). The list's digest (``entries_digest``, see client.digest) is
+  updated chunk by chunk, so no step of a delta version reads the whole list.
 
 The parts, each with one job: ``app.listbuild`` builds lists and diffs,
 ``app.guard`` decides what is held, ``app.artifacts`` stores and serves
@@ -64,7 +65,6 @@ from app.listbuild import (
     changes_from_records,
     delta_diff,
     diff_lists,
-    entries_sha256,
     full_lines,
     snapshot_lines,
     splice,
@@ -74,11 +74,13 @@ from app.publication import DeltaRef, FileRef, Latest, Publication
 from app.rpz import FoldPolicy, Layout, SoaParams, fold_due, next_layout
 from app.signing import SecretKey, load_key
 from app.store import Store, Txn
+from client.digest import Digest
 from client.minisign import Prehasher, Signature, format_trusted_comment
 
 log = logging.getLogger("blocklist.publisher")
 
-SCHEMA = 1
+#: The feed's format: 2 since ``entries_digest`` replaced the whole-list ``entries_sha256``.
+SCHEMA = 2
 #: The lock expires this long after its holder died mid-publication; a live
 #: holder extends it every quarter of it. A standby takes over within it.
 LOCK_TTL_MS = 30_000
@@ -289,12 +291,15 @@ class Publisher:
                 raise PublicationError(f"version {current.version} has no delta to rebuild it from")
             chain.append(current.delta)
             current = self.record(current.delta.frm)
-        state = ListState(base.version, lines, [], None)
+        state = ListState.of(base.version, lines, [], None)
         for delta in reversed(chain):
-            lines, _ = splice(state, delta_diff(self._checked(delta)))
-            state = ListState(delta.to, lines, [], None)
+            lines, _, digest = splice(state, delta_diff(self._checked(delta)))
+            state = ListState(delta.to, lines, [], None, digest=digest)
+        if state.digest.hexdigest() != pub.entries_digest:
+            raise PublicationError(f"the list rebuilt for version {v} does not match its recorded digest")
         zone = [zone_fragment_of(ln) for ln in state.lines]
-        self._state = ListState(v, state.lines, zone, pub.snapshot.sha256 if pub.snapshot else None)
+        self._state = ListState(v, state.lines, zone, pub.snapshot.sha256 if pub.snapshot else None,
+                                digest=state.digest)
         return self._state
 
     def _changes_from_feed(self, state: ListState, ids: list[int]) -> Diff:
@@ -358,13 +363,14 @@ class Publisher:
                 log.warning("rebuilding from Redis: cannot use version %s: %s", latest["version"], e)
         if previous is not None:
             diff = self._changes_from_feed(previous, self.store.dirty_peek(feed_len))
-            lines, zone = splice(previous, diff)
+            lines, zone, digest = splice(previous, diff)
             base = previous
         else:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
             # last version Redis knows, if it can still be rebuilt.
             lines, zone = full_lines(self.store.iter_bucket_raw())
+            digest = Digest.of_lines(lines)
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
@@ -409,10 +415,10 @@ class Publisher:
         # A small list is written in full with every version (it costs less
         # than keeping clients on a chain); a large one is compacted later.
         small = prev is not None and self.compaction_due(prev, only_small=True)
-        outcome, snapshot_sha = self._write_version(token, version, base, lines, zone, diff, feed_len, actor,
-                                                    reason, now, timings, released=released, prev=prev,
+        outcome, snapshot_sha = self._write_version(token, version, base, lines, zone, digest, diff, feed_len,
+                                                    actor, reason, now, timings, released=released, prev=prev,
                                                     full=not with_delta or full or small)
-        self._state = ListState(version, lines, zone, snapshot_sha)
+        self._state = ListState(version, lines, zone, snapshot_sha, digest=digest)
         self._prune(version)
         outcome.timings["total"] = time.perf_counter() - t0
         return outcome
@@ -444,7 +450,7 @@ class Publisher:
         return FileRef(path=rel, sha256=ref.sha256, size=ref.size)
 
     def _write_full(self, staging: Staging, version: int, lines: list[bytes], zone: list[bytes],
-                    published_at: str, expires_at: str, entries_sha: str,
+                    published_at: str, expires_at: str, entries_digest: str,
                     previous: tuple[int, str] | None, timings: dict[str, float]) -> tuple[FileRef, FileRef]:
         """The full snapshot and zone file of a version (first publication or compaction)."""
         from app.rpz import header
@@ -455,7 +461,7 @@ class Publisher:
             "published_at": published_at, "expires_at": expires_at,
             "previous_version": previous[0] if previous else None,
             "previous_sha256": previous[1] if previous else None,
-            "count": len(lines), "entries_sha256": entries_sha,
+            "count": len(lines), "entries_digest": entries_digest,
         }
         head_text = json.dumps(head, separators=(",", ":"))[:-1] + ',"entries":[\n'
         snapshot_parts = [head_text.encode(), b",\n".join(lines), b"\n]}\n"]
@@ -481,39 +487,33 @@ class Publisher:
         return base.version, base.snapshot.sha256
 
     def _write_version(self, token: str, version: int, base: ListState, lines: list[bytes], zone: list[bytes],
-                       diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
+                       digest: Digest, diff: Diff, feed_len: int, actor: Actor, reason: str, now: float,
                        timings: dict[str, float], released: bool, prev: Publication | None,
                        full: bool) -> tuple[Outcome, str | None]:
         published_at = iso(now) or ""
         expires_at = iso(now + self.settings.artifact_ttl) or ""
-        # The one cost that grows with the list: the digest a client checks
-        # its rebuilt list against. It runs beside the delta's upload.
-        digest: list[str] = []
-        hasher = threading.Thread(target=lambda: digest.append(entries_sha256(lines)))
-        hasher.start()
+        entries_digest = digest.hexdigest()
         staging = self.artifacts.stage()
         try:
             snap = rpz = None
             if full:
-                hasher.join()
-                snap, rpz = self._write_full(staging, version, lines, zone, published_at, expires_at, digest[0],
-                                             self._previous_full(prev), timings)
+                snap, rpz = self._write_full(staging, version, lines, zone, published_at, expires_at,
+                                             entries_digest, self._previous_full(prev), timings)
             t = time.perf_counter()
             delta = None
             if prev is not None:
                 text = self._delta_text(base, version, diff, published_at, expires_at,
                                         to_sha256=snap.sha256 if snap else None,
-                                        to_count=len(lines), digest=digest, hasher=hasher)
+                                        to_count=len(lines), digest=entries_digest)
                 ref = self._artifact(staging, f"deltas/{base.version}/{version}.json", [text], version, expires_at)
                 delta = DeltaRef(path=ref.path, sha256=ref.sha256, size=ref.size, frm=base.version, to=version)
             timings["delta"] = time.perf_counter() - t
-            hasher.join()
             # Which versions the base and overlay zones hold: continuous when
             # this version has a delta from the previous one.
             zones = self._zone_layout(version, base, delta is not None, diff, now)
             pub = Publication(
                 version=version, published_at=published_at, expires_at=expires_at, count=len(lines),
-                entries_sha256=digest[0], previous_version=base.version or None, changes=diff.summary(),
+                entries_digest=entries_digest, previous_version=base.version or None, changes=diff.summary(),
                 delta=delta, base=version, by=actor.name, reason=reason, released=released,
                 build_seconds=round(sum(timings.values()), 3), publisher=self.name, zones=zones,
             )
@@ -532,7 +532,6 @@ class Publisher:
             self._commit(token, pub, manifest_body, manifest_sig, feed_len, actor, reason, now, staging)
             timings["commit"] = time.perf_counter() - t
         except BaseException:
-            hasher.join()
             staging.abort()
             raise
         staging.finish()
@@ -542,15 +541,14 @@ class Publisher:
                 snap.sha256 if snap else None)
 
     def _delta_text(self, base: ListState, version: int, diff: Diff, published_at: str, expires_at: str, *,
-                    to_sha256: str | None, to_count: int, digest: list[str], hasher: threading.Thread) -> bytes:
+                    to_sha256: str | None, to_count: int, digest: str) -> bytes:
         added = diff.new_lines()
         removed = diff.old_lines()
-        hasher.join()
         head = {
             "schema": SCHEMA, "list": self.settings.list_name, "from": base.version, "to": version,
             "published_at": published_at, "expires_at": expires_at,
             "from_sha256": base.snapshot_sha256, "to_sha256": to_sha256,
-            "from_count": base.count, "to_count": to_count, "to_entries_sha256": digest[0],
+            "from_count": base.count, "to_count": to_count, "to_entries_digest": digest,
         }
         return (json.dumps(head, separators=(",", ":"))[:-1].encode()
                 + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
@@ -570,7 +568,7 @@ class Publisher:
                       target=f"version:{pub.version}",
                       before={"version": pub.previous_version},
                       after={"version": pub.version, "count": pub.count, **pub.changes,
-                             "entries_sha256": pub.entries_sha256},
+                             "entries_digest": pub.entries_digest},
                       reason=reason, ts=now)
             self.store.pub_set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
             staging.commit_ops(txn)
@@ -630,7 +628,7 @@ class Publisher:
         staging = self.artifacts.stage()
         try:
             snap, rpz = self._write_full(staging, version, state.lines, state.zone, pub.published_at,
-                                         pub.expires_at, pub.entries_sha256, self._previous_full(pub), timings)
+                                         pub.expires_at, pub.entries_digest, self._previous_full(pub), timings)
             full = pub.with_full_files(snap, rpz, int(now))
             body, sig = self._manifest(full, now)
 
@@ -660,7 +658,7 @@ class Publisher:
             staging.abort()
             raise
         staging.finish()
-        self._state = ListState(version, state.lines, state.zone, snap.sha256)
+        self._state = ListState(version, state.lines, state.zone, snap.sha256, digest=state.digest)
         self._write_manifest_files(body, sig)
         self._prune(version)
         timings["total"] = time.perf_counter() - t0
@@ -709,7 +707,7 @@ class Publisher:
         body = {
             "schema": SCHEMA, "list": self.settings.list_name, "version": pub.version,
             "published_at": pub.published_at, "signed_at": iso(now), "expires_at": expires,
-            "count": pub.count, "entries_sha256": pub.entries_sha256,
+            "count": pub.count, "entries_digest": pub.entries_digest,
             "snapshot": base.snapshot.path, "rpz": base.rpz.path,
             "snapshot_version": base.version, "rpz_zone": self.settings.rpz_zone, "artifacts": artifacts,
         }
