@@ -90,7 +90,19 @@ class ListState:
         return len(self.lines)
 
     def find(self, key: str) -> int:
-        return bisect.bisect_left(self.lines, key, key=line_key)
+        return position(self.lines, key)
+
+
+def position(lines: list[bytes], key: str) -> int:
+    """Where the line with ``key`` is, or would go, in sorted ``lines``.
+
+    A domain line sorts like its value (the '"' that ends a value sorts
+    before every character a host name may hold), so domain lines are
+    searched as plain bytes; URL lines, which follow them, by their key."""
+    urls = bisect.bisect_left(lines, _PREFIX_U)
+    if key.startswith("d:"):
+        return bisect.bisect_left(lines, _PREFIX_D + key[2:].encode() + b'"', 0, urls)
+    return bisect.bisect_left(lines, key, urls, key=line_key)
 
 
 @dataclass
@@ -157,12 +169,34 @@ class Diff:
 
 
 
-def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
-    """Every active entry among stored ``records``, sorted (the path without a previous version).
+def _format(e: _FeedFields) -> tuple[str, str]:
+    """The feed line of a decoded record, and its zone lines ("" for a URL):
+    byte for byte what :meth:`Entry.feed_line` and :func:`app.rpz.fragment` write."""
+    at = e.at
+    ls = at if e.ls is None else e.ls
+    va = at if e.va is None else e.va
+    v = e.v
+    if e.t == "d":
+        sub = e.s == 1
+        return (f'{{"type":"domain","value":"{v}","subdomains":{"true" if sub else "false"},'
+                f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}', fragment(v, sub))
+    return (f'{{"type":"url","value":"{v}","subdomains":false,'
+            f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}', "")
 
-    The hot loop of a full rebuild: a million records are decoded with a
-    typed msgspec decoder into just the fields the feed needs, formatted
-    exactly like :meth:`Entry.feed_line`, and sorted with tuple fast paths.
+
+def feed_members(raw: str) -> tuple[str, str]:
+    """(feed line, zone lines) of a stored entry record, as the store keeps them
+    in its published form (see app.store.K.feed_lines)."""
+    return _format(_FEED_DECODER.decode(raw))
+
+
+def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
+    """Every active entry among stored ``records``, sorted: the path without a
+    previous version when the store's published form cannot be used.
+
+    A million records are decoded with a typed msgspec decoder into just the
+    fields the feed needs, formatted exactly like :meth:`Entry.feed_line`, and
+    sorted with tuple fast paths.
     """
     decode = _FEED_DECODER.decode
     lines: list[bytes] = []
@@ -177,22 +211,12 @@ def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
             if marker not in raw:
                 continue
             e = decode(raw)
-            at = e.at
-            ls = at if e.ls is None else e.ls
-            va = at if e.va is None else e.va
-            v = e.v
+            line, frag = _format(e)
             if e.t == "d":
-                sub = e.s == 1
-                add_line(
-                    f'{{"type":"domain","value":"{v}","subdomains":{"true" if sub else "false"},'
-                    f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
-                )
-                add_frag(fragment(v, sub).encode())
+                add_line(line.encode())
+                add_frag(frag.encode())
             else:
-                add_url(
-                    f'{{"type":"url","value":"{v}","subdomains":false,'
-                    f'"category":"{e.c}","listed_since":"{iso(ls)}","verified_at":"{iso(va)}"}}'.encode()
-                )
+                add_url(line.encode())
         # Domain lines, and their zone lines, each sort like their values:
         # '"' ends a value in a line and ' ' in a zone line, and both sort
         # before every character a domain may hold. So two plain string
@@ -207,6 +231,42 @@ def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
     finally:
         if gc_was:
             gc.enable()
+
+
+def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]) -> tuple[list[bytes], list[bytes]] | None:
+    """The list and its zone lines from the store's published form (sorted by
+    Redis, read in batches by :meth:`app.store.Store.feed_read`), or None when
+    the zone lines do not pair up with the domain lines (build from the records
+    then). Redis sorts members as bytes, which is the list's order for domain
+    lines (see :func:`full_lines`); the few URL lines are sorted by key here."""
+    lines: list[bytes] = []
+    frags: list[bytes] = []
+    urls: list[bytes] = []
+    for batch, zone in batches:
+        if not batch and not zone:
+            continue
+        cut = bisect.bisect_left(batch, _PREFIX_U)
+        domains, more_urls = batch[:cut], batch[cut:]
+        # A line changed between two batches is read in both: keep the newer.
+        if domains and lines and line_key(domains[0]) == line_key(lines[-1]):
+            lines.pop()
+        if more_urls and urls and line_key(more_urls[0]) == line_key(urls[-1]):
+            urls.pop()
+        if zone and frags and _zone_value(zone[0]) == _zone_value(frags[-1]):
+            frags.pop()
+        lines += domains
+        urls += more_urls
+        frags += zone
+    if len(frags) != len(lines):
+        return None
+    urls.sort(key=line_key)
+    lines.extend(urls)
+    frags.extend([b""] * len(urls))
+    return lines, frags
+
+
+def _zone_value(frag: bytes) -> bytes:
+    return frag[: frag.index(b" ")]
 
 
 def changes_from_records(state: ListState, records: Iterable[str | None]) -> Diff:
@@ -269,7 +329,7 @@ def splice(state: ListState, diff: Diff) -> tuple[list[bytes], list[bytes], Dige
     lines.extend(state.lines[prev:])
     zone.extend(state.zone[prev:])
     digest = update(state.digest, ListView(state.lines), ListView(lines), removed, inserted,
-                    lambda line: bisect.bisect_left(lines, line_key(line), key=line_key))
+                    lambda line: position(lines, line_key(line)))
     return lines, zone, digest
 
 

@@ -57,6 +57,7 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PublicationError,
+    RetryableConflictError,
 )
 from app.guard import guard_reasons, safety_problems
 from app.listbuild import (
@@ -66,6 +67,7 @@ from app.listbuild import (
     delta_diff,
     diff_lists,
     full_lines,
+    lines_from_store,
     snapshot_lines,
     splice,
     zone_fragment_of,
@@ -73,7 +75,7 @@ from app.listbuild import (
 from app.publication import DeltaRef, FileRef, Latest, Publication
 from app.rpz import FoldPolicy, Layout, SoaParams, fold_due, next_layout
 from app.signing import SecretKey, load_key
-from app.store import Store, Txn
+from app.store import BUCKET_SIZE, Store, Txn
 from client.digest import Digest
 from client.minisign import Prehasher, Signature, format_trusted_comment
 
@@ -311,6 +313,43 @@ class Publisher:
 
         return changes_from_records(state, records())
 
+    def _full_build(self, fill: bool = True) -> tuple[list[bytes], list[bytes]]:
+        """Every active entry's feed line and zone lines, sorted: read from the
+        store's published form (kept in order by Redis as entries are written),
+        or built from every record when that form is not whole."""
+        if fill and not self.store.feed_ready():
+            self._fill_published_form()
+        if self.store.feed_ready():
+            held, active = self.store.feed_counts()
+            built = lines_from_store(self.store.feed_read()) if held == active else None
+            if built is not None:
+                return built
+            log.warning("the published form in Redis does not match the entries (%s lines for %s active "
+                        "entries): was an older release writing entries? Building from every record, and "
+                        "refilling it", held, active)
+            self.store.feed_reset()
+        return full_lines(self.store.iter_bucket_raw())
+
+    def _fill_published_form(self) -> None:
+        """Fill the published form from a store made before it existed: each
+        bucket's active records are added if they are still the stored ones
+        (a record changed meanwhile was added by its writer)."""
+        t = time.perf_counter()
+        n = 0
+        for bucket in range(self.store.last_entry_id() // BUCKET_SIZE + 1):
+            for _ in range(20):
+                items = [(i, raw) for i, raw in self.store.bucket_items(bucket) if '"st":"active"' in raw]
+                try:
+                    self.store.feed_fill(items)
+                    n += len(items)
+                    break
+                except RetryableConflictError:
+                    continue
+            else:
+                raise PublicationError("entries kept changing while the published form was filled; try again")
+        self.store.feed_mark_ready()
+        log.info("filled the published form with %s active entries in %.1fs", n, time.perf_counter() - t)
+
     def _checked(self, ref: FileRef) -> bytes:
         data = self.artifacts.read(ref.path)
         if hashlib.sha256(data).hexdigest() != ref.sha256:
@@ -369,7 +408,7 @@ class Publisher:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
             # last version Redis knows, if it can still be rebuilt.
-            lines, zone = full_lines(self.store.iter_bucket_raw())
+            lines, zone = self._full_build()
             digest = Digest.of_lines(lines)
             base = ListState(0, [], [], None)
             if latest is not None:
@@ -962,7 +1001,7 @@ class Publisher:
         latest = self.latest()
         state = self._load_state(latest) if latest else ListState(0, [], [], None)
         if latest is None:
-            lines, _ = full_lines(self.store.iter_bucket_raw())
+            lines, _ = self._full_build(fill=False)
             return diff_lists([], lines)
         return self._changes_from_feed(state, self.store.dirty_peek())
 
