@@ -24,7 +24,7 @@ import msgspec
 
 from app.domain import Entry, Status, iso
 from app.rpz import fragment
-from client.digest import Digest, ListView, update
+from client.digest import Builder, Digest, ListView, update
 
 _PREFIX_D = b'{"type":"domain","value":"'
 _PREFIX_U = b'{"type":"url","value":"'
@@ -233,23 +233,28 @@ def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
             gc.enable()
 
 
-def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]) -> tuple[list[bytes], list[bytes]] | None:
-    """The list and its zone lines from the store's published form (sorted by
-    Redis, read in batches by :meth:`app.store.Store.feed_read`), or None when
-    the zone lines do not pair up with the domain lines (build from the records
-    then). Redis sorts members as bytes, which is the list's order for domain
-    lines (see :func:`full_lines`); the few URL lines are sorted by key here."""
+def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]
+                     ) -> tuple[list[bytes], list[bytes], Digest] | None:
+    """The list, its zone lines and its digest from the store's published form
+    (sorted by Redis, read in batches by :meth:`app.store.Store.feed_read`),
+    or None when the zone lines do not pair up with the domain lines (build
+    from the records then). Redis sorts members as bytes, which is the list's
+    order for domain lines (see :func:`full_lines`), so their digest is
+    computed batch by batch as they arrive; the few URL lines are sorted by
+    key here, after them."""
     lines: list[bytes] = []
     frags: list[bytes] = []
     urls: list[bytes] = []
+    builder: Builder | None = Builder()
     for batch, zone in batches:
         if not batch and not zone:
             continue
         cut = bisect.bisect_left(batch, _PREFIX_U)
         domains, more_urls = batch[:cut], batch[cut:]
-        # A line changed between two batches is read in both: keep the newer.
+        # A line changed between two batches may be read in both: keep the newer.
         if domains and lines and line_key(domains[0]) == line_key(lines[-1]):
             lines.pop()
+            builder = None  # a line already digested was dropped: digest the whole list below
         if more_urls and urls and line_key(more_urls[0]) == line_key(urls[-1]):
             urls.pop()
         if zone and frags and _zone_value(zone[0]) == _zone_value(frags[-1]):
@@ -257,12 +262,17 @@ def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]) -> tupl
         lines += domains
         urls += more_urls
         frags += zone
+        if builder is not None:
+            builder.add(domains)
     if len(frags) != len(lines):
         return None
     urls.sort(key=line_key)
     lines.extend(urls)
     frags.extend([b""] * len(urls))
-    return lines, frags
+    if builder is None:
+        return lines, frags, Digest.of_lines(lines)
+    builder.add(urls)
+    return lines, frags, builder.finish()
 
 
 def _zone_value(frag: bytes) -> bytes:

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import secrets
 import socket
 import threading
@@ -44,7 +45,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from app import audit
 from app.artifacts import ArtifactStore, Staging
@@ -80,6 +81,7 @@ from client.digest import Digest
 from client.minisign import Prehasher, Signature, format_trusted_comment
 
 log = logging.getLogger("blocklist.publisher")
+T = TypeVar("T")
 
 #: The feed's format: 2 since ``entries_digest`` replaced the whole-list ``entries_sha256``.
 SCHEMA = 2
@@ -313,22 +315,24 @@ class Publisher:
 
         return changes_from_records(state, records())
 
-    def _full_build(self, fill: bool = True) -> tuple[list[bytes], list[bytes]]:
-        """Every active entry's feed line and zone lines, sorted: read from the
-        store's published form (kept in order by Redis as entries are written),
+    def _full_build(self, fill: bool = True) -> tuple[list[bytes], list[bytes], Digest]:
+        """Every active entry's feed line and zone lines, sorted, and their
+        digest: read from the store's published form (kept in order by Redis
+        as entries are written; the next batch is read while one is digested),
         or built from every record when that form is not whole."""
         if fill and not self.store.feed_ready():
             self._fill_published_form()
         if self.store.feed_ready():
             held, active = self.store.feed_counts()
-            built = lines_from_store(self.store.feed_read()) if held == active else None
+            built = lines_from_store(prefetched(self.store.feed_read())) if held == active else None
             if built is not None:
                 return built
             log.warning("the published form in Redis does not match the entries (%s lines for %s active "
                         "entries): was an older release writing entries? Building from every record, and "
                         "refilling it", held, active)
             self.store.feed_reset()
-        return full_lines(self.store.iter_bucket_raw())
+        lines, zone = full_lines(self.store.iter_bucket_raw())
+        return lines, zone, Digest.of_lines(lines)
 
     def _fill_published_form(self) -> None:
         """Fill the published form from a store made before it existed: each
@@ -408,8 +412,7 @@ class Publisher:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
             # last version Redis knows, if it can still be rebuilt.
-            lines, zone = self._full_build()
-            digest = Digest.of_lines(lines)
+            lines, zone, digest = self._full_build()
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
@@ -1001,7 +1004,7 @@ class Publisher:
         latest = self.latest()
         state = self._load_state(latest) if latest else ListState(0, [], [], None)
         if latest is None:
-            lines, _ = self._full_build(fill=False)
+            lines, _, _ = self._full_build(fill=False)
             return diff_lists([], lines)
         return self._changes_from_feed(state, self.store.dirty_peek())
 
@@ -1023,6 +1026,42 @@ class Publisher:
             old = self.record(v)
             if old and old.delta:
                 self.artifacts.remove(old.delta.path)
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a thread up to ``depth`` ahead (waiting on Redis
+    releases the GIL, so reading overlaps the consumer's work)."""
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((False, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    t = threading.Thread(target=produce, name="prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join()
 
 
 def no_publisher_message(seconds: float) -> str:

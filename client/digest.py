@@ -115,6 +115,22 @@ class Digest:
         return out
 
 
+class Builder:
+    """A digest built from lines given in order, a batch at a time."""
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._pending: list[bytes] = []
+
+    def add(self, lines: Sequence[bytes]) -> None:
+        self._pending = _chunk_digests(lines, self._out, self._pending, final=False)
+
+    def finish(self) -> Digest:
+        _chunk_digests([], self._out, self._pending, final=True)
+        self._pending = []
+        return Digest(self._out)
+
+
 def _chunk_digests(lines: Sequence[bytes], out: list[bytes], pending: list[bytes] | None = None,
                    final: bool = True) -> list[bytes]:
     """Append to ``out`` the digests of the chunks ``pending + lines`` completes; return the

@@ -12,6 +12,7 @@ import pytest
 from app.core import Core
 from app.listbuild import full_lines, line_key, lines_from_store, zone_fragment_of
 from app.store import K
+from client.digest import Digest
 from tests.conftest import FakeClock, Personas, publish
 from tests.test_publishing import activate, bulk_active
 
@@ -21,7 +22,12 @@ def from_records(core: Core) -> tuple[list[bytes], list[bytes]]:
 
 
 def from_form(core: Core, batch: int = 3) -> tuple[list[bytes], list[bytes]] | None:
-    return lines_from_store(core.store.feed_read(batch=batch))
+    built = lines_from_store(core.store.feed_read(batch=batch))
+    if built is None:
+        return None
+    lines, zone, digest = built
+    assert digest.hexdigest() == Digest.of_lines(lines).hexdigest()
+    return lines, zone
 
 
 def test_the_published_form_follows_every_curation_action(core: Core, personas: Personas,
@@ -115,6 +121,8 @@ def test_a_line_changed_between_two_batches_is_read_once_with_its_own_zone_lines
         index_key=entry.key, old_status="active", new_status="active", score=0.0, dirty=True))
     activate(core, personas, "n00a.example.test")
     batches += list(reader)
-    lines, zone = lines_from_store(batches)
+    built = lines_from_store(batches)
+    assert built is not None
+    lines, zone, _ = built
     assert len([x for x in lines if b'"n03.example.test"' in x]) == 1
     assert zone == [zone_fragment_of(x) for x in lines]
