@@ -1,10 +1,10 @@
 """The held list as bytes: canonical lines, checked and patched in bulk. No I/O.
 
 A million entries as Python objects cost gigabytes and seconds; as one
-``bytes`` of canonical JSON lines (the form whose sha256 is the feed's
-``entries_sha256``) they cost their size, and the checks below run inside
-the regular-expression engine and ``hashlib`` rather than once per entry in
-Python. What must stay true:
+``bytes`` of canonical JSON lines (the form the feed's ``entries_digest``
+is computed over, see :mod:`client.digest`) they cost their size, and the
+checks below run inside the regular-expression engine and ``hashlib``
+rather than once per entry in Python. What must stay true:
 
 * A :class:`Lines` holds only lines that passed the same rules as
   :func:`client.verify.make_record`: a domain line matches one pattern that
@@ -16,7 +16,9 @@ Python. What must stay true:
   duplicates), and domain lines come before URL lines.
 * A delta is applied only to the list it was made from: every removed line
   must be present byte for byte, no added key may already be present, and
-  the result must carry the digest and count the delta states.
+  the result must carry the digest and count the delta states. The digest
+  is updated from the held one by hashing again only the chunks around the
+  change (:func:`client.digest.update`).
 * The snapshot's fast path reads the layout the publisher writes (a head
   object, then one entry a line); any other layout falls back to the strict
   JSON reader in :mod:`client.verify`, so a valid snapshot is never refused
@@ -25,15 +27,14 @@ Python. What must stay true:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from client.digest import BlobView, Digest, update
 from client.errors import RefusedError
 from client.verify import (
-    SCHEMA,
     ArtifactRef,
     Delta,
     Manifest,
@@ -41,6 +42,7 @@ from client.verify import (
     load_json,
     parse_snapshot,
     parse_time,
+    schema_error,
 )
 
 # Atomic: a label, once matched, is not taken apart again (same language, less backtracking).
@@ -59,7 +61,7 @@ _URL_START = b'{"type":"url",'
 _ENTRIES_OPEN = b',"entries":[\n'
 _ENTRIES_CLOSE = b"\n]}\n"
 _SNAPSHOT_HEAD_KEYS = frozenset({"schema", "list", "version", "published_at", "expires_at", "previous_version",
-                                 "previous_sha256", "count", "entries_sha256"})
+                                 "previous_sha256", "count", "entries_digest"})
 
 
 def _key(line: bytes) -> tuple[bytes, bytes]:
@@ -80,7 +82,7 @@ class Lines:
     data: bytes
     count: int
     url_start: int  # offset of the first URL line (len(data) if none)
-    digest: str
+    digest: Digest = field(compare=False)  # its entries_digest, as sorted chunk digests
     # The domain names, in order, when they were read anyway (by check): saves reading them again.
     _values: list[bytes] | None = field(default=None, compare=False, repr=False)
 
@@ -113,7 +115,7 @@ class Lines:
         total = n + len(url_lines)
         if count is not None and total != count:
             raise RefusedError(f"{what} holds {total} entries, but {count} are stated")
-        lines = cls(data, total, url_start, hashlib.sha256(data).hexdigest(), values)
+        lines = cls(data, total, url_start, Digest.of_data(data), values)
         lines.refuse_reserved(what)
         return lines
 
@@ -203,9 +205,16 @@ class Lines:
         # Only the new lines need the entry rules; the rest was checked when it was first held.
         url_start = self.url_start - sum(b - a for a, b in cuts if a < self.url_start) \
             + sum(len(text) for _, text in inserts if not text.startswith(_URL_START))
-        result = Lines(data, self.count - len(cuts) + len(inserts), url_start, hashlib.sha256(data).hexdigest())
-        if result.count != delta.to_count or result.digest != delta.to_entries_sha256:
-            raise RefusedError(f"the list after {what} does not match the digest the delta states")
+        mismatch = RefusedError(f"the list after {what} does not match the digest the delta states")
+        try:
+            # Only the chunks around the change are hashed again.
+            digest = update(self.digest, BlobView(self.data), BlobView(data), [a for a, _ in cuts],
+                            [a for a, _ in inserts], lambda line: lower_bound(data, _key(line), _key)[0])
+        except ValueError:  # a chunk around the change is not in the held digest: not the list it states
+            raise mismatch from None
+        result = Lines(data, self.count - len(cuts) + len(inserts), url_start, digest)
+        if result.count != delta.to_count or digest.hexdigest() != delta.to_entries_digest:
+            raise mismatch
         result.refuse_reserved(f"the list after {what}")
         return result
 
@@ -286,8 +295,7 @@ def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[L
     if not isinstance(head, dict) or set(head) != _SNAPSHOT_HEAD_KEYS:
         strict, strict_published = parse_snapshot(bytes(data), manifest)  # another layout: the strict reader
         return Lines.of_records(strict.records), strict_published
-    if head.get("schema") != SCHEMA:
-        raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
+    schema_error(head.get("schema"), what)
     if head.get("list") != manifest.list_name or head.get("version") != manifest.full_version:
         raise RefusedError(f"{what} is for another list or version than the manifest")
     start = i + len(_ENTRIES_OPEN)
@@ -305,15 +313,16 @@ def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[L
         del buf
     listed = Lines.check(lines, what)  # type: ignore[arg-type]  # a bytearray reads like bytes
     # A snapshot older than the manifest is checked against itself; the deltas after it
-    # must then lead to the manifest's count and entries_sha256.
+    # must then lead to the manifest's count and entries_digest.
     current = manifest.full_version == manifest.version
     count = manifest.count if current else head.get("count")
-    digest = manifest.entries_sha256 if current else head.get("entries_sha256")
+    digest = manifest.entries_digest if current else head.get("entries_digest")
     if head.get("count") != len(listed) or len(listed) != count:
         raise RefusedError(f"{what} holds {len(listed)} entries, but states {head.get('count')!r} "
                            f"and the manifest {manifest.count}")
-    if listed.digest != head.get("entries_sha256") or listed.digest != digest:
-        raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
+    hexdigest = listed.digest.hexdigest()
+    if hexdigest != head.get("entries_digest") or hexdigest != digest:
+        raise RefusedError(f"the entries of {what} do not match the entries_digest in the manifest")
     published = head.get("published_at")
     if not isinstance(published, str):
         raise RefusedError(f"the published_at of {what} is not a string")

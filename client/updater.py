@@ -7,7 +7,7 @@ The order of a run, and why:
 2. Build the new list: nothing (the version held is current), the chain of
    deltas from the version held, or the full snapshot; every file is
    checked against the manifest's size and sha256 and its own signature,
-   and the result against the manifest's ``entries_sha256``. The list is
+   and the result against the manifest's ``entries_digest``. The list is
    kept as bytes (:mod:`client.listfile`), never as one object per entry.
 3. Work out each output: after deltas, the previous file is patched (the
    lines of removed entries cut out, those of added entries put in at
@@ -189,10 +189,10 @@ class Updater:
         base = self.dir.load_lines(state) if held is not None else None
         got = self._obtain(manifest, state, base)
         lines = got.lines
-        if lines.digest != manifest.entries_sha256 or len(lines) != manifest.count:
+        if lines.digest.hexdigest() != manifest.entries_digest or len(lines) != manifest.count:
             raise RefusedError(
                 f"the list built for version {manifest.version} does not match the manifest's "
-                "entries_sha256 and count"
+                "entries_digest and count"
             )
         added, removed = _counts(base, got)
         info = ListInfo(manifest.list_name, manifest.version, got.published_at, manifest.rpz_zone)
@@ -234,7 +234,7 @@ class Updater:
         if staged_lines is not None:
             entries_stamp = staged_lines.commit()
         if outputs.parents is not None:
-            self.dir.save_parents(lines.digest, outputs.parents)
+            self.dir.save_parents(lines.digest.hexdigest(), outputs.parents)
         records = dict(state.outputs)
         for o in report.outputs:
             if o.record is not None:
@@ -243,7 +243,7 @@ class Updater:
                 records[str(o.spec.path)] = o.record
         new = replace(
             state, list_name=manifest.list_name, version=manifest.version, published_at=got.published_at,
-            snapshot_sha256=got.snapshot_sha256, entries_sha256=lines.digest, count=len(lines),
+            snapshot_sha256=got.snapshot_sha256, entries_digest=lines.digest.hexdigest(), count=len(lines),
             key_id=manifest.key_id, manifest_signed_at=manifest.signed_at,
             manifest_expires_at=manifest.expires_at, last_attempt=now, last_check=now,
             applied_via=got.via if got.via != "held" else state.applied_via,
@@ -411,7 +411,7 @@ class _Outputs:
             self.wide_count = state.wide_count + wide_delta if state.wide_count is not None \
                 else self.view.wide_count
             if nested:
-                parents = updater.dir.load_parents(base.digest)
+                parents = updater.dir.load_parents(base.digest.hexdigest())
                 if parents is None:
                     parents = ListView(base).parent_counts()
                 # Names listed under a parent whose subdomain flag changes would change
