@@ -30,7 +30,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import pairwise
+from typing import Any, Protocol
 
 from client.digest import BlobView, Digest, update
 from client.errors import RefusedError
@@ -44,6 +45,16 @@ from client.verify import (
     parse_time,
     schema_error,
 )
+
+
+class Buffer(Protocol):
+    """Lines to search: bytes, or an mmap of a file."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice, /) -> bytes: ...
+    def find(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+    def rfind(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+
 
 # Atomic: a label, once matched, is not taken apart again (same language, less backtracking).
 _LABEL = rb"(?>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
@@ -69,6 +80,10 @@ def _key(line: bytes) -> tuple[bytes, bytes]:
     t_end = line.index(b'"', 9)
     v_start = t_end + 11  # past '","value":"'
     return line[9:t_end], line[v_start : line.index(b'"', v_start)]
+
+
+def _record_key(r: Record) -> tuple[bytes, bytes]:
+    return r.type.encode(), r.value.encode()
 
 
 def record_line(r: Record) -> bytes:
@@ -152,6 +167,16 @@ class Lines:
             if self.find((b"domain", name))[1]:
                 raise RefusedError(f"{what} lists {name.decode()!r}, a name reserved for the canary")
 
+    def wide_among(self, values: Iterable[bytes]) -> set[bytes]:
+        """The names among ``values`` that are listed with their subdomains (one pass of searches)."""
+        names = sorted(set(values))
+        out: set[bytes] = set()
+        for name, (at, found) in zip(names, lower_bounds(self.data, [(b"domain", n) for n in names], _key),
+                                     strict=True):
+            if found and b'"subdomains":true,' in self.data[at : self.data.index(b"\n", at)]:
+                out.add(name)
+        return out
+
     def is_wide(self, value: bytes) -> bool:
         line = self.line_of((b"domain", value))
         return line is not None and b'"subdomains":true,' in line
@@ -178,26 +203,26 @@ class Lines:
         if delta.from_count != self.count:
             raise RefusedError(f"{what} expects {delta.from_count} entries in version {base_version}, "
                                f"but {self.count} are held")
-        cuts: list[tuple[int, int]] = []
         removed: set[tuple[str, str]] = set()
         for r in delta.removed:
             if r.key in removed:
                 raise RefusedError(f"{what} removes {r.value[:80]!r} twice")
             removed.add(r.key)
+        gone = sorted(delta.removed)
+        cuts: list[tuple[int, int]] = []
+        for r, (at, found) in zip(gone, lower_bounds(self.data, [_record_key(r) for r in gone], _key), strict=True):
             line = record_line(r)
-            at, found = self.find((r.type.encode(), r.value.encode()))
             if not found:
                 raise RefusedError(f"{what} removes {r.value[:80]!r}, which is not in the list held")
             if self.data[at : at + len(line)] != line:
                 raise RefusedError(f"{what} removes a version of {r.value[:80]!r} that is not the one held")
             cuts.append((at, at + len(line)))
-        inserts: list[tuple[int, bytes]] = []
-        added: set[tuple[str, str]] = set()
-        for r in sorted(delta.added):
-            if r.key in added:
+        new = sorted(delta.added)
+        for r, after in pairwise(new):
+            if r.key == after.key:
                 raise RefusedError(f"{what} adds {r.value[:80]!r} twice")
-            added.add(r.key)
-            at, found = self.find((r.type.encode(), r.value.encode()))
+        inserts: list[tuple[int, bytes]] = []
+        for r, (at, found) in zip(new, lower_bounds(self.data, [_record_key(r) for r in new], _key), strict=True):
             if found and r.key not in removed:
                 raise RefusedError(f"{what} adds {r.value[:80]!r}, which is already in the list held")
             inserts.append((at, record_line(r)))
@@ -237,39 +262,69 @@ def splice(data: bytes, cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple
 
     Offsets refer to ``data``; inserts at one offset keep their order, and go before a
     cut that starts there."""
+    return b"".join(splice_parts(data, cuts, inserts))
+
+
+def splice_parts(data: Buffer, cuts: Sequence[tuple[int, int]],
+                 inserts: Sequence[tuple[int, bytes]]) -> list[bytes | memoryview]:
+    """What :func:`splice` joins: views of ``data`` (not copies) and the inserted bytes, in
+    order. Write them one after another to get the result without building it in memory."""
     edits = sorted([(a, 0, i, a, text) for i, (a, text) in enumerate(inserts)]
                    + [(a, 1, 0, b, b"") for a, b in cuts])
-    view = memoryview(data)  # slices of a view are not copies: only the joined result is
+    view = memoryview(data)  # type: ignore[arg-type]  # slices of a view are not copies
     parts: list[bytes | memoryview] = []
     pos = 0
     for start, _kind, _seq, end, text in edits:
-        parts.append(view[pos:start])
-        parts.append(text)
+        if start > pos:
+            parts.append(view[pos:start])
+        if text:
+            parts.append(text)
         pos = max(pos, end)
-    parts.append(view[pos:])
-    return b"".join(parts)
+    if pos < len(view):
+        parts.append(view[pos:])
+    return parts
 
 
-def lower_bound(data: bytes, key: Any, key_of: Callable[[bytes], Any], lo: int = 0,
+def lower_bound(data: Buffer, key: Any, key_of: Callable[[bytes], Any], lo: int = 0,
                 hi: int | None = None) -> tuple[int, bool]:
     """Offset of the first line in ``data[lo:hi]`` whose key is >= ``key``, and whether it equals it.
 
-    Lines are sorted by ``key_of(line)`` (without its newline); ``lo`` is a line start."""
+    Lines are sorted by ``key_of(line)`` (without its newline); ``lo`` and ``hi`` are line
+    starts. ``data`` is bytes, or an mmap of a file (only ``find``, ``rfind`` and slices are used)."""
     get = key_of
     end = len(data) if hi is None else hi
+    limit = end
     start = lo
     while start < end:
         mid = (start + end) // 2
         s = data.rfind(b"\n", start, mid)
         s = start if s < 0 else s + 1
-        e = data.index(b"\n", s)
+        e = data.find(b"\n", s)
         if get(data[s:e]) < key:
             start = e + 1
         else:
             end = s
-    if start >= (len(data) if hi is None else hi):
+    if start >= limit:
         return start, False
-    return start, get(data[start : data.index(b"\n", start)]) == key
+    return start, get(data[start : data.find(b"\n", start)]) == key
+
+
+def lower_bounds(data: Buffer, keys: Sequence[Any], key_of: Callable[[bytes], Any], lo: int = 0,
+                 hi: int | None = None) -> list[tuple[int, bool]]:
+    """:func:`lower_bound` of each of ``keys`` (strictly increasing): each search narrows the
+    range of those on either side of it, so many keys cost less than one full search each."""
+    out: list[tuple[int, bool]] = [(0, False)] * len(keys)
+    stack = [(0, len(keys), lo, len(data) if hi is None else hi)]
+    while stack:
+        a, b, low, high = stack.pop()
+        if a >= b:
+            continue
+        m = (a + b) // 2
+        at, found = lower_bound(data, keys[m], key_of, low, high)
+        out[m] = (at, found)
+        stack.append((a, m, low, at))
+        stack.append((m + 1, b, data.find(b"\n", at) + 1 if found else at, high))
+    return out
 
 
 def _record(line: bytes) -> Record:
