@@ -5,4 +5,4 @@ install it on resolver and proxy hosts without the service's dependencies.
 ``client.minisign`` is shared with the service.
 """
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 from typing import Protocol
 
 #: A line ends a chunk when its CRC-32 is a multiple of this (a power of two).
@@ -69,18 +70,30 @@ class Digest:
 
     @classmethod
     def of_data(cls, data: bytes | bytearray) -> Digest:
-        """Of a buffer of canonical lines, each ending in a newline; read a window at a time."""
+        """Of a buffer of canonical lines, each ending in a newline; read a window at a time.
+
+        Chunks are hashed straight from ``data`` (no copy): only the CRCs need the lines."""
         view = memoryview(data)
-        pending: list[bytes] = []
+        sha = hashlib.sha256
         out: list[bytes] = []
-        pos, size = 0, len(data)
+        start = pos = 0  # the current chunk's start; the window's start
+        size = len(data)
         while pos < size:
             nl = data.find(b"\n", pos + _WINDOW - 1) if pos + _WINDOW < size else -1
             cut = size if nl < 0 else nl + 1
-            lines = bytes(view[pos:cut]).split(b"\n")
+            lines = data[pos:cut].split(b"\n")
             lines.pop()  # after the last newline
-            pending = _chunk_digests(lines, out, pending, final=cut >= size)
+            ends = [i for i, c in enumerate(map(zlib.crc32, lines)) if not c & _MASK]
+            if ends:
+                # The byte after line i of the window: the lengths of lines 0..i, plus i + 1 newlines.
+                after = list(accumulate(map(len, lines)))
+                for i in ends:
+                    stop = pos + after[i] + i + 1
+                    out.append(sha(view[start:stop]).digest())
+                    start = stop
             pos = cut
+        if start < size:
+            out.append(sha(view[start:size]).digest())
         return cls(out)
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ class StagedWriter:
         self.tmp = Path(tmp)
         self.file = os.fdopen(fd, "wb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.file.write(data)
 
     def finish(self) -> Staged:
@@ -65,6 +66,27 @@ class StagedWriter:
     def abandon(self) -> None:
         self.file.close()
         _unlink(self.tmp)
+
+    def finish_in_background(self) -> None:
+        """Start :meth:`finish` in a thread, so the sync overlaps what the caller does next;
+        :meth:`finished` waits for it."""
+        self._result: Staged | OSError | None = None
+        self._thread = threading.Thread(target=self._finish, daemon=True)
+        self._thread.start()
+
+    def _finish(self) -> None:
+        try:
+            self._result = self.finish()
+        except OSError as e:  # finish() removed the temp file
+            self._result = e
+
+    def finished(self) -> Staged:
+        """The staged file once :meth:`finish_in_background` is done; raises its OSError."""
+        self._thread.join()
+        if isinstance(self._result, OSError):
+            raise self._result
+        assert self._result is not None
+        return self._result
 
 
 def commit(staged: Iterable[Staged]) -> None:

@@ -1,10 +1,10 @@
 """The held list as bytes: canonical lines, checked and patched in bulk. No I/O.
 
 A million entries as Python objects cost gigabytes and seconds; as one
-``bytes`` of canonical JSON lines (the form whose sha256 is the feed's
-``entries_sha256``) they cost their size, and the checks below run inside
-the regular-expression engine and ``hashlib`` rather than once per entry in
-Python. What must stay true:
+``bytes`` of canonical JSON lines (the form the feed's ``entries_digest``
+is computed over, see :mod:`client.digest`) they cost their size, and the
+checks below run inside the regular-expression engine and ``hashlib``
+rather than once per entry in Python. What must stay true:
 
 * A :class:`Lines` holds only lines that passed the same rules as
   :func:`client.verify.make_record`: a domain line matches one pattern that
@@ -16,7 +16,9 @@ Python. What must stay true:
   duplicates), and domain lines come before URL lines.
 * A delta is applied only to the list it was made from: every removed line
   must be present byte for byte, no added key may already be present, and
-  the result must carry the digest and count the delta states.
+  the result must carry the digest and count the delta states. The digest
+  is updated from the held one by hashing again only the chunks around the
+  change (:func:`client.digest.update`).
 * The snapshot's fast path reads the layout the publisher writes (a head
   object, then one entry a line); any other layout falls back to the strict
   JSON reader in :mod:`client.verify`, so a valid snapshot is never refused
@@ -25,15 +27,15 @@ Python. What must stay true:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import pairwise
+from typing import Any, Protocol
 
+from client.digest import BlobView, Digest, update
 from client.errors import RefusedError
 from client.verify import (
-    SCHEMA,
     ArtifactRef,
     Delta,
     Manifest,
@@ -41,7 +43,18 @@ from client.verify import (
     load_json,
     parse_snapshot,
     parse_time,
+    schema_error,
 )
+
+
+class Buffer(Protocol):
+    """Lines to search: bytes, or an mmap of a file."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice, /) -> bytes: ...
+    def find(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+    def rfind(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+
 
 # Atomic: a label, once matched, is not taken apart again (same language, less backtracking).
 _LABEL = rb"(?>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
@@ -59,7 +72,7 @@ _URL_START = b'{"type":"url",'
 _ENTRIES_OPEN = b',"entries":[\n'
 _ENTRIES_CLOSE = b"\n]}\n"
 _SNAPSHOT_HEAD_KEYS = frozenset({"schema", "list", "version", "published_at", "expires_at", "previous_version",
-                                 "previous_sha256", "count", "entries_sha256"})
+                                 "previous_sha256", "count", "entries_digest"})
 
 
 def _key(line: bytes) -> tuple[bytes, bytes]:
@@ -67,6 +80,10 @@ def _key(line: bytes) -> tuple[bytes, bytes]:
     t_end = line.index(b'"', 9)
     v_start = t_end + 11  # past '","value":"'
     return line[9:t_end], line[v_start : line.index(b'"', v_start)]
+
+
+def _record_key(r: Record) -> tuple[bytes, bytes]:
+    return r.type.encode(), r.value.encode()
 
 
 def record_line(r: Record) -> bytes:
@@ -80,7 +97,7 @@ class Lines:
     data: bytes
     count: int
     url_start: int  # offset of the first URL line (len(data) if none)
-    digest: str
+    digest: Digest = field(compare=False)  # its entries_digest, as sorted chunk digests
     # The domain names, in order, when they were read anyway (by check): saves reading them again.
     _values: list[bytes] | None = field(default=None, compare=False, repr=False)
 
@@ -113,7 +130,7 @@ class Lines:
         total = n + len(url_lines)
         if count is not None and total != count:
             raise RefusedError(f"{what} holds {total} entries, but {count} are stated")
-        lines = cls(data, total, url_start, hashlib.sha256(data).hexdigest(), values)
+        lines = cls(data, total, url_start, Digest.of_data(data), values)
         lines.refuse_reserved(what)
         return lines
 
@@ -150,6 +167,16 @@ class Lines:
             if self.find((b"domain", name))[1]:
                 raise RefusedError(f"{what} lists {name.decode()!r}, a name reserved for the canary")
 
+    def wide_among(self, values: Iterable[bytes]) -> set[bytes]:
+        """The names among ``values`` that are listed with their subdomains (one pass of searches)."""
+        names = sorted(set(values))
+        out: set[bytes] = set()
+        for name, (at, found) in zip(names, lower_bounds(self.data, [(b"domain", n) for n in names], _key),
+                                     strict=True):
+            if found and b'"subdomains":true,' in self.data[at : self.data.index(b"\n", at)]:
+                out.add(name)
+        return out
+
     def is_wide(self, value: bytes) -> bool:
         line = self.line_of((b"domain", value))
         return line is not None and b'"subdomains":true,' in line
@@ -176,26 +203,26 @@ class Lines:
         if delta.from_count != self.count:
             raise RefusedError(f"{what} expects {delta.from_count} entries in version {base_version}, "
                                f"but {self.count} are held")
-        cuts: list[tuple[int, int]] = []
         removed: set[tuple[str, str]] = set()
         for r in delta.removed:
             if r.key in removed:
                 raise RefusedError(f"{what} removes {r.value[:80]!r} twice")
             removed.add(r.key)
+        gone = sorted(delta.removed)
+        cuts: list[tuple[int, int]] = []
+        for r, (at, found) in zip(gone, lower_bounds(self.data, [_record_key(r) for r in gone], _key), strict=True):
             line = record_line(r)
-            at, found = self.find((r.type.encode(), r.value.encode()))
             if not found:
                 raise RefusedError(f"{what} removes {r.value[:80]!r}, which is not in the list held")
             if self.data[at : at + len(line)] != line:
                 raise RefusedError(f"{what} removes a version of {r.value[:80]!r} that is not the one held")
             cuts.append((at, at + len(line)))
-        inserts: list[tuple[int, bytes]] = []
-        added: set[tuple[str, str]] = set()
-        for r in sorted(delta.added):
-            if r.key in added:
+        new = sorted(delta.added)
+        for r, after in pairwise(new):
+            if r.key == after.key:
                 raise RefusedError(f"{what} adds {r.value[:80]!r} twice")
-            added.add(r.key)
-            at, found = self.find((r.type.encode(), r.value.encode()))
+        inserts: list[tuple[int, bytes]] = []
+        for r, (at, found) in zip(new, lower_bounds(self.data, [_record_key(r) for r in new], _key), strict=True):
             if found and r.key not in removed:
                 raise RefusedError(f"{what} adds {r.value[:80]!r}, which is already in the list held")
             inserts.append((at, record_line(r)))
@@ -203,9 +230,16 @@ class Lines:
         # Only the new lines need the entry rules; the rest was checked when it was first held.
         url_start = self.url_start - sum(b - a for a, b in cuts if a < self.url_start) \
             + sum(len(text) for _, text in inserts if not text.startswith(_URL_START))
-        result = Lines(data, self.count - len(cuts) + len(inserts), url_start, hashlib.sha256(data).hexdigest())
-        if result.count != delta.to_count or result.digest != delta.to_entries_sha256:
-            raise RefusedError(f"the list after {what} does not match the digest the delta states")
+        mismatch = RefusedError(f"the list after {what} does not match the digest the delta states")
+        try:
+            # Only the chunks around the change are hashed again.
+            digest = update(self.digest, BlobView(self.data), BlobView(data), [a for a, _ in cuts],
+                            [a for a, _ in inserts], lambda line: lower_bound(data, _key(line), _key)[0])
+        except ValueError:  # a chunk around the change is not in the held digest: not the list it states
+            raise mismatch from None
+        result = Lines(data, self.count - len(cuts) + len(inserts), url_start, digest)
+        if result.count != delta.to_count or digest.hexdigest() != delta.to_entries_digest:
+            raise mismatch
         result.refuse_reserved(f"the list after {what}")
         return result
 
@@ -228,39 +262,69 @@ def splice(data: bytes, cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple
 
     Offsets refer to ``data``; inserts at one offset keep their order, and go before a
     cut that starts there."""
+    return b"".join(splice_parts(data, cuts, inserts))
+
+
+def splice_parts(data: Buffer, cuts: Sequence[tuple[int, int]],
+                 inserts: Sequence[tuple[int, bytes]]) -> list[bytes | memoryview]:
+    """What :func:`splice` joins: views of ``data`` (not copies) and the inserted bytes, in
+    order. Write them one after another to get the result without building it in memory."""
     edits = sorted([(a, 0, i, a, text) for i, (a, text) in enumerate(inserts)]
                    + [(a, 1, 0, b, b"") for a, b in cuts])
-    view = memoryview(data)  # slices of a view are not copies: only the joined result is
+    view = memoryview(data)  # type: ignore[arg-type]  # slices of a view are not copies
     parts: list[bytes | memoryview] = []
     pos = 0
     for start, _kind, _seq, end, text in edits:
-        parts.append(view[pos:start])
-        parts.append(text)
+        if start > pos:
+            parts.append(view[pos:start])
+        if text:
+            parts.append(text)
         pos = max(pos, end)
-    parts.append(view[pos:])
-    return b"".join(parts)
+    if pos < len(view):
+        parts.append(view[pos:])
+    return parts
 
 
-def lower_bound(data: bytes, key: Any, key_of: Callable[[bytes], Any], lo: int = 0,
+def lower_bound(data: Buffer, key: Any, key_of: Callable[[bytes], Any], lo: int = 0,
                 hi: int | None = None) -> tuple[int, bool]:
     """Offset of the first line in ``data[lo:hi]`` whose key is >= ``key``, and whether it equals it.
 
-    Lines are sorted by ``key_of(line)`` (without its newline); ``lo`` is a line start."""
+    Lines are sorted by ``key_of(line)`` (without its newline); ``lo`` and ``hi`` are line
+    starts. ``data`` is bytes, or an mmap of a file (only ``find``, ``rfind`` and slices are used)."""
     get = key_of
     end = len(data) if hi is None else hi
+    limit = end
     start = lo
     while start < end:
         mid = (start + end) // 2
         s = data.rfind(b"\n", start, mid)
         s = start if s < 0 else s + 1
-        e = data.index(b"\n", s)
+        e = data.find(b"\n", s)
         if get(data[s:e]) < key:
             start = e + 1
         else:
             end = s
-    if start >= (len(data) if hi is None else hi):
+    if start >= limit:
         return start, False
-    return start, get(data[start : data.index(b"\n", start)]) == key
+    return start, get(data[start : data.find(b"\n", start)]) == key
+
+
+def lower_bounds(data: Buffer, keys: Sequence[Any], key_of: Callable[[bytes], Any], lo: int = 0,
+                 hi: int | None = None) -> list[tuple[int, bool]]:
+    """:func:`lower_bound` of each of ``keys`` (strictly increasing): each search narrows the
+    range of those on either side of it, so many keys cost less than one full search each."""
+    out: list[tuple[int, bool]] = [(0, False)] * len(keys)
+    stack = [(0, len(keys), lo, len(data) if hi is None else hi)]
+    while stack:
+        a, b, low, high = stack.pop()
+        if a >= b:
+            continue
+        m = (a + b) // 2
+        at, found = lower_bound(data, keys[m], key_of, low, high)
+        out[m] = (at, found)
+        stack.append((a, m, low, at))
+        stack.append((m + 1, b, data.find(b"\n", at) + 1 if found else at, high))
+    return out
 
 
 def _record(line: bytes) -> Record:
@@ -286,8 +350,7 @@ def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[L
     if not isinstance(head, dict) or set(head) != _SNAPSHOT_HEAD_KEYS:
         strict, strict_published = parse_snapshot(bytes(data), manifest)  # another layout: the strict reader
         return Lines.of_records(strict.records), strict_published
-    if head.get("schema") != SCHEMA:
-        raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
+    schema_error(head.get("schema"), what)
     if head.get("list") != manifest.list_name or head.get("version") != manifest.full_version:
         raise RefusedError(f"{what} is for another list or version than the manifest")
     start = i + len(_ENTRIES_OPEN)
@@ -305,15 +368,16 @@ def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[L
         del buf
     listed = Lines.check(lines, what)  # type: ignore[arg-type]  # a bytearray reads like bytes
     # A snapshot older than the manifest is checked against itself; the deltas after it
-    # must then lead to the manifest's count and entries_sha256.
+    # must then lead to the manifest's count and entries_digest.
     current = manifest.full_version == manifest.version
     count = manifest.count if current else head.get("count")
-    digest = manifest.entries_sha256 if current else head.get("entries_sha256")
+    digest = manifest.entries_digest if current else head.get("entries_digest")
     if head.get("count") != len(listed) or len(listed) != count:
         raise RefusedError(f"{what} holds {len(listed)} entries, but states {head.get('count')!r} "
                            f"and the manifest {manifest.count}")
-    if listed.digest != head.get("entries_sha256") or listed.digest != digest:
-        raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
+    hexdigest = listed.digest.hexdigest()
+    if hexdigest != head.get("entries_digest") or hexdigest != digest:
+        raise RefusedError(f"the entries of {what} do not match the entries_digest in the manifest")
     published = head.get("published_at")
     if not isinstance(published, str):
         raise RefusedError(f"the published_at of {what} is not a string")

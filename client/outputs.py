@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from client.config import STYLES, OutputSpec
-from client.listfile import Lines, domain_values, lower_bound, splice
+from client.listfile import Buffer, Lines, domain_values, lower_bounds, splice_parts
 from client.verify import Record, split_url
 
 MARKER = "blocklist-pull output:"
@@ -98,11 +98,11 @@ def is_ours(existing: bytes, spec: OutputSpec) -> bool:
     return first.startswith(f"{comment_char(spec.format)} {MARKER}")
 
 
-def split_file(existing: bytes, spec: OutputSpec) -> int:
-    """Where the comment header of one of our files ends."""
+def split_file(existing: Buffer, spec: OutputSpec) -> int:
+    """Where the comment header of one of our files ends (``existing``: bytes or an mmap)."""
     c = comment_char(spec.format).encode()
     pos = 0
-    while existing.startswith(c, pos):
+    while existing[pos : pos + 1] == c:
         nl = existing.find(b"\n", pos)
         if nl < 0:
             return len(existing)
@@ -426,17 +426,22 @@ class Change:
 
 @dataclass(frozen=True)
 class Patched:
-    data: bytes
+    parts: list[bytes | memoryview]  # the new file: write them in order (views of the old file among them)
     count: int
     lines_added: int
     lines_removed: int
 
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
 
-def patch(spec: OutputSpec, existing: bytes, old_count: int, change: Change, info: ListInfo,
+
+def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, info: ListInfo,
           wide_count: int) -> Patched | None:
     """The file after ``change``, made from the file this tool wrote before it (and only
     from such a file: its lines are in list order, one chunk per entry); None if the
-    content stays as it is.
+    content stays as it is. ``existing`` may be an mmap of the file: only the lines
+    around the change are read, and the result refers to the rest without copying it.
 
     The lines of each removed entry are cut out and each added entry's lines are put in
     where a full rendering would place them, so the result is that rendering's bytes."""
@@ -446,27 +451,24 @@ def patch(spec: OutputSpec, existing: bytes, old_count: int, change: Change, inf
     start = split_file(existing, spec)
     pre_start = start
     for _ in range(new_pre.count(b"\n")):  # same options, so the same number of lines as before
-        start = existing.index(b"\n", start) + 1
+        start = _line_end(existing, start)
     cuts: list[tuple[int, int]] = []
     inserts: list[tuple[int, bytes]] = []
     lines_removed = lines_added = 0
     count = old_count
-    for name, _wide, covered in change.removed:
-        if covered and fmt.nested:
-            continue
-        at, found = lower_bound(existing, name, fmt.key, start)
+    gone = sorted(name for name, _wide, covered in change.removed if not (covered and fmt.nested))
+    for name, (at, found) in zip(gone, lower_bounds(existing, gone, fmt.key, start), strict=True):
         if not found:
             raise ValueError(f"{name!r} is not in {spec.path}")
         end = at
-        while end < len(existing) and fmt.key(existing[end : existing.index(b"\n", end)]) == name:
-            end = existing.index(b"\n", end) + 1
+        while end < len(existing) and fmt.key(existing[end : _line_end(existing, end) - 1]) == name:
+            end = _line_end(existing, end)
             lines_removed += 1
         cuts.append((at, end))
         count -= 1
-    for name, wide, covered in sorted(change.added):
-        if covered and fmt.nested:
-            continue
-        at, _ = lower_bound(existing, name, fmt.key, start)
+    new = sorted((name, wide) for name, wide, covered in change.added if not (covered and fmt.nested))
+    places = lower_bounds(existing, [name for name, _ in new], fmt.key, start)
+    for (name, wide), (at, _) in zip(new, places, strict=True):
         text = fmt.chunk(name, wide)
         inserts.append((at, text))
         lines_added += text.count(b"\n")
@@ -474,8 +476,16 @@ def patch(spec: OutputSpec, existing: bytes, old_count: int, change: Change, inf
     if not cuts and not inserts and existing[pre_start:start] == new_pre:
         return None
     head = header(spec, info, count, fmt.notes(wide_count)) + new_pre
-    data = splice(existing, [(0, start), *cuts], [(0, head), *inserts])
-    return Patched(data, count, lines_added, lines_removed)
+    parts = splice_parts(existing, [(0, start), *cuts], [(0, head), *inserts])
+    return Patched(parts, count, lines_added, lines_removed)
+
+
+def _line_end(data: Buffer, pos: int) -> int:
+    """The offset after the newline that ends the line at ``pos``."""
+    nl = data.find(b"\n", pos)
+    if nl < 0:
+        raise ValueError("the file ends in the middle of a line")
+    return nl + 1
 
 
 _ERE_SPECIAL = frozenset("\\.[]()*+?{}|^$")

@@ -2,11 +2,16 @@
 
 Files (the directory is private to the tool, mode 0700):
 
-* ``state.json``: the held version, its list name, snapshot and entries
-  digests, the key that signed it, the last manifest's expiry, and the
-  times and outcome of the last runs;
+* ``state.json``: the held version, its list name, snapshot sha256 and
+  ``entries_digest``, the key that signed it, the last manifest's expiry,
+  and the times and outcome of the last runs;
 * ``entries.jsonl``: the held list as canonical lines, exactly the bytes
-  whose sha256 is the version's ``entries_sha256`` (the base for deltas);
+  whose digest is the version's ``entries_digest`` (the base for deltas);
+* ``entries.chunks``: the sorted chunk digests of ``entries.jsonl`` (see
+  :mod:`client.digest`), 32 bytes each, written with it: a delta then
+  hashes only the chunks it touches. Trusted only while ``entries.jsonl``
+  is the file this tool wrote and their digest is the state's; otherwise
+  recomputed from ``entries.jsonl``;
 * ``parents.json``: how many listed names sit directly under each parent
   name, for the held list (tells whether a change to a name with its
   subdomains touches names already listed under it); a cache, rebuilt
@@ -22,7 +27,9 @@ What must stay true:
   ``state.json`` stops the tool with a clear message instead of being
   silently replaced (that would drop the baseline).
 * ``entries.jsonl`` is used only if its digest is the one in ``state.json``;
-  otherwise the next run fetches the full snapshot.
+  otherwise the next run fetches the full snapshot. A state written before
+  feed schema 2 has no ``entries_digest``: it keeps its version (the
+  rollback baseline) but holds no list, so the next run takes a snapshot.
 * ``state.json`` records, for each output and for ``entries.jsonl``, the
   size, modification time and inode of the file as written, and for each
   output the options it was written with; an output is patched in place of
@@ -33,7 +40,6 @@ What must stay true:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import threading
@@ -44,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from client import files
+from client.digest import Digest
 from client.errors import LocalError, LockedError
 from client.listfile import Lines, find_url_start
 from client.verify import Held, KeyRing
@@ -51,6 +58,7 @@ from client.verify import Held, KeyRing
 STATE_FILE = "state.json"
 KEYS_FILE = "keys.json"
 ENTRIES_FILE = "entries.jsonl"
+CHUNKS_FILE = "entries.chunks"
 PARENTS_FILE = "parents.json"
 LOCK_FILE = "lock"
 
@@ -61,7 +69,7 @@ class State:
     version: int | None = None
     published_at: str | None = None
     snapshot_sha256: str | None = None
-    entries_sha256: str | None = None
+    entries_digest: str | None = None  # None: no list held (or a state from before feed schema 2)
     count: int | None = None
     key_id: str | None = None
     manifest_signed_at: str | None = None
@@ -81,9 +89,9 @@ class State:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def held(self) -> Held | None:
-        if self.version is None or self.list_name is None or self.entries_sha256 is None or self.count is None:
+        if self.version is None or self.list_name is None or self.count is None:
             return None
-        return Held(self.list_name, self.version, self.snapshot_sha256, self.entries_sha256, self.count)
+        return Held(self.list_name, self.version, self.snapshot_sha256, self.entries_digest, self.count)
 
     def to_json(self) -> bytes:
         return (json.dumps({"schema": 1, **asdict(self)}, indent=1, sort_keys=True) + "\n").encode()
@@ -154,10 +162,12 @@ class StateDir:
         """The held list, or None if it is missing or does not match the state.
 
         Its lines were checked when they were first held. If the file is the one this tool
-        last wrote (same size, time and inode) it is not hashed again: a delta applied to it
-        must produce the digest the delta states, and :meth:`verify_lines` tells a damaged
-        file from a bad delta. Otherwise its sha256 must be the state's digest."""
-        if state.entries_sha256 is None or state.count is None:
+        last wrote (same size, time and inode), its chunk digests are read from
+        ``entries.chunks`` (their digest must be the state's): a delta applied to it must
+        still produce the digest the delta states, and :meth:`verify_lines` tells a damaged
+        file from a bad delta. Otherwise the digest is computed from the file and must be
+        the state's."""
+        if state.entries_digest is None or state.count is None:
             return None
         path = self.path / ENTRIES_FILE
         try:
@@ -165,30 +175,43 @@ class StateDir:
             st = path.stat()
         except OSError:
             return None
-        if state.entries_stamp != [st.st_size, st.st_mtime_ns, st.st_ino] and not self.verify_lines(data, state):
+        digest = None
+        if state.entries_stamp == [st.st_size, st.st_mtime_ns, st.st_ino]:
+            digest = self._load_chunks(state.entries_digest)
+        if digest is None:
+            digest = Digest.of_data(data)
+            if digest.hexdigest() != state.entries_digest or data.count(b"\n") != state.count:
+                return None
+        return Lines(data, state.count, find_url_start(data), digest)
+
+    def _load_chunks(self, expected: str) -> Digest | None:
+        try:
+            digest = Digest.from_bytes((self.path / CHUNKS_FILE).read_bytes())
+        except (OSError, ValueError):
             return None
-        return Lines(data, state.count, find_url_start(data), state.entries_sha256)
+        return digest if digest.hexdigest() == expected else None
 
     @staticmethod
     def verify_lines(data: bytes, state: State) -> bool:
-        return hashlib.sha256(data).hexdigest() == state.entries_sha256 and data.count(b"\n") == state.count
+        """True if ``data`` is the list the state holds (hashed in full)."""
+        return Digest.of_data(data).hexdigest() == state.entries_digest and data.count(b"\n") == state.count
 
     def stage_lines(self, lines: Lines) -> StagedLines:
-        """Start writing the list to a temp file in a thread (the write overlaps the outputs'
-        work); :meth:`StagedLines.commit` puts it in place."""
-        return StagedLines(self.path / ENTRIES_FILE, lines)
+        """Start writing the list and its chunk digests to temp files in a thread (the write
+        overlaps the outputs' work); :meth:`StagedLines.commit` puts them in place."""
+        return StagedLines(self.path / ENTRIES_FILE, self.path / CHUNKS_FILE, lines)
 
     def save_lines(self, lines: Lines) -> list[int]:
         """Write the list; returns the file's (size, mtime_ns, inode) for :meth:`load_lines`."""
         return self.stage_lines(lines).commit()
 
     def load_parents(self, digest: str) -> dict[str, int] | None:
-        """The parent counts saved for the list with this digest, if any."""
+        """The parent counts saved for the list with this ``entries_digest``, if any."""
         try:
             doc = json.loads((self.path / PARENTS_FILE).read_bytes())
         except (OSError, ValueError):
             return None
-        if not isinstance(doc, dict) or doc.get("entries_sha256") != digest or not isinstance(doc.get("parents"), dict):
+        if not isinstance(doc, dict) or doc.get("entries_digest") != digest or not isinstance(doc.get("parents"), dict):
             return None
         parents: dict[str, int] = doc["parents"]
         if not all(isinstance(v, int) for v in parents.values()):
@@ -196,7 +219,7 @@ class StateDir:
         return parents
 
     def save_parents(self, digest: str, parents: dict[str, int]) -> None:
-        data = json.dumps({"entries_sha256": digest, "parents": parents}, separators=(",", ":")).encode()
+        data = json.dumps({"entries_digest": digest, "parents": parents}, separators=(",", ":")).encode()
         try:
             files.write_atomic(self.path / PARENTS_FILE, data)
         except OSError as e:
@@ -226,29 +249,32 @@ class StateDir:
 
 
 class StagedLines:
-    """``entries.jsonl`` being written next to its place; renamed into place by :meth:`commit`."""
+    """``entries.jsonl`` and ``entries.chunks`` being written next to their places; renamed
+    into place by :meth:`commit` (before ``state.json`` names the new digest, so a run
+    stopped in between leaves files that :meth:`StateDir.load_lines` does not trust)."""
 
-    def __init__(self, path: Path, lines: Lines) -> None:
+    def __init__(self, path: Path, chunks_path: Path, lines: Lines) -> None:
         self.path = path
-        self._staged: files.Staged | None = None
+        self.chunks_path = chunks_path
+        self._staged: list[files.Staged] = []
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._write, args=(lines.data,), daemon=True)
+        self._thread = threading.Thread(target=self._write, args=(lines,), daemon=True)
         self._thread.start()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, lines: Lines) -> None:
         try:
-            self._staged = files.stage(self.path, data, 0o600)
+            self._staged.append(files.stage(self.path, lines.data, 0o600))
+            self._staged.append(files.stage(self.chunks_path, lines.digest.to_bytes(), 0o600))
         except OSError as e:
             self._error = e
 
     def commit(self) -> list[int]:
-        """Rename into place; returns the file's (size, mtime_ns, inode) for :meth:`StateDir.load_lines`."""
+        """Rename into place; returns the list file's (size, mtime_ns, inode) for :meth:`StateDir.load_lines`."""
         self._thread.join()
         try:
             if self._error is not None:
                 raise self._error
-            assert self._staged is not None
-            files.commit([self._staged])
+            files.commit(self._staged)
             st = self.path.stat()
         except OSError as e:
             self.discard()
@@ -257,6 +283,5 @@ class StagedLines:
 
     def discard(self) -> None:
         self._thread.join()
-        if self._staged is not None:
-            files.discard([self._staged])
-            self._staged = None
+        files.discard(self._staged)
+        self._staged = []

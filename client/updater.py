@@ -7,7 +7,7 @@ The order of a run, and why:
 2. Build the new list: nothing (the version held is current), the chain of
    deltas from the version held, or the full snapshot; every file is
    checked against the manifest's size and sha256 and its own signature,
-   and the result against the manifest's ``entries_sha256``. The list is
+   and the result against the manifest's ``entries_digest``. The list is
    kept as bytes (:mod:`client.listfile`), never as one object per entry.
 3. Work out each output: after deltas, the previous file is patched (the
    lines of removed entries cut out, those of added entries put in at
@@ -29,6 +29,7 @@ data because one reload failed.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shlex
 import subprocess
@@ -189,10 +190,10 @@ class Updater:
         base = self.dir.load_lines(state) if held is not None else None
         got = self._obtain(manifest, state, base)
         lines = got.lines
-        if lines.digest != manifest.entries_sha256 or len(lines) != manifest.count:
+        if lines.digest.hexdigest() != manifest.entries_digest or len(lines) != manifest.count:
             raise RefusedError(
                 f"the list built for version {manifest.version} does not match the manifest's "
-                "entries_sha256 and count"
+                "entries_digest and count"
             )
         added, removed = _counts(base, got)
         info = ListInfo(manifest.list_name, manifest.version, got.published_at, manifest.rpz_zone)
@@ -234,7 +235,7 @@ class Updater:
         if staged_lines is not None:
             entries_stamp = staged_lines.commit()
         if outputs.parents is not None:
-            self.dir.save_parents(lines.digest, outputs.parents)
+            self.dir.save_parents(lines.digest.hexdigest(), outputs.parents)
         records = dict(state.outputs)
         for o in report.outputs:
             if o.record is not None:
@@ -243,7 +244,7 @@ class Updater:
                 records[str(o.spec.path)] = o.record
         new = replace(
             state, list_name=manifest.list_name, version=manifest.version, published_at=got.published_at,
-            snapshot_sha256=got.snapshot_sha256, entries_sha256=lines.digest, count=len(lines),
+            snapshot_sha256=got.snapshot_sha256, entries_digest=lines.digest.hexdigest(), count=len(lines),
             key_id=manifest.key_id, manifest_signed_at=manifest.signed_at,
             manifest_expires_at=manifest.expires_at, last_attempt=now, last_check=now,
             applied_via=got.via if got.via != "held" else state.applied_via,
@@ -369,11 +370,22 @@ def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
     return len(after - before), len(before - after)
 
 
-def _covered(lines: Lines, name: str) -> bool:
-    """True if a parent of ``name`` is listed with its subdomains in ``lines``."""
-    labels = name.split(".")
+def _covered(lines: Lines, records: Sequence[Record]) -> list[bool]:
+    """For each domain record, whether a parent of its name is listed with its subdomains in ``lines``."""
     # A listed name has at least two labels: the last label alone is never one.
-    return any(lines.is_wide(".".join(labels[i:]).encode()) for i in range(1, len(labels) - 1))
+    parents = [[".".join(labels[i:]).encode() for i in range(1, len(labels) - 1)]
+               for labels in (r.value.split(".") for r in records)]
+    wide = lines.wide_among(p for ps in parents for p in ps)
+    return [any(p in wide for p in ps) for ps in parents]
+
+
+def _map(path: Path) -> mmap.mmap | bytes:
+    """The file's bytes as a read-only map (pages are read when used, and never copied
+    whole), or b"" for an empty file; raises OSError."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def _stamp(path: Path) -> list[int] | None:
@@ -395,6 +407,7 @@ class _Outputs:
         self.info = info
         self.stage = stage
         self.staged: list[files.Staged] = []
+        self.syncing: list[tuple[OutputChange, files.StagedWriter]] = []  # patched outputs being synced
         self.parents: dict[str, int] | None = None  # to save with the new list, when known
         self.change: Change | None = None
         self.nested_ok = False
@@ -405,13 +418,15 @@ class _Outputs:
             added = [r for r in got.net.added.values() if r.type == "domain"]
             wide_delta = sum(r.subdomains for r in added) - sum(r.subdomains for r in removed)
             self.change = Change(
-                removed=[(r.value.encode(), r.subdomains, _covered(base, r.value)) for r in removed],
-                added=[(r.value.encode(), r.subdomains, _covered(got.lines, r.value)) for r in added],
+                removed=[(r.value.encode(), r.subdomains, c) for r, c in zip(removed, _covered(base, removed),
+                                                                              strict=True)],
+                added=[(r.value.encode(), r.subdomains, c) for r, c in zip(added, _covered(got.lines, added),
+                                                                            strict=True)],
             )
             self.wide_count = state.wide_count + wide_delta if state.wide_count is not None \
                 else self.view.wide_count
             if nested:
-                parents = updater.dir.load_parents(base.digest)
+                parents = updater.dir.load_parents(base.digest.hexdigest())
                 if parents is None:
                     parents = ListView(base).parent_counts()
                 # Names listed under a parent whose subdomain flag changes would change
@@ -441,6 +456,12 @@ class _Outputs:
         return self._view
 
     def discard(self) -> None:
+        for _, writer in self.syncing:
+            try:
+                self.staged.append(writer.finished())
+            except OSError:
+                pass  # its temp file is removed
+        self.syncing = []
         files.discard(self.staged)
         self.staged = []
 
@@ -459,6 +480,13 @@ class _Outputs:
             for i, change in zip([i for i, _, _ in pending], self._render([(s, e) for _, s, e in pending]),
                                  strict=True):
                 done[i] = change
+        while self.syncing:
+            change, writer = self.syncing.pop(0)
+            try:
+                change.staged = writer.finished()
+            except OSError as e:
+                self._failed(e, change.spec)
+            self.staged.append(change.staged)
         return [done[i] for i in range(len(specs))]
 
     def _patch_or_keep(self, spec: OutputSpec) -> OutputChange | _Existing | None:
@@ -472,36 +500,59 @@ class _Outputs:
                    and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path))
         if trusted and record is not None and self.got.via == "held":
             return OutputChange(spec, False, record=record)
+        if trusted and record is not None and spec.format == "urls" and self.got.net is not None \
+                and not any(r.type == "url" for r in (*self.got.net.removed.values(), *self.got.net.added.values())):
+            return OutputChange(spec, False, record=record)  # no URL changed: same content
         try:
-            existing = spec.path.read_bytes()
+            mapped = _map(spec.path)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
-        if not is_ours(existing, spec):
+        try:
+            return self._patch_or_read(spec, mapped, record if trusted else None)
+        finally:
+            if isinstance(mapped, mmap.mmap):
+                try:
+                    mapped.close()
+                except BufferError:
+                    pass  # a view of it is still alive (an error on the way): closed when collected
+
+    def _patch_or_read(self, spec: OutputSpec, existing: mmap.mmap | bytes,
+                       record: dict[str, Any] | None) -> OutputChange | _Existing:
+        """Patch the output (``record``: it is the file last written), or read what it holds."""
+        if not is_ours(existing[:200], spec):
             raise LocalError(
                 f"{spec.path} was not written by blocklist-pull; refusing to replace it "
                 "(move it away or choose another path)"
             )
-        if trusted and record is not None and self.change is not None \
+        if record is not None and self.change is not None \
                 and spec.format != "urls" and (self.nested_ok or not format_of(spec).nested):
-            patched = patch(spec, existing, record["count"], self.change, self.info, self.wide_count)
-            if patched is None:
+            try:
+                patched = patch(spec, existing, record["count"], self.change, self.info, self.wide_count)
+                laid_out = True
+            except ValueError:
+                patched, laid_out = None, False  # not laid out as written (changed in place): rendered in full
+            if patched is None and laid_out:
                 return OutputChange(spec, False, record=record)
-            change = OutputChange(spec, True, patched.lines_added, patched.lines_removed, "patch",
-                                  {"fingerprint": fingerprint(spec), "count": patched.count})
-            if self.stage:
-                writer = self._writer(spec)
-                try:
-                    writer.write(patched.data)
-                    change.staged = writer.finish()
-                except OSError as e:
-                    self._failed(e, spec)
-                self.staged.append(change.staged)
-            return change
+            if patched is not None:
+                change = OutputChange(spec, True, patched.lines_added, patched.lines_removed, "patch",
+                                      {"fingerprint": fingerprint(spec), "count": patched.count})
+                if self.stage:
+                    writer = self._writer(spec)
+                    try:
+                        for part in patched.parts:
+                            writer.write(part)
+                    except OSError as e:
+                        writer.abandon()
+                        self._failed(e, spec)
+                    del patched  # its views of the old file
+                    writer.finish_in_background()  # the sync overlaps the next output's work
+                    self.syncing.append((change, writer))
+                return change
         h = split_file(existing, spec)
         body = hashlib.sha256(memoryview(existing)[h:]).hexdigest()
-        return _Existing(body, existing if len(existing) <= _DIFF_MAX else None)
+        return _Existing(body, bytes(existing) if len(existing) <= _DIFF_MAX else None)
 
     def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
         sinks = [_Sink(self._writer(spec) if self.stage else None) for spec, _ in items]

@@ -18,8 +18,12 @@ The pull tool trusts nothing it downloads until this module has checked it
 * Every artifact matches the size and sha256 the signed manifest states,
   and carries its own signature naming that file and version.
 * A delta applies only to the version and snapshot it was made from; the
-  list that results must have the digest (``entries_sha256``) and count the
-  manifest states. A snapshot's entries must have that digest as well.
+  list that results must have the digest (``entries_digest``, see
+  :mod:`client.digest`) and count the manifest states. A snapshot's entries
+  must have that digest as well.
+* The feed's format is schema 2 (``entries_digest``); a schema 1 feed
+  (whole-list ``entries_sha256``) is refused with a message that names the
+  older pull tool it needs.
 * Every entry is checked for a form that is safe to write into resolver and
   proxy configuration files: host names are lower-case LDH names of at least
   two labels, URLs contain no quotes, spaces or control characters. A value
@@ -40,10 +44,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from client.digest import Digest
 from client.errors import RefusedError
 from client.minisign import MinisignError, PublicKey, Signature, key_id_hex, parse_trusted_comment
 
-SCHEMA = 1
+#: The feed format this tool reads: 2 since ``entries_digest`` replaced ``entries_sha256``.
+SCHEMA = 2
 MANIFEST_MAX = 1 << 20
 SIGNATURE_MAX = 4096
 
@@ -182,12 +188,8 @@ def load_json(data: bytes, what: str) -> Any:
 
 
 def entries_digest(records: Iterable[Record]) -> str:
-    """sha256 of the canonical lines, each followed by a newline (empty list: sha256 of nothing)."""
-    h = hashlib.sha256()
-    for r in records:
-        h.update(r.line().encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    """The ``entries_digest`` of the records' canonical lines (see :mod:`client.digest`)."""
+    return Digest.of_lines([r.line().encode() for r in records]).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ class Manifest:
     expires_at: str
     expires_ts: int
     count: int
-    entries_sha256: str
+    entries_digest: str
     rpz_zone: str
     snapshot: ArtifactRef
     rpz: ArtifactRef
@@ -350,7 +352,7 @@ class Held:
     list_name: str
     version: int
     snapshot_sha256: str | None  # None when the version arrived as a delta only
-    entries_sha256: str
+    entries_digest: str | None  # None: the list held is not known (a state written before feed schema 2)
     count: int
 
 
@@ -381,6 +383,21 @@ def check_signature(data: bytes, sig_text: bytes, keys: Sequence[PublicKey], wha
     except MinisignError as e:
         raise RefusedError(f"the signature of {what} does not verify with key {key.id_hex}: {e.args[0]}") from None
     return parse_trusted_comment(comment), key.id_hex
+
+
+def schema_error(schema: Any, what: str) -> None:
+    """Refuse a document of another feed format, saying which pull tool reads it."""
+    if type(schema) is int and schema == SCHEMA:
+        return
+    if type(schema) is int and schema == 1:
+        raise RefusedError(
+            f"{what} is in feed schema 1 (whole-list entries_sha256); this blocklist-pull reads schema "
+            f"{SCHEMA} (entries_digest): a schema 1 feed needs blocklist-pull 1.x"
+        )
+    shown = schema if type(schema) is int else repr(str(schema)[:20])
+    raise RefusedError(f"{what} has feed schema {shown}; this blocklist-pull reads schema {SCHEMA}"
+                       + (": a newer feed needs a newer blocklist-pull" if type(schema) is int and schema > SCHEMA
+                          else ""))
 
 
 def _int(value: Any, what: str, low: int = 0) -> int:
@@ -435,8 +452,7 @@ def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held
     doc = load_json(body, "the manifest")
     if not isinstance(doc, dict):
         raise RefusedError("the manifest is not a JSON object")
-    if doc.get("schema") != SCHEMA:
-        raise RefusedError(f"the manifest has schema {doc.get('schema')!r}; this tool reads schema {SCHEMA}")
+    schema_error(doc.get("schema"), "the manifest")
     list_name = _str(doc.get("list"), "the manifest's list name")
     if not _LIST_NAME.fullmatch(list_name):
         raise RefusedError("the manifest's list name is not a plain name")
@@ -503,7 +519,7 @@ def check_manifest(body: bytes, sig_text: bytes, policy: TrustPolicy, held: Held
         list_name=list_name, version=version, published_at=published_at, signed_at=signed_at,
         expires_at=expires_at, expires_ts=expires_ts,
         count=_int(doc.get("count"), "the manifest's count"),
-        entries_sha256=_sha(doc.get("entries_sha256"), "the manifest's entries_sha256"),
+        entries_digest=_sha(doc.get("entries_digest"), "the manifest's entries_digest"),
         rpz_zone=rpz_zone, snapshot=snapshots[0], rpz=zones[0],
         deltas=tuple(r for r in refs if r.kind == "delta"), key_id=key_id,
         snapshot_version=None if snapshot_version is None else full,
@@ -563,8 +579,9 @@ def parse_snapshot(data: bytes, manifest: Manifest) -> tuple[EntryList, str]:
     """(the list, its published_at) from a snapshot already checked against the manifest."""
     what = manifest.snapshot.path
     doc = load_json(data, what)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise RefusedError(f"{what} is not a schema {SCHEMA} snapshot")
+    if not isinstance(doc, dict):
+        raise RefusedError(f"{what} is not a JSON object")
+    schema_error(doc.get("schema"), what)
     if doc.get("list") != manifest.list_name or doc.get("version") != manifest.full_version:
         raise RefusedError(f"{what} is for another list or version than the manifest")
     entries = doc.get("entries")
@@ -572,14 +589,14 @@ def parse_snapshot(data: bytes, manifest: Manifest) -> tuple[EntryList, str]:
         raise RefusedError(f"{what} has no entry list")
     listed = EntryList.of(entries, what)
     # A snapshot older than the manifest is checked against itself; the deltas after it
-    # must then lead to the manifest's count and entries_sha256.
+    # must then lead to the manifest's count and entries_digest.
     count = manifest.count if manifest.full_version == manifest.version else doc.get("count")
-    digest = manifest.entries_sha256 if manifest.full_version == manifest.version else doc.get("entries_sha256")
+    digest = manifest.entries_digest if manifest.full_version == manifest.version else doc.get("entries_digest")
     if doc.get("count") != len(listed) or len(listed) != count:
         raise RefusedError(f"{what} holds {len(listed)} entries, but states {doc.get('count')!r} "
                            f"and the manifest {manifest.count}")
-    if listed.digest != doc.get("entries_sha256") or listed.digest != digest:
-        raise RefusedError(f"the entries of {what} do not match the entries_sha256 in the manifest")
+    if listed.digest != doc.get("entries_digest") or listed.digest != digest:
+        raise RefusedError(f"the entries of {what} do not match the entries_digest in the manifest")
     published_at = _str(doc.get("published_at"), f"the published_at of {what}")
     parse_time(published_at, f"the published_at of {what}")
     return listed, published_at
@@ -593,7 +610,7 @@ class Delta:
     to_sha256: str | None
     from_count: int
     to_count: int
-    to_entries_sha256: str
+    to_entries_digest: str
     published_at: str
     added: tuple[Record, ...]
     removed: tuple[Record, ...]
@@ -602,8 +619,9 @@ class Delta:
 def parse_delta(data: bytes, ref: ArtifactRef, manifest: Manifest) -> Delta:
     what = ref.path
     doc = load_json(data, what)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise RefusedError(f"{what} is not a schema {SCHEMA} delta")
+    if not isinstance(doc, dict):
+        raise RefusedError(f"{what} is not a JSON object")
+    schema_error(doc.get("schema"), what)
     if doc.get("list") != manifest.list_name:
         raise RefusedError(f"{what} is for another list than the manifest")
     added, removed = doc.get("added"), doc.get("removed")
@@ -622,7 +640,7 @@ def parse_delta(data: bytes, ref: ArtifactRef, manifest: Manifest) -> Delta:
         to_sha256=_opt_sha(doc.get("to_sha256"), f"the to_sha256 of {what}"),
         from_count=_int(doc.get("from_count"), f"the from_count of {what}"),
         to_count=_int(doc.get("to_count"), f"the to_count of {what}"),
-        to_entries_sha256=_sha(doc.get("to_entries_sha256"), f"the to_entries_sha256 of {what}"),
+        to_entries_digest=_sha(doc.get("to_entries_digest"), f"the to_entries_digest of {what}"),
         published_at=published_at, added=tuple(added), removed=tuple(removed),
     )
 
@@ -665,7 +683,7 @@ def apply_delta(base: EntryList, base_version: int, base_snapshot_sha256: str | 
     merged = list(heapq.merge(kept, additions))
     check_order(merged, f"the list after {what}")
     result = EntryList(tuple(merged), entries_digest(merged))
-    if len(result) != delta.to_count or result.digest != delta.to_entries_sha256:
+    if len(result) != delta.to_count or result.digest != delta.to_entries_digest:
         raise RefusedError(f"the list after {what} does not match the digest the delta states")
     return result
 
@@ -699,7 +717,7 @@ def plan(manifest: Manifest, held: Held | None, have_entries: bool) -> list[Arti
     if held is None or not have_entries:
         return full
     if manifest.version == held.version:
-        if manifest.entries_sha256 == held.entries_sha256 and manifest.count == held.count:
+        if manifest.entries_digest == held.entries_digest and manifest.count == held.count:
             return []
         return full
     chain = delta_chain(manifest, held.version)

@@ -7,13 +7,15 @@ snapshot and the chain of deltas after it). The layouts follow
 ``app.publishing``: a snapshot is a one-line head and one entry a line; a
 delta lists added and removed entries; the manifest is indented JSON; every
 file has a ``.minisig`` whose trusted comment names list, version, file and
-expiry.
+expiry. Documents are feed schema 2; ``entries_digest`` is computed here from
+its definition (docs/isp-pull.md), not with the client's own code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 
 from client.errors import NotFoundError
@@ -33,12 +35,25 @@ def lines_of(records: list[Record]) -> list[bytes]:
     return [r.line().encode() for r in sorted(records)]
 
 
+def entries_digest(lines: list[bytes]) -> str:
+    """The feed's ``entries_digest`` of canonical lines (no newlines), as docs/isp-pull.md defines it."""
+    chunks, cur = [], []
+    for line in lines:
+        cur.append(line + b"\n")
+        if zlib.crc32(line) % 16 == 0:
+            chunks.append(hashlib.sha256(b"".join(cur)).digest())
+            cur = []
+    if cur:
+        chunks.append(hashlib.sha256(b"".join(cur)).digest())
+    return hashlib.sha256(b"".join(sorted(chunks))).hexdigest()
+
+
 @dataclass
 class Version:
     number: int
     records: list[Record]
     snapshot_sha256: str | None  # None: published as a delta only
-    entries_sha256: str
+    entries_digest: str
 
 
 @dataclass
@@ -70,15 +85,15 @@ class FeedBuilder:
         published = iso(self.now)
         expires = iso(self.now + 86400)
         lines = lines_of(records)
-        entries_sha = hashlib.sha256(b"".join(ln + b"\n" for ln in lines)).hexdigest()
+        digest = entries_digest(lines)
         previous = self.versions[-1] if self.versions else None
         snap_sha = None
         if full or previous is None:
             last_full = next((v for v in reversed(self.versions) if v.snapshot_sha256), None)
-            head = {"schema": 1, "list": LIST, "version": number, "published_at": published, "expires_at": expires,
+            head = {"schema": 2, "list": LIST, "version": number, "published_at": published, "expires_at": expires,
                     "previous_version": last_full.number if last_full else None,
                     "previous_sha256": last_full.snapshot_sha256 if last_full else None,
-                    "count": len(lines), "entries_sha256": entries_sha}
+                    "count": len(lines), "entries_digest": digest}
             snapshot = (json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"entries":[\n'
                         + b",\n".join(lines) + b"\n]}\n")
             snap = self.put(f"snapshots/{number}.json", snapshot, number, expires)
@@ -86,15 +101,15 @@ class FeedBuilder:
             snap_sha = str(snap["sha256"])
         if previous is not None:
             before, after = set(lines_of(previous.records)), set(lines)
-            delta = {"schema": 1, "list": LIST, "from": previous.number, "to": number, "published_at": published,
+            delta = {"schema": 2, "list": LIST, "from": previous.number, "to": number, "published_at": published,
                      "expires_at": expires, "from_sha256": previous.snapshot_sha256, "to_sha256": snap_sha,
-                     "from_count": len(previous.records), "to_count": len(lines), "to_entries_sha256": entries_sha}
+                     "from_count": len(previous.records), "to_count": len(lines), "to_entries_digest": digest}
             added, removed = sorted(after - before), sorted(before - after)
             text = (json.dumps(delta, separators=(",", ":"))[:-1].encode()
                     + b',"added":[' + ((b"\n" + b",\n".join(added) + b"\n") if added else b"") + b"]"
                     + b',"removed":[' + ((b"\n" + b",\n".join(removed) + b"\n") if removed else b"") + b"]}\n")
             self.put(f"deltas/{previous.number}/{number}.json", text, number, expires)
-        self.versions.append(Version(number, sorted(records), snap_sha, entries_sha))
+        self.versions.append(Version(number, sorted(records), snap_sha, digest))
         self.manifest(retain=retain)
         return number
 
@@ -118,9 +133,9 @@ class FeedBuilder:
                               "size": len(data), "from": w.number - 1, "to": w.number})
         artifacts = [a for a in artifacts if a["path"] not in drop]
         body: dict[str, object] = {
-            "schema": 1, "list": LIST, "version": v.number, "published_at": iso(self.now),
+            "schema": 2, "list": LIST, "version": v.number, "published_at": iso(self.now),
             "signed_at": iso(self.now), "expires_at": expires, "count": len(v.records),
-            "entries_sha256": v.entries_sha256, "snapshot": f"snapshots/{base.number}.json",
+            "entries_digest": v.entries_digest, "snapshot": f"snapshots/{base.number}.json",
             "rpz": f"rpz/{base.number}.zone", "snapshot_version": base.number, "rpz_zone": ZONE,
             "artifacts": artifacts}
         self.sign_manifest(body)

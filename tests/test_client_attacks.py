@@ -312,6 +312,17 @@ def test_a_delta_that_removes_what_is_not_held_is_refused(feed: Feed, proxy: Pro
     refused(feed, says="deltas/1/2.json removes 'never-listed.example', which is not in the list held")
 
 
+def test_a_delta_that_leads_to_another_list_is_refused_by_the_digest(feed: Feed, proxy: Proxy) -> None:
+    hold(feed, proxy, bulk=20)
+    feed.list("second.example")
+    feed.publish()
+    doc = json.loads(feed.artifact("deltas/1/2.json"))
+    line = {**doc["added"][0], "value": "swapped.example"}
+    forge_delta(feed, proxy, 1, 2, {"added": [line]})  # the digest stated is still the real version 2's
+
+    refused(feed, says="the list after deltas/1/2.json does not match the digest the delta states")
+
+
 def test_a_jump_beyond_max_version_jump_is_refused(feed: Feed, proxy: Proxy) -> None:
     hold(feed, proxy)
     for name in ("two.example", "three.example"):

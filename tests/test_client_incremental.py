@@ -171,13 +171,15 @@ def test_a_held_list_damaged_on_disk_is_not_trusted_and_the_snapshot_is_taken(tm
     held = tmp_path / "state" / "entries.jsonl"
     st = held.stat()
     # A flipped byte that keeps the size, with the modification time put back: the file
-    # looks untouched, but the delta applied to it cannot give the digest the delta states.
+    # looks untouched, but the delta adds a name next to the damaged line, so the chunks
+    # hashed again hold it and cannot give the digest the delta states. (Damage far from
+    # any change is found once the file's stamp changes, or when a change reaches it.)
     data = bytearray(held.read_bytes())
-    data[data.index(b"site1")] = ord("S")
+    data[data.index(b'"site1.test"') + 1] = ord("S")
     with open(held, "r+b") as f:
         f.write(data)
     os.utime(held, ns=(st.st_atime_ns, st.st_mtime_ns))
-    builder.publish([*records, rec("new.test")])
+    builder.publish([*records, rec("site1-a.test")])
 
     report = pull(builder, tmp_path)
     fresh = pull(builder, tmp_path / "fresh")
@@ -208,6 +210,36 @@ def test_a_run_that_fails_on_an_output_leaves_the_held_list_as_it_was(tmp_path: 
         Updater(broken, builder, clock=lambda: builder.now).run()
 
     assert (tmp_path / "state" / "entries.jsonl").read_bytes() == held
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["entries.jsonl", "lock", "parents.json",
-                                                                      "state.json"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["entries.chunks", "entries.jsonl", "lock",
+                                                                      "parents.json", "state.json"]
     assert pull(builder, tmp_path).via == "delta"  # and the next run goes on from it
+
+
+def test_a_state_from_before_feed_schema_2_takes_the_snapshot_and_keeps_its_rollback_baseline(tmp_path: Path) -> None:
+    import json
+
+    from client.errors import RefusedError
+
+    builder = FeedBuilder()
+    records = [rec(f"site{i:02}.test") for i in range(30)]
+    builder.publish(records)
+    first = {k: builder.files[k] for k in ("manifest.json", "manifest.json.minisig")}
+    builder.publish([*records, rec("second.test")])
+    pull(builder, tmp_path)
+    state_file = tmp_path / "state" / "state.json"
+    doc = json.loads(state_file.read_text())
+    doc["entries_sha256"] = doc.pop("entries_digest")  # what a pull tool of feed schema 1 wrote
+    state_file.write_text(json.dumps(doc))
+
+    current = {k: builder.files[k] for k in first}
+    builder.files.update(first)  # an old manifest replayed: version 2 is still the baseline
+    with pytest.raises(RefusedError, match="older than the version 2 held: refusing a rollback"):
+        pull(builder, tmp_path)
+    builder.files.update(current)
+    builder.publish([*records, rec("second.test"), rec("third.test")])
+
+    report = pull(builder, tmp_path)
+
+    assert report.via == "snapshot" and report.previous == 2
+    assert json.loads(state_file.read_text())["entries_digest"] == builder.versions[-1].entries_digest
+    assert pull(builder, tmp_path).via == "held"

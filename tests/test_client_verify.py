@@ -52,8 +52,8 @@ def rec(value: str, subdomains: bool = False, etype: str = "domain", verified: s
 
 def manifest_doc(version: int = 3, **changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "schema": 1, "list": "worst-of", "version": version, "published_at": T, "signed_at": T,
-        "expires_at": "2027-01-15T09:00:00Z", "count": 0, "entries_sha256": hashlib.sha256(b"").hexdigest(),
+        "schema": 2, "list": "worst-of", "version": version, "published_at": T, "signed_at": T,
+        "expires_at": "2027-01-15T09:00:00Z", "count": 0, "entries_digest": hashlib.sha256(b"").hexdigest(),
         "snapshot": f"snapshots/{version}.json", "rpz": f"rpz/{version}.zone", "rpz_zone": "blocklist.rpz.",
         "artifacts": [
             {"kind": "snapshot", "path": f"snapshots/{version}.json", "sha256": "a" * 64, "size": 500},
@@ -105,6 +105,19 @@ def test_a_manifest_signed_by_either_pinned_key_is_accepted_during_a_rotation() 
 def test_a_signed_comment_that_does_not_match_the_manifest_is_refused(comment: dict[str, str]) -> None:
     with pytest.raises(RefusedError, match="signed comment does not match"):
         check(manifest_doc(), **comment)
+
+
+def test_a_schema_1_manifest_is_refused_with_the_tool_it_needs() -> None:
+    old = manifest_doc(schema=1, entries_sha256=hashlib.sha256(b"").hexdigest())
+    del old["entries_digest"]
+    with pytest.raises(RefusedError, match=r"the manifest is in feed schema 1 \(whole-list entries_sha256\); "
+                                           r"this blocklist-pull reads schema 2 \(entries_digest\): "
+                                           r"a schema 1 feed needs blocklist-pull 1\.x"):
+        check(old)
+    with pytest.raises(RefusedError, match="has feed schema 3; this blocklist-pull reads schema 2: a newer feed"):
+        check(manifest_doc(schema=3))
+    with pytest.raises(RefusedError, match="the manifest's entries_digest is not a lower-case hex sha256"):
+        check({k: v for k, v in manifest_doc().items() if k != "entries_digest"})
 
 
 def test_a_manifest_is_refused_from_the_second_it_expires() -> None:
@@ -202,12 +215,12 @@ def test_a_list_out_of_canonical_order_or_with_repeats_is_refused(records: list[
 
 def snapshot(records: list[Record], version: int = 3, **changes: Any) -> tuple[bytes, Manifest]:
     entries = EntryList.of(records, "test")
-    head = {"schema": 1, "list": "worst-of", "version": version, "published_at": T, "expires_at": T,
+    head = {"schema": 2, "list": "worst-of", "version": version, "published_at": T, "expires_at": T,
             "previous_version": None, "previous_sha256": None, "count": len(records),
-            "entries_sha256": entries.digest, **changes}
+            "entries_digest": entries.digest, **changes}
     data = (json.dumps(head, separators=(",", ":"))[:-1] + ',"entries":[\n'
             + ",\n".join(r.line() for r in records) + "\n]}\n").encode()
-    m = check(manifest_doc(version, count=len(records), entries_sha256=entries.digest))
+    m = check(manifest_doc(version, count=len(records), entries_digest=entries.digest))
     return data, m
 
 
@@ -219,11 +232,25 @@ def test_a_snapshot_is_accepted_only_with_the_manifests_digest_and_count() -> No
     assert published == T
 
     other, _ = snapshot([*records[:2], rec("https://c.example/y", etype="url")])
-    with pytest.raises(RefusedError, match=r"do not match the entries_sha256 in the manifest|holds"):
+    with pytest.raises(RefusedError, match=r"do not match the entries_digest in the manifest|holds"):
         parse_snapshot(other, m)
     wrong_version, _ = snapshot(records, version=2)
     with pytest.raises(RefusedError, match="another list or version"):
         parse_snapshot(wrong_version, m)
+
+
+def test_a_schema_1_snapshot_is_refused_by_either_reader() -> None:
+    from client.listfile import parse_snapshot_lines
+
+    records = [rec("a.example", True), rec("b.example")]
+    data, m = snapshot(records, schema=1)
+    for reader in (parse_snapshot, parse_snapshot_lines):
+        with pytest.raises(RefusedError, match=r"snapshots/3\.json is in feed schema 1"):
+            reader(data, m)
+    # The layout of a schema 1 snapshot (entries_sha256 in its head) goes to the strict reader, which says so too.
+    old = data.replace(b'"entries_digest"', b'"entries_sha256"')
+    with pytest.raises(RefusedError, match=r"snapshots/3\.json is in feed schema 1"):
+        parse_snapshot_lines(old, m)
 
 
 # ---------------------------------------------------------------- deltas and plans
@@ -232,7 +259,7 @@ def test_a_snapshot_is_accepted_only_with_the_manifests_digest_and_count() -> No
 def delta(base: list[Record], added: list[Record], removed: list[Record], result: list[Record], /,
           **changes: Any) -> Delta:
     d = Delta(from_version=2, to_version=3, from_sha256="d" * 64, to_sha256="e" * 64, from_count=len(base),
-              to_count=len(result), to_entries_sha256=entries_digest(result), published_at=T,
+              to_count=len(result), to_entries_digest=entries_digest(result), published_at=T,
               added=tuple(added), removed=tuple(removed))
     return Delta(**{**d.__dict__, **changes})
 
@@ -255,7 +282,7 @@ def test_a_delta_applies_removals_then_additions_including_a_changed_entry() -> 
     ({"removed": (rec("b.example", verified="2026-01-01T00:00:00Z"),)}, "not the one held"),
     ({"removed": (rec("z.example"),)}, "which is not in the list held"),
     ({"added": (rec("a.example"),), "removed": ()}, "repeats 'a.example'"),
-    ({"to_entries_sha256": "f" * 64}, "does not match the digest the delta states"),
+    ({"to_entries_digest": "f" * 64}, "does not match the digest the delta states"),
     ({"from_version": 1}, "the version held is 2"),
     ({"from_sha256": "0" * 64}, "made from a different version 2"),
     ({"from_count": 7}, "expects 7 entries"),
@@ -265,6 +292,41 @@ def test_a_delta_that_does_not_fit_the_list_held_is_refused(change: dict[str, An
     d = delta(base, [], [rec("b.example")], [rec("a.example")], **change)
     with pytest.raises(RefusedError, match=says):
         apply_delta(EntryList.of(base, "held"), 2, "d" * 64, d, REF)
+
+
+def test_the_held_list_applies_a_delta_only_when_it_leads_to_the_digest_stated() -> None:
+    base = [rec(f"n{i:04}.example", subdomains=i % 3 == 0) for i in range(600)]
+    removed = [base[5], base[300], base[599]]
+    renewed = rec("n0100.example", verified="2027-02-01T00:00:00Z")
+    added = [rec("a-first.example"), rec("n0300a.example"), renewed, rec("z-last.example")]
+    result = sorted(set(base) - {*removed, base[100]} | set(added))
+    held_lines = Lines.of_records(base)
+    d = delta(base, added, [*removed, base[100]], result)
+
+    after = held_lines.apply(d, REF, 2, "d" * 64)
+
+    fresh = Lines.of_records(result)
+    assert after.data == fresh.data
+    assert after.digest.hexdigest() == fresh.digest.hexdigest() == entries_digest(result)
+    # A delta that states the digest of another list (one entry more, or one flag changed) is refused.
+    for other in ([*result, rec("zz.example")], [r._replace(subdomains=not r.subdomains) if r == base[400] else r
+                                                 for r in result]):
+        with pytest.raises(RefusedError, match="does not match the digest the delta states"):
+            held_lines.apply(delta(base, added, [*removed, base[100]], result,
+                                   to_entries_digest=entries_digest(sorted(other))), REF, 2, "d" * 64)
+
+
+def test_a_schema_1_delta_is_refused() -> None:
+    from client.verify import parse_delta
+
+    m = check(manifest_doc())
+    doc = {"schema": 1, "list": "worst-of", "from": 2, "to": 3, "published_at": T, "expires_at": T,
+           "from_sha256": None, "to_sha256": None, "from_count": 0, "to_count": 0,
+           "to_entries_sha256": hashlib.sha256(b"").hexdigest(), "added": [], "removed": []}
+    with pytest.raises(RefusedError, match=r"deltas/2/3\.json is in feed schema 1"):
+        parse_delta(json.dumps(doc).encode(), REF, m)
+    doc.update(schema=2, to_entries_digest=doc.pop("to_entries_sha256"))
+    assert parse_delta(json.dumps(doc).encode(), REF, m).to_entries_digest == hashlib.sha256(b"").hexdigest()
 
 
 def test_the_plan_takes_deltas_from_the_held_version_only_when_complete_and_smaller() -> None:
@@ -465,10 +527,51 @@ def test_a_held_list_that_does_not_match_its_digest_is_not_used(tmp_path: Path) 
     d.ensure()
     entries = Lines.of_records([rec("a.example"), rec("b.example")])
     d.save_lines(entries)
-    state = State(entries_sha256=entries.digest, count=2)
+    state = State(entries_digest=entries.digest.hexdigest(), count=2)
     assert d.load_lines(state) == entries
     (tmp_path / "entries.jsonl").write_text((tmp_path / "entries.jsonl").read_text().replace("b.ex", "c.ex"))
     assert d.load_lines(state) is None
+
+
+def test_the_saved_chunk_digests_are_used_only_for_the_file_written_with_them(tmp_path: Path) -> None:
+    d = StateDir(tmp_path)
+    d.ensure()
+    entries = Lines.of_records([rec(f"n{i:03}.example") for i in range(200)])
+    stamp = d.save_lines(entries)
+    assert (tmp_path / "entries.chunks").read_bytes() == entries.digest.to_bytes()
+    state = State(entries_digest=entries.digest.hexdigest(), count=200, entries_stamp=stamp)
+    loaded = d.load_lines(state)
+    assert loaded is not None and loaded.digest.to_bytes() == entries.digest.to_bytes()
+
+    # Chunk digests that are not the state's (damaged, or left by a run stopped before
+    # its state was saved) are not used: the digest is computed from the list itself.
+    other = Lines.of_records([rec("x.example")])
+    for damage in (other.digest.to_bytes(), b"short", b""):
+        (tmp_path / "entries.chunks").write_bytes(damage)
+        loaded = d.load_lines(state)
+        assert loaded is not None and loaded.digest.hexdigest() == entries.digest.hexdigest()
+    (tmp_path / "entries.chunks").unlink()
+    assert d.load_lines(state) is not None
+
+    # A list file that is not the one written (its stamp differs) is hashed in full.
+    (tmp_path / "entries.chunks").write_bytes(entries.digest.to_bytes())
+    (tmp_path / "entries.jsonl").write_bytes(other.data)
+    assert d.load_lines(state) is None
+
+
+def test_a_state_from_before_feed_schema_2_keeps_its_version_but_holds_no_list(tmp_path: Path) -> None:
+    d = StateDir(tmp_path)
+    d.ensure()
+    (tmp_path / "state.json").write_text(json.dumps({
+        "schema": 1, "list_name": "worst-of", "version": 7, "count": 2, "snapshot_sha256": "d" * 64,
+        "entries_sha256": "e" * 64}))
+    state = d.load()
+    assert state.entries_digest is None
+    h = state.held()
+    assert h is not None and h.version == 7 and h.entries_digest is None  # still the rollback baseline
+    assert d.load_lines(state) is None
+    m = check(manifest_doc(7))
+    assert plan(m, h, True) == [m.snapshot]  # same version, but no list known: the snapshot
 
 
 def test_a_second_run_while_one_holds_the_lock_is_refused(tmp_path: Path) -> None:
