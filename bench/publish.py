@@ -11,18 +11,22 @@ publishes its delta and the manifest (and hashes the whole list once, for
 the digest clients check); compaction writes the full files afterwards,
 while the version is already served.
 
-    .venv/bin/python bench/publish.py [--count 1000000] [--changes 1000]
+    .venv/bin/python bench/publish.py [--count 1000000] [--changes 1000] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import json
+import pstats
 import random
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,10 +68,31 @@ def changes(core: Core, n: int, rng: random.Random, active: list[int]) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def profiled(directory: Path | None, name: str) -> Iterator[None]:
+    """cProfile the block into DIR/NAME.prof (and a text summary) when asked; the
+    figures printed come from runs without --profile."""
+    if directory is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        prof.dump_stats(directory / f"{name}.prof")
+        with open(directory / f"{name}.txt", "w") as out:
+            pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(40)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1000)
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="write cProfile statistics of the full and the 1,000-change publications to DIR")
     args = ap.parse_args()
     if args.count < 11_000:
         ap.error("--count must be at least 11,000: the benchmark changes 10,000 entries and measures 1,000 more")
@@ -89,7 +114,8 @@ def main() -> None:
 
             entries_memory = core.store.memory_used()
             t0 = time.perf_counter()
-            full = core.publisher.publish(reason="bench: from scratch", compact=False)
+            with profiled(args.profile, "full"):
+                full = core.publisher.publish(reason="bench: from scratch", compact=False)
             full_s = time.perf_counter() - t0
             assert full.status == "published", full
             snapshot_size = core.publisher.latest()["snapshot"]["size"]
@@ -98,7 +124,8 @@ def main() -> None:
             active = list(range(1, args.count + 1))
             change_s = changes(core, args.changes, rng, active)
             t0 = time.perf_counter()
-            inc = core.publisher.publish(reason="bench: changes", compact=False)
+            with profiled(args.profile, "changes"):
+                inc = core.publisher.publish(reason="bench: changes", compact=False)
             inc_s = time.perf_counter() - t0
             assert inc.status == "published", inc
 
