@@ -70,7 +70,7 @@ CODEC = "zstd"
 
 
 def compress(data: bytes | memoryview) -> bytes:
-    return bytes(zstandard.ZstdCompressor(level=3).compress(data))
+    return bytes(zstandard.ZstdCompressor(level=1).compress(data))
 
 
 def decompress(codec: str, data: bytes) -> bytes:
