@@ -198,8 +198,6 @@ for i, c in ipairs(spec[1]) do
     actual = redis.call('HGET', key, c[3]); expected = c[4]
   elseif kind == 'get' then
     actual = redis.call('GET', key); expected = c[3]
-  elseif kind == 'zscore' then
-    actual = redis.call('ZSCORE', key, c[3]); expected = c[4]
   else
     return redis.error_reply('BADCHECK ' .. tostring(kind))
   end
@@ -274,9 +272,6 @@ class Txn:
 
     def expect_get(self, key: str, value: str | None) -> None:
         self.checks.append(["get", self.k(key), value])
-
-    def expect_zscore(self, key: str, member: str, value: str | None) -> None:
-        self.checks.append(["zscore", self.k(key), member, value])
 
     def op(self, command: str, key: str, *args: object) -> None:
         values = [str(a) for a in args]
@@ -418,10 +413,6 @@ class Store:
                 if on_conflict is not None:
                     on_conflict()
         raise ConflictError("too many concurrent changes; try again")
-
-    def server_time(self) -> float:
-        sec, usec = self.r.time()
-        return float(sec) + float(usec) / 1e6
 
     def memory_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])
@@ -1030,16 +1021,17 @@ class Store:
         return None if v is None else dict(json.loads(v))
 
     def pub_lock_acquire(self, token: str, ttl_ms: int) -> bool:
-        return self.lock_acquire(K.pub_lock, token, ttl_ms)
+        return bool(self.r.set(K.pub_lock, token, nx=True, px=ttl_ms))
 
     def pub_lock_extend(self, token: str, ttl_ms: int) -> bool:
-        return self.lock_extend(K.pub_lock, token, ttl_ms)
+        return bool(self._extend_script(keys=[K.pub_lock], args=[token, ttl_ms]))
 
     def pub_lock_release(self, token: str) -> bool:
-        return self.lock_release(K.pub_lock, token)
+        return bool(self._unlock_script(keys=[K.pub_lock], args=[token]))
 
     def pub_lock_holder(self) -> str | None:
-        return self.lock_holder(K.pub_lock)
+        v = self.r.get(K.pub_lock)
+        return None if v is None else str(v)
 
     def pub_highwater(self) -> int:
         return int(self.r.get(K.pub_highwater) or 0)
@@ -1112,21 +1104,6 @@ class Store:
         for n in pipe.execute():
             stored += int(n or 0)
         return {"artifacts": len(refs), "bytes": sum(int(r["size"]) for r in refs), "stored_bytes": stored}
-
-    # ------------------------------------------------------------------ locks
-
-    def lock_acquire(self, name: str, token: str, ttl_ms: int) -> bool:
-        return bool(self.r.set(name, token, nx=True, px=ttl_ms))
-
-    def lock_extend(self, name: str, token: str, ttl_ms: int) -> bool:
-        return bool(self._extend_script(keys=[name], args=[token, ttl_ms]))
-
-    def lock_release(self, name: str, token: str) -> bool:
-        return bool(self._unlock_script(keys=[name], args=[token]))
-
-    def lock_holder(self, name: str) -> str | None:
-        v = self.r.get(name)
-        return None if v is None else str(v)
 
     # ------------------------------------------------------------------ appeals
     # Appeals filed on the public stop page (see app.appeals): one JSON record
