@@ -136,7 +136,7 @@ class Appeals:
             n = int(appeal_id)
         except (TypeError, ValueError):
             raise ValidationError("the appeal number must be a number") from None
-        raw = self.store.appeal_raw(n)
+        raw = self.store.appeals.raw(n)
         if raw is None:
             raise NotFoundError(f"there is no appeal {n}")
         return Appeal.from_json(raw)
@@ -146,14 +146,14 @@ class Appeals:
         if status is not None and status not in {s.value for s in AppealStatus}:
             raise ValidationError(f"unknown appeal status {status!r}")
         limit = max(1, min(int(limit), 200))
-        ids = self.store.appeal_ids(status, max(0, int(offset)), limit)
-        appeals = [Appeal.from_json(r) for r in self.store.appeals_raw(ids) if r]
+        ids = self.store.appeals.ids(status, max(0, int(offset)), limit)
+        appeals = [Appeal.from_json(r) for r in self.store.appeals.raw_many(ids) if r]
         counts = self.counts()
         total = counts[status] if status else sum(counts.values())
         return appeals, total
 
     def counts(self) -> dict[str, int]:
-        return self.store.appeal_counts([s.value for s in AppealStatus])
+        return self.store.appeals.counts([s.value for s in AppealStatus])
 
     def covering_entry(self, domain: str) -> Entry | None:
         """The entry that blocks ``domain``: the name itself, or the nearest parent
@@ -200,20 +200,20 @@ class Appeals:
                 f"the statement needs at least {MIN_STATEMENT} characters: say why the block is wrong"
             )
         content = fingerprint(name, contact_text, statement_text)
-        earlier = self.store.appeal_claimed(content)
+        earlier = self.store.appeals.claimed(content)
         if earlier is not None:
             return self.get(earlier), False
         form_key = None if once is None else "form:" + hashlib.sha256(once.encode()).hexdigest()
-        if form_key is not None and self.store.appeal_claimed(form_key) is not None:
+        if form_key is not None and self.store.appeals.claimed(form_key) is not None:
             raise ConflictError("this form was already sent; reload the page to file another appeal")
         entry = self.covering_entry(name)
-        appeal_id = self.store.appeal_allocate_id()
+        appeal_id = self.store.appeals.allocate_id()
         value = str(appeal_id)
-        earlier = self.store.appeal_claim(content, value, REPEAT_WINDOW)
+        earlier = self.store.appeals.claim(content, value, REPEAT_WINDOW)
         if earlier is not None:
             return self.get(earlier), False
-        if form_key is not None and self.store.appeal_claim(form_key, value, 2 * 86400) is not None:
-            self.store.appeal_release(content, value)
+        if form_key is not None and self.store.appeals.claim(form_key, value, 2 * 86400) is not None:
+            self.store.appeals.release(content, value)
             raise ConflictError("this form was already sent; reload the page to file another appeal")
         now = int(self.clock())
         appeal = Appeal(id=appeal_id, domain=name, entry_id=entry.id if entry else None,
@@ -224,9 +224,9 @@ class Appeals:
                         after={"domain": name, "entry": appeal.entry_id},
                         reason="filed on the public stop page")
         except BaseException:
-            self.store.appeal_release(content, value)
+            self.store.appeals.release(content, value)
             if form_key is not None:
-                self.store.appeal_release(form_key, value)
+                self.store.appeals.release(form_key, value)
             raise
         return appeal, True
 
@@ -272,7 +272,7 @@ class Appeals:
         if entry is not None:
             entry_after = self._change_entry(actor, appeal, entry, decision, reason_text)
         for _ in range(MAX_RETRIES):
-            current_raw = self.store.appeal_raw(appeal.id)
+            current_raw = self.store.appeals.raw(appeal.id)
             if current_raw is None:
                 raise NotFoundError(f"there is no appeal {appeal.id}")
             current = Appeal.from_json(current_raw)
@@ -330,7 +330,7 @@ class Appeals:
             seq = audit.add(txn, self.store, head, actor=actor, action=action, target=f"appeal:{new.id}",
                             before=before, after=after, reason=reason, ts=self.clock())
             record = replace(new, history=[*new.history, seq])
-            self.store.put_appeal(txn, new.id, record.to_json(), expect_json=old_raw,
+            self.store.appeals.put(txn, new.id, record.to_json(), expect_json=old_raw,
                                   old_status=None if old is None else old.status.value,
                                   new_status=record.status.value, score=float(record.filed_at))
             written[:] = [record]
@@ -338,7 +338,7 @@ class Appeals:
         def appeal_moved() -> None:
             # Only the audit head moved (another change elsewhere) unless the
             # appeal itself changed, which the caller must see.
-            if self.store.appeal_raw(new.id) != old_raw:
+            if self.store.appeals.raw(new.id) != old_raw:
                 raise RetryableConflictError("the appeal changed while the action ran; try again")
 
         self.store.transact(step, retries=MAX_RETRIES - 1, on_conflict=appeal_moved)

@@ -160,9 +160,9 @@ class Publisher:
         except BlocklistError as e:
             log.error("cannot sign: %s", e.message)
             mine = self._key.public.id_hex if self._key is not None else ""
-            self.store.signer_report(mine, SIGNER_REPORT_TTL, problem=e.message)
+            self.store.health.report_signer(mine, SIGNER_REPORT_TTL, problem=e.message)
             return False
-        self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
+        self.store.health.report_signer(key.public.id_hex, SIGNER_REPORT_TTL)
         self._remind_rotation()
         return True
 
@@ -170,7 +170,7 @@ class Publisher:
         """Once an hour, say that an announced key may take over and is waiting for the operator."""
         from app.keys import ProgrammeKeys
 
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         rec = ProgrammeKeys.from_json(raw) if raw else None
         now = self.clock()
         if rec is None or rec.next is None or rec.next_from_ts is None or now < rec.next_from_ts:
@@ -195,13 +195,13 @@ class Publisher:
         """The next key, announced by the current key's signature over the manifest."""
         from app.keys import ProgrammeKeys
 
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     # ------------------------------------------------------------------ reads
 
     def latest(self) -> dict[str, Any] | None:
-        raw = self.store.pub_latest_raw()
+        raw = self.store.pubs.latest_raw()
         return json.loads(raw) if raw else None
 
     def version_meta(self, version: int) -> dict[str, Any] | None:
@@ -210,7 +210,7 @@ class Publisher:
         return pub.to_dict() if pub else None
 
     def record(self, version: int) -> Publication | None:
-        raw = self.store.pub_version_raw(version)
+        raw = self.store.pubs.version_raw(version)
         return Publication.from_json(raw) if raw else None
 
     def base_of(self, pub: Publication) -> Publication:
@@ -222,18 +222,18 @@ class Publisher:
 
     def versions(self, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
         metas = []
-        for n in self.store.pub_version_numbers(limit, before):
+        for n in self.store.pubs.version_numbers(limit, before):
             m = self.version_meta(n)
             if m:
                 metas.append(m)
         return metas
 
     def held(self) -> dict[str, Any] | None:
-        raw = self.store.pub_held_raw()
+        raw = self.store.pubs.held_raw()
         return json.loads(raw) if raw else None
 
     def manifest(self) -> tuple[str, str] | None:
-        m = self.store.pub_manifest()
+        m = self.store.pubs.manifest()
         return None if m is None else (m[0], m[1])
 
     # ------------------------------------------------------------------ lock
@@ -243,7 +243,7 @@ class Publisher:
         """Hold the publisher lock (yields its token), or yield None if busy."""
         token = secrets.token_hex(16)
         deadline = time.monotonic() + wait
-        while not self.store.pub_lock_acquire(token, LOCK_TTL_MS):
+        while not self.store.pubs.lock_acquire(token, LOCK_TTL_MS):
             if time.monotonic() >= deadline:
                 yield None
                 return
@@ -252,7 +252,7 @@ class Publisher:
 
         def heartbeat() -> None:
             while not stop.wait(LOCK_TTL_MS / 4000):
-                if not self.store.pub_lock_extend(token, LOCK_TTL_MS):
+                if not self.store.pubs.lock_extend(token, LOCK_TTL_MS):
                     log.error("lost the publisher lock")
                     return
 
@@ -263,7 +263,7 @@ class Publisher:
         finally:
             stop.set()
             t.join()
-            self.store.pub_lock_release(token)
+            self.store.pubs.lock_release(token)
 
     # ------------------------------------------------------------------ state
 
@@ -302,7 +302,7 @@ class Publisher:
 
         def records() -> Iterator[str | None]:
             for start in range(0, len(unique), 5000):
-                yield from self.store.entries_raw(unique[start : start + 5000])
+                yield from self.store.entries.raw_many(unique[start : start + 5000])
 
         return changes_from_records(state, records())
 
@@ -349,7 +349,7 @@ class Publisher:
         highwater = max(self.artifacts.highwater(), int(latest["version"]) if latest else 0)
         # Read the change feed's length first: changes made after this point
         # stay in the feed for the next run, whatever this run reads.
-        feed_len = self.store.dirty_count()
+        feed_len = self.store.changes.count()
         previous = None
         if latest is not None and not full and int(latest["version"]) == highwater:
             try:
@@ -357,14 +357,14 @@ class Publisher:
             except (BlocklistError, OSError, ValueError) as e:
                 log.warning("rebuilding from Redis: cannot use version %s: %s", latest["version"], e)
         if previous is not None:
-            diff = self._changes_from_feed(previous, self.store.dirty_peek(feed_len))
+            diff = self._changes_from_feed(previous, self.store.changes.peek(feed_len))
             lines, zone = splice(previous, diff)
             base = previous
         else:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
             # last version Redis knows, if it can still be rebuilt.
-            lines, zone = full_lines(self.store.iter_bucket_raw())
+            lines, zone = full_lines(self.store.entries.iter_raw())
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
@@ -387,7 +387,7 @@ class Publisher:
         if fold and not reason:
             reason = "the overlay zone is folded into the base zone"
         if diff.empty and not force and not behind_highwater and not unstored and not fold:
-            self.store.dirty_consume(feed_len)
+            self.store.changes.consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
             refreshed = self._refresh_manifest_locked(token, force=False)
@@ -525,7 +525,7 @@ class Publisher:
             else:
                 raise PublicationError("a version needs its full files or a delta; nothing was published")
             manifest_body, manifest_sig = self._manifest(pub, now)
-            if self.store.pub_lock_holder() != token:
+            if self.store.pubs.lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing; nothing was published")
             self.artifacts.set_highwater(version)
             t = time.perf_counter()
@@ -560,28 +560,28 @@ class Publisher:
     def _commit(self, token: str, pub: Publication, manifest_body: str, manifest_sig: str, feed_len: int,
                 actor: Actor, reason: str, now: float, staging: Staging) -> None:
         latest = Latest.of(pub, self.base_of(pub))
-        first = self.store.pub_latest_raw()
+        first = self.store.pubs.latest_raw()
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_latest_raw()
+            current = self.store.pubs.latest_raw()
             head = audit.head(self.store)
-            self.store.pub_expect(txn, latest=current, lock=token)
+            self.store.pubs.expect(txn, latest=current, lock=token)
             audit.add(txn, self.store, head, actor=actor, action="publication.publish",
                       target=f"version:{pub.version}",
                       before={"version": pub.previous_version},
                       after={"version": pub.version, "count": pub.count, **pub.changes,
                              "entries_sha256": pub.entries_sha256},
                       reason=reason, ts=now)
-            self.store.pub_set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
+            self.store.pubs.set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
             staging.commit_ops(txn)
             if pub.has_full_files:
-                self.store.pub_add_full(txn, pub.version)
-            self.store.pub_add_version(txn, pub.version, pub.to_json(), latest.to_json(), feed_len)
+                self.store.pubs.add_full(txn, pub.version)
+            self.store.pubs.add_version(txn, pub.version, pub.to_json(), latest.to_json(), feed_len)
 
         def still_ours() -> None:
-            if self.store.pub_lock_holder() != token:
+            if self.store.pubs.lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing") from None
-            if self.store.pub_latest_raw() != first:
+            if self.store.pubs.latest_raw() != first:
                 raise PublicationError("another publisher committed a version meanwhile") from None
 
         try:
@@ -614,7 +614,7 @@ class Publisher:
         return self.clock() - float(base.full_at or 0) >= self.settings.compact_age
 
     def _compact_locked(self, token: str, only_small: bool) -> Outcome:
-        latest_raw = self.store.pub_latest_raw()
+        latest_raw = self.store.pubs.latest_raw()
         if not latest_raw:
             return Outcome("unchanged", message="nothing has been published yet")
         latest = json.loads(latest_raw)
@@ -636,20 +636,20 @@ class Publisher:
 
             def step(txn: Txn) -> None:
                 head = audit.head(self.store)
-                self.store.pub_expect(txn, latest=latest_raw, lock=token)
+                self.store.pubs.expect(txn, latest=latest_raw, lock=token)
                 audit.add(txn, self.store, head, actor=SYSTEM, action="publication.compact",
                           target=f"version:{version}", before={"base": pub.base},
                           after={"snapshot_sha256": snap.sha256, "rpz_sha256": rpz.sha256},
                           reason="full snapshot and zone file written", ts=now)
-                self.store.pub_set_manifest(txn, body, sig, version, int(now))
+                self.store.pubs.set_manifest(txn, body, sig, version, int(now))
                 staging.commit_ops(txn)
-                self.store.pub_add_full(txn, version)
-                self.store.pub_update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
+                self.store.pubs.add_full(txn, version)
+                self.store.pubs.update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
 
             def moved_on() -> None:
                 # Only the audit head moved (curation goes on): try again; a
                 # new version or a lost lock ends this compaction.
-                if self.store.pub_latest_raw() != latest_raw or self.store.pub_lock_holder() != token:
+                if self.store.pubs.latest_raw() != latest_raw or self.store.pubs.lock_holder() != token:
                     raise ConflictError("a publication moved on meanwhile")
 
             self.store.transact(step, retries=5, on_conflict=moved_on)
@@ -743,7 +743,7 @@ class Publisher:
     def _refresh_manifest_locked(self, token: str, force: bool) -> bool:
         """Re-sign the latest manifest with a later expiry when it is due, so a
         quiet feed is never mistaken for a frozen one."""
-        latest_raw = self.store.pub_latest_raw()
+        latest_raw = self.store.pubs.latest_raw()
         if not latest_raw:
             return False
         self._key = self.signing_key()
@@ -752,7 +752,7 @@ class Publisher:
             # Restored from an older backup: never sign a manifest below a
             # published version; the next publication moves above it.
             return False
-        current = self.store.pub_manifest()
+        current = self.store.pubs.manifest()
         signed_at = current[2] if current else 0
         now = self.clock()
         due = now - signed_at >= self.settings.manifest_refresh
@@ -764,8 +764,8 @@ class Publisher:
         body, sig = self._manifest(pub, now)
 
         def step(txn: Txn) -> None:
-            self.store.pub_expect(txn, latest=latest_raw, lock=token)
-            self.store.pub_set_manifest(txn, body, sig, pub.version, int(now))
+            self.store.pubs.expect(txn, latest=latest_raw, lock=token)
+            self.store.pubs.set_manifest(txn, body, sig, pub.version, int(now))
 
         try:
             self.store.transact(step, retries=0)
@@ -785,7 +785,7 @@ class Publisher:
 
     def report_key(self) -> None:
         """Tell every web host (/readyz) that a publisher holds the signing key."""
-        self.store.signer_report(self.key.public.id_hex, SIGNER_REPORT_TTL)
+        self.store.health.report_signer(self.key.public.id_hex, SIGNER_REPORT_TTL)
 
     # ------------------------------------------------------------------ guard
 
@@ -798,13 +798,13 @@ class Publisher:
         }
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_held_raw()
+            current = self.store.pubs.held_raw()
             held = json.loads(current) if current else None
             if held and all(held.get(k) == record[k] for k in ("base_version", "added", "removed", "changed")):
                 return  # already held as it stands: nothing to write
             head = audit.head(self.store)
-            self.store.pub_expect(txn, held=current)
-            self.store.pub_set_held(txn, json.dumps(record, separators=(",", ":")))
+            self.store.pubs.expect(txn, held=current)
+            self.store.pubs.set_held(txn, json.dumps(record, separators=(",", ":")))
             audit.add(txn, self.store, head, actor=actor, action="publication.hold", target="publication",
                       before=None, after=record, reason="; ".join(reasons), ts=self.clock())
 
@@ -837,20 +837,20 @@ class Publisher:
         decided: dict[str, Any] = {}
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_held_raw()
+            current = self.store.pubs.held_raw()
             if current is None:
                 raise NotFoundError("no publication is held")
             held: dict[str, Any] = json.loads(current)
             if held.get("released_by"):
                 raise ConflictError(f"the held publication was already released by {held['released_by']}")
             head = audit.head(self.store)
-            self.store.pub_expect(txn, held=current)
+            self.store.pubs.expect(txn, held=current)
             if decision == "release":
                 held.update(released_by=actor.name, released_at=iso(self.clock()))
-                self.store.pub_set_held(txn, json.dumps(held, separators=(",", ":")))
+                self.store.pubs.set_held(txn, json.dumps(held, separators=(",", ":")))
                 self._enqueue(actor, f"release: {reason}", txn)
             else:
-                self.store.pub_set_held(txn, None)
+                self.store.pubs.set_held(txn, None)
             audit.add(txn, self.store, head, actor=actor, action=f"publication.{decision}",
                       target="publication", before={k: held.get(k) for k in ("added", "removed", "changed")},
                       after={"decision": decision}, reason=reason, ts=self.clock())
@@ -864,12 +864,12 @@ class Publisher:
         """The list no longer differs from the published version: the hold is moot."""
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_held_raw()
+            current = self.store.pubs.held_raw()
             if current is None:
                 return
             head = audit.head(self.store)
-            self.store.pub_expect(txn, held=current)
-            self.store.pub_set_held(txn, None)
+            self.store.pubs.expect(txn, held=current)
+            self.store.pubs.set_held(txn, None)
             audit.add(txn, self.store, head, actor=SYSTEM, action="publication.unhold", target="publication",
                       after=None, reason=why, ts=self.clock())
 
@@ -891,7 +891,7 @@ class Publisher:
         request_id = secrets.token_hex(8)
         pending = json.dumps({"status": "requested", "requested_at": self.clock()})
         # Not taken in time, a request is dropped: nobody is waiting for it any more.
-        self.store.pub_set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
+        self.store.pubs.set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
                                                                      full=full), pending, txn,
                                    request_ttl=(timeout or self.settings.publish_answer_timeout) + 5)
         return request_id
@@ -910,7 +910,7 @@ class Publisher:
         a publisher), ``unanswered`` (no publisher took it within
         ``publish_answer_timeout``; it is withdrawn), or the outcome. None for
         an unknown or forgotten request."""
-        raw = self.store.pub_result(request_id)
+        raw = self.store.pubs.result(request_id)
         if raw is None:
             return None
         result: dict[str, Any] = json.loads(raw)
@@ -918,10 +918,10 @@ class Publisher:
             return result
         waited = self.clock() - float(result.get("requested_at", 0))
         limit = self.settings.publish_answer_timeout if timeout is None else timeout
-        if waited < limit or not self.store.pub_withdraw_request(request_id):
+        if waited < limit or not self.store.pubs.withdraw_request(request_id):
             return result
         result = {"status": "unanswered", "message": no_publisher_message(limit)}
-        self.store.pub_set_result(request_id, json.dumps(result))
+        self.store.pubs.set_result(request_id, json.dumps(result))
         return result
 
     def request_result(self, request_id: str) -> dict[str, Any] | None:
@@ -933,12 +933,12 @@ class Publisher:
 
     def serve_request(self) -> Outcome | None:
         """Run the oldest pending publish request, if any (the worker calls this often)."""
-        taken = self.store.pub_take_request()
+        taken = self.store.pubs.take_request()
         if taken is None:
             return None
         request_id, raw = taken
         req = json.loads(raw)
-        self.store.pub_set_result(request_id, json.dumps({"status": "working", "taken_at": self.clock()}))
+        self.store.pubs.set_result(request_id, json.dumps({"status": "working", "taken_at": self.clock()}))
         from app.domain import Role
 
         try:
@@ -954,9 +954,9 @@ class Publisher:
         except Exception:
             # Answer the requester before the error reaches the worker's log.
             failed = Outcome("failed", message="the publisher failed; see its log")
-            self.store.pub_set_result(request_id, json.dumps(failed.to_dict()))
+            self.store.pubs.set_result(request_id, json.dumps(failed.to_dict()))
             raise
-        self.store.pub_set_result(request_id, json.dumps(outcome.to_dict()))
+        self.store.pubs.set_result(request_id, json.dumps(outcome.to_dict()))
         return outcome
 
     def preview(self) -> Diff:
@@ -964,9 +964,9 @@ class Publisher:
         latest = self.latest()
         state = self._load_state(latest) if latest else ListState(0, [], [], None)
         if latest is None:
-            lines, _ = full_lines(self.store.iter_bucket_raw())
+            lines, _ = full_lines(self.store.entries.iter_raw())
             return diff_lists([], lines)
-        return self._changes_from_feed(state, self.store.dirty_peek())
+        return self._changes_from_feed(state, self.store.changes.peek())
 
     # ------------------------------------------------------------------ retention
 
@@ -975,12 +975,12 @@ class Publisher:
         deltas of the last versions; never what the latest version needs."""
         pub = self.record(version)
         base_v = pub.base if pub else version
-        for v in self.store.pub_full_versions_older(self.settings.retain_snapshots):
+        for v in self.store.pubs.full_versions_older(self.settings.retain_snapshots):
             if v == base_v:
                 continue
             self.artifacts.remove(f"snapshots/{v}.json")
             self.artifacts.remove(f"rpz/{v}.zone")
-            self.store.pub_drop_full(v)
+            self.store.pubs.drop_full(v)
         keep_delta = min(version - self.settings.retain_deltas, base_v)
         for v in range(max(1, keep_delta - 50), keep_delta + 1):
             old = self.record(v)

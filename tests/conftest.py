@@ -232,7 +232,7 @@ def record_key(core: Core, key: SecretKey) -> None:
 
     txn = Txn()
     record = ProgrammeKeys(KeyInfo.of(key.public, "2027-01-15T08:00:00Z"))
-    core.store.keys_put(txn, core.store.keys_raw(), record.to_json())
+    core.store.programme_keys.put(txn, core.store.programme_keys.raw(), record.to_json())
     core.store.commit(txn)
 
 

@@ -45,7 +45,7 @@ def activate(core: Core, p: Personas, *values: str, subdomains: bool = True) -> 
 def bulk_active(core: Core, n: int, prefix: str = "bulk") -> list[int]:
     """Many active entries written straight into the store (fast set-up for big lists)."""
     now = int(core.clock())
-    first = core.store.allocate_entry_ids(n)
+    first = core.store.entries.allocate_ids(n)
     for start in range(0, n, 2000):
         txn = Txn()
         items = []
@@ -55,7 +55,7 @@ def bulk_active(core: Core, n: int, prefix: str = "bulk") -> list[int]:
                       agency="A", submitted_at=now, updated_at=now, approved_by="bruno", approved_agency="B",
                       approved_at=now, listed_since=now, verified_at=now, verified_by="bruno")
             items.append((i, e.key, e.to_json(), None))
-        core.store.put_new_entries(txn, items, "active", now)
+        core.store.entries.put_new(txn, items, "active", now)
         core.store.commit(txn)
     return list(range(first, first + n))
 
