@@ -46,7 +46,6 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
-    RetryableConflictError,
     ValidationError,
 )
 from app.store import Store, Txn
@@ -298,19 +297,16 @@ class Users:
         step = _matching_step(user.totp_secret, code, int(self.clock()))
         if step is None:
             return False
-        for _ in range(5):
+
+        def spend(txn: Txn) -> bool:
             last = self.store.users.raw(user.name).get("totp_last_step")
             if last is not None and step <= int(last):
                 return False
-            txn = Txn()
             self.store.users.expect_field(txn, user.name, "totp_last_step", last)
             self.store.users.put(txn, user.name, {"totp_last_step": str(step)})
-            try:
-                self.store.commit(txn)
-                return True
-            except RetryableConflictError:
-                continue
-        return False
+            return True
+
+        return self.store.transact(spend)
 
     def use_recovery_code(self, user: User, code: str) -> bool:
         """True if ``code`` is one of the account's unused recovery codes; it is used up."""
@@ -318,24 +314,21 @@ class Users:
         if not _RECOVERY_RE.fullmatch(code):
             return False
         digest = _recovery_digest(code)
-        for _ in range(5):
+
+        def spend(txn: Txn) -> bool:
             raw = self.store.users.raw(user.name)
             hashes = _recovery_hashes(raw)
             if digest not in hashes:
                 return False
             left = [h for h in hashes if h != digest]
             head = audit.head(self.store)
-            txn = Txn()
             self.store.users.expect_field(txn, user.name, "recovery", raw.get("recovery"))
             self.store.users.put(txn, user.name, {"recovery": json.dumps(left)})
             audit.add(txn, self.store, head, actor=user.actor, action="user.recovery_used",
                       target=f"user:{user.name}", after={"recovery_codes_left": len(left)}, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return True
-            except RetryableConflictError:
-                continue
-        return False
+            return True
+
+        return self.store.transact(spend)
 
     def check_second_factor(self, user: User, code: str) -> bool:
         """A TOTP code or, failing that, a recovery code."""
@@ -349,28 +342,28 @@ class Users:
     def _change(self, actor: Actor, name: str, action: str, fields: dict[str, str],
                 before: dict[str, object] | None, after: dict[str, object] | None,
                 reason: str = "", create: bool = False, expect: str | None = None) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
             now = self.clock()
             version = str(int(expect or "0") + 1) if not create else "1"
             f = dict(fields, version=version)
             self.store.users.put(txn, name, f, create=create, expect_version=expect)
             audit.add(txn, self.store, head, actor=actor, action=action, target=f"user:{name}",
                       before=before, after=after, reason=reason, ts=now)
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if create and self.find(name) is not None:
-                    raise ConflictError(f"a user named {name!r} already exists") from None
-                if not create:
-                    current = self.find(name)
-                    if current is None or current.version != expect:
-                        raise ConflictError(
-                            f"the account {name} changed while you edited it; reload and try again"
-                        ) from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def account_moved() -> None:
+            # Only the audit head moved (a change elsewhere) unless the account
+            # itself did, which the person must see.
+            if create and self.find(name) is not None:
+                raise ConflictError(f"a user named {name!r} already exists") from None
+            if not create:
+                current = self.find(name)
+                if current is None or current.version != expect:
+                    raise ConflictError(
+                        f"the account {name} changed while you edited it; reload and try again"
+                    ) from None
+
+        self.store.transact(step, on_conflict=account_moved)
 
     def add(self, actor: Actor, name: str, role: str, agency: str, password: str | None = None,
             *, must_change: bool | None = None) -> User:
@@ -507,24 +500,21 @@ class Users:
         """A new API token for ``name``; the old one stops working. Shown once."""
         if actor.name != name:
             actor.require("user.manage")
-        user = self.get(name)
+        self.get(name)  # NotFoundError before a token is made
         token = new_token(USER_TOKEN_PREFIX)
         th = hash_token(token)
-        for _ in range(20):
+
+        def step(txn: Txn) -> None:
             user = self.get(name)
             head = audit.head(self.store)
-            txn = Txn()
             self.store.users.put(txn, name, {"token_hash": th, "version": str(int(user.version) + 1)},
                                 expect_version=user.version)
             self.store.users.set_token(txn, name, th, user.token_hash or None)
             audit.add(txn, self.store, head, actor=actor, action="user.token", target=f"user:{name}",
                       after={"token": "issued"}, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return token
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+
+        self.store.transact(step)
+        return token
 
     def start_totp(self, actor: Actor, name: str) -> str:
         """Make a new TOTP secret (not yet active); returns the provisioning URI."""
@@ -616,20 +606,17 @@ class Users:
 
     def _write_agency(self, actor: Actor, action: str, new: Agency, old_json: str | None,
                       before: dict[str, object] | None, after: dict[str, object], reason: str) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
             self.store.agencies.put(txn, new.id, new.to_json(), old_json)
             audit.add(txn, self.store, head, actor=actor, action=action, target=f"agency:{new.id}",
                       before=before, after=after, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                current = self.store.agencies.all_raw().get(new.id)
-                if current != old_json:
-                    raise ConflictError(f"the agency {new.name!r} changed meanwhile; reload and try again") from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def agency_moved() -> None:
+            if self.store.agencies.all_raw().get(new.id) != old_json:
+                raise ConflictError(f"the agency {new.name!r} changed meanwhile; reload and try again") from None
+
+        self.store.transact(step, on_conflict=agency_moved)
 
     def _agency_name(self, text: str) -> str:
         name = clean_text(text, "the agency name", 100, required=True)
