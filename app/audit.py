@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain import Actor, iso
-from app.errors import ConflictError, RetryableConflictError
 from app.store import Store, Txn
 
 GENESIS = "0" * 64
@@ -198,19 +197,15 @@ def search(
 
 
 def append(store: Store, *, actor: Actor, action: str, target: str, after: Any = None, reason: str = "",
-           ts: float, retries: int = 25) -> int:
+           ts: float) -> int:
     """Write one audit record that goes with no other change (e.g. that
     someone exported part of the log); returns its sequence number."""
-    for _ in range(retries):
-        txn = Txn()
-        seq = add(txn, store, head(store), actor=actor, action=action, target=target, after=after,
-                  reason=reason, ts=ts)
-        try:
-            store.commit(txn)
-        except RetryableConflictError:
-            continue
-        return seq
-    raise ConflictError("too many concurrent changes; try again")
+
+    def step(txn: Txn) -> int:
+        return add(txn, store, head(store), actor=actor, action=action, target=target, after=after,
+                   reason=reason, ts=ts)
+
+    return store.transact(step)
 
 
 def _target_matches(rec_target: str, wanted: str) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 from app import audit
 from app.clock import Clock, system_clock
 from app.domain import Actor, iso
-from app.errors import BlocklistError, ConflictError, NotFoundError, RetryableConflictError, StoreError
+from app.errors import BlocklistError, ConflictError, NotFoundError, StoreError
 from app.signing import PublicKey, SecretKey, create_key, load_key, public_key_path
 from app.store import Store, Txn
 
@@ -149,19 +149,17 @@ class Keyring:
 
     def _write(self, actor: Actor, action: str, expect: str | None, new: ProgrammeKeys,
                before: dict[str, Any] | None, after: dict[str, Any], reason: str) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
             self.store.programme_keys.put(txn, expect, new.to_json())
             audit.add(txn, self.store, head, actor=actor, action=action, target="signing-key",
                       before=before, after=after, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if self.store.programme_keys.raw() != expect:
-                    raise ConflictError("the programme's keys changed meanwhile; look again and retry") from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def keys_moved() -> None:
+            if self.store.programme_keys.raw() != expect:
+                raise ConflictError("the programme's keys changed meanwhile; look again and retry") from None
+
+        self.store.transact(step, on_conflict=keys_moved)
 
     def init(self, actor: Actor, reason: str = "") -> tuple[ProgrammeKeys, bool]:
         """Record this host's key as the programme's first key, making the key
