@@ -46,7 +46,7 @@ from app.domain import (
     normalize_url,
     parents,
 )
-from app.errors import ConflictError, NotFoundError, RetryableConflictError, ValidationError
+from app.errors import ConflictError, NotFoundError, ValidationError
 from app.store import Store, Txn
 
 MAX_CONTACT = 200
@@ -54,7 +54,6 @@ MAX_STATEMENT = 5000
 MIN_STATEMENT = 10
 #: How long the same appeal (same domain, contact and statement) counts as a repeat.
 REPEAT_WINDOW = 7 * 86400
-MAX_RETRIES = 20
 
 
 class AppealStatus(enum.StrEnum):
@@ -216,13 +215,22 @@ class Appeals:
             self.store.appeals.release(content, value)
             raise ConflictError("this form was already sent; reload the page to file another appeal")
         now = int(self.clock())
-        appeal = Appeal(id=appeal_id, domain=name, entry_id=entry.id if entry else None,
-                        contact=contact_text, statement=statement_text, status=AppealStatus.OPEN,
-                        filed_at=now, updated_at=now)
+        new = Appeal(id=appeal_id, domain=name, entry_id=entry.id if entry else None,
+                     contact=contact_text, statement=statement_text, status=AppealStatus.OPEN,
+                     filed_at=now, updated_at=now)
+
+        def step(txn: Txn) -> Appeal:
+            return self._stage(txn, SYSTEM, "appeal.file", new, None, None,
+                               after={"domain": name, "entry": new.entry_id},
+                               reason="filed on the public stop page")
+
+        def taken() -> None:
+            # Only the audit head moved (a change elsewhere): the id is this filing's own.
+            if self.store.appeals.raw(new.id) is not None:
+                raise ConflictError(f"appeal number {new.id} was taken meanwhile; file the appeal again")
+
         try:
-            appeal = self._write(SYSTEM, "appeal.file", appeal, None, None,
-                        after={"domain": name, "entry": appeal.entry_id},
-                        reason="filed on the public stop page")
+            appeal = self.store.transact(step, on_conflict=taken)
         except BaseException:
             self.store.appeals.release(content, value)
             if form_key is not None:
@@ -271,7 +279,8 @@ class Appeals:
         entry_after = entry
         if entry is not None:
             entry_after = self._change_entry(actor, appeal, entry, decision, reason_text)
-        for _ in range(MAX_RETRIES):
+
+        def step(txn: Txn) -> Appeal:
             current_raw = self.store.appeals.raw(appeal.id)
             if current_raw is None:
                 raise NotFoundError(f"there is no appeal {appeal.id}")
@@ -289,12 +298,12 @@ class Appeals:
             if entry_after is not None:
                 after["entry"] = entry_after.id
                 after["entry_status"] = str(entry_after.status)
-            try:
-                return self._write(actor, f"appeal.{decision}", new, current, current_raw,
-                                   after=after, reason=reason_text, before={"status": str(current.status)})
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            return self._stage(txn, actor, f"appeal.{decision}", new, current, current_raw,
+                               after=after, reason=reason_text, before={"status": str(current.status)})
+
+        # Every try reads the appeal again: a change meanwhile to a status
+        # this decision does not apply to is refused above.
+        return self.store.transact(step)
 
     def _change_entry(self, actor: Actor, appeal: Appeal, entry: Entry, decision: str, reason: str) -> Entry:
         why = f"appeal {appeal.reference}: {reason}"
@@ -321,28 +330,17 @@ class Appeals:
 
     # ------------------------------------------------------------------ writing
 
-    def _write(self, actor: Actor, action: str, new: Appeal, old: Appeal | None, old_raw: str | None,
+    def _stage(self, txn: Txn, actor: Actor, action: str, new: Appeal, old: Appeal | None, old_raw: str | None,
                *, after: Any, reason: str, before: Any = None) -> Appeal:
-        written: list[Appeal] = []
-
-        def step(txn: Txn) -> None:
-            head = audit.head(self.store)
-            seq = audit.add(txn, self.store, head, actor=actor, action=action, target=f"appeal:{new.id}",
-                            before=before, after=after, reason=reason, ts=self.clock())
-            record = replace(new, history=[*new.history, seq])
-            self.store.appeals.put(txn, new.id, record.to_json(), expect_json=old_raw,
-                                  old_status=None if old is None else old.status.value,
-                                  new_status=record.status.value, score=float(record.filed_at))
-            written[:] = [record]
-
-        def appeal_moved() -> None:
-            # Only the audit head moved (another change elsewhere) unless the
-            # appeal itself changed, which the caller must see.
-            if self.store.appeals.raw(new.id) != old_raw:
-                raise RetryableConflictError("the appeal changed while the action ran; try again")
-
-        self.store.transact(step, retries=MAX_RETRIES - 1, on_conflict=appeal_moved)
-        return written[0]
+        """Add the change of one appeal, with its audit record, to ``txn``; returns the record."""
+        head = audit.head(self.store)
+        seq = audit.add(txn, self.store, head, actor=actor, action=action, target=f"appeal:{new.id}",
+                        before=before, after=after, reason=reason, ts=self.clock())
+        record = replace(new, history=[*new.history, seq])
+        self.store.appeals.put(txn, new.id, record.to_json(), expect_json=old_raw,
+                               old_status=None if old is None else old.status.value,
+                               new_status=record.status.value, score=float(record.filed_at))
+        return record
 
 
 __all__ = ["APPEAL_STEPS", "Appeal", "AppealStatus", "Appeals", "parse_appeal_domain"]
