@@ -660,8 +660,8 @@ class Curation:
             for old, new, raw in news:
                 new.history = [*new.history, seq]
                 self.store.entries.put(txn, new.id, new.to_json(), expect_json=raw, index_key=new.key,
-                                     old_status=old.status, new_status=new.status,
-                                     score=self._score(new), dirty=True)
+                                       old_status=old.status, new_status=new.status,
+                                       score=self._score(new), dirty=True)
             return [n for _, n, _ in news]
 
         return self.store.transact(step)
@@ -703,8 +703,8 @@ class Curation:
             for old, new, raw in items:
                 new.history = [*new.history, seq]
                 self.store.entries.put(txn, new.id, new.to_json(), expect_json=raw, index_key=new.key,
-                                     old_status=old.status, new_status=new.status,
-                                     score=self._score(new), dirty=True)
+                                       old_status=old.status, new_status=new.status,
+                                       score=self._score(new), dirty=True)
             return len(items)
 
         total = 0

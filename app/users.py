@@ -508,7 +508,7 @@ class Users:
             user = self.get(name)
             head = audit.head(self.store)
             self.store.users.put(txn, name, {"token_hash": th, "version": str(int(user.version) + 1)},
-                                expect_version=user.version)
+                                 expect_version=user.version)
             self.store.users.set_token(txn, name, th, user.token_hash or None)
             audit.add(txn, self.store, head, actor=actor, action="user.token", target=f"user:{name}",
                       after={"token": "issued"}, ts=self.clock())

@@ -21,7 +21,7 @@ def report_enforcing(core: Core, name: str, version: int | None) -> None:
     """What an enforcement report from the ISP's pull tool leaves on the ISP record
     (no version: a resolver did not block the always-blocked canary)."""
     core.store.isps.record_pull(name, {"enforced_version": "" if version is None else str(version),
-                                      "enforced_at": str(int(core.clock()))})
+                                       "enforced_at": str(int(core.clock()))})
 
 
 def row(page: str, name: str) -> str:
