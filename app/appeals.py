@@ -46,7 +46,7 @@ from app.domain import (
     normalize_url,
     parents,
 )
-from app.errors import ConflictError, NotFoundError, RetryableConflictError, ValidationError
+from app.errors import ConflictError, NotFoundError, ValidationError
 from app.store import Store, Txn
 
 MAX_CONTACT = 200
@@ -54,7 +54,6 @@ MAX_STATEMENT = 5000
 MIN_STATEMENT = 10
 #: How long the same appeal (same domain, contact and statement) counts as a repeat.
 REPEAT_WINDOW = 7 * 86400
-MAX_RETRIES = 20
 
 
 class AppealStatus(enum.StrEnum):
@@ -136,7 +135,7 @@ class Appeals:
             n = int(appeal_id)
         except (TypeError, ValueError):
             raise ValidationError("the appeal number must be a number") from None
-        raw = self.store.appeal_raw(n)
+        raw = self.store.appeals.raw(n)
         if raw is None:
             raise NotFoundError(f"there is no appeal {n}")
         return Appeal.from_json(raw)
@@ -146,14 +145,14 @@ class Appeals:
         if status is not None and status not in {s.value for s in AppealStatus}:
             raise ValidationError(f"unknown appeal status {status!r}")
         limit = max(1, min(int(limit), 200))
-        ids = self.store.appeal_ids(status, max(0, int(offset)), limit)
-        appeals = [Appeal.from_json(r) for r in self.store.appeals_raw(ids) if r]
+        ids = self.store.appeals.ids(status, max(0, int(offset)), limit)
+        appeals = [Appeal.from_json(r) for r in self.store.appeals.raw_many(ids) if r]
         counts = self.counts()
         total = counts[status] if status else sum(counts.values())
         return appeals, total
 
     def counts(self) -> dict[str, int]:
-        return self.store.appeal_counts([s.value for s in AppealStatus])
+        return self.store.appeals.counts([s.value for s in AppealStatus])
 
     def covering_entry(self, domain: str) -> Entry | None:
         """The entry that blocks ``domain``: the name itself, or the nearest parent
@@ -200,33 +199,42 @@ class Appeals:
                 f"the statement needs at least {MIN_STATEMENT} characters: say why the block is wrong"
             )
         content = fingerprint(name, contact_text, statement_text)
-        earlier = self.store.appeal_claimed(content)
+        earlier = self.store.appeals.claimed(content)
         if earlier is not None:
             return self.get(earlier), False
         form_key = None if once is None else "form:" + hashlib.sha256(once.encode()).hexdigest()
-        if form_key is not None and self.store.appeal_claimed(form_key) is not None:
+        if form_key is not None and self.store.appeals.claimed(form_key) is not None:
             raise ConflictError("this form was already sent; reload the page to file another appeal")
         entry = self.covering_entry(name)
-        appeal_id = self.store.appeal_allocate_id()
+        appeal_id = self.store.appeals.allocate_id()
         value = str(appeal_id)
-        earlier = self.store.appeal_claim(content, value, REPEAT_WINDOW)
+        earlier = self.store.appeals.claim(content, value, REPEAT_WINDOW)
         if earlier is not None:
             return self.get(earlier), False
-        if form_key is not None and self.store.appeal_claim(form_key, value, 2 * 86400) is not None:
-            self.store.appeal_release(content, value)
+        if form_key is not None and self.store.appeals.claim(form_key, value, 2 * 86400) is not None:
+            self.store.appeals.release(content, value)
             raise ConflictError("this form was already sent; reload the page to file another appeal")
         now = int(self.clock())
-        appeal = Appeal(id=appeal_id, domain=name, entry_id=entry.id if entry else None,
-                        contact=contact_text, statement=statement_text, status=AppealStatus.OPEN,
-                        filed_at=now, updated_at=now)
+        new = Appeal(id=appeal_id, domain=name, entry_id=entry.id if entry else None,
+                     contact=contact_text, statement=statement_text, status=AppealStatus.OPEN,
+                     filed_at=now, updated_at=now)
+
+        def step(txn: Txn) -> Appeal:
+            return self._stage(txn, SYSTEM, "appeal.file", new, None, None,
+                               after={"domain": name, "entry": new.entry_id},
+                               reason="filed on the public stop page")
+
+        def taken() -> None:
+            # Only the audit head moved (a change elsewhere): the id is this filing's own.
+            if self.store.appeals.raw(new.id) is not None:
+                raise ConflictError(f"appeal number {new.id} was taken meanwhile; file the appeal again")
+
         try:
-            appeal = self._write(SYSTEM, "appeal.file", appeal, None, None,
-                        after={"domain": name, "entry": appeal.entry_id},
-                        reason="filed on the public stop page")
+            appeal = self.store.transact(step, on_conflict=taken)
         except BaseException:
-            self.store.appeal_release(content, value)
+            self.store.appeals.release(content, value)
             if form_key is not None:
-                self.store.appeal_release(form_key, value)
+                self.store.appeals.release(form_key, value)
             raise
         return appeal, True
 
@@ -271,8 +279,9 @@ class Appeals:
         entry_after = entry
         if entry is not None:
             entry_after = self._change_entry(actor, appeal, entry, decision, reason_text)
-        for _ in range(MAX_RETRIES):
-            current_raw = self.store.appeal_raw(appeal.id)
+
+        def step(txn: Txn) -> Appeal:
+            current_raw = self.store.appeals.raw(appeal.id)
             if current_raw is None:
                 raise NotFoundError(f"there is no appeal {appeal.id}")
             current = Appeal.from_json(current_raw)
@@ -289,12 +298,12 @@ class Appeals:
             if entry_after is not None:
                 after["entry"] = entry_after.id
                 after["entry_status"] = str(entry_after.status)
-            try:
-                return self._write(actor, f"appeal.{decision}", new, current, current_raw,
-                                   after=after, reason=reason_text, before={"status": str(current.status)})
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            return self._stage(txn, actor, f"appeal.{decision}", new, current, current_raw,
+                               after=after, reason=reason_text, before={"status": str(current.status)})
+
+        # Every try reads the appeal again: a change meanwhile to a status
+        # this decision does not apply to is refused above.
+        return self.store.transact(step)
 
     def _change_entry(self, actor: Actor, appeal: Appeal, entry: Entry, decision: str, reason: str) -> Entry:
         why = f"appeal {appeal.reference}: {reason}"
@@ -321,28 +330,17 @@ class Appeals:
 
     # ------------------------------------------------------------------ writing
 
-    def _write(self, actor: Actor, action: str, new: Appeal, old: Appeal | None, old_raw: str | None,
+    def _stage(self, txn: Txn, actor: Actor, action: str, new: Appeal, old: Appeal | None, old_raw: str | None,
                *, after: Any, reason: str, before: Any = None) -> Appeal:
-        written: list[Appeal] = []
-
-        def step(txn: Txn) -> None:
-            head = audit.head(self.store)
-            seq = audit.add(txn, self.store, head, actor=actor, action=action, target=f"appeal:{new.id}",
-                            before=before, after=after, reason=reason, ts=self.clock())
-            record = replace(new, history=[*new.history, seq])
-            self.store.put_appeal(txn, new.id, record.to_json(), expect_json=old_raw,
-                                  old_status=None if old is None else old.status.value,
-                                  new_status=record.status.value, score=float(record.filed_at))
-            written[:] = [record]
-
-        def appeal_moved() -> None:
-            # Only the audit head moved (another change elsewhere) unless the
-            # appeal itself changed, which the caller must see.
-            if self.store.appeal_raw(new.id) != old_raw:
-                raise RetryableConflictError("the appeal changed while the action ran; try again")
-
-        self.store.transact(step, retries=MAX_RETRIES - 1, on_conflict=appeal_moved)
-        return written[0]
+        """Add the change of one appeal, with its audit record, to ``txn``; returns the record."""
+        head = audit.head(self.store)
+        seq = audit.add(txn, self.store, head, actor=actor, action=action, target=f"appeal:{new.id}",
+                        before=before, after=after, reason=reason, ts=self.clock())
+        record = replace(new, history=[*new.history, seq])
+        self.store.appeals.put(txn, new.id, record.to_json(), expect_json=old_raw,
+                               old_status=None if old is None else old.status.value,
+                               new_status=record.status.value, score=float(record.filed_at))
+        return record
 
 
 __all__ = ["APPEAL_STEPS", "Appeal", "AppealStatus", "Appeals", "parse_appeal_domain"]

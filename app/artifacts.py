@@ -167,7 +167,7 @@ class Staging:
         return ref
 
     def commit_ops(self, txn: Txn) -> None:
-        self.store.store.art_index_put(txn, [(r.path, r.sha256, r.to_json()) for r in self.refs])
+        self.store.store.artifacts.index_put(txn, [(r.path, r.sha256, r.to_json()) for r in self.refs])
 
     def finish(self) -> None:
         """After the commit: this host's cache gets the files it just published."""
@@ -220,7 +220,7 @@ class ArtifactStore:
             chunks = [compress(pieces[0])]
         hasher.join()
         sha_hex = sha.hexdigest()
-        self.store.art_blob_put(sha_hex, chunks, ORPHAN_TTL)
+        self.store.artifacts.blob_put(sha_hex, chunks, ORPHAN_TTL)
         return ArtifactRef(path=rel, sha256=sha_hex, size=size, codec=CODEC, chunks=len(chunks))
 
     def write_now(self, rel: str, data: bytes | str) -> None:
@@ -233,7 +233,7 @@ class ArtifactStore:
         """Drop an artifact and its signature (retention), here and in Redis."""
         rels = [check_rel(rel), rel + ".minisig"]
         refs = self.refs(rels)
-        self.store.art_remove(rels, [r.sha256 for r in refs.values()])
+        self.store.artifacts.remove(rels, [r.sha256 for r in refs.values()])
         for r in rels:
             for p in (self.root / r, self.root / (r + ".gz")):
                 try:
@@ -244,11 +244,11 @@ class ArtifactStore:
     # ------------------------------------------------------------ reading
 
     def ref(self, rel: str) -> ArtifactRef | None:
-        raw = self.store.art_index_get(check_rel(rel))
+        raw = self.store.artifacts.index_get(check_rel(rel))
         return ArtifactRef.from_json(raw) if raw else None
 
     def refs(self, rels: Sequence[str]) -> dict[str, ArtifactRef]:
-        raws = self.store.art_index_many(list(rels))
+        raws = self.store.artifacts.index_many(list(rels))
         return {rel: ArtifactRef.from_json(raw) for rel, raw in zip(rels, raws, strict=True) if raw}
 
     def exists(self, rel: str) -> bool:
@@ -265,7 +265,7 @@ class ArtifactStore:
         return self._fetch(ref)
 
     def _fetch(self, ref: ArtifactRef) -> bytes:
-        chunks = self.store.art_blob_get(ref.sha256)
+        chunks = self.store.artifacts.blob_get(ref.sha256)
         if len(chunks) != ref.chunks:
             raise NotFoundError(f"the stored bytes of {ref.path} are missing")
         data = b"".join(decompress(ref.codec, c) for c in chunks)
@@ -313,7 +313,7 @@ class ArtifactStore:
         gone = 0
         for start in range(0, len(rels), 1000):
             chunk = rels[start : start + 1000]
-            for rel, raw in zip(chunk, self.store.art_index_many(chunk), strict=True):
+            for rel, raw in zip(chunk, self.store.artifacts.index_many(chunk), strict=True):
                 if raw is None:
                     for path in files[rel]:
                         path.unlink(missing_ok=True)
@@ -335,7 +335,7 @@ class ArtifactStore:
             return False
 
     def _manifest_path(self, rel: str) -> Path:
-        m = self.store.pub_manifest()
+        m = self.store.pubs.manifest()
         if m is None:
             raise NotFoundError("nothing has been published yet")
         body, sig, _ = m
@@ -347,7 +347,7 @@ class ArtifactStore:
 
     def highwater(self) -> int:
         """The highest version ever committed, by Redis or by this host."""
-        return max(self.local_highwater(), self.store.pub_highwater())
+        return max(self.local_highwater(), self.store.pubs.highwater())
 
     def local_highwater(self) -> int:
         try:
@@ -363,4 +363,4 @@ class ArtifactStore:
         if version < self.local_highwater():
             raise PublicationError("the version high-water mark never goes down")
         write_durably(self.root / "HIGHWATER", f"{version}\n".encode())
-        self.store.pub_raise_highwater(version)
+        self.store.pubs.raise_highwater(version)

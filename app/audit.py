@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain import Actor, iso
-from app.errors import ConflictError, RetryableConflictError
 from app.store import Store, Txn
 
 GENESIS = "0" * 64
@@ -41,7 +40,7 @@ class Head:
 
 
 def head(store: Store) -> Head:
-    seq, h = store.audit_head()
+    seq, h = store.audit.head()
     return Head(seq, h)
 
 
@@ -80,7 +79,7 @@ def add(
     }
     h = chain_hash(prev, body)
     record = dict(body, hash=h)
-    store.audit_append(txn, seq, json.dumps(record, separators=(",", ":"), ensure_ascii=False), h,
+    store.audit.append(txn, seq, json.dumps(record, separators=(",", ":"), ensure_ascii=False), h,
                        current.hash)
     return seq
 
@@ -121,7 +120,7 @@ class Record:
 
 
 def get(store: Store, seq: int) -> Record | None:
-    rows = store.audit_range(f"{seq}-0", f"{seq}-0", count=1)
+    rows = store.audit.range(f"{seq}-0", f"{seq}-0", count=1)
     if not rows:
         return None
     try:
@@ -142,7 +141,7 @@ def records(store: Store, seqs: list[int]) -> list[Record]:
 def iterate(store: Store, batch: int = 2000) -> Iterator[tuple[str, str]]:
     start = "-"
     while True:
-        rows = store.audit_range(start, "+", count=batch)
+        rows = store.audit.range(start, "+", count=batch)
         if not rows:
             return
         yield from rows
@@ -169,7 +168,7 @@ def search(
     out: list[Record] = []
     scanned = 0
     while len(out) < limit and scanned < scan_limit:
-        rows = store.audit_range("-", end, count=500, reverse=True)
+        rows = store.audit.range("-", end, count=500, reverse=True)
         if not rows:
             return out, None
         for sid, text in rows:
@@ -198,19 +197,15 @@ def search(
 
 
 def append(store: Store, *, actor: Actor, action: str, target: str, after: Any = None, reason: str = "",
-           ts: float, retries: int = 25) -> int:
+           ts: float) -> int:
     """Write one audit record that goes with no other change (e.g. that
     someone exported part of the log); returns its sequence number."""
-    for _ in range(retries):
-        txn = Txn()
-        seq = add(txn, store, head(store), actor=actor, action=action, target=target, after=after,
-                  reason=reason, ts=ts)
-        try:
-            store.commit(txn)
-        except RetryableConflictError:
-            continue
-        return seq
-    raise ConflictError("too many concurrent changes; try again")
+
+    def step(txn: Txn) -> int:
+        return add(txn, store, head(store), actor=actor, action=action, target=target, after=after,
+                   reason=reason, ts=ts)
+
+    return store.transact(step)
 
 
 def _target_matches(rec_target: str, wanted: str) -> bool:
@@ -269,7 +264,7 @@ def verify(store: Store, max_problems: int = 100) -> VerifyResult:
         prev = stored_hash
         last_seq, last_hash = seq, stored_hash
         expected_seq = seq + 1
-    head_seq, head_hash = store.audit_head()
+    head_seq, head_hash = store.audit.head()
     if head_seq != last_seq or (head_hash or None) != (last_hash or None):
         if head_seq > last_seq:
             problem(f"record(s) {last_seq + 1}-{head_seq} missing at the end (removed)")

@@ -60,7 +60,7 @@ def first_start(core: Core) -> FirstStart:
         core.users.add(SYSTEM, ADMIN_NAME, "admin", ADMIN_AGENCY, password, must_change=True)
         result.admin_password = password
     core.users.agencies()  # an upgrade from free-text agencies puts them on the list
-    if core.store.once("allowlist_seeded") and not core.curation.allowlist():
+    if core.store.settings.once("allowlist_seeded") and not core.curation.allowlist():
         for domain, sub, reason in seed_lines():
             try:
                 core.curation.allowlist_add(SYSTEM, domain, sub, reason or "seeded on first start")

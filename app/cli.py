@@ -89,7 +89,7 @@ class Context:
                 where = f"the store in {s.data_dir.resolve()}"
             core = Core.from_settings(s)
             core.store.ping()
-            if programme and core.store.keys_raw() is None and not core.users.exists_any():
+            if programme and core.store.programme_keys.raw() is None and not core.users.exists_any():
                 fail(f"{where} holds no blocklist programme (no signing key recorded, no users): check "
                      "BLOCKLIST_REDIS_URL or --data-dir (`blocklist serve` makes a programme on first start, "
                      "`blocklist keys init` on a new Redis)")
@@ -854,7 +854,7 @@ def _xot_details(core: Core) -> dict[str, Any]:
     """What an ISP needs to check our XoT server: the certificate's SPKI pin and name."""
     from app.xot import details
 
-    return {"xot": details(core.store.xot_cert(), core.settings)}
+    return {"xot": details(core.store.isps.xot_cert(), core.settings)}
 
 
 @isp.command("add")
@@ -979,7 +979,7 @@ def xot() -> None:
 @pass_ctx
 def xot_cert(ctx: Context) -> None:
     """Print the certificate the transfer server serves over TLS (PEM), for ISPs' ca-file."""
-    pem = ctx.core().store.xot_cert()
+    pem = ctx.core().store.isps.xot_cert()
     if pem is None:
         fail("no transfer server has served XoT yet (start it with --xot HOST:PORT or BLOCKLIST_XOT_LISTEN)")
     click.echo(pem, nl=False)

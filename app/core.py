@@ -60,14 +60,14 @@ class Core:
         """Checks beyond Redis for /readyz: a publisher holds the signing key,
         and the manifest exists and is not near expiry."""
         out: dict[str, tuple[bool, Any]] = {}
-        signer = self.store.signer_status()
+        signer = self.store.health.signer_status()
         if signer is None:
             out["signing"] = (False, "no publisher holding the signing key has reported in the last 5 minutes")
         elif signer.get("problem"):
             out["signing"] = (False, f"the publisher cannot sign: {signer['problem']}")
         else:
             out["signing"] = (True, f"key {signer['key_id']} loaded by the publisher")
-        workers = self.store.workers_alive()
+        workers = self.store.health.workers_alive()
         signing = [w["name"] for w in workers if w.get("signs")]
         keyless = [w["name"] for w in workers if not w.get("signs")]
         detail = f"{len(signing)} can publish ({', '.join(signing) or 'none'})"
@@ -75,7 +75,7 @@ class Core:
             detail += f"; without the signing key, never publishing: {', '.join(keyless)}"
         # Informational: the "signing" check above decides readiness.
         out["workers"] = (True, detail)
-        m = self.store.pub_manifest()
+        m = self.store.pubs.manifest()
         if m is None:
             out["manifest"] = (True, "no publication yet")
         else:

@@ -7,7 +7,9 @@ safety and four-eyes rules hold whichever door a change comes through.
 What must stay true:
 
 * A change and its audit record are written together or not at all
-  (one :class:`~app.store.Txn`); concurrent writers retry on conflict.
+  (one :class:`~app.store.Txn`); :meth:`~app.store.Store.transact` reads and
+  builds a change again when a concurrent writer got in first, and fails
+  with :class:`ConflictError` (nothing written) when that keeps happening.
 * Safety checks run at submission *and* again at approval, reinstatement and
   re-verification, because the allowlist may have grown in between.
 * Refused import lines change nothing; accepted lines are committed in
@@ -56,13 +58,11 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     RefusedError,
-    RetryableConflictError,
     ValidationError,
 )
 from app.store import Store, Txn
 
 IMPORT_CHUNK = 1000
-MAX_RETRIES = 25
 DAY = 86400
 
 
@@ -229,7 +229,7 @@ class Curation:
 
     def policy(self) -> Policy:
         p = Policy.defaults(self.settings)
-        overrides = self.store.settings_raw()
+        overrides = self.store.settings.all_raw()
         changes: dict[str, Any] = {}
         for name, value in overrides.items():
             try:
@@ -244,27 +244,24 @@ class Curation:
             raise ValidationError("give at least one setting to change")
         parsed = {k: _parse_policy_value(k, v) for k, v in changes.items()}
         reason = clean_text(reason, "reason")
-        for _ in range(MAX_RETRIES):
+
+        def step(txn: Txn) -> None:
             current = self.policy()
-            raw = self.store.settings_raw()
+            raw = self.store.settings.all_raw()
             head = audit.head(self.store)
-            txn = Txn()
             before = {k: getattr(current, k) for k in parsed}
             for k, v in parsed.items():
-                self.store.put_setting(txn, k, json.dumps(v), raw.get(k))
+                self.store.settings.put(txn, k, json.dumps(v), raw.get(k))
             audit.add(txn, self.store, head, actor=actor, action="settings.update", target="settings",
                       before=before, after=parsed, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return self.policy()
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+
+        self.store.transact(step)
+        return self.policy()
 
     # ------------------------------------------------------------------ reads
 
     def get(self, entry_id: int) -> Entry:
-        raw = self.store.entry_raw(int(entry_id))
+        raw = self.store.entries.raw(int(entry_id))
         if raw is None:
             raise NotFoundError(f"there is no entry {entry_id}")
         return Entry.from_json(raw)
@@ -274,17 +271,17 @@ class Curation:
             norm = normalize(etype, value)
         except BlocklistError:
             return None
-        entry_id = self.store.id_for_key(index_key(etype, norm))
+        entry_id = self.store.entries.id_for_key(index_key(etype, norm))
         if entry_id is None:
             return None
-        raw = self.store.entry_raw(entry_id)
+        raw = self.store.entries.raw(entry_id)
         return Entry.from_json(raw) if raw else None
 
     def get_many(self, ids: builtins.list[int]) -> builtins.list[Entry]:
-        return [Entry.from_json(r) for r in self.store.entries_raw(ids) if r]
+        return [Entry.from_json(r) for r in self.store.entries.raw_many(ids) if r]
 
     def counts(self) -> dict[str, int]:
-        return self.store.count_by_status([s.value for s in Status])
+        return self.store.entries.count_by_status([s.value for s in Status])
 
     def list(
         self,
@@ -325,18 +322,18 @@ class Curation:
                     or approvable_by is not None)
         window = limit if not filtered else 200
         if status is not None:
-            end = self.store.count_by_status([status])[status]
+            end = self.store.entries.count_by_status([status])[status]
 
             def ids_at(pos: int) -> builtins.list[int]:
-                return self.store.ids_by_status(str(status), pos, window, newest_first=not oldest_first)
+                return self.store.entries.ids_by_status(str(status), pos, window, newest_first=not oldest_first)
         elif oldest_first:
-            end = self.store.last_entry_id()
+            end = self.store.entries.last_id()
 
             def ids_at(pos: int) -> builtins.list[int]:
                 return list(range(pos + 1, min(end, pos + window) + 1))
         else:
             # Without a status, newest first is simply descending ids.
-            end = last = self.store.last_entry_id()
+            end = last = self.store.entries.last_id()
 
             def ids_at(pos: int) -> builtins.list[int]:
                 return list(range(last - pos, max(0, last - pos - window), -1))
@@ -348,7 +345,7 @@ class Curation:
             ids = ids_at(pos)
             if not ids:
                 break
-            for raw in self.store.entries_raw(ids):
+            for raw in self.store.entries.raw_many(ids):
                 pos += 1
                 scanned += 1
                 if raw is None:
@@ -385,7 +382,7 @@ class Curation:
                 norm = normalize(etype, q)
             except BlocklistError:
                 continue
-            e_id = self.store.id_for_key(index_key(etype, norm))
+            e_id = self.store.entries.id_for_key(index_key(etype, norm))
             if e_id is not None and e_id not in seen:
                 found.append(e_id)
                 seen.add(e_id)
@@ -394,7 +391,7 @@ class Curation:
         needle = q.lower()
         unicode_needle = not needle.isascii()
         partial = False
-        for raw in self.store.search_values("xn--" if unicode_needle else needle):
+        for raw in self.store.entries.search_values("xn--" if unicode_needle else needle):
             e = Entry.from_json(raw)
             if e.id in seen:
                 continue
@@ -415,14 +412,14 @@ class Curation:
         """URL entries whose host is ``host`` (a normal domain), from the host
         index. The first call on a store made before the index existed fills
         it from one scan of the URL records."""
-        if not self.store.url_host_index_ready():
+        if not self.store.entries.url_host_index_ready():
             pairs = []
-            for raw in self.store.search_values("://"):
+            for raw in self.store.entries.search_values("://"):
                 e = Entry.from_json(raw)
                 if e.type is EntryType.URL:
                     pairs.append((url_host(e.value), e.id))
-            self.store.add_url_hosts(pairs, done=True)
-        found = self.get_many(self.store.url_host_ids(host)[:limit])
+            self.store.entries.add_url_hosts(pairs, done=True)
+        found = self.get_many(self.store.entries.url_host_ids(host)[:limit])
         return [e for e in found if e.type is EntryType.URL and url_host(e.value) == host]
 
     def expiring(self, within_days: int = 14, limit: int = 200) -> builtins.list[Entry]:
@@ -430,12 +427,12 @@ class Curation:
         now = self.clock()
         lo = now - p.reverify_days * DAY
         hi = lo + within_days * DAY
-        return self.get_many(self.store.ids_by_status_score(Status.ACTIVE, lo, hi, limit))
+        return self.get_many(self.store.entries.ids_by_status_score(Status.ACTIVE, lo, hi, limit))
 
     def count_expiring(self, within_days: int = 14) -> int:
         p = self.policy()
         lo = self.clock() - p.reverify_days * DAY
-        return self.store.status_count_between(Status.ACTIVE, lo, lo + within_days * DAY)
+        return self.store.entries.status_count_between(Status.ACTIVE, lo, lo + within_days * DAY)
 
     def history(self, entry: Entry) -> builtins.list[audit.Record]:
         return audit.records(self.store, entry.history)
@@ -444,7 +441,7 @@ class Curation:
 
     def allowlist(self) -> builtins.list[AllowItem]:
         items = []
-        for domain, raw in sorted(self.store.allowlist_raw().items()):
+        for domain, raw in sorted(self.store.allowlist.all_raw().items()):
             d = json.loads(raw)
             items.append(AllowItem(domain=domain, subdomains=bool(d.get("subdomains")),
                                    reason=d.get("reason", ""), added_by=d.get("added_by", ""),
@@ -463,8 +460,9 @@ class Curation:
             return float(e.verified_at or e.updated_at)
         return float(e.updated_at)
 
-    def _write(
+    def _stage(
         self,
+        txn: Txn,
         actor: Actor,
         action: str,
         new: Entry,
@@ -475,19 +473,18 @@ class Curation:
         reason: str,
         index_expect: str | None = None,
     ) -> Entry:
+        """Add the change of one entry, with its audit record, to ``txn``."""
         head = audit.head(self.store)
-        txn = Txn()
         seq = audit.add(txn, self.store, head, actor=actor, action=f"entry.{action}",
                         target=f"entry:{new.id}", before=before, after=after, reason=reason,
                         ts=self.clock())
         new.history = [*new.history, seq]
         dirty = new.status is Status.ACTIVE or (old is not None and old.status is Status.ACTIVE)
-        self.store.put_entry(
+        self.store.entries.put(
             txn, new.id, new.to_json(), expect_json=old_raw, index_key=new.key, index_expect=index_expect,
             old_status=None if old is None else old.status, new_status=new.status,
             score=self._score(new), dirty=dirty,
         )
-        self.store.commit(txn)
         return new
 
     def _category(self, category: Any) -> str:
@@ -534,11 +531,12 @@ class Curation:
         ref = clean_text(evidence_ref, "evidence_ref", 200)
         self.rules().check(kind, norm)
         key = index_key(kind, norm)
-        for _ in range(MAX_RETRIES):
+
+        def step(txn: Txn) -> Entry:
             now = int(self.clock())
-            existing_id, index_raw = self.store.lookups([key])[0]
+            existing_id, index_raw = self.store.entries.lookups([key])[0]
             if existing_id is not None:
-                raw = self.store.entry_raw(existing_id)
+                raw = self.store.entries.raw(existing_id)
                 if raw is None:
                     raise ConflictError(f"{norm} is indexed but its entry is missing; run an audit check")
                 old = Entry.from_json(raw)
@@ -550,26 +548,20 @@ class Curation:
                     updated_at=now, approved_by=None, approved_agency=None, approved_at=None,
                     status_reason=None,
                 )
-                try:
-                    return self._write(actor, "resubmit", new, old, raw, {"status": str(old.status)},
-                                       {"status": "pending", "subdomains": sub, "category": cat},
-                                       reason_text)
-                except RetryableConflictError:
-                    continue
-            entry_id = self.store.allocate_entry_ids(1)
+                return self._stage(txn, actor, "resubmit", new, old, raw, {"status": str(old.status)},
+                                   {"status": "pending", "subdomains": sub, "category": cat}, reason_text)
+            entry_id = self.store.entries.allocate_ids(1)
             new = Entry(
                 id=entry_id, type=kind, value=norm, subdomains=sub, category=cat,
                 status=Status.PENDING, reason=reason_text, evidence_ref=ref,
                 submitted_by=actor.name, agency=actor.agency, submitted_at=now, updated_at=now,
             )
-            try:
-                return self._write(actor, "submit", new, None, None, None,
-                                   {"type": str(kind), "value": norm, "subdomains": sub,
-                                    "category": cat, "status": "pending"}, reason_text,
-                                   index_expect=index_raw)
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            return self._stage(txn, actor, "submit", new, None, None, None,
+                               {"type": str(kind), "value": norm, "subdomains": sub,
+                                "category": cat, "status": "pending"}, reason_text,
+                               index_expect=index_raw)
+
+        return self.store.transact(step)
 
     def act(self, actor: Actor, entry_id: Any, action: str, reason: Any = "") -> Entry:
         """One of :data:`app.domain.ENTRY_ACTIONS` on one entry."""
@@ -581,17 +573,16 @@ class Curation:
         except (TypeError, ValueError):
             raise ValidationError("the entry id must be a number") from None
         reason_text = clean_text(reason, "reason", required=action in REASON_REQUIRED)
-        for _ in range(MAX_RETRIES):
-            raw = self.store.entry_raw(e_id)
+
+        def step(txn: Txn) -> Entry:
+            raw = self.store.entries.raw(e_id)
             if raw is None:
                 raise NotFoundError(f"there is no entry {e_id}")
             old = Entry.from_json(raw)
             new, before, after = self._apply(actor, old, action, reason_text)
-            try:
-                return self._write(actor, action, new, old, raw, before, after, reason_text)
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+            return self._stage(txn, actor, action, new, old, raw, before, after, reason_text)
+
+        return self.store.transact(step)
 
     def _apply(self, actor: Actor, old: Entry, action: str, reason: str) -> tuple[Entry, Any, Any]:
         target = check_transition(old, action)
@@ -634,8 +625,9 @@ class Curation:
         reason_text = clean_text(reason, "reason")
         rules = self.rules()
         policy = self.policy()
-        for _ in range(MAX_RETRIES):
-            raws = self.store.entries_raw(e_ids)
+
+        def step(txn: Txn) -> builtins.list[Entry]:
+            raws = self.store.entries.raw_many(e_ids)
             news: builtins.list[tuple[Entry, Entry, str]] = []
             problems: builtins.list[str] = []
             now = int(self.clock())
@@ -659,7 +651,6 @@ class Curation:
                 shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
                 raise ConflictError(f"nothing was approved: {shown}")
             head = audit.head(self.store)
-            txn = Txn()
             seq = audit.add(txn, self.store, head, actor=actor, action="entry.approve",
                             target=",".join(f"entry:{o.id}" for o, _, _ in news[:50])
                             + ("" if len(news) <= 50 else f",+{len(news) - 50}"),
@@ -668,15 +659,12 @@ class Curation:
                             reason=reason_text, ts=now)
             for old, new, raw in news:
                 new.history = [*new.history, seq]
-                self.store.put_entry(txn, new.id, new.to_json(), expect_json=raw, index_key=new.key,
-                                     old_status=old.status, new_status=new.status,
-                                     score=self._score(new), dirty=True)
-            try:
-                self.store.commit(txn)
-                return [n for _, n, _ in news]
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+                self.store.entries.put(txn, new.id, new.to_json(), expect_json=raw, index_key=new.key,
+                                       old_status=old.status, new_status=new.status,
+                                       score=self._score(new), dirty=True)
+            return [n for _, n, _ in news]
+
+        return self.store.transact(step)
 
     # ------------------------------------------------------------------ expiry
 
@@ -685,14 +673,15 @@ class Curation:
         from app.domain import SYSTEM
 
         policy = self.policy()
-        total = 0
-        while True:
+
+        def step(txn: Txn) -> int:
+            """Expire one batch; returns how many (0: none left)."""
             now = int(self.clock())
             cutoff = now - policy.reverify_days * DAY
-            ids = self.store.ids_by_status_score(Status.ACTIVE, float("-inf"), cutoff, batch)
+            ids = self.store.entries.ids_by_status_score(Status.ACTIVE, float("-inf"), cutoff, batch)
             if not ids:
-                return total
-            raws = self.store.entries_raw(ids)
+                return 0
+            raws = self.store.entries.raw_many(ids)
             items = []
             for raw in raws:
                 if raw is None:
@@ -704,9 +693,8 @@ class Curation:
                               status_reason=f"not re-verified within {policy.reverify_days} days")
                 items.append((old, new, raw))
             if not items:
-                return total
+                return 0
             head = audit.head(self.store)
-            txn = Txn()
             seq = audit.add(txn, self.store, head, actor=SYSTEM, action="entry.expire",
                             target=",".join(f"entry:{o.id}" for o, _, _ in items),
                             before={"status": "active"},
@@ -714,14 +702,15 @@ class Curation:
                             reason=f"not re-verified within {policy.reverify_days} days", ts=now)
             for old, new, raw in items:
                 new.history = [*new.history, seq]
-                self.store.put_entry(txn, new.id, new.to_json(), expect_json=raw, index_key=new.key,
-                                     old_status=old.status, new_status=new.status,
-                                     score=self._score(new), dirty=True)
-            try:
-                self.store.commit(txn)
-                total += len(items)
-            except RetryableConflictError:
-                continue
+                self.store.entries.put(txn, new.id, new.to_json(), expect_json=raw, index_key=new.key,
+                                       old_status=old.status, new_status=new.status,
+                                       score=self._score(new), dirty=True)
+            return len(items)
+
+        total = 0
+        while n := self.store.transact(step):
+            total += n
+        return total
 
     # ------------------------------------------------------------------ import
 
@@ -786,15 +775,18 @@ class Curation:
     def _import_chunk(self, actor: Actor, chunk: builtins.list[tuple[ImportRow, Entry]], source: str,
                       report: ImportReport, dry_run: bool) -> None:
         ids: builtins.list[int] = []
-        for _ in range(MAX_RETRIES):
+
+        def step(txn: Txn) -> bool:
+            """Fill ``txn`` with the chunk's new entries; False: nothing to write."""
+            nonlocal ids
             keys = [e.key for _, e in chunk]
-            looked = self.store.lookups(keys)
+            looked = self.store.entries.lookups(keys)
             existing = [i for i, _ in looked]
             index_raw = {k: raw for k, (_, raw) in zip(keys, looked, strict=True)}
             taken = [i for i in existing if i is not None]
             statuses: dict[int, str] = {}
             if taken:
-                for raw in self.store.entries_raw(taken):
+                for raw in self.store.entries.raw_many(taken):
                     if raw:
                         e = Entry.from_json(raw)
                         statuses[e.id] = str(e.status)
@@ -809,16 +801,15 @@ class Curation:
                     fresh.append((row, e))
             chunk[:] = fresh
             if not chunk:
-                return
+                return False
             if dry_run:
                 report.accepted += len(chunk)
-                return
+                return False
             if len(ids) != len(chunk):
-                first = self.store.allocate_entry_ids(len(chunk))
+                first = self.store.entries.allocate_ids(len(chunk))
                 ids = list(range(first, first + len(chunk)))
             now = int(self.clock())
             head = audit.head(self.store)
-            txn = Txn()
             lines = f"{chunk[0][0].line}-{chunk[-1][0].line}"
             seq = audit.add(
                 txn, self.store, head, actor=actor, action="entry.import", target=f"import:{source}",
@@ -830,15 +821,12 @@ class Curation:
             for i, (_, e) in zip(ids, chunk, strict=True):
                 e.id, e.submitted_at, e.updated_at, e.history = i, now, now, [seq]
                 items.append((i, e.key, e.to_json(), index_raw[e.key]))
-            self.store.put_new_entries(txn, items, Status.PENDING, float(now))
-            try:
-                self.store.commit(txn)
-            except RetryableConflictError:
-                continue
+            self.store.entries.put_new(txn, items, Status.PENDING, float(now))
+            return True
+
+        if self.store.transact(step):
             report.accepted += len(chunk)
             report.ids.extend(ids)
-            return
-        raise ConflictError("too many concurrent changes during the import; try again")
 
     # ------------------------------------------------------------------ allowlist
 
@@ -867,24 +855,19 @@ class Curation:
                 f"the entries that adding {name} would suspend changed since you confirmed; check them again"
             )
         reason_text = clean_text(reason, "reason")
-        for _ in range(MAX_RETRIES):
-            old_raw = self.store.allow_raw(name)
+
+        def step(txn: Txn) -> None:
+            old_raw = self.store.allowlist.raw(name)
             item = {"subdomains": sub, "reason": reason_text, "added_by": actor.name,
                     "added_at": int(self.clock())}
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.put_allow(txn, name, json.dumps(item, separators=(",", ":")), old_raw)
+            self.store.allowlist.put(txn, name, json.dumps(item, separators=(",", ":")), old_raw)
             audit.add(txn, self.store, head, actor=actor,
                       action="allowlist.update" if old_raw else "allowlist.add",
                       target=f"allowlist:{name}", before=json.loads(old_raw) if old_raw else None,
                       after={"domain": name, "subdomains": sub}, reason=reason_text, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                break
-            except RetryableConflictError:
-                continue
-        else:
-            raise ConflictError("too many concurrent changes; try again")
+
+        self.store.transact(step)
         suspended = []
         for entry in self._conflicting(name, sub):
             if entry.status is Status.ACTIVE:
@@ -899,9 +882,9 @@ class Curation:
     def _conflicting(self, name: str, subdomains: bool) -> builtins.list[Entry]:
         keys = [index_key(EntryType.DOMAIN, name)] + [index_key(EntryType.DOMAIN, p) for p in parents(name)]
         keys += [index_key(EntryType.URL, f"{s}://{name}/") for s in ("http", "https")]
-        ids = {i for i in self.store.ids_for_keys(keys) if i is not None}
+        ids = {i for i in self.store.entries.ids_for_keys(keys) if i is not None}
         if subdomains:
-            for raw in self.store.search_values("." + name):
+            for raw in self.store.entries.search_values("." + name):
                 e = Entry.from_json(raw)
                 if e.type is EntryType.DOMAIN and e.value.endswith("." + name):
                     ids.add(e.id)
@@ -913,22 +896,18 @@ class Curation:
             raise ValidationError("domain must be a string")
         name = normalize_domain(domain)
         reason_text = clean_text(reason, "reason")
-        for _ in range(MAX_RETRIES):
-            old_raw = self.store.allow_raw(name)
+
+        def step(txn: Txn) -> None:
+            old_raw = self.store.allowlist.raw(name)
             if old_raw is None:
                 raise NotFoundError(f"{name} is not on the allowlist")
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.put_allow(txn, name, None, old_raw)
+            self.store.allowlist.put(txn, name, None, old_raw)
             audit.add(txn, self.store, head, actor=actor, action="allowlist.remove",
                       target=f"allowlist:{name}", before=json.loads(old_raw), after=None,
                       reason=reason_text, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+
+        self.store.transact(step)
 
     def check_value(self, value: Any, etype: Any = None, subdomains: Any = None) -> dict[str, Any]:
         """What submitting ``value`` would do, without changing anything (UI

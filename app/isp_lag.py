@@ -136,7 +136,7 @@ def publication_times(core: Core) -> Callable[[int], float | None]:
     cache: dict[int, float | None] = {}
 
     def published_after(version: int) -> float | None:
-        found = core.store.pub_first_version_after(version)
+        found = core.store.pubs.first_version_after(version)
         if found is None:
             return None
         if found not in cache:

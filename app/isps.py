@@ -40,7 +40,6 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
-    RetryableConflictError,
     ValidationError,
 )
 from app.store import Store, Txn
@@ -195,36 +194,35 @@ class Isps:
         self.clock = clock
 
     def get(self, name: str) -> Isp:
-        raw = self.store.isp_raw(name)
+        raw = self.store.isps.raw(name)
         if not raw:
             raise NotFoundError(f"there is no ISP {name!r}")
         return _from_raw(raw)
 
     def list(self) -> list[Isp]:
-        names = self.store.isp_names()
-        return [_from_raw(r) for r in self.store.isps_raw(names) if r]
+        names = self.store.isps.names()
+        return [_from_raw(r) for r in self.store.isps.raw_many(names) if r]
 
     def _change(self, actor: Actor, name: str, action: str, fields: dict[str, str], before: Any, after: Any,
                 reason: str = "", *, create: bool = False, expect: str | None = None,
                 token: tuple[str, str | None] | None = None) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
             f = dict(fields, version="1" if create else str(int(expect or "0") + 1))
-            self.store.put_isp(txn, name, f, create=create, expect_version=expect)
+            self.store.isps.put(txn, name, f, create=create, expect_version=expect)
             if token is not None:
-                self.store.set_isp_token(txn, name, token[0], token[1])
+                self.store.isps.set_token(txn, name, token[0], token[1])
             audit.add(txn, self.store, head, actor=actor, action=action, target=f"isp:{name}",
                       before=before, after=after, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if create and self.store.isp_raw(name):
-                    raise ConflictError(f"an ISP named {name!r} already exists") from None
-                if not create and self.get(name).version != expect:
-                    raise ConflictError(f"the ISP {name} changed meanwhile; reload and try again") from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def isp_moved() -> None:
+            # Only the audit head moved (a change elsewhere) unless the ISP itself did.
+            if create and self.store.isps.raw(name):
+                raise ConflictError(f"an ISP named {name!r} already exists") from None
+            if not create and self.get(name).version != expect:
+                raise ConflictError(f"the ISP {name} changed meanwhile; reload and try again") from None
+
+        self.store.transact(step, on_conflict=isp_moved)
 
     def add(self, actor: Actor, name: Any, notify: Any = None, allow_from: Any = None,
             reason: str = "", *, address_only: Any = False) -> dict[str, Any]:
@@ -240,7 +238,7 @@ class Isps:
         cidrs = parse_cidrs(allow_from)
         if address_only:
             _check_address_only(cidrs)
-        if self.store.isp_raw(name):
+        if self.store.isps.raw(name):
             raise ConflictError(f"an ISP named {name!r} already exists")
         token = new_token(FEED_TOKEN_PREFIX)
         secret = "" if address_only else base64.b64encode(secrets.token_bytes(32)).decode()
@@ -362,25 +360,20 @@ class Isps:
         """Audit a download of the ISP's onboarding bundle (the record never holds a secret)."""
         actor.require("isp.manage" if with_secrets else "isp.read")
         self.get(name)
-        for _ in range(20):
-            head = audit.head(self.store)
-            txn = Txn()
-            audit.add(txn, self.store, head, actor=actor, action="isp.bundle", target=f"isp:{name}",
-                      after={"secrets": "included" if with_secrets else "placeholders"},
+
+        def step(txn: Txn) -> None:
+            audit.add(txn, self.store, audit.head(self.store), actor=actor, action="isp.bundle",
+                      target=f"isp:{name}", after={"secrets": "included" if with_secrets else "placeholders"},
                       reason="credentials bundle downloaded", ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+
+        self.store.transact(step)
 
     def authenticate_feed(self, token: str) -> Isp:
         if not token or not token.startswith(FEED_TOKEN_PREFIX) or len(token) > 200:
             raise AuthenticationError("a valid feed token is required (Authorization: Bearer blf_...)")
         th = hash_token(token)
-        name = self.store.isp_token_owner(th)
-        raw = self.store.isp_raw(name) if name else {}
+        name = self.store.isps.token_owner(th)
+        raw = self.store.isps.raw(name) if name else {}
         if not raw or not secrets.compare_digest(raw.get("token_hash", ""), th):
             raise AuthenticationError("the feed token is not valid")
         isp = _from_raw(raw)
@@ -392,7 +385,7 @@ class Isps:
         fields = {"last_pull_at": str(int(self.clock())), "last_pull_via": via}
         if version is not None:
             fields["last_version"] = str(version)
-        self.store.isp_record_pull(isp.name, fields)
+        self.store.isps.record_pull(isp.name, fields)
 
     def record_report(self, isp: Isp, body: Any) -> dict[str, Any]:
         """Record what ``blocklist-pull check`` saw the ISP's resolvers enforce.
@@ -416,25 +409,24 @@ class Isps:
         # The ISP itself reports; the audit record names it (an ISP is no user: the
         # least-privileged role is recorded).
         actor = Actor(name=f"isp:{isp.name}", role=Role.AUDITOR, agency=isp.name)
-        for _ in range(20):
+
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.put_isp_report(txn, isp.name, fields)
+            self.store.isps.put_report(txn, isp.name, fields)
             audit.add(txn, self.store, head, actor=actor, action="isp.report", target=f"isp:{isp.name}",
                       before={"enforced_version": isp.enforced_version},
                       after={"enforced_version": version, "resolvers": seen}, ts=now)
-            try:
-                self.store.commit(txn)
-                return {"enforced_version": version, "enforced_at": stamp, "resolvers": seen}
-            except RetryableConflictError:
-                current = self.get(isp.name)
-                if not current.active:
-                    raise PermissionDeniedError(f"access for {isp.name} has been revoked") from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def revoked() -> None:
+            if not self.get(isp.name).active:
+                raise PermissionDeniedError(f"access for {isp.name} has been revoked") from None
+
+        self.store.transact(step, on_conflict=revoked)
+        return {"enforced_version": version, "enforced_at": stamp, "resolvers": seen}
 
     def report_allowed(self, isp: Isp) -> bool:
         """Counts a report; False once the ISP has sent more than REPORTS_PER_HOUR this hour."""
-        return self.store.rate_hit("isp-report", isp.name, 3600) <= REPORTS_PER_HOUR
+        return self.store.rates.hit("isp-report", isp.name, 3600) <= REPORTS_PER_HOUR
 
 
 def parse_report(body: Any, now: float) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from typing import Any
 from app import audit
 from app.clock import Clock, system_clock
 from app.domain import Actor, iso
-from app.errors import BlocklistError, ConflictError, NotFoundError, RetryableConflictError, StoreError
+from app.errors import BlocklistError, ConflictError, NotFoundError, StoreError
 from app.signing import PublicKey, SecretKey, create_key, load_key, public_key_path
 from app.store import Store, Txn
 
@@ -123,7 +123,7 @@ class Keyring:
     # ------------------------------------------------------------------ reads
 
     def record(self) -> ProgrammeKeys | None:
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         return ProgrammeKeys.from_json(raw) if raw else None
 
     def require(self) -> ProgrammeKeys:
@@ -149,24 +149,22 @@ class Keyring:
 
     def _write(self, actor: Actor, action: str, expect: str | None, new: ProgrammeKeys,
                before: dict[str, Any] | None, after: dict[str, Any], reason: str) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.keys_put(txn, expect, new.to_json())
+            self.store.programme_keys.put(txn, expect, new.to_json())
             audit.add(txn, self.store, head, actor=actor, action=action, target="signing-key",
                       before=before, after=after, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if self.store.keys_raw() != expect:
-                    raise ConflictError("the programme's keys changed meanwhile; look again and retry") from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def keys_moved() -> None:
+            if self.store.programme_keys.raw() != expect:
+                raise ConflictError("the programme's keys changed meanwhile; look again and retry") from None
+
+        self.store.transact(step, on_conflict=keys_moved)
 
     def init(self, actor: Actor, reason: str = "") -> tuple[ProgrammeKeys, bool]:
         """Record this host's key as the programme's first key, making the key
         file if there is none. Returns (record, whether a key was made)."""
-        existing = self.store.keys_raw()
+        existing = self.store.programme_keys.raw()
         if existing is not None:
             cur = ProgrammeKeys.from_json(existing).current
             raise ConflictError(
@@ -187,7 +185,7 @@ class Keyring:
 
     def rotate(self, actor: Actor, overlap: int, reason: str = "") -> ProgrammeKeys:
         """Make the next key (in ``<key file>.next``) and announce it from ``now + overlap``."""
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         rec = self.require()
         if rec.next is not None:
             raise ConflictError(
@@ -217,7 +215,7 @@ class Keyring:
 
     def complete(self, actor: Actor, *, early: bool = False, reason: str = "") -> ProgrammeKeys:
         """Make the announced next key current and retire the current one."""
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         rec = self.require()
         if rec.next is None:
             raise NotFoundError("no next key is announced: start a rotation with blocklist keys rotate")

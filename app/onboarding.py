@@ -512,7 +512,7 @@ def gather(core: Core, name: str, *, feed_token: str | None = None, tsig_secret:
 
     rec = Keyring(core.store, core.settings.signing_key_file, core.clock).record()
     xot = None
-    pem = core.store.xot_cert()
+    pem = core.store.isps.xot_cert()
     if pem is not None and core.settings.xot_listen is not None:
         xot = Xot(port=core.settings.xot_listen[1], name=core.settings.xot_name, pin=spki_pin(pem), certificate=pem)
     return for_isp(

@@ -58,7 +58,6 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PublicationError,
-    RetryableConflictError,
 )
 from app.guard import guard_reasons, safety_problems
 from app.listbuild import (
@@ -166,9 +165,9 @@ class Publisher:
         except BlocklistError as e:
             log.error("cannot sign: %s", e.message)
             mine = self._key.public.id_hex if self._key is not None else ""
-            self.store.signer_report(mine, SIGNER_REPORT_TTL, problem=e.message)
+            self.store.health.report_signer(mine, SIGNER_REPORT_TTL, problem=e.message)
             return False
-        self.store.signer_report(key.public.id_hex, SIGNER_REPORT_TTL)
+        self.store.health.report_signer(key.public.id_hex, SIGNER_REPORT_TTL)
         self._remind_rotation()
         return True
 
@@ -176,7 +175,7 @@ class Publisher:
         """Once an hour, say that an announced key may take over and is waiting for the operator."""
         from app.keys import ProgrammeKeys
 
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         rec = ProgrammeKeys.from_json(raw) if raw else None
         now = self.clock()
         if rec is None or rec.next is None or rec.next_from_ts is None or now < rec.next_from_ts:
@@ -201,13 +200,13 @@ class Publisher:
         """The next key, announced by the current key's signature over the manifest."""
         from app.keys import ProgrammeKeys
 
-        raw = self.store.keys_raw()
+        raw = self.store.programme_keys.raw()
         return ProgrammeKeys.from_json(raw).announcement() if raw else None
 
     # ------------------------------------------------------------------ reads
 
     def latest(self) -> dict[str, Any] | None:
-        raw = self.store.pub_latest_raw()
+        raw = self.store.pubs.latest_raw()
         return json.loads(raw) if raw else None
 
     def version_meta(self, version: int) -> dict[str, Any] | None:
@@ -216,7 +215,7 @@ class Publisher:
         return pub.to_dict() if pub else None
 
     def record(self, version: int) -> Publication | None:
-        raw = self.store.pub_version_raw(version)
+        raw = self.store.pubs.version_raw(version)
         return Publication.from_json(raw) if raw else None
 
     def base_of(self, pub: Publication) -> Publication:
@@ -228,18 +227,18 @@ class Publisher:
 
     def versions(self, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
         metas = []
-        for n in self.store.pub_version_numbers(limit, before):
+        for n in self.store.pubs.version_numbers(limit, before):
             m = self.version_meta(n)
             if m:
                 metas.append(m)
         return metas
 
     def held(self) -> dict[str, Any] | None:
-        raw = self.store.pub_held_raw()
+        raw = self.store.pubs.held_raw()
         return json.loads(raw) if raw else None
 
     def manifest(self) -> tuple[str, str] | None:
-        m = self.store.pub_manifest()
+        m = self.store.pubs.manifest()
         return None if m is None else (m[0], m[1])
 
     # ------------------------------------------------------------------ lock
@@ -249,7 +248,7 @@ class Publisher:
         """Hold the publisher lock (yields its token), or yield None if busy."""
         token = secrets.token_hex(16)
         deadline = time.monotonic() + wait
-        while not self.store.pub_lock_acquire(token, LOCK_TTL_MS):
+        while not self.store.pubs.lock_acquire(token, LOCK_TTL_MS):
             if time.monotonic() >= deadline:
                 yield None
                 return
@@ -258,7 +257,7 @@ class Publisher:
 
         def heartbeat() -> None:
             while not stop.wait(LOCK_TTL_MS / 4000):
-                if not self.store.pub_lock_extend(token, LOCK_TTL_MS):
+                if not self.store.pubs.lock_extend(token, LOCK_TTL_MS):
                     log.error("lost the publisher lock")
                     return
 
@@ -269,7 +268,7 @@ class Publisher:
         finally:
             stop.set()
             t.join()
-            self.store.pub_lock_release(token)
+            self.store.pubs.lock_release(token)
 
     # ------------------------------------------------------------------ state
 
@@ -311,7 +310,7 @@ class Publisher:
 
         def records() -> Iterator[str | None]:
             for start in range(0, len(unique), 5000):
-                yield from self.store.entries_raw(unique[start : start + 5000])
+                yield from self.store.entries.raw_many(unique[start : start + 5000])
 
         return changes_from_records(state, records())
 
@@ -320,18 +319,18 @@ class Publisher:
         digest: read from the store's published form (kept in order by Redis
         as entries are written; the next batch is read while one is digested),
         or built from every record when that form is not whole."""
-        if fill and not self.store.feed_ready():
+        if fill and not self.store.published.ready():
             self._fill_published_form()
-        if self.store.feed_ready():
-            held, active = self.store.feed_counts()
-            built = lines_from_store(prefetched(self.store.feed_read())) if held == active else None
+        if self.store.published.ready():
+            held, active = self.store.published.counts()
+            built = lines_from_store(prefetched(self.store.published.read())) if held == active else None
             if built is not None:
                 return built
             log.warning("the published form in Redis does not match the entries (%s lines for %s active "
                         "entries): was an older release writing entries? Building from every record, and "
                         "refilling it", held, active)
-            self.store.feed_reset()
-        lines, zone = full_lines(self.store.iter_bucket_raw())
+            self.store.published.reset()
+        lines, zone = full_lines(self.store.entries.iter_raw())
         return lines, zone, Digest.of_lines(lines)
 
     def _fill_published_form(self) -> None:
@@ -340,18 +339,19 @@ class Publisher:
         (a record changed meanwhile was added by its writer)."""
         t = time.perf_counter()
         n = 0
-        for bucket in range(self.store.last_entry_id() // BUCKET_SIZE + 1):
-            for _ in range(20):
-                items = [(i, raw) for i, raw in self.store.bucket_items(bucket) if '"st":"active"' in raw]
-                try:
-                    self.store.feed_fill(items)
-                    n += len(items)
-                    break
-                except RetryableConflictError:
-                    continue
-            else:
-                raise PublicationError("entries kept changing while the published form was filled; try again")
-        self.store.feed_mark_ready()
+        for bucket in range(self.store.entries.last_id() // BUCKET_SIZE + 1):
+
+            def step(txn: Txn, bucket: int = bucket) -> int:
+                items = [(i, raw) for i, raw in self.store.published.bucket_items(bucket) if '"st":"active"' in raw]
+                self.store.published.fill(txn, items)
+                return len(items)
+
+            try:
+                n += self.store.transact(step)
+            except ConflictError:
+                raise PublicationError("entries kept changing while the published form was filled; "
+                                       "try again") from None
+        self.store.published.mark_ready()
         log.info("filled the published form with %s active entries in %.1fs", n, time.perf_counter() - t)
 
     def _checked(self, ref: FileRef) -> bytes:
@@ -397,7 +397,7 @@ class Publisher:
         highwater = max(self.artifacts.highwater(), int(latest["version"]) if latest else 0)
         # Read the change feed's length first: changes made after this point
         # stay in the feed for the next run, whatever this run reads.
-        feed_len = self.store.dirty_count()
+        feed_len = self.store.changes.count()
         previous = None
         if latest is not None and not full and int(latest["version"]) == highwater:
             try:
@@ -405,7 +405,7 @@ class Publisher:
             except (BlocklistError, OSError, ValueError) as e:
                 log.warning("rebuilding from Redis: cannot use version %s: %s", latest["version"], e)
         if previous is not None:
-            diff = self._changes_from_feed(previous, self.store.dirty_peek(feed_len))
+            diff = self._changes_from_feed(previous, self.store.changes.peek(feed_len))
             lines, zone, digest = splice(previous, diff)
             base = previous
         else:
@@ -435,7 +435,7 @@ class Publisher:
         if fold and not reason:
             reason = "the overlay zone is folded into the base zone"
         if diff.empty and not force and not behind_highwater and not unstored and not fold:
-            self.store.dirty_consume(feed_len)
+            self.store.changes.consume(feed_len)
             if held:
                 self._drop_held("the list no longer differs from the published version")
             refreshed = self._refresh_manifest_locked(token, force=False)
@@ -567,7 +567,7 @@ class Publisher:
             else:
                 raise PublicationError("a version needs its full files or a delta; nothing was published")
             manifest_body, manifest_sig = self._manifest(pub, now)
-            if self.store.pub_lock_holder() != token:
+            if self.store.pubs.lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing; nothing was published")
             self.artifacts.set_highwater(version)
             t = time.perf_counter()
@@ -600,28 +600,28 @@ class Publisher:
     def _commit(self, token: str, pub: Publication, manifest_body: str, manifest_sig: str, feed_len: int,
                 actor: Actor, reason: str, now: float, staging: Staging) -> None:
         latest = Latest.of(pub, self.base_of(pub))
-        first = self.store.pub_latest_raw()
+        first = self.store.pubs.latest_raw()
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_latest_raw()
+            current = self.store.pubs.latest_raw()
             head = audit.head(self.store)
-            self.store.pub_expect(txn, latest=current, lock=token)
+            self.store.pubs.expect(txn, latest=current, lock=token)
             audit.add(txn, self.store, head, actor=actor, action="publication.publish",
                       target=f"version:{pub.version}",
                       before={"version": pub.previous_version},
                       after={"version": pub.version, "count": pub.count, **pub.changes,
                              "entries_digest": pub.entries_digest},
                       reason=reason, ts=now)
-            self.store.pub_set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
+            self.store.pubs.set_manifest(txn, manifest_body, manifest_sig, pub.version, int(now))
             staging.commit_ops(txn)
             if pub.has_full_files:
-                self.store.pub_add_full(txn, pub.version)
-            self.store.pub_add_version(txn, pub.version, pub.to_json(), latest.to_json(), feed_len)
+                self.store.pubs.add_full(txn, pub.version)
+            self.store.pubs.add_version(txn, pub.version, pub.to_json(), latest.to_json(), feed_len)
 
         def still_ours() -> None:
-            if self.store.pub_lock_holder() != token:
+            if self.store.pubs.lock_holder() != token:
                 raise PublicationError("lost the publisher lock before committing") from None
-            if self.store.pub_latest_raw() != first:
+            if self.store.pubs.latest_raw() != first:
                 raise PublicationError("another publisher committed a version meanwhile") from None
 
         try:
@@ -654,7 +654,7 @@ class Publisher:
         return self.clock() - float(base.full_at or 0) >= self.settings.compact_age
 
     def _compact_locked(self, token: str, only_small: bool) -> Outcome:
-        latest_raw = self.store.pub_latest_raw()
+        latest_raw = self.store.pubs.latest_raw()
         if not latest_raw:
             return Outcome("unchanged", message="nothing has been published yet")
         latest = json.loads(latest_raw)
@@ -676,20 +676,20 @@ class Publisher:
 
             def step(txn: Txn) -> None:
                 head = audit.head(self.store)
-                self.store.pub_expect(txn, latest=latest_raw, lock=token)
+                self.store.pubs.expect(txn, latest=latest_raw, lock=token)
                 audit.add(txn, self.store, head, actor=SYSTEM, action="publication.compact",
                           target=f"version:{version}", before={"base": pub.base},
                           after={"snapshot_sha256": snap.sha256, "rpz_sha256": rpz.sha256},
                           reason="full snapshot and zone file written", ts=now)
-                self.store.pub_set_manifest(txn, body, sig, version, int(now))
+                self.store.pubs.set_manifest(txn, body, sig, version, int(now))
                 staging.commit_ops(txn)
-                self.store.pub_add_full(txn, version)
-                self.store.pub_update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
+                self.store.pubs.add_full(txn, version)
+                self.store.pubs.update_version(txn, version, full.to_json(), Latest.of(full, full).to_json())
 
             def moved_on() -> None:
                 # Only the audit head moved (curation goes on): try again; a
                 # new version or a lost lock ends this compaction.
-                if self.store.pub_latest_raw() != latest_raw or self.store.pub_lock_holder() != token:
+                if self.store.pubs.latest_raw() != latest_raw or self.store.pubs.lock_holder() != token:
                     raise ConflictError("a publication moved on meanwhile")
 
             self.store.transact(step, retries=5, on_conflict=moved_on)
@@ -783,7 +783,7 @@ class Publisher:
     def _refresh_manifest_locked(self, token: str, force: bool) -> bool:
         """Re-sign the latest manifest with a later expiry when it is due, so a
         quiet feed is never mistaken for a frozen one."""
-        latest_raw = self.store.pub_latest_raw()
+        latest_raw = self.store.pubs.latest_raw()
         if not latest_raw:
             return False
         self._key = self.signing_key()
@@ -792,7 +792,7 @@ class Publisher:
             # Restored from an older backup: never sign a manifest below a
             # published version; the next publication moves above it.
             return False
-        current = self.store.pub_manifest()
+        current = self.store.pubs.manifest()
         signed_at = current[2] if current else 0
         now = self.clock()
         due = now - signed_at >= self.settings.manifest_refresh
@@ -804,8 +804,8 @@ class Publisher:
         body, sig = self._manifest(pub, now)
 
         def step(txn: Txn) -> None:
-            self.store.pub_expect(txn, latest=latest_raw, lock=token)
-            self.store.pub_set_manifest(txn, body, sig, pub.version, int(now))
+            self.store.pubs.expect(txn, latest=latest_raw, lock=token)
+            self.store.pubs.set_manifest(txn, body, sig, pub.version, int(now))
 
         try:
             self.store.transact(step, retries=0)
@@ -825,7 +825,7 @@ class Publisher:
 
     def report_key(self) -> None:
         """Tell every web host (/readyz) that a publisher holds the signing key."""
-        self.store.signer_report(self.key.public.id_hex, SIGNER_REPORT_TTL)
+        self.store.health.report_signer(self.key.public.id_hex, SIGNER_REPORT_TTL)
 
     # ------------------------------------------------------------------ guard
 
@@ -838,13 +838,13 @@ class Publisher:
         }
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_held_raw()
+            current = self.store.pubs.held_raw()
             held = json.loads(current) if current else None
             if held and all(held.get(k) == record[k] for k in ("base_version", "added", "removed", "changed")):
                 return  # already held as it stands: nothing to write
             head = audit.head(self.store)
-            self.store.pub_expect(txn, held=current)
-            self.store.pub_set_held(txn, json.dumps(record, separators=(",", ":")))
+            self.store.pubs.expect(txn, held=current)
+            self.store.pubs.set_held(txn, json.dumps(record, separators=(",", ":")))
             audit.add(txn, self.store, head, actor=actor, action="publication.hold", target="publication",
                       before=None, after=record, reason="; ".join(reasons), ts=self.clock())
 
@@ -877,20 +877,20 @@ class Publisher:
         decided: dict[str, Any] = {}
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_held_raw()
+            current = self.store.pubs.held_raw()
             if current is None:
                 raise NotFoundError("no publication is held")
             held: dict[str, Any] = json.loads(current)
             if held.get("released_by"):
                 raise ConflictError(f"the held publication was already released by {held['released_by']}")
             head = audit.head(self.store)
-            self.store.pub_expect(txn, held=current)
+            self.store.pubs.expect(txn, held=current)
             if decision == "release":
                 held.update(released_by=actor.name, released_at=iso(self.clock()))
-                self.store.pub_set_held(txn, json.dumps(held, separators=(",", ":")))
+                self.store.pubs.set_held(txn, json.dumps(held, separators=(",", ":")))
                 self._enqueue(actor, f"release: {reason}", txn)
             else:
-                self.store.pub_set_held(txn, None)
+                self.store.pubs.set_held(txn, None)
             audit.add(txn, self.store, head, actor=actor, action=f"publication.{decision}",
                       target="publication", before={k: held.get(k) for k in ("added", "removed", "changed")},
                       after={"decision": decision}, reason=reason, ts=self.clock())
@@ -904,12 +904,12 @@ class Publisher:
         """The list no longer differs from the published version: the hold is moot."""
 
         def step(txn: Txn) -> None:
-            current = self.store.pub_held_raw()
+            current = self.store.pubs.held_raw()
             if current is None:
                 return
             head = audit.head(self.store)
-            self.store.pub_expect(txn, held=current)
-            self.store.pub_set_held(txn, None)
+            self.store.pubs.expect(txn, held=current)
+            self.store.pubs.set_held(txn, None)
             audit.add(txn, self.store, head, actor=SYSTEM, action="publication.unhold", target="publication",
                       after=None, reason=why, ts=self.clock())
 
@@ -931,7 +931,7 @@ class Publisher:
         request_id = secrets.token_hex(8)
         pending = json.dumps({"status": "requested", "requested_at": self.clock()})
         # Not taken in time, a request is dropped: nobody is waiting for it any more.
-        self.store.pub_set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
+        self.store.pubs.set_request(request_id, self._request_payload(actor, reason, request_id, force=force,
                                                                      full=full), pending, txn,
                                    request_ttl=(timeout or self.settings.publish_answer_timeout) + 5)
         return request_id
@@ -950,7 +950,7 @@ class Publisher:
         a publisher), ``unanswered`` (no publisher took it within
         ``publish_answer_timeout``; it is withdrawn), or the outcome. None for
         an unknown or forgotten request."""
-        raw = self.store.pub_result(request_id)
+        raw = self.store.pubs.result(request_id)
         if raw is None:
             return None
         result: dict[str, Any] = json.loads(raw)
@@ -958,10 +958,10 @@ class Publisher:
             return result
         waited = self.clock() - float(result.get("requested_at", 0))
         limit = self.settings.publish_answer_timeout if timeout is None else timeout
-        if waited < limit or not self.store.pub_withdraw_request(request_id):
+        if waited < limit or not self.store.pubs.withdraw_request(request_id):
             return result
         result = {"status": "unanswered", "message": no_publisher_message(limit)}
-        self.store.pub_set_result(request_id, json.dumps(result))
+        self.store.pubs.set_result(request_id, json.dumps(result))
         return result
 
     def request_result(self, request_id: str) -> dict[str, Any] | None:
@@ -973,12 +973,12 @@ class Publisher:
 
     def serve_request(self) -> Outcome | None:
         """Run the oldest pending publish request, if any (the worker calls this often)."""
-        taken = self.store.pub_take_request()
+        taken = self.store.pubs.take_request()
         if taken is None:
             return None
         request_id, raw = taken
         req = json.loads(raw)
-        self.store.pub_set_result(request_id, json.dumps({"status": "working", "taken_at": self.clock()}))
+        self.store.pubs.set_result(request_id, json.dumps({"status": "working", "taken_at": self.clock()}))
         from app.domain import Role
 
         try:
@@ -994,9 +994,9 @@ class Publisher:
         except Exception:
             # Answer the requester before the error reaches the worker's log.
             failed = Outcome("failed", message="the publisher failed; see its log")
-            self.store.pub_set_result(request_id, json.dumps(failed.to_dict()))
+            self.store.pubs.set_result(request_id, json.dumps(failed.to_dict()))
             raise
-        self.store.pub_set_result(request_id, json.dumps(outcome.to_dict()))
+        self.store.pubs.set_result(request_id, json.dumps(outcome.to_dict()))
         return outcome
 
     def preview(self) -> Diff:
@@ -1006,7 +1006,7 @@ class Publisher:
         if latest is None:
             lines, _, _ = self._full_build(fill=False)
             return diff_lists([], lines)
-        return self._changes_from_feed(state, self.store.dirty_peek())
+        return self._changes_from_feed(state, self.store.changes.peek())
 
     # ------------------------------------------------------------------ retention
 
@@ -1015,12 +1015,12 @@ class Publisher:
         deltas of the last versions; never what the latest version needs."""
         pub = self.record(version)
         base_v = pub.base if pub else version
-        for v in self.store.pub_full_versions_older(self.settings.retain_snapshots):
+        for v in self.store.pubs.full_versions_older(self.settings.retain_snapshots):
             if v == base_v:
                 continue
             self.artifacts.remove(f"snapshots/{v}.json")
             self.artifacts.remove(f"rpz/{v}.zone")
-            self.store.pub_drop_full(v)
+            self.store.pubs.drop_full(v)
         keep_delta = min(version - self.settings.retain_deltas, base_v)
         for v in range(max(1, keep_delta - 50), keep_delta + 1):
             old = self.record(v)

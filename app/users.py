@@ -46,7 +46,6 @@ from app.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
-    RetryableConflictError,
     ValidationError,
 )
 from app.store import Store, Txn
@@ -237,7 +236,7 @@ class Users:
 
     def get(self, name: str) -> User:
         validate_name(name)
-        raw = self.store.user_raw(name)
+        raw = self.store.users.raw(name)
         if not raw:
             raise NotFoundError(f"there is no user {name!r}")
         return _from_raw(raw)
@@ -246,26 +245,26 @@ class Users:
         """The account called ``name``, or None (also for a name no account could have)."""
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             return None
-        raw = self.store.user_raw(name)
+        raw = self.store.users.raw(name)
         return _from_raw(raw) if raw else None
 
     def list(self) -> list[User]:
         out = []
-        for name in self.store.user_names():
+        for name in self.store.users.names():
             u = self.find(name)
             if u is not None:
                 out.append(u)
         return out
 
     def exists_any(self) -> bool:
-        return bool(self.store.user_names())
+        return bool(self.store.users.names())
 
     # ------------------------------------------------------------------ auth
 
     def authenticate_token(self, token: str) -> User:
         if not token or not token.startswith(USER_TOKEN_PREFIX) or len(token) > 200:
             raise AuthenticationError("a valid API token is required (Authorization: Bearer blu_...)")
-        name = self.store.token_owner(hash_token(token))
+        name = self.store.users.token_owner(hash_token(token))
         user = self.find(name) if name else None
         if user is None or not secrets.compare_digest(user.token_hash, hash_token(token)):
             raise AuthenticationError("the API token is not valid")
@@ -298,19 +297,16 @@ class Users:
         step = _matching_step(user.totp_secret, code, int(self.clock()))
         if step is None:
             return False
-        for _ in range(5):
-            last = self.store.user_raw(user.name).get("totp_last_step")
+
+        def spend(txn: Txn) -> bool:
+            last = self.store.users.raw(user.name).get("totp_last_step")
             if last is not None and step <= int(last):
                 return False
-            txn = Txn()
-            self.store.expect_user_field(txn, user.name, "totp_last_step", last)
-            self.store.put_user(txn, user.name, {"totp_last_step": str(step)})
-            try:
-                self.store.commit(txn)
-                return True
-            except RetryableConflictError:
-                continue
-        return False
+            self.store.users.expect_field(txn, user.name, "totp_last_step", last)
+            self.store.users.put(txn, user.name, {"totp_last_step": str(step)})
+            return True
+
+        return self.store.transact(spend)
 
     def use_recovery_code(self, user: User, code: str) -> bool:
         """True if ``code`` is one of the account's unused recovery codes; it is used up."""
@@ -318,24 +314,21 @@ class Users:
         if not _RECOVERY_RE.fullmatch(code):
             return False
         digest = _recovery_digest(code)
-        for _ in range(5):
-            raw = self.store.user_raw(user.name)
+
+        def spend(txn: Txn) -> bool:
+            raw = self.store.users.raw(user.name)
             hashes = _recovery_hashes(raw)
             if digest not in hashes:
                 return False
             left = [h for h in hashes if h != digest]
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.expect_user_field(txn, user.name, "recovery", raw.get("recovery"))
-            self.store.put_user(txn, user.name, {"recovery": json.dumps(left)})
+            self.store.users.expect_field(txn, user.name, "recovery", raw.get("recovery"))
+            self.store.users.put(txn, user.name, {"recovery": json.dumps(left)})
             audit.add(txn, self.store, head, actor=user.actor, action="user.recovery_used",
                       target=f"user:{user.name}", after={"recovery_codes_left": len(left)}, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return True
-            except RetryableConflictError:
-                continue
-        return False
+            return True
+
+        return self.store.transact(spend)
 
     def check_second_factor(self, user: User, code: str) -> bool:
         """A TOTP code or, failing that, a recovery code."""
@@ -349,28 +342,28 @@ class Users:
     def _change(self, actor: Actor, name: str, action: str, fields: dict[str, str],
                 before: dict[str, object] | None, after: dict[str, object] | None,
                 reason: str = "", create: bool = False, expect: str | None = None) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
             now = self.clock()
             version = str(int(expect or "0") + 1) if not create else "1"
             f = dict(fields, version=version)
-            self.store.put_user(txn, name, f, create=create, expect_version=expect)
+            self.store.users.put(txn, name, f, create=create, expect_version=expect)
             audit.add(txn, self.store, head, actor=actor, action=action, target=f"user:{name}",
                       before=before, after=after, reason=reason, ts=now)
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                if create and self.find(name) is not None:
-                    raise ConflictError(f"a user named {name!r} already exists") from None
-                if not create:
-                    current = self.find(name)
-                    if current is None or current.version != expect:
-                        raise ConflictError(
-                            f"the account {name} changed while you edited it; reload and try again"
-                        ) from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def account_moved() -> None:
+            # Only the audit head moved (a change elsewhere) unless the account
+            # itself did, which the person must see.
+            if create and self.find(name) is not None:
+                raise ConflictError(f"a user named {name!r} already exists") from None
+            if not create:
+                current = self.find(name)
+                if current is None or current.version != expect:
+                    raise ConflictError(
+                        f"the account {name} changed while you edited it; reload and try again"
+                    ) from None
+
+        self.store.transact(step, on_conflict=account_moved)
 
     def add(self, actor: Actor, name: str, role: str, agency: str, password: str | None = None,
             *, must_change: bool | None = None) -> User:
@@ -420,7 +413,7 @@ class Users:
             return user
         self._change(actor, name, "user.update", fields, before, after, reason, expect=user.version)
         if "role" in fields or "agency" in fields:
-            self.store.sessions_end_for_user(name)
+            self.store.sessions.end_for_user(name)
         return self.get(name)
 
     def set_password(self, actor: Actor, name: str, password: str, reason: str = "") -> None:
@@ -435,7 +428,7 @@ class Users:
         fields = {"password_hash": hash_password(validate_password(password)), "must_change": "1"}
         self._change(actor, name, "user.password", fields, None,
                      {"password": "set by an admin", "must_change": True}, reason, expect=user.version)
-        self.store.sessions_end_for_user(name)
+        self.store.sessions.end_for_user(name)
 
     def reset_password(self, actor: Actor, name: str, reason: str = "") -> str:
         """A new random temporary password for ``name``; returned to be shown once."""
@@ -464,8 +457,8 @@ class Users:
         self._change(actor, user.name, "user.password", fields, None,
                      {"password": "changed by the holder"}, "changed by the account holder",
                      expect=user.version)
-        self.store.clear_login_failures(user.name)
-        self.store.sessions_end_for_user(user.name)
+        self.store.users.clear_login_failures(user.name)
+        self.store.sessions.end_for_user(user.name)
 
     def set_disabled(self, actor: Actor, name: str, disabled: bool, reason: str = "") -> User:
         actor.require("user.manage")
@@ -478,7 +471,7 @@ class Users:
                      {"disabled": "1" if disabled else "0"},
                      {"disabled": user.disabled}, {"disabled": disabled}, reason, expect=user.version)
         if disabled:
-            self.store.sessions_end_for_user(name)
+            self.store.sessions.end_for_user(name)
         return self.get(name)
 
     def lock(self, name: str) -> None:
@@ -491,7 +484,7 @@ class Users:
                          "too many failed sign-ins", expect=user.version)
         except ConflictError:
             pass
-        self.store.sessions_end_for_user(name)
+        self.store.sessions.end_for_user(name)
 
     def unlock(self, actor: Actor, name: str, reason: str = "") -> User:
         actor.require("user.manage")
@@ -500,31 +493,28 @@ class Users:
             return user
         self._change(actor, name, "user.unlock", {"locked": "0"}, {"locked": True}, {"locked": False},
                      reason, expect=user.version)
-        self.store.clear_login_failures(name)
+        self.store.users.clear_login_failures(name)
         return self.get(name)
 
     def issue_token(self, actor: Actor, name: str) -> str:
         """A new API token for ``name``; the old one stops working. Shown once."""
         if actor.name != name:
             actor.require("user.manage")
-        user = self.get(name)
+        self.get(name)  # NotFoundError before a token is made
         token = new_token(USER_TOKEN_PREFIX)
         th = hash_token(token)
-        for _ in range(20):
+
+        def step(txn: Txn) -> None:
             user = self.get(name)
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.put_user(txn, name, {"token_hash": th, "version": str(int(user.version) + 1)},
-                                expect_version=user.version)
-            self.store.set_token(txn, name, th, user.token_hash or None)
+            self.store.users.put(txn, name, {"token_hash": th, "version": str(int(user.version) + 1)},
+                                 expect_version=user.version)
+            self.store.users.set_token(txn, name, th, user.token_hash or None)
             audit.add(txn, self.store, head, actor=actor, action="user.token", target=f"user:{name}",
                       after={"token": "issued"}, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return token
-            except RetryableConflictError:
-                continue
-        raise ConflictError("too many concurrent changes; try again")
+
+        self.store.transact(step)
+        return token
 
     def start_totp(self, actor: Actor, name: str) -> str:
         """Make a new TOTP secret (not yet active); returns the provisioning URI."""
@@ -532,7 +522,7 @@ class Users:
             raise PermissionDeniedError("only the account holder can set up their second factor")
         self.get(name)
         secret = pyotp.random_base32()
-        self.store.user_touch(name, {"totp_pending": secret})
+        self.store.users.touch(name, {"totp_pending": secret})
         return totp_uri(name, secret)
 
     def confirm_totp(self, actor: Actor, name: str, code: str) -> builtins.list[str] | None:
@@ -540,7 +530,7 @@ class Users:
         recovery codes (shown once), or None when the code is wrong."""
         if actor.name != name:
             raise PermissionDeniedError("only the account holder can set up their second factor")
-        raw = self.store.user_raw(name)
+        raw = self.store.users.raw(name)
         pending = raw.get("totp_pending", "")
         step = _matching_step(pending, code, int(self.clock())) if pending else None
         if step is None:
@@ -568,19 +558,19 @@ class Users:
         return codes
 
     def pending_totp_secret(self, name: str) -> str:
-        return self.store.user_raw(name).get("totp_pending", "")
+        return self.store.users.raw(name).get("totp_pending", "")
 
     def record_login(self, name: str) -> None:
-        self.store.user_touch(name, {"last_login": str(int(self.clock()))})
-        self.store.clear_login_failures(name)
+        self.store.users.touch(name, {"last_login": str(int(self.clock()))})
+        self.store.users.clear_login_failures(name)
 
     # ------------------------------------------------------------------ agencies
 
     def agencies(self, include_retired: bool = True) -> builtins.list[Agency]:
-        raw = self.store.agencies_raw()
-        if not raw and self.store.user_names():
+        raw = self.store.agencies.all_raw()
+        if not raw and self.store.users.names():
             self._seed_agencies()
-            raw = self.store.agencies_raw()
+            raw = self.store.agencies.all_raw()
         out = [Agency.from_json(k, v) for k, v in raw.items()]
         out.sort(key=lambda a: a.name.casefold())
         return [a for a in out if include_retired or not a.retired]
@@ -595,7 +585,7 @@ class Users:
             self._ensure_agency(agency)
 
     def _ensure_agency(self, agency: str) -> str:
-        if agency in self.store.agencies_raw():
+        if agency in self.store.agencies.all_raw():
             return agency
         new = Agency(id=agency, name=agency, retired=False, created_at=int(self.clock()))
         try:
@@ -616,20 +606,17 @@ class Users:
 
     def _write_agency(self, actor: Actor, action: str, new: Agency, old_json: str | None,
                       before: dict[str, object] | None, after: dict[str, object], reason: str) -> None:
-        for _ in range(20):
+        def step(txn: Txn) -> None:
             head = audit.head(self.store)
-            txn = Txn()
-            self.store.put_agency(txn, new.id, new.to_json(), old_json)
+            self.store.agencies.put(txn, new.id, new.to_json(), old_json)
             audit.add(txn, self.store, head, actor=actor, action=action, target=f"agency:{new.id}",
                       before=before, after=after, reason=reason, ts=self.clock())
-            try:
-                self.store.commit(txn)
-                return
-            except RetryableConflictError:
-                current = self.store.agencies_raw().get(new.id)
-                if current != old_json:
-                    raise ConflictError(f"the agency {new.name!r} changed meanwhile; reload and try again") from None
-        raise ConflictError("too many concurrent changes; try again")
+
+        def agency_moved() -> None:
+            if self.store.agencies.all_raw().get(new.id) != old_json:
+                raise ConflictError(f"the agency {new.name!r} changed meanwhile; reload and try again") from None
+
+        self.store.transact(step, on_conflict=agency_moved)
 
     def _agency_name(self, text: str) -> str:
         name = clean_text(text, "the agency name", 100, required=True)
@@ -649,7 +636,7 @@ class Users:
         return agency
 
     def _agency(self, agency_id: str) -> tuple[Agency, str]:
-        raw = self.store.agencies_raw()
+        raw = self.store.agencies.all_raw()
         if agency_id not in raw:
             raise NotFoundError(f"there is no agency {agency_id!r}")
         return Agency.from_json(agency_id, raw[agency_id]), raw[agency_id]

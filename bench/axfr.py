@@ -194,7 +194,7 @@ class CommitClock:
     writing the manifest file."""
 
     def __init__(self, core: Core) -> None:
-        self.pubsub = core.store.pub_subscribe()
+        self.pubsub = core.store.pubs.subscribe()
         while self.pubsub.get_message(timeout=0.2) is not None:
             pass
         self.at = 0.0

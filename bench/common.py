@@ -18,7 +18,7 @@ def load_active(core: Core, values: list[str]) -> float:
     minutes per million and is measured by bench/import.py."""
     t0 = time.perf_counter()
     now = int(time.time()) - 86400
-    first = core.store.allocate_entry_ids(len(values))
+    first = core.store.entries.allocate_ids(len(values))
     for start in range(0, len(values), 5000):
         txn = Txn()
         items = []
@@ -30,7 +30,7 @@ def load_active(core: Core, values: list[str]) -> float:
                       approved_agency="Agency B", approved_at=now, listed_since=now, verified_at=now,
                       verified_by="bruno")
             items.append((i, e.key, e.to_json(), None))
-        core.store.put_new_entries(txn, items, "active", now)
+        core.store.entries.put_new(txn, items, "active", now)
         core.store.commit(txn)
     return time.perf_counter() - t0
 

@@ -1,7 +1,7 @@
 """The entries page of the admin with 1,000,000 entries, beside raw redis-py.
 
 Loads a million entries into the embedded Redis the product ships (through
-``Store.put_new_entries``, in atomic chunks, with a realistic mix of states),
+``store.entries.put_new``, in atomic chunks, with a realistic mix of states),
 starts the web app on a real socket, signs in, and times the signed-in GET of
 the entries page over HTTP:
 
@@ -71,7 +71,7 @@ def load(core: Core, n: int) -> float:
         size = min(CHUNK, n - done)
         if size <= 0:
             break
-        first = core.store.allocate_entry_ids(size)
+        first = core.store.entries.allocate_ids(size)
         items = []
         for entry_id in range(first, first + size):
             e = Entry(id=entry_id, type=EntryType.DOMAIN, value=name(entry_id), subdomains=True, category="csam",
@@ -82,7 +82,7 @@ def load(core: Core, n: int) -> float:
                 e.listed_since = e.verified_at = now
             items.append((entry_id, e.key, e.to_json(), None))
         txn = Txn()
-        core.store.put_new_entries(txn, items, status.value, float(now + c))
+        core.store.entries.put_new(txn, items, status.value, float(now + c))
         core.store.commit(txn)
         done += size
         if c % 10 == 0:
@@ -176,7 +176,7 @@ def main() -> None:
                     assert expect in body, f"{label}: {expect} is not on the page"
                     assert body.count('<tr>') >= (1 if label == "exact search" else PER_PAGE), label
 
-                last = core.store.last_entry_id()
+                last = core.store.entries.last_id()
 
                 def raw_all(offset: int) -> None:
                     top = int(r.get(K.entry_seq) or 0)

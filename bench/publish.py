@@ -152,7 +152,7 @@ def main() -> None:
             compact_s = time.perf_counter() - t0
             assert compacted.status == "compacted", compacted
             total_memory = core.store.memory_used()
-            stored = core.store.art_stats()
+            stored = core.store.artifacts.stats()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -91,7 +91,7 @@ def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
 def core(settings: Settings, clock: FakeClock) -> Iterator[Core]:
     c = Core.from_settings(settings, clock=clock)
     c.store.r.flushdb()
-    c.store.feed_mark_ready_if_empty()  # as on a new store
+    c.store.published.mark_ready_if_empty()  # as on a new store
     c.publisher._key = ensure_key(settings.signing_key_file)
     record_key(c, c.publisher._key)
     yield c
@@ -233,7 +233,7 @@ def record_key(core: Core, key: SecretKey) -> None:
 
     txn = Txn()
     record = ProgrammeKeys(KeyInfo.of(key.public, "2027-01-15T08:00:00Z"))
-    core.store.keys_put(txn, core.store.keys_raw(), record.to_json())
+    core.store.programme_keys.put(txn, core.store.programme_keys.raw(), record.to_json())
     core.store.commit(txn)
 
 

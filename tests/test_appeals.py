@@ -28,7 +28,7 @@ def listed(core: Core, p: Personas, value: str = "bad.example", subdomains: bool
 
 
 def actions(core: Core) -> list[str]:
-    return [json.loads(raw)["action"] for _, raw in core.store.audit_range()]
+    return [json.loads(raw)["action"] for _, raw in core.store.audit.range()]
 
 
 def test_an_appeal_is_filed_matched_to_its_entry_and_audited_without_the_contact(
@@ -104,7 +104,7 @@ def test_bad_appeals_are_refused_with_a_reason_and_store_nothing(
         appeals.file(domain, contact, statement)
     assert getattr(info.value, "status", 0) in (400, 422)
     assert appeals.counts() == {s.value: 0 for s in AppealStatus}
-    assert core.store.audit_length() == 0
+    assert core.store.audit.length() == 0
 
 
 def test_a_vetter_suspends_the_entry_while_reviewing_then_upholds_the_block(

@@ -25,7 +25,7 @@ def make_history(core: Core, p: Personas) -> None:
 
 def rewrite(core: Core, change) -> None:
     """Tamper with the stream directly in Redis, as an attacker with Redis access would."""
-    rows = core.store.audit_range()
+    rows = core.store.audit.range()
     rows = change(rows)
     core.store.r.delete(K.audit)
     for sid, text in rows:
@@ -36,7 +36,7 @@ def test_an_intact_log_verifies(core: Core, personas: Personas) -> None:
     make_history(core, personas)
     result = audit.verify(core.store)
     assert result.ok, result.problems
-    assert result.checked == result.head_seq == core.store.audit_length()
+    assert result.checked == result.head_seq == core.store.audit.length()
 
 
 def test_every_change_is_recorded_with_who_what_and_why(core: Core, personas: Personas) -> None:
@@ -54,7 +54,7 @@ def test_every_change_is_recorded_with_who_what_and_why(core: Core, personas: Pe
 
 def test_an_edited_record_is_named(core: Core, personas: Personas) -> None:
     make_history(core, personas)
-    target = core.store.audit_length() - 2
+    target = core.store.audit.length() - 2
 
     def edit(rows):
         out = []
@@ -97,7 +97,7 @@ def test_reordered_records_are_named(core: Core, personas: Personas) -> None:
 
 def test_a_removed_last_record_is_detected(core: Core, personas: Personas) -> None:
     make_history(core, personas)
-    last = core.store.audit_length()
+    last = core.store.audit.length()
     core.store.r.xdel(K.audit, f"{last}-0")
     result = audit.verify(core.store)
     assert not result.ok
@@ -112,7 +112,7 @@ def test_the_cli_verifies_and_fails_after_tampering(core: Core, personas: Person
     assert ok.returncode == 0, ok.stderr
     assert "intact" in ok.stdout
 
-    approval = next(int(sid.split("-")[0]) for sid, text in core.store.audit_range() if "entry.approve" in text)
+    approval = next(int(sid.split("-")[0]) for sid, text in core.store.audit.range() if "entry.approve" in text)
 
     def edit(rows):
         return [(sid, text.replace('"actor":"bruno"', '"actor":"mallory"')) for sid, text in rows]

@@ -186,7 +186,7 @@ def test_an_admin_registers_an_address_only_isp_and_sees_the_weaker_mode_and_the
     from app.xot import self_signed, spki_pin
 
     pem = self_signed("xfr.example.org")[0].decode()
-    core.store.set_xot_cert(pem)  # as the transfer server does when it serves XoT
+    core.store.isps.set_xot_cert(pem)  # as the transfer server does when it serves XoT
     ada = pages.signed_in(personas.ada)
     ada.goto("/isps")
     ada.get_by_label("Name (lower-case letters, digits, dashes)").fill("bind-isp")

@@ -169,7 +169,7 @@ def test_a_curators_day(day: Day, core: Core, personas: Personas, tmp_path: Path
     download.value.save_as(saved)
     rows = list(csv.DictReader(saved.open(encoding="utf-8")))
     assert [r["action"] for r in rows] == ["entry.approve"]
-    last = audit.get(core.store, core.store.audit_length())
+    last = audit.get(core.store, core.store.audit.length())
     assert last is not None and last.action == "audit.export" and last.actor == "audrey"
 
     # Ada puts the name on the allowlist: she is told what it suspends, and asked.

@@ -96,11 +96,11 @@ def test_an_auditor_cannot_submit(core: Core, personas: Personas) -> None:
 @pytest.mark.parametrize("value", ["com", "co.uk", "192.0.2.1", "http://[2001:db8::1]/", "blogspot.com"])
 def test_unsafe_values_are_refused_and_nothing_is_stored(core: Core, personas: Personas, value: str) -> None:
     etype = "url" if "://" in value else "domain"
-    records = core.store.audit_length()
+    records = core.store.audit.length()
     with pytest.raises(RefusedError):
         core.curation.submit(personas.alice.actor, value, etype)
     assert sum(core.curation.counts().values()) == 0
-    assert core.store.audit_length() == records
+    assert core.store.audit.length() == records
 
 
 def test_allowlisted_names_and_their_parents_are_refused(core: Core, personas: Personas) -> None:
@@ -279,12 +279,12 @@ def test_csv_import_reads_columns(core: Core, personas: Personas) -> None:
 
 
 def test_a_dry_run_import_changes_nothing(core: Core, personas: Personas) -> None:
-    records = core.store.audit_length()
+    records = core.store.audit.length()
     report = core.curation.import_rows(personas.alice.actor, parse_import(["a.example.test\n", "com\n"]),
                                        source="dry.txt", dry_run=True)
     assert report.accepted == 1 and len(report.refused) == 1
     assert sum(core.curation.counts().values()) == 0
-    assert core.store.audit_length() == records
+    assert core.store.audit.length() == records
 
 
 def test_entry_history_comes_from_the_audit_log(core: Core, personas: Personas) -> None:

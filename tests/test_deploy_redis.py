@@ -198,7 +198,7 @@ def make_core(redis_url: str, data_dir: Path, clock: Clock = system_clock, **ove
     )
     core = Core.from_settings(settings, clock=clock)
     core.publisher._key = ensure_key(settings.signing_key_file)
-    if core.store.keys_raw() is None:  # a replica, or a restored store, has it already
+    if core.store.programme_keys.raw() is None:  # a replica, or a restored store, has it already
         record_key(core, core.publisher._key)
     return core
 
@@ -238,7 +238,7 @@ def test_the_service_runs_under_the_app_user(shipped_redis: ShippedRedis, tmp_pa
     core = make_core(shipped_redis.url("app"), tmp_path)
     people = People(core)
     list_domain(core, people, "one.test")
-    events = core.store.pub_subscribe()  # what the transfer server listens to
+    events = core.store.pubs.subscribe()  # what the transfer server listens to
     outcome = core.publisher.publish()
     assert outcome.status == "published"
     deadline = time.monotonic() + 5
@@ -262,7 +262,7 @@ def test_the_app_user_cannot_flush_reconfigure_or_trim_the_audit_log(
     core = make_core(shipped_redis.url("app"), tmp_path)
     people = People(core)
     list_domain(core, people, "one.test")
-    records = core.store.audit_length()
+    records = core.store.audit.length()
     assert records > 0
     app = shipped_redis.client("app")
     attempts = [
@@ -279,7 +279,7 @@ def test_the_app_user_cannot_flush_reconfigure_or_trim_the_audit_log(
             app.execute_command(*command)
         message = str(refused.value)
         assert re.search(r"no permissions|can't|not allowed", message), (command, message)
-    assert core.store.audit_length() == records
+    assert core.store.audit.length() == records
     assert audit.verify(core.store).ok
     assert shipped_redis.client("ops").config_get("appendonly") == {"appendonly": "yes"}
 

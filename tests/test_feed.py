@@ -112,7 +112,7 @@ def test_every_pull_is_recorded(client, core: Core, isp, published) -> None:
     client.get(f"/feed/v1/snapshots/{published}.json", headers=auth(isp))
     got = core.isps.get("acme")
     assert got.last_version == published and got.last_pull_via == "feed:snapshots"
-    pulls = core.store.recent_pulls()
+    pulls = core.store.isps.recent_pulls()
     assert pulls[0]["isp"] == "acme" and pulls[0]["last_version"] == str(published)
     r = client.get("/api/v1/isps", headers={"Authorization": f"Bearer {core.users.issue_token(SYSTEM, 'ada')}"})
     assert r.json["isps"][0]["versions_behind"] == 0

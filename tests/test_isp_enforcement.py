@@ -20,8 +20,8 @@ from tests.test_web_helpers import signed_in, text
 def report_enforcing(core: Core, name: str, version: int | None) -> None:
     """What an enforcement report from the ISP's pull tool leaves on the ISP record
     (no version: a resolver did not block the always-blocked canary)."""
-    core.store.isp_record_pull(name, {"enforced_version": "" if version is None else str(version),
-                                      "enforced_at": str(int(core.clock()))})
+    core.store.isps.record_pull(name, {"enforced_version": "" if version is None else str(version),
+                                       "enforced_at": str(int(core.clock()))})
 
 
 def row(page: str, name: str) -> str:

@@ -82,7 +82,7 @@ def checkconf(conf: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_isp_form_reports_every_mistake_at_once_and_adds_nothing(app, core: Core, personas: Personas) -> None:
     ada = signed_in(app.test_client(), personas.ada)
-    records = core.store.audit_length()
+    records = core.store.audit.length()
     r = post(ada, "/isps", {"name": "Bad Name!", "notify": "192.0.2.53:53\nnot-an-address\n192.0.2.9",
                             "allow_from": "192.0.2.0/24\nten-dot-something", "reason": "contract"})
     assert r.status_code == 400
@@ -94,7 +94,7 @@ def test_the_isp_form_reports_every_mistake_at_once_and_adds_nothing(app, core: 
     # Each message sits under its own field, too.
     assert page.count('class="error"') >= 4
     assert core.isps.list() == []
-    assert core.store.audit_length() == records
+    assert core.store.audit.length() == records
 
     core.isps.add(personas.ada.actor, "acme")
     r = post(ada, "/isps", {"name": "acme", "notify": "", "allow_from": "300.1.1.1/8", "reason": ""})
@@ -181,7 +181,7 @@ include: "{folder}/unbound/blocklist-rpz.conf"
     assert record.actor == "ada"
     assert record.reason == "credentials bundle downloaded"
     assert record.after == {"secrets": "included"}
-    raw = str(core.store.audit_range())
+    raw = str(core.store.audit.range())
     assert secrets["feed_token"] not in raw
     assert secrets["tsig_secret"] not in raw
 
@@ -302,7 +302,7 @@ def test_when_xot_is_offered_the_bind_file_transfers_over_tls_with_the_certifica
     from app.xot import self_signed, spki_pin
 
     pem = self_signed("transfer.example.org")[0].decode()
-    core.store.set_xot_cert(pem)
+    core.store.isps.set_xot_cert(pem)
     xot_core = Core(settings=replace(settings, xot_listen=("0.0.0.0", 853), xot_name="transfer.example.org",
                                      dns_public=(("192.0.2.53", 53),)),
                     store=core.store, clock=core.clock)

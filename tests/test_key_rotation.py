@@ -111,7 +111,7 @@ def test_a_rotation_keeps_the_isp_applying_new_versions_without_touching_its_con
     assert blocklist("keys", "show", "--next").stdout == new_pub
     # The worker re-signs the manifest with the announcement by itself, without a new version.
     deadline = time.monotonic() + 20
-    while "next_key" not in (manifest := json.loads(core.store.pub_manifest()[0])):  # type: ignore[index]
+    while "next_key" not in (manifest := json.loads(core.store.pubs.manifest()[0])):  # type: ignore[index]
         assert time.monotonic() < deadline, "the manifest did not announce the next key"
         time.sleep(0.5)
     assert manifest["version"] == v1

@@ -34,18 +34,18 @@ def unchanged(core: Core, settings: Settings, r: subprocess.CompletedProcess[str
               record: str | None, files: list[str], code: int = 1) -> None:
     assert r.returncode == code, (r.stdout, r.stderr)
     assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert core.store.keys_raw() == record
+    assert core.store.programme_keys.raw() == record
     assert key_files(settings) == files
 
 
 def test_a_rotation_is_announced_once_completed_once_and_audited(core: Core, settings: Settings) -> None:
     old = core.publisher.key.public.id_hex
     r = keys(settings, "show", "--next")
-    unchanged(core, settings, r, "no next key is announced", core.store.keys_raw(), key_files(settings))
+    unchanged(core, settings, r, "no next key is announced", core.store.programme_keys.raw(), key_files(settings))
     r = keys(settings, "rotate", "--complete")
-    unchanged(core, settings, r, "no next key is announced", core.store.keys_raw(), key_files(settings))
+    unchanged(core, settings, r, "no next key is announced", core.store.programme_keys.raw(), key_files(settings))
     r = keys(settings, "rotate", "--now")
-    unchanged(core, settings, r, "--now goes with --complete", core.store.keys_raw(), key_files(settings), 2)
+    unchanged(core, settings, r, "--now goes with --complete", core.store.programme_keys.raw(), key_files(settings), 2)
 
     started = keys(settings, "rotate", BLOCKLIST_KEY_ROTATION_OVERLAP="86400")
     assert started.returncode == 0, started.stderr
@@ -56,7 +56,7 @@ def test_a_rotation_is_announced_once_completed_once_and_audited(core: Core, set
     status = json.loads(keys(settings, "status", "--json").stdout)
     assert status["current"]["key_id"] == old and status["next"]["key_id"] == new
 
-    record, files = core.store.keys_raw(), key_files(settings)
+    record, files = core.store.programme_keys.raw(), key_files(settings)
     r = keys(settings, "rotate")
     unchanged(core, settings, r, f"key {new} is already announced as the next key", record, files)
     r = keys(settings, "rotate", "--complete")
@@ -81,7 +81,7 @@ def test_a_rotation_is_announced_once_completed_once_and_audited(core: Core, set
 def test_a_key_file_readable_by_others_is_refused_when_rotating(core: Core, settings: Settings,
                                                                  tmp_path: Path) -> None:
     os.chmod(settings.signing_key_file, 0o644)
-    record, files = core.store.keys_raw(), key_files(settings)
+    record, files = core.store.programme_keys.raw(), key_files(settings)
     r = keys(settings, "rotate")
     unchanged(core, settings, r, "is readable by other users", record, files, code=2)  # a setting to fix
 

@@ -106,8 +106,8 @@ def test_a_held_publication_and_waiting_changes_are_reported(core: Core, persona
 
 
 def test_live_workers_and_the_delta_chain_are_reported(core: Core, personas: Personas) -> None:
-    core.store.worker_report("host-a:1", {"signs": True, "key_id": "k"}, 60)
-    core.store.worker_report("host-b:2", {"signs": False, "key_id": None}, 60)
+    core.store.health.report_worker("host-a:1", {"signs": True, "key_id": "k"}, 60)
+    core.store.health.report_worker("host-b:2", {"signs": False, "key_id": None}, 60)
     large = Core(settings=replace(core.settings, compact_small_bytes=0, compact_age=10**9, compact_ratio=100.0),
                  store=core.store, clock=core.clock)
     large.publisher._key = core.publisher._key

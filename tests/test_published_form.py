@@ -18,11 +18,11 @@ from tests.test_publishing import activate, bulk_active
 
 
 def from_records(core: Core) -> tuple[list[bytes], list[bytes]]:
-    return full_lines(core.store.iter_bucket_raw())
+    return full_lines(core.store.entries.iter_raw())
 
 
 def from_form(core: Core, batch: int = 3) -> tuple[list[bytes], list[bytes]] | None:
-    built = lines_from_store(core.store.feed_read(batch=batch))
+    built = lines_from_store(core.store.published.read(batch=batch))
     if built is None:
         return None
     lines, zone, digest = built
@@ -36,7 +36,7 @@ def test_the_published_form_follows_every_curation_action(core: Core, personas: 
     ids = activate(core, p, "a.example.test", "b.example.test", "c.example.test", "d.example.test",
                    "http://x.example.test/!a", "http://x.example.test/a", "e.example.test")
     activate(core, p, "narrow.example.test", subdomains=False)
-    assert core.store.feed_counts() == (8, 8)
+    assert core.store.published.counts() == (8, 8)
     assert from_form(core) == from_records(core)
     core.curation.act(p.bruno.actor, ids[0], "delist", "site gone")
     core.curation.act(p.bruno.actor, ids[1], "suspend", "under review")
@@ -51,7 +51,7 @@ def test_the_published_form_follows_every_curation_action(core: Core, personas: 
     values = [line_key(x) for x in lines]
     assert "d:a.example.test" not in values and "d:pending.example.test" not in values
     assert "d:b.example.test" in values and "u:http://x.example.test/!a" in values
-    assert core.store.feed_counts() == (len(lines), len(lines))
+    assert core.store.published.counts() == (len(lines), len(lines))
     # Each domain's zone lines are those of its line, URLs have none.
     assert zone == [zone_fragment_of(x) for x in lines]
     core.curation.act(p.bruno.actor, pending.id, "approve")
@@ -82,7 +82,7 @@ def test_a_store_made_before_the_published_form_is_filled_once_by_the_publisher(
     with caplog.at_level(logging.INFO, logger="blocklist.publisher"):
         out = publish(core)
     assert "filled the published form with 2501 active entries" in caplog.text
-    assert core.store.feed_ready()
+    assert core.store.published.ready()
     assert from_form(core, 97) == expected
     assert core.publisher.latest()["count"] == 2501
     snap = json.loads(core.artifacts.read(f"snapshots/{out.version}.json"))
@@ -101,14 +101,14 @@ def test_an_entry_written_behind_the_published_forms_back_is_noticed_and_the_lis
     assert core.publisher.latest()["count"] == 5
     # It is filled again on the next full build and matches the records.
     core.publisher.publish(full=True, force=True)
-    assert core.store.feed_ready()
+    assert core.store.published.ready()
     assert from_form(core) == from_records(core)
 
 
 def test_a_line_changed_between_two_batches_is_read_once_with_its_own_zone_lines(
         core: Core, personas: Personas) -> None:
     ids = activate(core, personas, *(f"n{i:02d}.example.test" for i in range(12)), subdomains=False)
-    reader = core.store.feed_read(batch=4)
+    reader = core.store.published.read(batch=4)
     batches = [next(reader)]
     # The last line of the first batch changes (subdomains on: its line and its
     # zone lines now sort after the old ones, inside the next batch's range if
@@ -116,8 +116,8 @@ def test_a_line_changed_between_two_batches_is_read_once_with_its_own_zone_lines
     last = batches[0][0][-1]
     entry = core.curation.get(ids[3])
     assert last.startswith(b'{"type":"domain","value":"n03.example.test"')
-    core.store.transact(lambda txn: core.store.put_entry(
-        txn, entry.id, entry.to_json().replace('"s":0', '"s":1'), expect_json=core.store.entry_raw(entry.id),
+    core.store.transact(lambda txn: core.store.entries.put(
+        txn, entry.id, entry.to_json().replace('"s":0', '"s":1'), expect_json=core.store.entries.raw(entry.id),
         index_key=entry.key, old_status="active", new_status="active", score=0.0, dirty=True))
     activate(core, personas, "n00a.example.test")
     batches += list(reader)

@@ -102,7 +102,7 @@ def test_recovery_codes_are_stored_hashed_used_once_and_replaced_together(
     secret = uri.split("secret=", 1)[1].split("&", 1)[0]
     codes = core.users.confirm_totp(actor, "vera", pyotp.TOTP(secret).at(clock()))
     assert codes is not None and len(set(codes)) == 10
-    stored = json.dumps(core.store.user_raw("vera"))
+    stored = json.dumps(core.store.users.raw("vera"))
     assert not any(c in stored or c.replace("-", "") in stored for c in codes)
     vera = core.users.get("vera")
     assert core.users.check_second_factor(vera, codes[3])
@@ -141,10 +141,10 @@ def test_agency_and_password_commands_say_what_is_wrong_in_one_sentence_and_chan
     assert core.users.find("nils") is None
     r = run(settings, "user", "password", "sessions:alice", stdin="a long enough password\n")
     assert r.returncode == 1 and "user name is 2-32 characters" in r.stderr and "Traceback" not in r.stderr
-    before = core.store.user_raw("alice")["password_hash"]
+    before = core.store.users.raw("alice")["password_hash"]
     r = run(settings, "user", "password", "alice", stdin="short\n")
     assert r.returncode == 1 and "at least 12 characters" in r.stderr
-    assert core.store.user_raw("alice")["password_hash"] == before
+    assert core.store.users.raw("alice")["password_hash"] == before
     r = run(settings, "user", "password", "alice", stdin="a long enough password\n")
     assert r.returncode == 0 and "must choose a new one" in r.stdout
     assert core.users.get("alice").must_change

@@ -49,11 +49,11 @@ def test_every_admin_page_sends_anonymous_users_to_sign_in(app, client) -> None:
 
 def test_every_admin_form_refuses_anonymous_users_even_with_a_token(app, client, core: Core) -> None:
     token = csrf(client, "/login")
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     for url, _ in admin_rules(app, "POST"):
         r = client.post(url, data={"csrf_token": token, "reason": "x", "value": "example.com"})
         assert r.status_code == 401, url
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
 
 
 def needed(app: Flask, endpoint: str) -> str:
@@ -128,7 +128,7 @@ def test_the_menu_shows_only_what_the_role_may_open(app, personas: Personas) -> 
 
 def test_every_form_refuses_a_missing_csrf_token_and_changes_nothing(app, core: Core, personas: Personas) -> None:
     client = signed_in(app.test_client(), personas.ada)
-    before = (core.store.audit_length(), core.store.audit_head())
+    before = (core.store.audit.length(), core.store.audit.head())
     forms = admin_rules(app, "POST")
     assert len(forms) >= 20
     for url, _ in [*forms, ("/logout", "auth.logout"), ("/login", "auth.login")]:
@@ -139,7 +139,7 @@ def test_every_form_refuses_a_missing_csrf_token_and_changes_nothing(app, core: 
         assert "security token" in text(r), url
         forged = client.post(url, data={"csrf_token": "forged.token.value", "reason": "bad token"})
         assert forged.status_code == 400, url
-    assert (core.store.audit_length(), core.store.audit_head()) == before
+    assert (core.store.audit.length(), core.store.audit.head()) == before
     assert client.get("/").status_code == 200  # still signed in: nothing was done
 
 

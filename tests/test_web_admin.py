@@ -130,12 +130,12 @@ def test_submit_checks_first_and_refusals_change_nothing(app, core: Core, person
                                 "check": "Check what it covers"})
     assert r.status_code == 200
     assert "would block: bad.example and every name under it" in text(r)
-    assert core.store.last_entry_id() == 0
+    assert core.store.entries.last_id() == 0
     for value, why in (("192.0.2.7", "IP address"), ("co.uk", "public suffix"), ("a..b", "empty label")):
         r = post(alice, "/submit", {"value": value, "category": "csam", "submit": "Submit for vetting"})
         assert r.status_code in (400, 422), value
         assert why in text(r), value
-    assert core.store.last_entry_id() == 0
+    assert core.store.entries.last_id() == 0
     r = post(alice, "/submit", {"value": "https://Bad.Example/a/../gallery?id=1", "category": "csam",
                                 "subdomains": "y", "submit": "Submit for vetting"}, follow_redirects=True)
     assert "Entry 1 (https://bad.example/gallery?id=1) submitted" in words(r)
@@ -315,7 +315,7 @@ def test_the_isp_page_says_in_one_line_how_transfers_are_authenticated_and_shows
     assert "TSIG key required: <code>bind-isp.tsig.</code>" in strong
     assert ada.get("/isps/xot-certificate.pem").status_code == 404
     pem = self_signed("xfr.example.org")[0].decode()
-    core.store.set_xot_cert(pem)
+    core.store.isps.set_xot_cert(pem)
     page = text(ada.get("/isps/bind-isp"))
     assert spki_pin(pem) in page
     assert "name <code>xfr.example.org</code>" in page, "the name ISPs check is the certificate's"
@@ -448,7 +448,7 @@ def test_the_audit_log_is_filterable_and_shows_the_chain_check(app, core: Core, 
     assert "entry.approve" in rows
     assert "entry.submit" not in rows
     # Someone removes a record in Redis behind the service's back.
-    sid, _ = core.store.audit_range(count=1)[0]
+    sid, _ = core.store.audit.range(count=1)[0]
     core.store.r.xdel(K.audit, sid)
     page = text(audrey.get("/audit"))
     assert "Chain BROKEN" in page

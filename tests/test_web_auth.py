@@ -39,8 +39,8 @@ def test_the_session_cookie_is_httponly_strict_and_holds_only_an_id(client, core
     sid = session_cookie(client)
     assert sid
     assert len(sid) == 43
-    assert core.store.session_get(sid) is None  # stored under its digest, not the id itself
-    assert "alice" in (core.store.session_get(storage_id(sid)) or "")
+    assert core.store.sessions.get(sid) is None  # stored under its digest, not the id itself
+    assert "alice" in (core.store.sessions.get(storage_id(sid)) or "")
 
 
 def test_over_https_the_cookie_is_secure_and_host_only(core: Core, personas: Personas) -> None:
@@ -91,7 +91,7 @@ def test_the_tenth_wrong_password_locks_the_account_until_an_admin_unlocks_it(
     r = sign_in(client, personas.alice)
     assert r.status_code == 401
     assert "locked" in text(r)
-    records = [r for r in core.store.audit_range() if '"user.lock"' in r[1]]
+    records = [r for r in core.store.audit.range() if '"user.lock"' in r[1]]
     assert len(records) == 1
     # An admin unlocks the account on its page; alice gets in again.
     admin = signed_in(app.test_client(), personas.ada)
@@ -134,7 +134,7 @@ def test_signing_in_gives_a_new_session_id_and_the_old_one_stops_working(
     after = session_cookie(client)
     assert after
     assert after != before
-    assert core.store.session_get(storage_id(before)) is None
+    assert core.store.sessions.get(storage_id(before)) is None
 
 
 def test_signing_out_ends_the_session_for_good(app, client, personas: Personas) -> None:

@@ -168,8 +168,8 @@ def test_url_entries_made_before_the_host_index_existed_are_found_too(
     core.store.r.delete(K.url_host.format(host="old-files.example"), K.url_host_ready)
     alice = signed_in(app.test_client(), personas.alice)
     assert f'href="/entries/{url_id}"' in text(alice.get("/entries?q=old-files.example"))
-    assert core.store.url_host_index_ready()
-    assert core.store.url_host_ids("old-files.example") == [url_id]
+    assert core.store.entries.url_host_index_ready()
+    assert core.store.entries.url_host_ids("old-files.example") == [url_id]
 
 
 def test_the_contains_search_matches_unicode_and_a_labels(app, core: Core, personas: Personas) -> None:
@@ -238,7 +238,7 @@ def test_the_audit_export_gives_the_filtered_range_and_is_itself_audited(
     data = json.loads(text(r))
     assert [rec["target"] for rec in data["records"]] == ["entry:2"]
     assert data["complete"] is True
-    last = audit.get(core.store, core.store.audit_length())
+    last = audit.get(core.store, core.store.audit.length())
     assert last is not None and last.action == "audit.export" and last.actor == "audrey"
     assert last.after["format"] == "json" and last.after["records"] == 1
     assert audit.verify(core.store).ok

@@ -154,14 +154,14 @@ def test_a_missing_forged_or_stale_form_token_is_refused(client, clock: FakeCloc
     r = client.post("/stop/appeal", data={**data, "form_token": token})
     assert r.status_code == 400
     assert "more than a day old" in text(r)
-    assert core.store.audit_length() == 0
+    assert core.store.audit.length() == 0
 
 
 def test_a_filled_in_hidden_field_stores_nothing(client, clock: FakeClock, core: Core) -> None:
     r = appeal(client, clock, website="http://spam.example/")
     assert r.status_code == 200
     assert "Thank you" in text(r)
-    assert core.store.audit_length() == 0
+    assert core.store.audit.length() == 0
 
 
 def test_the_same_appeal_sent_twice_keeps_one_reference(client, clock: FakeClock) -> None:
@@ -183,7 +183,7 @@ def test_bad_input_is_refused_with_a_reason_and_the_form_keeps_what_was_typed(
     assert "IP address" in text(r)
     r = appeal(client, clock, statement="x" * 5001)
     assert r.status_code == 400
-    assert core.store.audit_length() == 0
+    assert core.store.audit.length() == 0
 
 
 def test_an_oversized_request_is_refused_before_it_is_read(client) -> None:

@@ -131,7 +131,7 @@ def test_the_self_signed_certificate_is_made_once_and_kept_and_configured_files_
     with ServerThread(own, core.store) as t:
         assert t.server is not None and t.server.xot_certificate is not None
         assert t.server.xot_certificate.pin == spki_pin(cert.decode())
-    assert core.store.xot_cert() == cert.decode(), "the web and the CLI show the certificate now served"
+    assert core.store.isps.xot_cert() == cert.decode(), "the web and the CLI show the certificate now served"
 
 
 def test_bad_xot_settings_stop_with_the_variable_name(tmp_path: Path) -> None:

@@ -49,16 +49,16 @@ def test_the_api_refuses_a_yes_no_it_cannot_read_and_changes_nothing(
 ) -> None:
     r = client.post("/api/v1/isps", json={"name": "acme"}, headers=personas.ada.headers)
     old_token = r.get_json()["feed_token"]
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     r = client.post("/api/v1/isps/acme/rotate", json={"token": "perhaps"}, headers=personas.ada.headers)
     assert r.status_code == 400
     assert r.get_json() == {"error": "token must be true or false, not 'perhaps'"}
     assert core.isps.authenticate_feed(old_token).name == "acme"
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
     r = client.post("/api/v1/import?dry_run=perhaps", data=b"x.example\n",
                     headers=personas.alice.headers)
     assert r.status_code == 400
-    assert core.store.last_entry_id() == 0
+    assert core.store.entries.last_id() == 0
 
 
 def test_false_is_false_in_entries_imports_and_the_allowlist(client, core: Core, personas: Personas) -> None:

@@ -115,7 +115,7 @@ class Worker:
         (/readyz on every web host reads both)."""
         can_sign = self.signs and self.core.publisher.check_key()
         key_id = self.core.publisher.key.public.id_hex if can_sign else None
-        self.core.store.worker_report(self.name, {"signs": can_sign, "key_id": key_id}, WORKER_REPORT_TTL)
+        self.core.store.health.report_worker(self.name, {"signs": can_sign, "key_id": key_id}, WORKER_REPORT_TTL)
         return can_sign or not self.signs
 
     def guarded(self, name: str, step: Callable[[], bool]) -> Callable[[], None]:
@@ -172,10 +172,10 @@ class Follower:
         while not self.stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = store.dirty_subscribe()
+                    pubsub = store.changes.subscribe()
                 # Wake on the signal; the timeout keeps the quiet-period clock running.
                 pubsub.get_message(timeout=min(0.5, self.quiet or 0.5))
-                n = store.dirty_count()
+                n = store.changes.count()
             except Exception as e:  # Redis away: try again shortly
                 log.warning("change follower: %s", e)
                 pubsub = None
@@ -194,7 +194,7 @@ class Follower:
                 continue  # held or refused: wait for another change or the retry time
             if now - last_change >= self.quiet or now - first >= self.quiet_max:
                 self._run_publish()
-                if store.dirty_count() >= n and self.worker.last_status != "published":
+                if store.changes.count() >= n and self.worker.last_status != "published":
                     tried = (n, time.monotonic())
                     if self.worker.last_status == "busy":
                         # Another worker holds the lock: look again in a moment.
@@ -258,7 +258,7 @@ def main(settings: Settings | None = None) -> None:
     setup_logging(settings, "worker")
     core = Core.from_settings(settings)
     core.store.ping()
-    if core.store.keys_raw() is None:
+    if core.store.programme_keys.raw() is None:
         # An empty or wrong Redis: a publisher would sign for no programme.
         raise ConfigError("BLOCKLIST_REDIS_URL: that Redis names no programme signing key; run "
                           "`blocklist keys init` on the publisher host once (it records the existing key)")

@@ -262,7 +262,7 @@ class VersionLoader:
         self._under: dict[tuple[int, tuple[str, ...]], set[str]] = {}
 
     def meta(self, version: int) -> dict[str, Any] | None:
-        raw = self.store.pub_version_raw(version)
+        raw = self.store.pubs.version_raw(version)
         return json.loads(raw) if raw else None
 
     def _read(self, ref: dict[str, Any]) -> bytes:
@@ -368,7 +368,7 @@ class VersionLoader:
         per base version and shared through Redis with the other servers."""
         digest = base_digest(self.info, snap)
         try:
-            self.store.zone_digest_set(self.info.params.zone, snap.serial, digest, DIGEST_TTL)
+            self.store.pubs.set_zone_digest(self.info.params.zone, snap.serial, digest, DIGEST_TTL)
         except redis.exceptions.RedisError as e:
             log.warning("cannot share the ZONEMD digest of version %s: %s", snap.serial, e)
         return base_extras(self.info, snap.serial, digest)
@@ -378,7 +378,7 @@ class VersionLoader:
         """The digest of an older base version (for IXFR from it): from
         Redis, else recomputed while the budget of names lasts."""
         try:
-            digest = self.store.zone_digest_get(self.info.params.zone, serial)
+            digest = self.store.pubs.zone_digest(self.info.params.zone, serial)
         except redis.exceptions.RedisError:
             digest = None
         if digest is not None or budget[0] < snap.records:
@@ -977,7 +977,7 @@ class Watcher(threading.Thread):
         while not self.stopping.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.store.pub_subscribe()
+                    pubsub = self.store.pubs.subscribe()
                 # Wakes at once on a publication (then takes any others
                 # already queued without waiting); otherwise polls every POLL s.
                 message = pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL)
@@ -1004,7 +1004,7 @@ class Watcher(threading.Thread):
 
     def step(self) -> bool:
         """One look at Redis; True when a new version was installed."""
-        raw = self.store.pub_latest_raw()
+        raw = self.store.pubs.latest_raw()
         changed = raw is not None and raw != self.last_raw
         now = time.monotonic()
         if changed or now - self.last_access >= ACCESS_REFRESH:
@@ -1070,7 +1070,7 @@ async def serve(settings: Settings, store: Store, stop: asyncio.Event,
     loop = asyncio.get_running_loop()
     if server.xot_certificate is not None:
         # The web and the CLI show ISPs the pin of the certificate actually served.
-        await loop.run_in_executor(None, store.set_xot_cert, server.xot_certificate.pem)
+        await loop.run_in_executor(None, store.isps.set_xot_cert, server.xot_certificate.pem)
     loader = VersionLoader(store, ArtifactStore(settings.artifact_dir, store), server.info, settings.dns_history,
                            server.overlay_info)
     watcher = Watcher(server, store, loader, isps, loop)

@@ -231,7 +231,7 @@ def user(name: str) -> Any:
     _agency_choices(edit, u.agency)
     return render_template("user.html", user=u, edit=edit, form=ReasonForm(),
                            agency_names=core().users.agency_names(),
-                           failures=core().store.login_failures(u.name),
+                           failures=core().store.users.login_failures(u.name),
                            max_failures=core().settings.login_max_failures)
 
 
@@ -455,13 +455,13 @@ def _xot() -> dict[str, Any] | None:
     from app.xot import details
 
     c = core()
-    return details(c.store.xot_cert(), c.settings)
+    return details(c.store.isps.xot_cert(), c.settings)
 
 
 @bp.get("/isps/xot-certificate.pem")
 @page("isp.read")
 def xot_certificate() -> Any:
-    pem = core().store.xot_cert()
+    pem = core().store.isps.xot_cert()
     if pem is None:
         return error_page("No transfer server has served zone transfers over TLS yet.", 404)
     return pem, 200, {"Content-Type": "application/x-pem-file",

@@ -180,7 +180,7 @@ def audit_log() -> Any:
     form, filters = _audit_filters()
     before = _int_arg("before", 0)
     records, next_before = audit.search(store, **filters, before_seq=before or None, limit=AUDIT_PER_PAGE)
-    length = store.audit_length()
+    length = store.audit.length()
     verification = None
     seconds = 0.0
     if length <= VERIFY_ON_VIEW or request.args.get("verify"):

@@ -485,7 +485,7 @@ def add_isp() -> Any:
 def _xot() -> dict[str, Any] | None:
     from app.xot import details
 
-    return details(core().store.xot_cert(), core().settings)
+    return details(core().store.isps.xot_cert(), core().settings)
 
 
 @bp.get("/isps/<name>")

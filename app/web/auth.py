@@ -208,7 +208,7 @@ def check_declared(app: Flask) -> None:
 
 def _rate_limited() -> bool:
     limit, window = current_app.config.get("LOGIN_RATE", LOGIN_RATE)
-    return core().store.rate_hit("login", address_key(client_address()), int(window)) > int(limit)
+    return core().store.rates.hit("login", address_key(client_address()), int(window)) > int(limit)
 
 
 def record_failure(name: str) -> None:
@@ -217,7 +217,7 @@ def record_failure(name: str) -> None:
     user = c.users.find(name) if name else None
     if user is None:
         return
-    n = c.store.add_login_failure(name, FAILURE_WINDOW)
+    n = c.store.users.add_login_failure(name, FAILURE_WINDOW)
     log.warning("failed sign-in for %s (%d in a row) from %s", name, n, client_address())
     if n >= c.settings.login_max_failures and not user.locked:
         c.users.lock(name)

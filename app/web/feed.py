@@ -110,7 +110,7 @@ def _serve(rel: str, token: str | None) -> Any:
             raise NotFoundError("no signing key yet")
         return _bytes_response(rec.current.public().text().encode(), "text/plain; charset=utf-8", REVALIDATE)
     if m.group("manifest"):
-        manifest = core.store.pub_manifest()
+        manifest = core.store.pubs.manifest()
         if manifest is None:
             raise NotFoundError("nothing has been published yet")
         body, sig, _ = manifest

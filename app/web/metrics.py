@@ -223,19 +223,19 @@ class StoreCollector(Collector):
                 held_changes.add_metric([kind], float(held.get(kind, 0)))
         yield held_changes
         yield _gauge("blocklist_publication_pending_changes",
-                     "Changed entries not yet taken up by a publication.", store.dirty_count())
+                     "Changed entries not yet taken up by a publication.", store.changes.count())
         yield _gauge("blocklist_publication_deltas_since_full",
                      "Versions published as deltas since the last full snapshot (compaction resets it).",
                      pub.chain_length if pub else None)
         workers = GaugeMetricFamily("blocklist_workers",
                                     "Live workers, by whether they hold the signing key and can publish.",
                                     labels=["can_publish"])
-        alive = store.workers_alive()
+        alive = store.health.workers_alive()
         for label, signs in (("yes", True), ("no", False)):
             workers.add_metric([label], float(sum(1 for w in alive if bool(w.get("signs")) == signs)))
         yield workers
 
-        manifest = store.pub_manifest()
+        manifest = store.pubs.manifest()
         expires = signed = manifest_version = None
         if manifest is not None:
             body = json.loads(manifest[0])
@@ -249,10 +249,10 @@ class StoreCollector(Collector):
         yield _gauge("blocklist_manifest_version", "Version the current manifest describes.", manifest_version)
 
         entries = GaugeMetricFamily("blocklist_entries", "Entries by status.", labels=["status"])
-        for status, n in store.count_by_status([s.value for s in Status]).items():
+        for status, n in store.entries.count_by_status([s.value for s in Status]).items():
             entries.add_metric([status], float(n))
         yield entries
-        yield _gauge("blocklist_audit_records", "Records in the audit log.", store.audit_length())
+        yield _gauge("blocklist_audit_records", "Records in the audit log.", store.audit.length())
 
         yield from self._isps(version, now)
 

@@ -189,7 +189,7 @@ def _too_many_names(host: str) -> bool:
     """This address has had more different names checked this hour than anyone
     sent by a resolver would: it is testing the list name by name."""
     c = _core()
-    seen = c.store.distinct_hit("stop-names", address_key(client_address()), host, 3600)
+    seen = c.store.rates.distinct_hit("stop-names", address_key(client_address()), host, 3600)
     return seen > c.settings.stop_names_per_hour
 
 
@@ -229,7 +229,7 @@ def appeal() -> Any:
     store = _core().store
     limit, window = RATE_PER_ADDRESS
     overall, overall_window = RATE_OVERALL
-    if store.rate_hit("appeal", address_key(client_address()), window) > limit:
+    if store.rates.hit("appeal", address_key(client_address()), window) > limit:
         return _page(form, 429, "Too many appeals were sent from here in the last hour; try again later.",
                      token=form.form_token.data)
     if not form.validate():
@@ -237,7 +237,7 @@ def appeal() -> Any:
         return _page(form, 400, message, token=form.form_token.data)
     # Only valid, new appeals count for everyone: checked before filing,
     # counted after, so junk and replayed forms never use up the limit.
-    if store.rate_peek("appeal-all", "everyone", overall_window) >= overall:
+    if store.rates.peek("appeal-all", "everyone", overall_window) >= overall:
         log.warning("appeal refused: the limit for everyone (%d an hour) is reached", overall)
         return _page(form, 429, "Too many appeals reached us in the last hour; please try again later.",
                      token=form.form_token.data)
@@ -246,7 +246,7 @@ def appeal() -> Any:
     except BlocklistError as e:
         return _page(form, e.status, e.message, token=form.form_token.data)
     if new:
-        store.rate_hit("appeal-all", "everyone", overall_window)
+        store.rates.hit("appeal-all", "everyone", overall_window)
         log.info("appeal %s filed", filed.reference)
     return render_template("appeal_received.html", reference=filed.reference, repeat=not new, s=_core().settings)
 

@@ -16,7 +16,7 @@ What must stay true:
 * A change of who is signed in gets a new id (:meth:`ServerSession.regenerate`):
   the old id is deleted in Redis and stops working at once (no fixation).
 * Ending a session (sign-out, disabled account, role change through
-  ``Store.sessions_end_for_user``) deletes it in Redis: a copied cookie is
+  ``store.sessions.end_for_user``) deletes it in Redis: a copied cookie is
   worthless afterwards.
 * Visitors who are not signed in get a session only when something is stored
   in it (the sign-in form's CSRF token, a message), and it lives at most
@@ -117,7 +117,7 @@ class RedisSessionInterface(SessionInterface):
             return ServerSession()
         store = self.core.store
         try:
-            raw = store.session_get(storage_id(sid))
+            raw = store.sessions.get(storage_id(sid))
         except (StoreError, redis.exceptions.RedisError):
             return ServerSession(unavailable=True)
         stale = ServerSession(expired=True)
@@ -145,10 +145,10 @@ class RedisSessionInterface(SessionInterface):
         secure = self.get_cookie_secure(app)
         samesite = self.get_cookie_samesite(app)
         for old in session.ended:
-            store.session_delete(storage_id(old))
+            store.sessions.delete(storage_id(old))
         if not session:
             if session.sid is not None:
-                store.session_delete(storage_id(session.sid))
+                store.sessions.delete(storage_id(session.sid))
             if session.sid is not None or session.ended:
                 response.delete_cookie(name, domain=domain, path=path, secure=secure, httponly=True,
                                        samesite=samesite)
@@ -165,15 +165,15 @@ class RedisSessionInterface(SessionInterface):
         left = min(idle, session.created + longest - now)
         assert session.sid is not None
         if left <= 0:
-            store.session_delete(storage_id(session.sid))
+            store.sessions.delete(storage_id(session.sid))
             response.delete_cookie(name, domain=domain, path=path, secure=secure, httponly=True,
                                    samesite=samesite)
             return
         payload = json.dumps({"c": session.created, "s": now, "d": dict(session)}, separators=(",", ":"))
         ttl = max(1, math.ceil(left))
         if fresh:
-            store.session_put(storage_id(session.sid), payload, ttl=ttl, user=str(user) if user else None)
-        elif not store.session_update(storage_id(session.sid), payload, ttl):
+            store.sessions.put(storage_id(session.sid), payload, ttl=ttl, user=str(user) if user else None)
+        elif not store.sessions.update(storage_id(session.sid), payload, ttl):
             # Ended while this request ran (signed out elsewhere, account
             # disabled): it stays ended.
             response.delete_cookie(name, domain=domain, path=path, secure=secure, httponly=True,

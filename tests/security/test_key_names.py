@@ -40,15 +40,15 @@ CRAFTED = ["sessions:alice", "user:alice", "alice:x", "Alice", "al ice", "", "x"
 
 @pytest.mark.parametrize("crafted", CRAFTED)
 def test_a_crafted_user_name_reaches_no_key(core: Core, personas: Personas, crafted: str) -> None:
-    core.store.session_put(storage_id("s" * 43), "{}", ttl=60, user="alice")
+    core.store.sessions.put(storage_id("s" * 43), "{}", ttl=60, user="alice")
     before = sorted(core.store.r.keys("*"))
     assert core.users.find(crafted) is None
     for call in (lambda: core.users.get(crafted), lambda: core.users.add(SYSTEM, crafted, "curator", "X"),
                  lambda: core.users.set_disabled(SYSTEM, crafted, True),
-                 lambda: core.store.user_raw(crafted), lambda: core.store.login_failures(crafted),
-                 lambda: core.store.add_login_failure(crafted, 60),
-                 lambda: core.store.sessions_end_for_user(crafted),
-                 lambda: core.store.user_touch(crafted, {"x": "1"})):
+                 lambda: core.store.users.raw(crafted), lambda: core.store.users.login_failures(crafted),
+                 lambda: core.store.users.add_login_failure(crafted, 60),
+                 lambda: core.store.sessions.end_for_user(crafted),
+                 lambda: core.store.users.touch(crafted, {"x": "1"})):
         with pytest.raises(ValidationError):
             call()
     assert sorted(core.store.r.keys("*")) == before
@@ -58,10 +58,10 @@ def test_a_crafted_user_name_reaches_no_key(core: Core, personas: Personas, craf
 def test_a_crafted_isp_name_reaches_no_key(core: Core, crafted: str) -> None:
     before = sorted(core.store.r.keys("*"))
     with pytest.raises(ValidationError):
-        core.store.isp_raw(crafted)
+        core.store.isps.raw(crafted)
     txn = Txn()
     with pytest.raises(ValidationError):
-        core.store.put_isp(txn, crafted, {"name": crafted}, create=True)
+        core.store.isps.put(txn, crafted, {"name": crafted}, create=True)
     with pytest.raises(ValidationError):
         core.isps.add(SYSTEM, crafted, [], [], "")
     assert sorted(core.store.r.keys("*")) == before
@@ -70,18 +70,18 @@ def test_a_crafted_isp_name_reaches_no_key(core: Core, crafted: str) -> None:
 def test_an_isp_token_index_written_by_an_older_release_is_moved_out_of_the_isp_family(core: Core) -> None:
     core.store.r.hset(K.legacy_isp_tokens, "digest", "old-isp")
     core.store.upgrade_key_names()
-    assert core.store.isp_token_owner("digest") == "old-isp"
+    assert core.store.isps.token_owner("digest") == "old-isp"
     assert not core.store.r.exists(K.legacy_isp_tokens)
 
 
 @pytest.mark.parametrize("crafted", ["user:sessions:alice", "../x", "A" * 64, "0" * 63, "z" * 64])
 def test_a_crafted_session_id_reaches_no_key(core: Core, personas: Personas, crafted: str) -> None:
-    core.store.session_put(storage_id("s" * 43), "{}", ttl=60, user="alice")
+    core.store.sessions.put(storage_id("s" * 43), "{}", ttl=60, user="alice")
     before = sorted(core.store.r.keys("*"))
-    assert core.store.session_get(crafted) is None
-    core.store.session_delete(crafted)
+    assert core.store.sessions.get(crafted) is None
+    core.store.sessions.delete(crafted)
     with pytest.raises(ValidationError):
-        core.store.session_put(crafted, "{}", ttl=60, user=None)
+        core.store.sessions.put(crafted, "{}", ttl=60, user=None)
     assert sorted(core.store.r.keys("*")) == before
 
 
@@ -99,16 +99,16 @@ def test_a_crafted_appeal_number_reaches_no_key(core: Core, crafted: object) -> 
 def test_a_crafted_rate_limit_scope_or_subject_reaches_no_key(core: Core, scope: str, who: str) -> None:
     before = sorted(core.store.r.keys("*"))
     with pytest.raises(ValidationError):
-        core.store.rate_hit(scope, who, 60)
+        core.store.rates.hit(scope, who, 60)
     with pytest.raises(ValidationError):
-        core.store.rate_peek(scope, who, 60)
+        core.store.rates.peek(scope, who, 60)
     assert sorted(core.store.r.keys("*")) == before
 
 
 def test_every_key_after_sign_in_activity_belongs_to_exactly_one_family(core: Core, personas: Personas) -> None:
-    core.store.session_put(storage_id("t" * 43), "{}", ttl=60, user="alice")
-    core.store.add_login_failure("alice", 60)
-    core.store.rate_hit("login", "abc123", 60)
+    core.store.sessions.put(storage_id("t" * 43), "{}", ttl=60, user="alice")
+    core.store.users.add_login_failure("alice", 60)
+    core.store.rates.hit("login", "abc123", 60)
     patterns = {name: re.compile(re.sub(r"\\\{[a-z_]+\\\}", ".+", re.escape(t)))
                 for name, t in _families().items()}
     types: dict[str, set[str]] = {}

@@ -69,8 +69,8 @@ def test_publish_from_another_directory_without_a_publisher_signs_nothing_and_cr
         core: Core, personas: Personas, settings: Settings, tmp_path: Path) -> None:
     add_active(core, personas, "first.example.test")
     publish(core)
-    manifest = core.store.pub_manifest()
-    keys_before = core.store.keys_raw()
+    manifest = core.store.pubs.manifest()
+    keys_before = core.store.programme_keys.raw()
     add_active(core, personas, "second.example.test")
     elsewhere = tmp_path / "elsewhere"
 
@@ -79,9 +79,9 @@ def test_publish_from_another_directory_without_a_publisher_signs_nothing_and_cr
     refused(r, "no publisher answered within 2 s", "blocklist worker")
     assert list(elsewhere.iterdir()) == []  # no ./var, no key
     assert core.latest_version() == 1
-    assert core.store.pub_manifest() == manifest
-    assert core.store.keys_raw() == keys_before
-    assert core.store.pub_take_request() is None  # the request was withdrawn, not left for later
+    assert core.store.pubs.manifest() == manifest
+    assert core.store.programme_keys.raw() == keys_before
+    assert core.store.pubs.take_request() is None  # the request was withdrawn, not left for later
 
 
 def test_keys_show_prints_the_programme_key_from_the_store_identically_from_any_directory(
@@ -138,16 +138,16 @@ def test_commands_without_a_redis_url_never_create_a_data_directory_or_a_store(t
 
 def test_keys_init_refuses_a_second_key_when_the_store_names_one(core: Core, settings: Settings,
                                                                   tmp_path: Path) -> None:
-    before = core.store.keys_raw()
-    audit_len = core.store.audit_length()
+    before = core.store.programme_keys.raw()
+    audit_len = core.store.audit.length()
     cwd = tmp_path / "other-host"
     r = blocklist(cwd, "keys", "init", BLOCKLIST_REDIS_URL=settings.redis_url or "",
                   BLOCKLIST_SIGNING_KEY_FILE=str(cwd / "keys" / "new.key"))
     refused(r, "already names programme key", core.publisher.key.public.id_hex)
     assert not (cwd / "keys").exists()
     assert list(cwd.iterdir()) == []
-    assert core.store.keys_raw() == before
-    assert core.store.audit_length() == audit_len
+    assert core.store.programme_keys.raw() == before
+    assert core.store.audit.length() == audit_len
 
 
 def test_keys_init_never_overwrites_a_key_file_and_records_it_once(settings: Settings, tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_a_worker_holding_another_key_refuses_to_sign_and_says_so_in_readyz(
         processes: list[subprocess.Popen[bytes]]) -> None:
     add_active(core, personas, "first.example.test")
     publish(core)
-    manifest = core.store.pub_manifest()
+    manifest = core.store.pubs.manifest()
     stray = tmp_path / "stray" / "blocklist.key"
     stray.parent.mkdir()
     fd = os.open(stray, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -199,7 +199,7 @@ def test_a_worker_holding_another_key_refuses_to_sign_and_says_so_in_readyz(
 
     refused(r, "is not the programme's current key", core.publisher.key.public.id_hex)
     assert core.latest_version() == 1
-    assert core.store.pub_manifest() == manifest
+    assert core.store.pubs.manifest() == manifest
     deadline = time.monotonic() + 20
     while True:
         ok, detail = core.readiness()["signing"]
@@ -238,7 +238,7 @@ def test_publish_is_done_by_the_running_worker_with_the_programme_key(
 
 def test_serve_pointed_at_an_existing_programme_without_its_key_makes_no_second_key(
         core: Core, settings: Settings, tmp_path: Path) -> None:
-    before = core.store.keys_raw()
+    before = core.store.programme_keys.raw()
     users = [u.name for u in core.users.list()]
     data = tmp_path / "new-host"
 
@@ -249,7 +249,7 @@ def test_serve_pointed_at_an_existing_programme_without_its_key_makes_no_second_
     assert "Traceback" not in r.stderr
     assert f"the programme's signing key {core.publisher.key.public.id_hex} is not in" in r.stderr
     assert not (data / "keys").exists()
-    assert core.store.keys_raw() == before
+    assert core.store.programme_keys.raw() == before
     assert [u.name for u in core.users.list()] == users
 
 

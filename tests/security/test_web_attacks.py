@@ -304,7 +304,7 @@ def test_an_admin_cannot_skip_the_current_password_for_their_own_account(
 def test_agencies_cannot_be_changed_by_a_forged_post_or_by_someone_who_is_not_an_admin(
     live_server: LiveServer, core: Core, personas: Personas
 ) -> None:
-    before = core.store.agencies_raw()
+    before = core.store.agencies.all_raw()
     admin = Http(live_server.url)
     assert admin.sign_in("ada", PASSWORD).status == 302
     a = admin.request("POST", "/agencies", form={"agency-name": "Forged Agency"})  # no CSRF token
@@ -316,7 +316,7 @@ def test_agencies_cannot_be_changed_by_a_forged_post_or_by_someone_who_is_not_an
     assert "as a vetter you may not manage user accounts; only admins may" in a.text
     a = vera.api("POST", "/agencies/rename", personas.vera.token, {"agency": "Agency A (UK)", "name": "Mine"})
     assert a.status == 403
-    assert core.store.agencies_raw() == before
+    assert core.store.agencies.all_raw() == before
 
 
 # --------------------------------------------------------------------------- TOTP replay

@@ -48,18 +48,18 @@ def test_a_forged_batch_number_approves_nothing(app, core: Core, personas: Perso
     entry_id = _pending(core, personas.carlos, "x.example")
     vera = signed_in(app.test_client(), personas.vera)
     submit_record = core.curation.get(entry_id).history[0]  # a submission, not an import
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     for forged in (str(submit_record), "999999", "1; DROP", "-1"):
         r = post(vera, "/vetting", {"batch": forged})
         assert r.status_code == 400, forged
         assert "is not an import batch" in text(r) or "the batch must be a number" in text(r), forged
     assert core.curation.get(entry_id).status == "pending"
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
 
 
 def test_only_the_submitter_can_withdraw_a_pending_entry(app, core: Core, personas: Personas) -> None:
     entry_id = _pending(core, personas.alice, "theirs.example")
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     for who in (personas.carlos, personas.bruno, personas.ada):
         client = signed_in(app.test_client(), who)
         r = post(client, f"/entries/{entry_id}/withdraw", {"reason": "not mine"}, follow_redirects=True)
@@ -67,7 +67,7 @@ def test_only_the_submitter_can_withdraw_a_pending_entry(app, core: Core, person
     auditor = signed_in(app.test_client(), personas.audrey)
     assert post(auditor, f"/entries/{entry_id}/withdraw", {"reason": "x"}).status_code == 403
     assert core.curation.get(entry_id).status == "pending"
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
 
 
 def test_an_allowlist_addition_posted_without_confirmation_suspends_nothing(
@@ -75,13 +75,13 @@ def test_an_allowlist_addition_posted_without_confirmation_suspends_nothing(
 ) -> None:
     entry_id = _active(core, personas, "www.hosting.example")
     ada = signed_in(app.test_client(), personas.ada)
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     r = post(ada, "/allowlist", {"domain": "hosting.example", "subdomains": "y", "reason": "base",
                                  "expect": str(entry_id)})  # no "confirmed": only the question comes back
     assert "This suspends 1 active entry" in text(r)
     assert core.curation.get(entry_id).status == "active"
     assert core.curation.allowlist() == []
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
 
 
 def test_a_stale_allowlist_confirmation_is_refused_and_changes_nothing(
@@ -93,13 +93,13 @@ def test_a_stale_allowlist_confirmation_is_refused_and_changes_nothing(
     expect = re.search(r'name="expect" value="([^"]*)"', page).group(1)
     assert expect == str(first)
     second = _active(core, personas, "b.hosting.example")  # approved while the admin read the question
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     r = post(ada, "/allowlist", {"domain": "hosting.example", "subdomains": "y", "reason": "base",
                                  "confirmed": "yes", "expect": expect}, follow_redirects=True)
     assert "changed since you confirmed" in text(r)
     assert core.curation.allowlist() == []
     assert {core.curation.get(i).status for i in (first, second)} == {"active"}
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
 
 
 def test_a_held_publication_decision_confirmed_for_another_hold_is_refused(
@@ -124,14 +124,14 @@ def test_a_held_publication_decision_confirmed_for_another_hold_is_refused(
 
 def test_roles_that_may_not_read_the_audit_log_cannot_export_it(app, core: Core, personas: Personas) -> None:
     _pending(core, personas.alice, "x.example")
-    before = core.store.audit_length()
+    before = core.store.audit.length()
     for who in (personas.alice, personas.vera):
         client = signed_in(app.test_client(), who)
         for fmt in ("csv", "json"):
             r = client.get(f"/audit/export.{fmt}")
             assert r.status_code == 403, (who.name, fmt)
             assert "hash" not in text(r)
-    assert core.store.audit_length() == before
+    assert core.store.audit.length() == before
     anonymous = app.test_client()
     assert anonymous.get("/audit/export.csv").status_code == 302
 
