@@ -5,13 +5,18 @@ Files (the directory is private to the tool, mode 0700):
 * ``state.json``: the held version, its list name, snapshot sha256 and
   ``entries_digest``, the key that signed it, the last manifest's expiry,
   and the times and outcome of the last runs;
-* ``entries.jsonl``: the held list as canonical lines, exactly the bytes
-  whose digest is the version's ``entries_digest`` (the base for deltas);
-* ``entries.chunks``: the sorted chunk digests of ``entries.jsonl`` (see
-  :mod:`client.digest`), 32 bytes each, written with it: a delta then
-  hashes only the chunks it touches. Trusted only while ``entries.jsonl``
-  is the file this tool wrote and their digest is the state's; otherwise
-  recomputed from ``entries.jsonl``;
+* ``entries.jsonl``: the base of the held list, as canonical lines: the
+  list as last written in full (after a snapshot or a compaction);
+* ``entries.journal``: the change of each run since the base (see
+  :mod:`client.journal`), appended; the held list is the base with the
+  journal's net change applied, exactly the bytes whose digest is the
+  version's ``entries_digest``;
+* ``entries.chunks``: the sorted chunk digests of the held list (see
+  :mod:`client.digest`), 32 bytes each, rewritten with every change: a
+  delta then hashes only the chunks it touches. Trusted only while the base
+  is the file this tool wrote, the journal's recorded bytes have their
+  recorded sha256, and their digest is the state's; otherwise recomputed
+  from the list;
 * ``parents.json``: how many listed names sit directly under each parent
   name, for the held list (tells whether a change to a name with its
   subdomains touches names already listed under it); a cache, rebuilt
@@ -26,8 +31,12 @@ What must stay true:
 * The held version only goes up; it is the rollback baseline. A damaged
   ``state.json`` stops the tool with a clear message instead of being
   silently replaced (that would drop the baseline).
-* ``entries.jsonl`` is used only if its digest is the one in ``state.json``;
-  otherwise the next run fetches the full snapshot. A state written before
+* The held list (base and journal) is used only if its digest is the one in
+  ``state.json``; otherwise the next run fetches the full snapshot, and says
+  why. ``state.json`` is replaced last in a run: until then it names the
+  base and the journal length of the list before (bytes appended after that
+  length are ignored); a new base renamed into place before it is a file
+  whose stamp and digest are not those recorded. A state written before
   feed schema 2 has no ``entries_digest``: it keeps its version (the
   rollback baseline) but holds no list, so the next run takes a snapshot.
 * ``state.json`` records, for each output and for ``entries.jsonl``, the
