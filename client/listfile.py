@@ -274,9 +274,9 @@ def domain_values(lines: bytes | memoryview) -> list[bytes]:
     return _VALUE.findall(lines)
 
 
-def find_url_start(data: bytes) -> int:
+def find_url_start(data: Buffer) -> int:
     """Offset of the first URL line (URL lines follow every domain line), or len(data)."""
-    if data.startswith(_URL_START):
+    if data[: len(_URL_START)] == _URL_START:
         return 0
     i = data.find(b"\n" + _URL_START)
     return len(data) if i < 0 else i + 1

@@ -51,6 +51,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -202,7 +203,6 @@ class StateDir:
             return None
         path = self.path / ENTRIES_FILE
         try:
-            data = path.read_bytes()
             st = path.stat()
         except FileNotFoundError:
             return f"{path} is missing"
@@ -232,16 +232,28 @@ class StateDir:
             return f"{jpath} is damaged: {e}"
         digest = self._load_chunks(state.entries_digest) if trusted else None
         # The base's count follows from the list's: it is checked below unless the files are those written.
-        base = Lines(data, state.count + len(net.removed) - len(net.added), find_url_start(data), Digest(()))
-        del data
-        if size:
-            try:
-                lines = base.edit(net.removed, net.added, jpath.name, digest or Digest(()))
-            except RefusedError as e:
-                return f"{jpath} does not fit {path}: {e.message}"
-        else:
-            lines = base
-        del base
+        try:
+            # With a journal the base is mapped, not read: the splice copies it once.
+            with open(path, "rb") as f:
+                data: bytes | mmap.mmap = f.read() if not size or not st.st_size \
+                    else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            return f"cannot read {path}: {e.strerror}"
+        try:
+            # The base's count follows from the list's: it is checked below unless the files are those written.
+            base = Lines(data, state.count + len(net.removed) - len(net.added),  # type: ignore[arg-type]
+                         find_url_start(data), Digest(()))
+            lines = base.edit(net.removed, net.added, jpath.name, digest or Digest(())) if size else base
+        except RefusedError as e:
+            return f"{jpath} does not fit {path}: {e.message}"
+        finally:
+            base = None  # type: ignore[assignment]
+            if isinstance(data, mmap.mmap):
+                try:
+                    data.close()
+                except BufferError:
+                    pass  # a view of it is still alive (an error on the way): closed when collected
+            del data
         if digest is None:
             digest = Digest.of_data(lines.data)
             if digest.hexdigest() != state.entries_digest or lines.data.count(b"\n") != state.count:
