@@ -458,7 +458,7 @@ class Stored:
 class HeldList:
     """The held list read back, and where its journal ends."""
 
-    lines: Lines
+    lines: Lines | None  # None once the caller took it
     base_size: int
     base_stamp: list[int]
     journal_size: int

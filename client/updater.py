@@ -193,7 +193,9 @@ class Updater:
         if isinstance(kept, str):
             notes.append(f"the list held cannot be used ({kept}): taking the full snapshot")
             kept = None
-        base = kept.lines if kept is not None else None
+        base = None
+        if kept is not None:
+            base, kept.lines = kept.lines, None  # the list is let go below, once the outputs no longer need it
         got = self._obtain(manifest, state, base)
         lines = got.lines
         if lines.digest.hexdigest() != manifest.entries_digest or len(lines) != manifest.count:
