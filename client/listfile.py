@@ -208,28 +208,13 @@ class Lines:
             if r.key in removed:
                 raise RefusedError(f"{what} removes {r.value[:80]!r} twice")
             removed.add(r.key)
-        gone = sorted(delta.removed)
-        cuts: list[tuple[int, int]] = []
-        for r, (at, found) in zip(gone, lower_bounds(self.data, [_record_key(r) for r in gone], _key), strict=True):
-            line = record_line(r)
-            if not found:
-                raise RefusedError(f"{what} removes {r.value[:80]!r}, which is not in the list held")
-            if self.data[at : at + len(line)] != line:
-                raise RefusedError(f"{what} removes a version of {r.value[:80]!r} that is not the one held")
-            cuts.append((at, at + len(line)))
         new = sorted(delta.added)
         for r, after in pairwise(new):
             if r.key == after.key:
                 raise RefusedError(f"{what} adds {r.value[:80]!r} twice")
-        inserts: list[tuple[int, bytes]] = []
-        for r, (at, found) in zip(new, lower_bounds(self.data, [_record_key(r) for r in new], _key), strict=True):
-            if found and r.key not in removed:
-                raise RefusedError(f"{what} adds {r.value[:80]!r}, which is already in the list held")
-            inserts.append((at, record_line(r)))
-        data = splice(self.data, cuts, inserts)
-        # Only the new lines need the entry rules; the rest was checked when it was first held.
-        url_start = self.url_start - sum(b - a for a, b in cuts if a < self.url_start) \
-            + sum(len(text) for _, text in inserts if not text.startswith(_URL_START))
+        cuts, inserts = self._places([(_record_key(r), record_line(r)) for r in sorted(delta.removed)],
+                                     [(_record_key(r), record_line(r)) for r in new], what)
+        data, url_start = self._spliced(cuts, inserts)
         mismatch = RefusedError(f"the list after {what} does not match the digest the delta states")
         try:
             # Only the chunks around the change are hashed again.
@@ -243,15 +228,55 @@ class Lines:
         result.refuse_reserved(f"the list after {what}")
         return result
 
+    def edit(self, removed: dict[tuple[bytes, bytes], bytes], added: dict[tuple[bytes, bytes], bytes],
+             what: str, digest: Digest) -> Lines:
+        """The list with the lines of ``removed`` taken out and those of ``added`` put in (by
+        key; lines end in a newline), carrying ``digest``, which the caller vouches for: a
+        journal read back (:mod:`client.journal`). Refused unless every removed line is
+        present byte for byte and no added key is present unless it is removed."""
+        cuts, inserts = self._places(sorted(removed.items()), sorted(added.items()), what, set(removed))
+        data, url_start = self._spliced(cuts, inserts)
+        return Lines(data, self.count - len(cuts) + len(inserts), url_start, digest)
+
+    def _places(self, gone: Sequence[tuple[tuple[bytes, bytes], bytes]],
+                new: Sequence[tuple[tuple[bytes, bytes], bytes]], what: str,
+                removed: set[tuple[bytes, bytes]] | None = None) -> tuple[list[tuple[int, int]],
+                                                                          list[tuple[int, bytes]]]:
+        """Where the lines ``gone`` are (cuts) and where ``new`` go (inserts), both sorted by key."""
+        if removed is None:
+            removed = {k for k, _ in gone}
+        cuts: list[tuple[int, int]] = []
+        for (k, line), (at, found) in zip(gone, lower_bounds(self.data, [k for k, _ in gone], _key), strict=True):
+            value = k[1].decode()[:80]
+            if not found:
+                raise RefusedError(f"{what} removes {value!r}, which is not in the list held")
+            if self.data[at : at + len(line)] != line:
+                raise RefusedError(f"{what} removes a version of {value!r} that is not the one held")
+            cuts.append((at, at + len(line)))
+        inserts: list[tuple[int, bytes]] = []
+        for (k, line), (at, found) in zip(new, lower_bounds(self.data, [k for k, _ in new], _key), strict=True):
+            if found and k not in removed:
+                raise RefusedError(f"{what} adds {k[1].decode()[:80]!r}, which is already in the list held")
+            inserts.append((at, line))
+        return cuts, inserts
+
+    def _spliced(self, cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple[int, bytes]]) -> tuple[bytes, int]:
+        """(the data with ``cuts`` taken out and ``inserts`` put in, its url_start)."""
+        data = splice(self.data, cuts, inserts)
+        # Only the new lines need the entry rules; the rest was checked when it was first held.
+        url_start = self.url_start - sum(b - a for a, b in cuts if a < self.url_start) \
+            + sum(len(text) for _, text in inserts if not text.startswith(_URL_START))
+        return data, url_start
+
 
 def domain_values(lines: bytes | memoryview) -> list[bytes]:
     """The names on the given domain lines, in order."""
     return _VALUE.findall(lines)
 
 
-def find_url_start(data: bytes) -> int:
+def find_url_start(data: Buffer) -> int:
     """Offset of the first URL line (URL lines follow every domain line), or len(data)."""
-    if data.startswith(_URL_START):
+    if data[: len(_URL_START)] == _URL_START:
         return 0
     i = data.find(b"\n" + _URL_START)
     return len(data) if i < 0 else i + 1

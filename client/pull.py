@@ -192,7 +192,7 @@ def describe(report: Report) -> list[str]:
         change = f", {report.added} added and {report.removed} removed" if report.added is not None else ""
         verb = "would apply" if report.dry_run else "applied"
         head = f"{verb} version {report.version} ({how}{change}; {report.count} entries)"
-    lines = [head]
+    lines = [head, *(f"  {note}" for note in report.notes)]
     for o in report.outputs:
         if o.changed and o.lines_added is not None:
             how = ", patched" if o.how == "patch" else ""

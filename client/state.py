@@ -5,13 +5,18 @@ Files (the directory is private to the tool, mode 0700):
 * ``state.json``: the held version, its list name, snapshot sha256 and
   ``entries_digest``, the key that signed it, the last manifest's expiry,
   and the times and outcome of the last runs;
-* ``entries.jsonl``: the held list as canonical lines, exactly the bytes
-  whose digest is the version's ``entries_digest`` (the base for deltas);
-* ``entries.chunks``: the sorted chunk digests of ``entries.jsonl`` (see
-  :mod:`client.digest`), 32 bytes each, written with it: a delta then
-  hashes only the chunks it touches. Trusted only while ``entries.jsonl``
-  is the file this tool wrote and their digest is the state's; otherwise
-  recomputed from ``entries.jsonl``;
+* ``entries.jsonl``: the base of the held list, as canonical lines: the
+  list as last written in full (after a snapshot or a compaction);
+* ``entries.journal``: the change of each run since the base (see
+  :mod:`client.journal`), appended; the held list is the base with the
+  journal's net change applied, exactly the bytes whose digest is the
+  version's ``entries_digest``;
+* ``entries.chunks``: the sorted chunk digests of the held list (see
+  :mod:`client.digest`), 32 bytes each, rewritten with every change: a
+  delta then hashes only the chunks it touches. Trusted only while the base
+  is the file this tool wrote, the journal's recorded bytes have their
+  recorded sha256, and their digest is the state's; otherwise recomputed
+  from the list;
 * ``parents.json``: how many listed names sit directly under each parent
   name, for the held list (tells whether a change to a name with its
   subdomains touches names already listed under it); a cache, rebuilt
@@ -26,8 +31,12 @@ What must stay true:
 * The held version only goes up; it is the rollback baseline. A damaged
   ``state.json`` stops the tool with a clear message instead of being
   silently replaced (that would drop the baseline).
-* ``entries.jsonl`` is used only if its digest is the one in ``state.json``;
-  otherwise the next run fetches the full snapshot. A state written before
+* The held list (base and journal) is used only if its digest is the one in
+  ``state.json``; otherwise the next run fetches the full snapshot, and says
+  why. ``state.json`` is replaced last in a run: until then it names the
+  base and the journal length of the list before (bytes appended after that
+  length are ignored); a new base renamed into place before it is a file
+  whose stamp and digest are not those recorded. A state written before
   feed schema 2 has no ``entries_digest``: it keeps its version (the
   rollback baseline) but holds no list, so the next run takes a snapshot.
 * ``state.json`` records, for each output and for ``entries.jsonl``, the
@@ -40,18 +49,21 @@ What must stay true:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from client import files
+from client import journal as journal_mod
 from client.digest import Digest
-from client.errors import LocalError, LockedError
+from client.errors import LocalError, LockedError, RefusedError
 from client.listfile import Lines, find_url_start
 from client.verify import Held, KeyRing
 
@@ -59,8 +71,15 @@ STATE_FILE = "state.json"
 KEYS_FILE = "keys.json"
 ENTRIES_FILE = "entries.jsonl"
 CHUNKS_FILE = "entries.chunks"
+JOURNAL_FILE = "entries.journal"
 PARENTS_FILE = "parents.json"
 LOCK_FILE = "lock"
+# The journal is compacted (the list written in full as the new base) when it would exceed
+# 1/JOURNAL_SHARE of the base's bytes (or JOURNAL_FLOOR bytes, whichever is more) or hold
+# JOURNAL_RECORDS runs: reading it back costs each run in proportion to its size.
+JOURNAL_SHARE = 64
+JOURNAL_FLOOR = 64 << 10
+JOURNAL_RECORDS = 100
 
 
 @dataclass
@@ -84,7 +103,14 @@ class State:
     last_error_code: int | None = None
     reload_pending: bool = False
     wide_count: int | None = None
-    entries_stamp: list[int] | None = None  # (size, mtime_ns, inode) of entries.jsonl as last written
+    # (size, mtime_ns, inode) of entries.jsonl as last written, by a tool without the journal; a
+    # state with the journal leaves it empty, so such a tool hashes the base in full (and finds
+    # that it is not the list held unless the journal is empty).
+    entries_stamp: list[int] | None = None
+    base_stamp: list[int] | None = None  # (size, mtime_ns, inode) of entries.jsonl as last written
+    journal_size: int | None = None  # bytes of entries.journal that belong to the list held (None: no journal)
+    journal_sha256: str | None = None  # of those bytes
+    journal_records: int = 0  # runs recorded in them
     # output path -> {"fingerprint": options, "sha256": of the file as written, "count": entries in it}
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -159,30 +185,84 @@ class StateDir:
             raise LocalError(f"cannot write {self.path / STATE_FILE}: {e.strerror}") from None
 
     def load_lines(self, state: State) -> Lines | None:
-        """The held list, or None if it is missing or does not match the state.
+        """The held list, or None if it is missing or does not match the state."""
+        held = self.load_held(state)
+        return held.lines if isinstance(held, HeldList) else None
 
-        Its lines were checked when they were first held. If the file is the one this tool
-        last wrote (same size, time and inode), its chunk digests are read from
-        ``entries.chunks`` (their digest must be the state's): a delta applied to it must
-        still produce the digest the delta states, and :meth:`verify_lines` tells a damaged
-        file from a bad delta. Otherwise the digest is computed from the file and must be
-        the state's."""
+    def load_held(self, state: State) -> HeldList | str | None:
+        """The held list (base and journal read back), or why it cannot be used (None: no list held).
+
+        Its lines were checked when they were first held. The base is trusted as written
+        while its size, modification time and inode are those recorded, and the journal
+        while its first ``journal_size`` bytes have the recorded sha256; the chunk digests
+        of ``entries.chunks`` are then used if their digest is the state's. A delta applied
+        to the list must still produce the digest it states, and :meth:`verify_lines` tells
+        a damaged file from a bad delta. Otherwise the digest of the list is computed from
+        its lines and must be the state's."""
         if state.entries_digest is None or state.count is None:
             return None
         path = self.path / ENTRIES_FILE
         try:
-            data = path.read_bytes()
             st = path.stat()
-        except OSError:
-            return None
-        digest = None
-        if state.entries_stamp == [st.st_size, st.st_mtime_ns, st.st_ino]:
-            digest = self._load_chunks(state.entries_digest)
+        except FileNotFoundError:
+            return f"{path} is missing"
+        except OSError as e:
+            return f"cannot read {path}: {e.strerror}"
+        stamp = state.base_stamp if state.journal_size is not None else state.entries_stamp
+        trusted = stamp == [st.st_size, st.st_mtime_ns, st.st_ino]
+        size = state.journal_size or 0
+        jpath = self.path / JOURNAL_FILE
+        journal = b""
+        if size:
+            try:
+                with open(jpath, "rb") as f:
+                    journal = f.read(size)
+            except FileNotFoundError:
+                return f"{jpath} is missing"
+            except OSError as e:
+                return f"cannot read {jpath}: {e.strerror}"
+        jhash = hashlib.sha256(journal)
+        if len(journal) != size:
+            return f"{jpath} is shorter than recorded ({len(journal)} bytes of {size})"
+        if size and jhash.hexdigest() != state.journal_sha256:
+            return f"{jpath} does not match the sha256 recorded in {STATE_FILE}"
+        try:
+            net = journal_mod.read(journal)
+        except ValueError as e:
+            return f"{jpath} is damaged: {e}"
+        digest = self._load_chunks(state.entries_digest) if trusted else None
+        # The base's count follows from the list's: it is checked below unless the files are those written.
+        try:
+            # With a journal the base is mapped, not read: the splice copies it once.
+            with open(path, "rb") as f:
+                data: bytes | mmap.mmap = f.read() if not size or not st.st_size \
+                    else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            return f"cannot read {path}: {e.strerror}"
+        try:
+            # The base's count follows from the list's: it is checked below unless the files are those written.
+            base = Lines(data, state.count + len(net.removed) - len(net.added),  # type: ignore[arg-type]
+                         find_url_start(data), Digest(()))
+            lines = base.edit(net.removed, net.added, jpath.name, digest or Digest(())) if size else base
+        except RefusedError as e:
+            return f"{jpath} does not fit {path}: {e.message}"
+        finally:
+            base = None  # type: ignore[assignment]
+            if isinstance(data, mmap.mmap):
+                try:
+                    data.close()
+                except BufferError:
+                    pass  # a view of it is still alive (an error on the way): closed when collected
+            del data
         if digest is None:
-            digest = Digest.of_data(data)
-            if digest.hexdigest() != state.entries_digest or data.count(b"\n") != state.count:
-                return None
-        return Lines(data, state.count, find_url_start(data), digest)
+            digest = Digest.of_data(lines.data)
+            if digest.hexdigest() != state.entries_digest or lines.data.count(b"\n") != state.count:
+                return f"{path} and {jpath} do not give the list recorded in {STATE_FILE}" if size \
+                    else f"{path} is not the list recorded in {STATE_FILE}"
+            trusted = False
+        return HeldList(replace(lines, digest=digest), base_size=st.st_size,
+                        base_stamp=[st.st_size, st.st_mtime_ns, st.st_ino], journal_size=size, journal_hash=jhash,
+                        journal_records=state.journal_records if size else 0, trusted=trusted)
 
     def _load_chunks(self, expected: str) -> Digest | None:
         try:
@@ -198,12 +278,34 @@ class StateDir:
 
     def stage_lines(self, lines: Lines) -> StagedLines:
         """Start writing the list and its chunk digests to temp files in a thread (the write
-        overlaps the outputs' work); :meth:`StagedLines.commit` puts them in place."""
+        overlaps the outputs' work); :meth:`StagedLines.commit` puts them in place, as a new
+        base with an empty journal."""
         return StagedLines(self.path / ENTRIES_FILE, self.path / CHUNKS_FILE, lines)
 
-    def save_lines(self, lines: Lines) -> list[int]:
-        """Write the list; returns the file's (size, mtime_ns, inode) for :meth:`load_lines`."""
+    def stage_change(self, held: HeldList, lines: Lines, version: int, removed: Sequence[bytes],
+                     added: Sequence[bytes]) -> StagedLines | StagedJournal:
+        """The list after a run's change: appended to the journal, or written in full as a new
+        base (compaction) once the journal would exceed a share of the base or a number of
+        records, or when the base was not the file written (it was hashed in full)."""
+        record = journal_mod.record(version, removed, added)
+        if held.trusted and held.journal_records < JOURNAL_RECORDS \
+                and held.journal_size + len(record) <= max(held.base_size // JOURNAL_SHARE, JOURNAL_FLOOR):
+            return StagedJournal(self.path / JOURNAL_FILE, self.path / CHUNKS_FILE, held, lines, record)
+        return self.stage_lines(lines)
+
+    def save_lines(self, lines: Lines) -> Stored:
+        """Write the list as the base, with an empty journal; returns what the state records."""
         return self.stage_lines(lines).commit()
+
+    def trim_journal(self, size: int) -> None:
+        """Cut the journal to ``size`` bytes (those the saved state names); best effort: bytes
+        past them are never read, and the next append writes over them."""
+        try:
+            with open(self.path / JOURNAL_FILE, "r+b") as f:
+                if os.fstat(f.fileno()).st_size > size:
+                    f.truncate(size)
+        except OSError:
+            pass
 
     def load_parents(self, digest: str) -> dict[str, int] | None:
         """The parent counts saved for the list with this ``entries_digest``, if any."""
@@ -268,8 +370,9 @@ class StagedLines:
         except OSError as e:
             self._error = e
 
-    def commit(self) -> list[int]:
-        """Rename into place; returns the list file's (size, mtime_ns, inode) for :meth:`StateDir.load_lines`."""
+    def commit(self) -> Stored:
+        """Rename into place; returns what the state records (the journal is then empty: what
+        remains in its file is past the size recorded, see :meth:`StateDir.trim_journal`)."""
         self._thread.join()
         try:
             if self._error is not None:
@@ -279,9 +382,87 @@ class StagedLines:
         except OSError as e:
             self.discard()
             raise LocalError(f"cannot write {self.path}: {e.strerror}") from None
-        return [st.st_size, st.st_mtime_ns, st.st_ino]
+        return Stored([st.st_size, st.st_mtime_ns, st.st_ino], 0, hashlib.sha256().hexdigest(), 0)
 
     def discard(self) -> None:
         self._thread.join()
         files.discard(self._staged)
         self._staged = []
+
+
+class StagedJournal:
+    """A run's change to the held list, to append to ``entries.journal``, and the new list's
+    chunk digests being written next to ``entries.chunks``. :meth:`commit` appends the record
+    at the end of the journal's recorded bytes (anything past them is cut first), syncs the
+    journal (not the base), and renames the chunk digests into place; until ``state.json``
+    records the journal's new size and sha256, the list read back is the one before."""
+
+    def __init__(self, path: Path, chunks_path: Path, held: HeldList, lines: Lines, record: bytes) -> None:
+        self.path = path
+        self.chunks_path = chunks_path
+        self.held = held
+        self.record = record
+        self._staged: list[files.Staged] = []
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._write, args=(lines,), daemon=True)
+        self._thread.start()
+
+    def _write(self, lines: Lines) -> None:
+        try:
+            self._staged.append(files.stage(self.chunks_path, lines.digest.to_bytes(), 0o600))
+        except OSError as e:
+            self._error = e
+
+    def commit(self) -> Stored:
+        self._thread.join()
+        held = self.held
+        try:
+            if self._error is not None:
+                raise self._error
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, held.journal_size)
+                os.lseek(fd, held.journal_size, os.SEEK_SET)
+                view = memoryview(self.record)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files.commit(self._staged)  # renames the chunk digests, syncs the directory (and the journal's entry)
+        except OSError as e:
+            self.discard()
+            raise LocalError(f"cannot write {e.filename or self.path}: {e.strerror}") from None
+        h = held.journal_hash.copy()
+        h.update(self.record)
+        return Stored(held.base_stamp, held.journal_size + len(self.record), h.hexdigest(),
+                      held.journal_records + 1)
+
+    def discard(self) -> None:
+        self._thread.join()
+        files.discard(self._staged)
+        self._staged = []
+
+
+@dataclass
+class Stored:
+    """Where the held list is, as ``state.json`` records it."""
+
+    base_stamp: list[int] | None
+    journal_size: int
+    journal_sha256: str
+    journal_records: int
+
+
+@dataclass
+class HeldList:
+    """The held list read back, and where its journal ends."""
+
+    lines: Lines | None  # None once the caller took it
+    base_size: int
+    base_stamp: list[int]
+    journal_size: int
+    journal_hash: Any  # a hashlib sha256 of the journal's recorded bytes
+    journal_records: int
+    trusted: bool  # the base is the file written and the chunk digests were the list's; False: hashed in full
+

@@ -43,7 +43,7 @@ from client import files
 from client.config import Config, OutputSpec
 from client.errors import LocalError, NotFoundError, PostApplyError, PullError, RefusedError
 from client.fetch import Transport
-from client.listfile import Lines, parse_snapshot_lines
+from client.listfile import Lines, parse_snapshot_lines, record_line
 from client.minisign import PublicKey
 from client.outputs import (
     Change,
@@ -57,7 +57,7 @@ from client.outputs import (
     render_into,
     split_file,
 )
-from client.state import State, StateDir
+from client.state import StagedJournal, StagedLines, State, StateDir
 from client.verify import (
     MANIFEST_MAX,
     SIGNATURE_MAX,
@@ -101,6 +101,7 @@ class Report:
     post_apply: str = "none"  # none | ran | would-run | not-configured
     dry_run: bool = False
     snapshot_version: int | None = None  # the version of the snapshot taken, if one was
+    notes: list[str] = field(default_factory=list)  # why the run did what it did, when it was unusual
 
     @property
     def changed(self) -> list[OutputChange]:
@@ -187,7 +188,14 @@ class Updater:
         body = self.transport.get("manifest.json", MANIFEST_MAX)
         sig = self.transport.get("manifest.json.minisig", SIGNATURE_MAX)
         manifest = check_manifest(body, sig, self.policy, held, now)
-        base = self.dir.load_lines(state) if held is not None else None
+        notes: list[str] = []
+        kept = self.dir.load_held(state) if held is not None else None
+        if isinstance(kept, str):
+            notes.append(f"the list held cannot be used ({kept}): taking the full snapshot")
+            kept = None
+        base = None
+        if kept is not None:
+            base, kept.lines = kept.lines, None  # the list is let go below, once the outputs no longer need it
         got = self._obtain(manifest, state, base)
         lines = got.lines
         if lines.digest.hexdigest() != manifest.entries_digest or len(lines) != manifest.count:
@@ -198,14 +206,23 @@ class Updater:
         added, removed = _counts(base, got)
         info = ListInfo(manifest.list_name, manifest.version, got.published_at, manifest.rpz_zone)
         # The new list is written while the outputs are worked out; it goes into place after them.
-        staged_lines = self.dir.stage_lines(lines) if got.via != "held" and not dry_run else None
+        staged_lines: StagedLines | StagedJournal | None = None
+        if got.via != "held" and not dry_run:
+            if got.via == "delta" and got.net is not None and kept is not None:
+                # Appended to the journal, or written in full when the journal has grown enough.
+                staged_lines = self.dir.stage_change(kept, lines, manifest.version,
+                                                     [record_line(r) for r in sorted(got.net.removed.values())],
+                                                     [record_line(r) for r in sorted(got.net.added.values())])
+            else:
+                staged_lines = self.dir.stage_lines(lines)
         outputs = _Outputs(self, state, base, got, info, stage=not dry_run)
         del base  # a patch needs only the change worked out above
         try:
             report = Report(version=manifest.version, previous=state.version, via=got.via, steps=got.steps,
                             count=len(lines), added=added, removed=removed,
                             outputs=outputs.prepare(self.config.outputs), dry_run=dry_run,
-                            snapshot_version=manifest.full_version if got.via == "snapshot" else None)
+                            snapshot_version=manifest.full_version if got.via == "snapshot" else None,
+                            notes=notes)
         except BaseException:
             outputs.discard()
             if staged_lines is not None:
@@ -231,9 +248,7 @@ class Updater:
                 staged_lines.discard()
             state.reload_pending = was_pending  # nothing was renamed into place
             raise
-        entries_stamp = state.entries_stamp
-        if staged_lines is not None:
-            entries_stamp = staged_lines.commit()
+        stored = staged_lines.commit() if staged_lines is not None else None
         if outputs.parents is not None:
             self.dir.save_parents(lines.digest.hexdigest(), outputs.parents)
         records = dict(state.outputs)
@@ -249,11 +264,15 @@ class Updater:
             manifest_expires_at=manifest.expires_at, last_attempt=now, last_check=now,
             applied_via=got.via if got.via != "held" else state.applied_via,
             last_change=now if changed else state.last_change, wide_count=outputs.wide_count,
-            entries_stamp=entries_stamp,
             outputs={k: v for k, v in records.items() if k in {str(o.path) for o in self.config.outputs}},
         )
+        if stored is not None:
+            new = replace(new, entries_stamp=None, base_stamp=stored.base_stamp, journal_size=stored.journal_size,
+                          journal_sha256=stored.journal_sha256, journal_records=stored.journal_records)
         self.dir.save(new)
         self.state = new
+        if stored is not None and stored.journal_size == 0:
+            self.dir.trim_journal(0)  # a new base: the old journal's bytes are past the size recorded
         if new.reload_pending and self.config.post_apply:
             self._post_apply(manifest.version, changed)
             new.reload_pending = False
