@@ -393,13 +393,37 @@ class Store:
             return
         spec = json.dumps([txn.checks, txn.ops], separators=(",", ":"))
         try:
-            self._txn_script(keys=txn.keys, args=[spec])
+            self._confirmed(self._txn_script, txn.keys, [spec])
         except redis.exceptions.ResponseError as e:
             if str(e).startswith("CONFLICT"):
                 raise RetryableConflictError("the data changed while the action ran; try again") from e
             raise StoreError(f"Redis refused a write: {e}") from e
         except redis.exceptions.RedisError as e:
             raise StoreError(f"Redis is not reachable: {e}") from e
+
+    #: Replicas that must confirm a committed step (WAIT) before it counts as
+    #: done, and for how long to wait (seconds); Core sets them from Settings.
+    wait_replicas = 0
+    wait_timeout = 1.0
+
+    def _confirmed(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script``; with ``wait_replicas``, WAIT for that many replicas on
+        the same connection, else raise: with asynchronous replication a write
+        no replica has is lost if the primary is replaced now."""
+        if not self.wait_replicas:
+            return script(keys=keys, args=args)
+        pipe = self.r.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+        result, confirmed = pipe.execute(raise_on_error=False)
+        for reply in (result, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
+        if int(confirmed) < self.wait_replicas:
+            raise StoreError(f"Redis took the write but {confirmed} of {self.wait_replicas} replicas confirmed it "
+                             f"within {self.wait_timeout:g} s (BLOCKLIST_REDIS_WAIT_REPLICAS): it may be lost in a "
+                             "failover; check and try again")
+        return result
 
     def transact(self, build: Callable[[Txn], None], *, retries: int = 20,
                  on_conflict: Callable[[], None] | None = None) -> None:
@@ -1045,7 +1069,7 @@ class Store:
         return int(self.r.get(K.pub_highwater) or 0)
 
     def pub_raise_highwater(self, version: int) -> int:
-        return int(self._raise_script(keys=[K.pub_highwater], args=[version]))
+        return int(self._confirmed(self._raise_script, [K.pub_highwater], [version]))
 
     # ------------------------------------------------------------------ artifacts
 
