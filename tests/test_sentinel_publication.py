@@ -159,10 +159,25 @@ def check_published_state(core: Core, observer: Observer) -> int:
     return int(latest["version"])
 
 
+def current_primary(nodes: Cluster) -> ShippedRedis:
+    """The node Sentinel names now (a busy test machine may see a second failover)."""
+    port = nodes.sentinel.primary_port()
+    return nodes.replica if port == nodes.replica.port else nodes.primary
+
+
+def replicated(nodes: Cluster) -> bool:
+    with current_primary(nodes).client("ops") as client:
+        info = client.info("replication")
+    return bool(info["role"] == "master" and info.get("connected_slaves", 0) >= 1
+                and info.get("slave0", {}).get("state") == "online")
+
+
 @pytest.mark.parametrize("how", ["sentinel-failover", "sigkill", "sigstop"])
 def test_a_failover_during_publication_loses_no_acknowledged_change_and_reuses_no_version(
         how: str, cluster: Cluster, tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> None:  # noqa: F811
     url = cluster.url()
+    # 1 s (the fixture's) is so short that a loaded machine sees the new primary down too.
+    cluster.sentinel.client.execute_command("SENTINEL", "SET", SERVICE, "down-after-milliseconds", "2000")
     core = make_core(url, tmp_path / "curators", **WAIT)
     people = People(core)
     proc = start_worker(url, tmp_path / "worker", tmp_path / "curators" / "keys", processes)
@@ -188,10 +203,7 @@ def test_a_failover_during_publication_loses_no_acknowledged_change_and_reuses_n
             primary.proc.send_signal(signal.SIGCONT)
         elif how == "sigkill":
             primary.start()
-        old = primary.client("ops")
-        wait_for(lambda: old.info("replication")["role"] == "slave"
-                 and old.info("replication")["master_link_status"] == "up", "the old primary to rejoin", 40)
-        old.close()
+        wait_for(lambda: replicated(cluster), "a primary with a replica again", 40)
         time.sleep(2)  # more approvals and publications on the new primary
     finally:
         curators.stop.set()
@@ -202,7 +214,12 @@ def test_a_failover_during_publication_loses_no_acknowledged_change_and_reuses_n
     # A change made now is published within seconds by the same worker.
     after = wait_for(lambda: list_domain(core, people, "after.failover.test"), "an approval after the failover")
     t0 = time.monotonic()
-    wait_for(lambda: "after.failover.test" in published_values(watcher)[1], "the worker to publish again", 15)
+    try:
+        wait_for(lambda: "after.failover.test" in published_values(watcher)[1], "the worker to publish again", 15)
+    except AssertionError as e:
+        holder, ttl = watcher.store.pub_lock_holder(), watcher.store.r.pttl("bl:pub:lock")
+        log = (tmp_path / "worker" / "worker.log").read_text()[-2000:]
+        raise AssertionError(f"{e}; publisher lock held by {holder} for {ttl} ms more; worker log:\n{log}") from e
     took = time.monotonic() - t0
     observer.stop.set()
     observer.join(10)
@@ -210,7 +227,7 @@ def test_a_failover_during_publication_loses_no_acknowledged_change_and_reuses_n
     assert proc.poll() is None
 
     # The new primary, read directly.
-    new_primary = make_core(cluster.replica.url("app"), tmp_path / "reader")
+    new_primary = make_core(current_primary(cluster).url("app"), tmp_path / "reader")
     assert new_primary.store.r.info("replication")["role"] == "master"
     version = check_published_state(new_primary, observer)
     meta = new_primary.publisher.version_meta(version)
@@ -322,3 +339,32 @@ def test_a_publisher_that_loses_redis_mid_commit_never_publishes_a_number_twice(
         seen[outcome.version] = latest["entries_sha256"]
         list_domain(core, people, f"more-{outcome.version}.example.test")
     assert sorted(seen) == list(seen)
+
+
+def test_a_publisher_whose_lock_release_was_lost_publishes_again_at_once(
+        pair: tuple[ShippedRedis, ShippedRedis], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis went away as the publisher released its lock (or the release went
+    to a primary that was then replaced): the lock stays in the store for up
+    to LOCK_TTL_MS. The same publisher takes it back instead of waiting;
+    any other publisher still waits."""
+    primary, _ = pair
+    core = make_core(primary.url("app"), tmp_path / "a")
+    people = People(core)
+    list_domain(core, people, "one.example.test")
+    real_release = core.store.pub_lock_release
+
+    def lost(token: str) -> bool:
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(core.store, "pub_lock_release", lost)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        core.publisher.publish()
+    monkeypatch.setattr(core.store, "pub_lock_release", real_release)
+    assert core.store.pub_lock_holder() is not None, "the lock was left behind"
+    shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys")
+    other = make_core(primary.url("app"), tmp_path / "b")
+    list_domain(core, people, "two.example.test")
+    assert other.publisher.publish().status == "busy"
+    outcome = core.publisher.publish()
+    assert outcome.status == "published", outcome
+    assert core.store.pub_lock_holder() is None
