@@ -164,6 +164,10 @@ class Settings:
 
     # Store and files
     redis_url: str | None = None
+    # With replicas (Sentinel): how many must confirm each committed step,
+    # and how long to wait for them (docs/operations.md section 8).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 1.0
     data_dir: Path = Path("var")
     artifact_dir: Path = Path("var/artifacts")
     signing_key_file: Path = Path("var/keys/blocklist.key")
@@ -296,6 +300,8 @@ class Settings:
                               "(then a self-signed pair is made in the data directory)")
         s = cls(
             redis_url=env.opt("BLOCKLIST_REDIS_URL"),
+            redis_wait_replicas=env.whole("BLOCKLIST_REDIS_WAIT_REPLICAS", 0, 0, 16),
+            redis_wait_timeout=env.number("BLOCKLIST_REDIS_WAIT_TIMEOUT", 1.0, 0.01, 60.0),
             data_dir=data_dir,
             artifact_dir=Path(env.text("BLOCKLIST_ARTIFACT_DIR", str(data_dir / "artifacts"))),
             signing_key_file=Path(

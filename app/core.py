@@ -49,6 +49,7 @@ class Core:
         if not settings.redis_url:
             raise ConfigError("BLOCKLIST_REDIS_URL is not set (blocklist serve starts an embedded Redis)")
         store = Store.from_url(settings.redis_url)
+        store.wait_replicas, store.wait_timeout = settings.redis_wait_replicas, settings.redis_wait_timeout
         store.upgrade_key_names()
         return cls(settings=settings, store=store, clock=clock)
 

@@ -116,6 +116,10 @@ class Publisher:
         self._key = key
         self._reminded_at = 0.0
         self._state: ListState | None = None
+        # Lock tokens start with this, so that a lock this publisher left
+        # behind (see _own_stale_lock) is known as its own.
+        self._lock_prefix = secrets.token_hex(8)
+        self._live_tokens: set[str] = set()
         #: Who publishes, as recorded with each version (the worker sets host:pid).
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.soa = SoaParams(
@@ -246,9 +250,13 @@ class Publisher:
     @contextmanager
     def lock(self, wait: float = 0.0) -> Iterator[str | None]:
         """Hold the publisher lock (yields its token), or yield None if busy."""
-        token = secrets.token_hex(16)
+        token = f"{self._lock_prefix}.{secrets.token_hex(8)}"
         deadline = time.monotonic() + wait
         while not self.store.pubs.lock_acquire(token, LOCK_TTL_MS):
+            stale = self._own_stale_lock()
+            if stale is not None:
+                token = stale
+                break
             if time.monotonic() >= deadline:
                 yield None
                 return
@@ -261,6 +269,7 @@ class Publisher:
                     log.error("lost the publisher lock")
                     return
 
+        self._live_tokens.add(token)
         t = threading.Thread(target=heartbeat, name="publisher-lock", daemon=True)
         t.start()
         try:
@@ -268,7 +277,20 @@ class Publisher:
         finally:
             stop.set()
             t.join()
+            self._live_tokens.discard(token)
             self.store.pubs.lock_release(token)
+
+    def _own_stale_lock(self) -> str | None:
+        """The token of a lock this publisher holds but no longer uses: its
+        release failed, or went to a primary that was then replaced (the
+        promoted replica still has the lock), and waiting for it to expire
+        would stop publication for up to LOCK_TTL_MS. Taken back, else None."""
+        holder = self.store.pubs.lock_holder()
+        if (holder is None or not holder.startswith(self._lock_prefix + ".") or holder in self._live_tokens
+                or not self.store.pubs.lock_extend(holder, LOCK_TTL_MS)):
+            return None
+        log.warning("took back the publisher lock this publisher had left behind (Redis went away or failed over)")
+        return holder
 
     # ------------------------------------------------------------------ state
 

@@ -1255,10 +1255,9 @@ class Dispatcher:
                           detail=f"only SOA, AXFR and IXFR are served, not {q_text}",
                           isp=isp_by_key)
         zone = served[1]
-        if zone is None:
-            return Answer(kind, "servfail", self._single(req, SERVFAIL), reason="no_version",
-                          detail="no version has been published yet")
         if qtype == T_SOA:
+            if zone is None:
+                return self._no_version(req, kind, isp_by_key)
             return Answer(kind, "ok", self._single(req, NOERROR, [zone.soa_record], aa=True), isp=isp_by_key,
                           serial=zone.serial)
         if qtype == T_AXFR and not tcp:
@@ -1276,6 +1275,8 @@ class Dispatcher:
             return Answer(kind, "refused", self._single(req, REFUSED), reason="no_tsig",
                           detail=f"a transfer without TSIG from {peer}: every ISP with a key must sign, "
                                  "and no address-only ISP has this address")
+        if zone is None:  # only a request allowed to transfer learns that nothing is published yet
+            return self._no_version(req, kind, isp)
         if qtype == T_AXFR:
             return self._axfr(req, zone, isp, "axfr")
         soa = self._client_soa(msg, served[0].origin)
@@ -1300,6 +1301,10 @@ class Dispatcher:
         # RFC 1995 4: the client retries over TCP.
         return Answer(kind, "ok", self._single(req, NOERROR, [zone.soa_record], aa=True), isp=isp,
                       serial=zone.serial, detail="UDP IXFR answered with the SOA: the difference does not fit")
+
+    def _no_version(self, req: _Request, kind: str, isp: Isp | None) -> Answer:
+        return Answer(kind, "servfail", self._single(req, SERVFAIL), reason="no_version",
+                      detail="no version has been published yet", isp=isp)
 
     @staticmethod
     def _tsig_room(signer: TsigSigner) -> int:

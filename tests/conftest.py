@@ -91,7 +91,6 @@ def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
 def core(settings: Settings, clock: FakeClock) -> Iterator[Core]:
     c = Core.from_settings(settings, clock=clock)
     c.store.r.flushdb()
-    c.store.published.mark_ready_if_empty()  # as on a new store
     c.publisher._key = ensure_key(settings.signing_key_file)
     record_key(c, c.publisher._key)
     yield c

@@ -102,7 +102,7 @@ class Store:
     def __init__(self, client: redis.Redis) -> None:
         self.r: Any = client
         self._txn_script = client.register_script(TXN_LUA)
-        scripts = Scripts(client)
+        scripts = self._scripts = Scripts(client)
         self.entries = EntryData(client, scripts)
         self.changes = ChangeFeed(client, scripts)
         self.allowlist = AllowlistData(client, scripts)
@@ -139,13 +139,30 @@ class Store:
             return
         spec = json.dumps([txn.checks, txn.ops], separators=(",", ":"))
         try:
-            self._txn_script(keys=txn.keys, args=[spec])
+            self._scripts.confirmed(self._txn_script, txn.keys, [spec])
         except redis.exceptions.ResponseError as e:
             if str(e).startswith("CONFLICT"):
                 raise RetryableConflictError("the data changed while the action ran; try again") from e
             raise StoreError(f"Redis refused a write: {e}") from e
         except redis.exceptions.RedisError as e:
             raise StoreError(f"Redis is not reachable: {e}") from e
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas that must confirm each committed step (``BLOCKLIST_REDIS_WAIT_REPLICAS``)."""
+        return self._scripts.wait_replicas
+
+    @wait_replicas.setter
+    def wait_replicas(self, n: int) -> None:
+        self._scripts.wait_replicas = n
+
+    @property
+    def wait_timeout(self) -> float:
+        return self._scripts.wait_timeout
+
+    @wait_timeout.setter
+    def wait_timeout(self, seconds: float) -> None:
+        self._scripts.wait_timeout = seconds
 
     def transact(self, build: Callable[[Txn], T], *, retries: int = RETRIES,
                  on_conflict: Callable[[], None] | None = None) -> T:
@@ -177,7 +194,6 @@ class Store:
         when a process opens the store.
         """
         try:
-            self.published.mark_ready_if_empty()
             self.isps.move_legacy_token_index()
         except redis.exceptions.ResponseError:
             pass  # another process moved it first

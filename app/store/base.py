@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from app.errors import StoreError
 
 # Entry records of one bucket whose value contains ARGV[1] (plain substring).
 SEARCH_LUA = r"""
@@ -35,13 +38,38 @@ return 0
 
 
 class Scripts:
-    """The Lua scripts of the store, registered once per client."""
+    """The Lua scripts of the store, registered once per client, and how a
+    committed write is confirmed."""
 
     def __init__(self, client: Any) -> None:
+        self.client = client
         self.search = client.register_script(SEARCH_LUA)
         self.raise_ = client.register_script(RAISE_LUA)
         self.unlock = client.register_script(UNLOCK_LUA)
         self.extend = client.register_script(EXTEND_LUA)
+        #: Replicas that must confirm a committed step (WAIT) before it counts
+        #: as done, and how long to wait (seconds); Core sets them from Settings.
+        self.wait_replicas = 0
+        self.wait_timeout = 1.0
+
+    def confirmed(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script``; with ``wait_replicas``, WAIT for that many replicas on
+        the same connection, else raise: with asynchronous replication a write
+        no replica has is lost if the primary is replaced now."""
+        if not self.wait_replicas:
+            return script(keys=keys, args=args)
+        pipe = self.client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+        result, confirmed = pipe.execute(raise_on_error=False)
+        for reply in (result, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
+        if int(confirmed) < self.wait_replicas:
+            raise StoreError(f"Redis took the write but {confirmed} of {self.wait_replicas} replicas confirmed it "
+                             f"within {self.wait_timeout:g} s (BLOCKLIST_REDIS_WAIT_REPLICAS): it may be lost in a "
+                             "failover; check and try again")
+        return result
 
 
 def text(value: object) -> str | None:

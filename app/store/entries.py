@@ -9,6 +9,7 @@ there is one sorted set per status.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import redis.client
@@ -36,6 +37,9 @@ class EntryData(Part):
     def allocate_ids(self, n: int = 1) -> int:
         """Reserve ``n`` consecutive ids; returns the first."""
         last = int(self.r.incrby(K.entry_seq, n))
+        if last == n:
+            # The store's first entries: its published form is whole from the start.
+            self.r.setnx(K.feed_ready, str(int(time.time())))
         return last - n + 1
 
     def last_id(self) -> int:

@@ -154,7 +154,7 @@ class PublicationData(Part):
 
     def raise_highwater(self, version: int) -> int:
         """Raise the highest version ever published, never lower it; returns it."""
-        return int(self.scripts.raise_(keys=[K.pub_highwater], args=[version]))
+        return int(self.scripts.confirmed(self.scripts.raise_, [K.pub_highwater], [version]))
 
     # ------------------------------------------------------------------ zone digests
 

@@ -8,9 +8,9 @@ What must stay true:
   (:func:`feed_ops` and :func:`feed_add` are called by
   :class:`app.store.entries.EntryData` when it writes a record), so its
   lines are always those of the active records.
-* "ready" (``K.feed_ready``) only once every active record is in it: set on
-  a store that never held an entry, or by the publisher after filling a
-  store written before the form existed (:meth:`PublishedForm.fill` adds a
+* "ready" (``K.feed_ready``) only once every active record is in it: set
+  with a store's first entry ids (:meth:`app.store.entries.EntryData.allocate_ids`),
+  or by the publisher after filling a store written before the form existed (:meth:`PublishedForm.fill` adds a
   record only if it is still the stored one).
 * A read is a series of batches, each one MULTI/EXEC over both sets for one
   range of values, so a batch's zone lines are those of its domain lines.
@@ -107,11 +107,6 @@ class PublishedForm(Part):
 
     def mark_ready(self) -> None:
         self.r.set(K.feed_ready, str(int(time.time())))
-
-    def mark_ready_if_empty(self) -> None:
-        """A store that has never held an entry starts with its published form whole."""
-        if not self.r.exists(K.entry_seq):
-            self.r.setnx(K.feed_ready, str(int(time.time())))
 
     def read(self, batch: int = 50_000) -> Iterator[tuple[list[bytes], list[bytes]]]:
         """The published form in batches of (feed lines, zone lines), in order.

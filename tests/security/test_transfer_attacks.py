@@ -157,6 +157,29 @@ def test_an_isp_registered_address_only_is_the_one_explicit_way_to_transfer_unsi
         assert dns.message.from_wire(read(sock)).rcode() == dns.rcode.REFUSED
 
 
+def test_before_any_publication_an_unsigned_transfer_is_refused_and_only_a_signed_one_learns_why(
+        dns_settings: Settings, core: Core, personas: Personas, acme: dict[str, Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    narrow = core.isps.add(personas.ada.actor, "narrow", allow_from=["127.0.0.1/32"])
+    assert core.publisher.latest() is None
+    with serve(dns_settings, core, 0) as t:
+        wait_for(lambda: t.server is not None and len(t.server.access.keys) == 2)
+        unsigned = kdig(t.port, "+tcp", "AXFR", ZONE)
+        assert "REFUSED" in unsigned.stdout + unsigned.stderr, unsigned.stdout + unsigned.stderr
+        assert refusals(caplog, "no_tsig")
+        q = dns.message.make_query(ZONE, "IXFR")
+        q.authority.append(dns.rrset.from_text(ZONE, 0, "IN", "SOA", "a. b. 1 1 1 1 1"))
+        assert dns.query.tcp(q, "127.0.0.1", port=t.port, timeout=3).rcode() == dns.rcode.REFUSED
+        # A signed request from an address its ISP does not allow learns nothing either.
+        elsewhere = kdig(t.port, "-y", tsig(narrow), "-b", OTHER, "AXFR", ZONE)
+        assert "REFUSED" in elsewhere.stdout + elsewhere.stderr, elsewhere.stdout + elsewhere.stderr
+        assert refusals(caplog, "acl")
+        assert not refusals(caplog, "no_version")
+        # The ISP's signed request from an address it allows may learn that nothing is published yet.
+        signed = kdig(t.port, "-y", tsig(acme), "AXFR", ZONE)
+        assert "SERVFAIL" in signed.stdout + signed.stderr, signed.stdout + signed.stderr
+
+
 # --------------------------------------------------------------------------- 7. one address starves the others
 
 
