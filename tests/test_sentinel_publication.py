@@ -122,7 +122,7 @@ class Observer(threading.Thread):
                 continue
             if raw:
                 latest = json.loads(raw)
-                v, digest = int(latest["version"]), str(latest["entries_sha256"])
+                v, digest = int(latest["version"]), str(latest["entries_digest"])
                 if self.seen.setdefault(v, digest) != digest:
                     self.reused.append(f"version {v} was {self.seen[v]} and then {digest}")
             time.sleep(0.02)
@@ -154,7 +154,7 @@ def check_published_state(core: Core, observer: Observer) -> int:
     assert not observer.reused, observer.reused
     for v, digest in observer.seen.items():
         pub = core.publisher.record(v)
-        assert pub is None or pub.entries_sha256 == digest, f"version {v} now stands for other content"
+        assert pub is None or pub.entries_digest == digest, f"version {v} now stands for other content"
     assert audit.verify(core.store).ok
     return int(latest["version"])
 
@@ -277,10 +277,10 @@ def test_a_version_committed_on_a_replaced_primary_is_never_reused_by_another_ho
     (tmp_path / "b").mkdir()
     shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys")
     on_replica = Store.from_url(replica.url("app"))
-    wait_for(on_replica.pub_latest_raw, "the first version on the replica")
+    wait_for(on_replica.pubs.latest_raw, "the first version on the replica")
 
     list_domain(a, people, "two.example.test")
-    wait_for(on_replica.dirty_count, "the change on the replica")
+    wait_for(on_replica.changes.count, "the change on the replica")
     replica.client("ops").execute_command("REPLICAOF", "NO", "ONE")
     try:
         outcome = a.publisher.publish()
@@ -325,7 +325,7 @@ def test_a_publisher_that_loses_redis_mid_commit_never_publishes_a_number_twice(
         flaky.publish()
     committed = core.publisher.latest()
     assert committed is not None
-    seen = {int(committed["version"]): committed["entries_sha256"]}
+    seen = {int(committed["version"]): committed["entries_digest"]}
     list_domain(core, people, "three.example.test")
     # The same host again (a restarted worker), then another host.
     shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys")
@@ -336,7 +336,7 @@ def test_a_publisher_that_loses_redis_mid_commit_never_publishes_a_number_twice(
         assert outcome.version is not None and outcome.version not in seen
         latest = publisher.latest()
         assert latest is not None
-        seen[outcome.version] = latest["entries_sha256"]
+        seen[outcome.version] = latest["entries_digest"]
         list_domain(core, people, f"more-{outcome.version}.example.test")
     assert sorted(seen) == list(seen)
 
@@ -356,10 +356,10 @@ def test_a_publisher_whose_lock_release_was_lost_publishes_again_at_once(
     def lost(token: str) -> bool:
         raise redis.exceptions.ConnectionError("Connection closed by server.")
 
-    monkeypatch.setattr(core.store, "pub_lock_release", lost)
+    monkeypatch.setattr(core.store.pubs, "lock_release", lost)
     with pytest.raises(redis.exceptions.ConnectionError):
         core.publisher.publish()
-    monkeypatch.setattr(core.store, "pub_lock_release", real_release)
+    monkeypatch.setattr(core.store.pubs, "lock_release", real_release)
     assert core.store.pubs.lock_holder() is not None, "the lock was left behind"
     shutil.copytree(tmp_path / "a" / "keys", tmp_path / "b" / "keys")
     other = make_core(primary.url("app"), tmp_path / "b")
