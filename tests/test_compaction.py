@@ -20,7 +20,7 @@ from app.core import Core
 from app.embedded import free_port
 from app.rpz import parse_zone_names
 from tests.conftest import Personas, publish
-from tests.test_digest import reference as reference_digest
+from tests.feed_builder import entries_digest as reference_digest
 from tests.test_publishing import activate, minisign_ok, validate
 from tests.test_xfr_server import ZONE, kdig, records, soa_serial, tsig, wait_for
 

@@ -5,25 +5,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-import zlib
 
 import pytest
 
 import client.digest as digest_mod
 from client.digest import BlobView, Digest, ListView, update
-
-
-def reference(lines: list[bytes]) -> str:
-    """The definition as the module docstring gives it to ISPs."""
-    chunks, cur = [], []
-    for line in lines:
-        cur.append(line + b"\n")
-        if zlib.crc32(line) % 16 == 0:
-            chunks.append(hashlib.sha256(b"".join(cur)).digest())
-            cur = []
-    if cur:
-        chunks.append(hashlib.sha256(b"".join(cur)).digest())
-    return hashlib.sha256(b"".join(sorted(chunks))).hexdigest()
+from tests.feed_builder import entries_digest as reference
 
 
 def _key(line: bytes) -> bytes:

@@ -23,7 +23,7 @@ from app.signing import ensure_key
 from app.store import Txn
 from client.minisign import PublicKey, Signature, parse_trusted_comment
 from tests.conftest import Personas, publish, record_key, require_binary
-from tests.test_digest import reference as reference_digest
+from tests.feed_builder import entries_digest as reference_digest
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "blocklist_schema.json").read_text())
 

@@ -48,11 +48,12 @@ class Rival:
 
 def snapshot(core: Core) -> dict[str, Any]:
     """Every key's value, except the audit log (the rival writes there) and
-    the id counters (a try reserves ids; numbering may have gaps)."""
+    the id counters (a try reserves ids; numbering may have gaps; the first
+    ids a store hands out also mark its published form whole)."""
     r = core.store.r
     out: dict[str, Any] = {}
     for key in sorted(r.scan_iter("*")):
-        if key in (K.audit, K.audit_head, K.entry_seq, K.appeal_seq):
+        if key in (K.audit, K.audit_head, K.entry_seq, K.appeal_seq, K.feed_ready):
             continue
         out[key] = r.dump(key)
     return out
