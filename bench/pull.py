@@ -7,7 +7,7 @@ from start to exit, with its peak RSS. Beside it, in the same run, the
 reference: ``curl --compressed`` of the same snapshot and its signature,
 ``minisign -Vm`` and ``sha256sum`` (fetch and verify, nothing rendered).
 
-    .venv/bin/python bench/pull.py [--count 1000000] [--changes 1000]
+    .venv/bin/python bench/pull.py [--count 1000000] [--changes 1000] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -46,11 +46,13 @@ _LAUNCHER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:])
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
 
 
-def pull_measured(config: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, first line printed) of one ``blocklist-pull once`` process."""
+def pull_measured(config: Path, profile: Path | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, first line printed) of one ``blocklist-pull once`` process
+    (run under cProfile, its statistics written to ``profile``, when given)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "client.pull", "-c", str(config),
-                           "once"], cwd=ROOT, capture_output=True, check=False)
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, sys.executable, *prof, "-m", "client.pull",
+                           "-c", str(config), "once"], cwd=ROOT, capture_output=True, check=False)
     seconds = time.perf_counter() - t0
     err = proc.stderr.decode().strip().splitlines()
     if proc.returncode != 0:
@@ -87,6 +89,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--changes", type=int, default=1000)
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="run each pull under cProfile, statistics in DIR (the figures then include its overhead)")
     args = ap.parse_args()
     rng = random.Random(7)
     values = [f"{rng.choice(['kid', 'pic', 'vid', 'img', 'cp', 'xx'])}{i:07d}-{rng.randrange(36**4):x}"
@@ -124,14 +128,20 @@ def main() -> None:
             ref_s = reference(url, token, pub, work, int(first.version or 0))
             configs = {"rpz+unbound": write_config(work, "two", url, key, ["rpz", "unbound"]),
                        "all six formats": write_config(work, "six", url, key, list(FORMATS))}
+            def prof(step: str, name: str) -> Path | None:
+                if args.profile is None:
+                    return None
+                args.profile.mkdir(parents=True, exist_ok=True)
+                return args.profile / f"{step}-{name.replace(' ', '_')}.prof"
+
             for name, cfg in configs.items():
-                s, rss, line = pull_measured(cfg)
+                s, rss, line = pull_measured(cfg, prof("first", name))
                 results[f"first_pull_{name}"] = {"s": round(s, 2), "peak_rss_mb": round(rss), "said": line}
             changes(core, args.changes, rng, list(range(1, args.count + 1)))
             second = core.publisher.publish(reason="bench: changes")
             assert second.status == "published", second
             for name, cfg in configs.items():
-                s, rss, line = pull_measured(cfg)
+                s, rss, line = pull_measured(cfg, prof("delta", name))
                 results[f"delta_pull_{name}"] = {"s": round(s, 2), "peak_rss_mb": round(rss), "said": line}
             for name, cfg in configs.items():
                 s, rss, line = pull_measured(cfg)
