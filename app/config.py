@@ -193,7 +193,7 @@ class Settings:
     publish_interval: int = 300
     # A change is published once the change feed has been quiet this long,
     # and at the latest this long after the first unpublished change.
-    publish_quiet: float = 2.0
+    publish_quiet: float = 0.5
     publish_quiet_max: float = 10.0
     manifest_ttl: int = 3600
     manifest_refresh: int = 900
@@ -321,7 +321,7 @@ class Settings:
             rpz_fold_grace=env.whole("BLOCKLIST_RPZ_FOLD_GRACE", 300, 0),
             categories=cats,
             publish_interval=env.whole("BLOCKLIST_PUBLISH_INTERVAL", 300, 1),
-            publish_quiet=env.number("BLOCKLIST_PUBLISH_QUIET", 2.0, 0.0, 60.0),
+            publish_quiet=env.number("BLOCKLIST_PUBLISH_QUIET", 0.5, 0.0, 60.0),
             publish_quiet_max=env.number("BLOCKLIST_PUBLISH_QUIET_MAX", 10.0, 0.0, 600.0),
             manifest_ttl=env.whole("BLOCKLIST_MANIFEST_TTL", 3600, 60),
             manifest_refresh=env.whole("BLOCKLIST_MANIFEST_REFRESH", 900, 1),

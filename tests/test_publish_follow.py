@@ -91,7 +91,7 @@ def test_a_burst_of_two_hundred_approvals_makes_one_or_two_versions(
     seed = core.curation.submit(personas.alice.actor, "seed.example.test")
     core.curation.act(personas.bruno.actor, seed.id, "approve")
     ids = [core.curation.submit(personas.alice.actor, f"burst{i}.example.test").id for i in range(200)]
-    start_worker(settings, processes, tmp_path / "worker.log", quiet="2", quiet_max="10")  # the defaults
+    start_worker(settings, processes, tmp_path / "worker.log", quiet="0.5", quiet_max="10")  # the defaults
     v1, _ = wait_for_version(live_server, token, 0, 30)
 
     for i in ids:

@@ -174,7 +174,7 @@ class Follower:
                 if pubsub is None:
                     pubsub = store.changes.subscribe()
                 # Wake on the signal; the timeout keeps the quiet-period clock running.
-                pubsub.get_message(timeout=min(0.5, self.quiet or 0.5))
+                pubsub.get_message(timeout=min(0.25, self.quiet / 2) if self.quiet else 0.25)
                 n = store.changes.count()
             except Exception as e:  # Redis away: try again shortly
                 log.warning("change follower: %s", e)
