@@ -11,6 +11,8 @@ blocked again. The canary answers with the version in force.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -29,6 +31,7 @@ from app.config import Settings
 from app.core import Core
 from app.embedded import free_port
 from tests.conftest import Personas, publish, require_binary
+from tests.test_publishing import worker_env
 from tests.test_xfr_peers import DEPLOY, OVERLAY, Peer, answered_not_blocked, blocked, named, render, unbound
 from tests.test_xfr_server import bulk_listed, listed, soa_serial, wait_for
 from workers.xfrd import ServerThread
@@ -108,6 +111,40 @@ def test_bind_applies_an_approval_and_a_delisting_within_seconds_through_the_ove
     assert delisting < 2.0, delisting
     assert re.search(rf"zone {re.escape(OVERLAY.rstrip('.'))}/IN: notify from 127\.0\.0\.1#\d+: serial {v3}", log), \
         log[-3000:]
+
+
+def test_with_the_default_worker_an_approval_and_a_delisting_reach_bind_within_seconds(
+        tmp_path: Path, dns_settings: Settings, core: Core, personas: Personas,
+        processes: list[subprocess.Popen[bytes]]) -> None:
+    """No "publish now": the running worker, with its default settings, publishes
+    the decision, and BIND (configured from deploy/isp/) follows NOTIFY."""
+    named_port = free_port()
+    acme = core.isps.add(personas.ada.actor, "acme", notify=[f"127.0.0.1:{named_port}"])
+    ids = listed(core, personas, ENTRIES)
+    bulk_listed(core, personas, FILLER)
+    publish(core)
+    log = tmp_path / "worker.log"
+    # The safety-net interval is an hour: only the change follower can publish in time.
+    processes.append(subprocess.Popen([sys.executable, "-m", "app.cli", "worker"],
+                                      env=worker_env(dns_settings, BLOCKLIST_PUBLISH_INTERVAL="3600"),
+                                      stdout=log.open("wb"), stderr=subprocess.STDOUT))
+    with ServerThread(dns_settings, core.store) as xfrd, named(tmp_path, xfrd.port, acme, port=named_port) as bind:
+        wait_for(lambda: blocked(bind.ask("csam-forum.example")), timeout=20, step=0.1)
+        wait_for(lambda: bool(core.store.health.workers_alive()), timeout=30, step=0.1)
+        time.sleep(1)  # the worker's first steps (its start-up publication check) are done
+
+        listed(core, personas, {"new-site.example": True})
+        t0 = time.monotonic()
+        wait_for(lambda: blocked(bind.ask("www.new-site.example", 0.5)), timeout=15, step=0.02)
+        approval = time.monotonic() - t0
+
+        core.curation.act(personas.bruno.actor, ids["csam-forum.example"], "delist", "taken down")
+        t0 = time.monotonic()
+        wait_for(lambda: answered_not_blocked(bind.ask("csam-forum.example", 0.5)), timeout=15, step=0.02)
+        delisting = time.monotonic() - t0
+    # Within a few seconds (about 1 s here: 0.5 s of quiet, the publication, NOTIFY and IXFR).
+    assert approval < 3.0, (approval, log.read_text()[-2000:])
+    assert delisting < 3.0, (delisting, log.read_text()[-2000:])
 
 
 def test_with_the_isps_stop_page_a_delisted_name_is_answered_and_a_new_one_blocked(
