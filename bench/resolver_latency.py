@@ -10,6 +10,9 @@ One run, one machine, one list:
   is measured, then its delisting to the name being answered again;
 * **overlay** (the defaults): a BIND secondary configured from deploy/isp/
   lists the overlay first and the base after it; the same measurements;
+* **the worker** (default settings, nobody asks to publish): the same
+  BIND, the time from a curator's approval, and from a delisting, to the
+  answer changing;
 * ZONEMD: the base zone's digest at this size (once per base version),
   and an overlay version of 1,000 names built with and without its digest.
 
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -142,6 +147,23 @@ def measure(core: Core, port: int, names: list[str]) -> dict[str, list[float]]:
     return out
 
 
+def measure_decisions(core: Core, port: int, names: list[str]) -> dict[str, list[float]]:
+    """As :func:`measure`, but nobody publishes: the running worker (default
+    settings) does, so each time runs from the curator's decision."""
+    out: dict[str, list[float]] = {"block_s": [], "unblock_s": []}
+    for name in names:
+        e = core.curation.submit(ALICE, name, "domain", True, None, "bench")
+        core.curation.approve_many(BRUNO, [e.id])
+        t0 = time.perf_counter()
+        wait(lambda n=name: is_blocked(ask(port, n)), 120, 0.002)
+        out["block_s"].append(round(time.perf_counter() - t0, 3))
+        core.curation.act(BRUNO, e.id, "delist", "bench")
+        t0 = time.perf_counter()
+        wait(lambda n=name: (r := ask(port, n)) is not None and not is_blocked(r), 120, 0.002)
+        out["unblock_s"].append(round(time.perf_counter() - t0, 3))
+    return out
+
+
 def zonemd_costs(settings: Settings, zone_file: Path) -> dict[str, float]:
     info = ZoneInfo.from_params(soa_params(settings))
     overlay_info = ZoneInfo.from_params(soa_params(settings, overlay=True))
@@ -188,8 +210,8 @@ def main() -> None:
             programme_key(core)
             core.curation.set_policy(SYSTEM, {"guard_add_max": 10**9, "guard_add_pct": 10**6,
                                               "guard_remove_pct": 100})
-            values = domain_names(args.count + 4 * args.rounds, rng)
-            fresh, values = values[: 4 * args.rounds], values[4 * args.rounds:]
+            values = domain_names(args.count + 6 * args.rounds, rng)
+            fresh, values = values[: 6 * args.rounds], values[6 * args.rounds:]
             print(f"writing {args.count:,} active entries ...", flush=True)
             load_active(core, values)
             v1 = core.publisher.publish(reason="bench").version
@@ -218,6 +240,19 @@ def main() -> None:
             wait(lambda: is_blocked(ask(overlay_port, values[0])), 300, 0.05)
             print("overlay: approvals and delistings ...", flush=True)
             overlay = measure(core, overlay_port, fresh[args.rounds: 2 * args.rounds])
+            print("overlay, the worker publishing with its default settings: approvals and delistings ...",
+                  flush=True)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], stdout=(work / "worker.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "BLOCKLIST_REDIS_URL": overlay_settings.redis_url or "",
+                     "BLOCKLIST_DATA_DIR": str(work), "BLOCKLIST_ARTIFACT_DIR": str(work / "artifacts"),
+                     "BLOCKLIST_SIGNING_KEY_FILE": str(overlay_settings.signing_key_file)})
+            procs.append(worker)
+            wait(lambda: bool(core.store.health.workers_alive()), 120, 0.1)
+            time.sleep(2)  # its start-up steps are done
+            decisions = measure_decisions(core, overlay_port, fresh[2 * args.rounds: 3 * args.rounds])
+            stop(worker)
             log = (work / "bind-overlay" / "named.log").read_text()
             stop(bind)
             stop(xfrd)
@@ -233,6 +268,8 @@ def main() -> None:
         "overlay_delisting_to_answer_s": overlay["unblock_s"],
         "one_zone_median_s": statistics.median(single["block_s"] + single["unblock_s"]),
         "overlay_median_s": statistics.median(overlay["block_s"] + overlay["unblock_s"]),
+        "worker_approval_to_nxdomain_s": decisions["block_s"],
+        "worker_delisting_to_answer_s": decisions["unblock_s"],
         "overlay_reloads_of_base_during_overlay_rounds": log.count("rpz: blocklist.rpz: reload done"),
         "xfrd_serving_lines": [line[-160:] for line in xfrd_log.splitlines() if "serving version" in line][-4:],
     })
