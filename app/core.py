@@ -54,8 +54,8 @@ class Core:
         return cls(settings=settings, store=store, clock=clock)
 
     def latest_version(self) -> int | None:
-        latest = self.publisher.latest()
-        return int(latest["version"]) if latest else None
+        latest = self.publisher.latest_record()
+        return latest.version if latest else None
 
     def readiness(self) -> dict[str, tuple[bool, Any]]:
         """Checks beyond Redis for /readyz: a publisher holds the signing key,

@@ -210,8 +210,14 @@ class Publisher:
     # ------------------------------------------------------------------ reads
 
     def latest(self) -> dict[str, Any] | None:
+        """The latest version as the API shows it (JSON); code reads :meth:`latest_record`."""
         raw = self.store.pubs.latest_raw()
         return json.loads(raw) if raw else None
+
+    def latest_record(self) -> Latest | None:
+        """The latest version, typed (what ``pub:latest`` holds)."""
+        raw = self.store.pubs.latest_raw()
+        return Latest.from_json(raw) if raw else None
 
     def version_meta(self, version: int) -> dict[str, Any] | None:
         """A version's record in the shape the API and pages show."""
@@ -294,13 +300,13 @@ class Publisher:
 
     # ------------------------------------------------------------------ state
 
-    def _load_state(self, latest: dict[str, Any] | None) -> ListState:
+    def _load_state(self, latest: Latest | None) -> ListState:
         """The list of the latest version: kept in memory, else rebuilt from
         its newest full snapshot and the deltas after it (a standby taking
         over, or a restarted worker)."""
         if latest is None:
             return ListState(version=0, lines=[], zone=[], snapshot_sha256=None)
-        v = int(latest["version"])
+        v = latest.version
         if self._state is not None and self._state.version == v:
             return self._state
         pub = self.record(v)
@@ -415,17 +421,18 @@ class Publisher:
         t0 = time.perf_counter()
         self._key = self.signing_key()
         timings: dict[str, float] = {}
-        latest = self.latest()
-        highwater = max(self.artifacts.highwater(), int(latest["version"]) if latest else 0)
+        latest = self.latest_record()
+        latest_v = latest.version if latest else 0
+        highwater = max(self.artifacts.highwater(), latest_v)
         # Read the change feed's length first: changes made after this point
         # stay in the feed for the next run, whatever this run reads.
         feed_len = self.store.changes.count()
         previous = None
-        if latest is not None and not full and int(latest["version"]) == highwater:
+        if latest is not None and not full and latest_v == highwater:
             try:
                 previous = self._load_state(latest)
             except (BlocklistError, OSError, ValueError) as e:
-                log.warning("rebuilding from Redis: cannot use version %s: %s", latest["version"], e)
+                log.warning("rebuilding from Redis: cannot use version %s: %s", latest_v, e)
         if previous is not None:
             diff = self._changes_from_feed(previous, self.store.changes.peek(feed_len))
             lines, zone, digest = splice(previous, diff)
@@ -440,7 +447,7 @@ class Publisher:
                 try:
                     base = self._load_state(latest)
                 except (BlocklistError, OSError, ValueError):
-                    base = ListState(int(latest["version"]), [], [], None, known=False)
+                    base = ListState(latest_v, [], [], None, known=False)
             diff = diff_lists(base.lines, lines)
         timings["diff"] = time.perf_counter() - t0
         policy = self.curation.policy()
@@ -448,10 +455,10 @@ class Publisher:
         now = self.clock()
         # Redis restored from a backup older than the last publication: publish
         # even without changes, so every client moves above what it already has.
-        behind_highwater = highwater > (int(latest["version"]) if latest else 0)
+        behind_highwater = highwater > latest_v
         # The latest version's files are not in the store (written by a release
         # that kept them on disk only): publish again, so every host can serve.
-        unstored = latest is not None and not self.artifacts.exists(str(latest["snapshot"]["path"]))
+        unstored = latest is not None and not self.artifacts.exists(latest.snapshot.path)
         # A fold of the zones that waits for a version goes on without a change.
         fold = diff.empty and latest is not None and self._fold_due(latest, now)
         if fold and not reason:
@@ -462,14 +469,14 @@ class Publisher:
                 self._drop_held("the list no longer differs from the published version")
             refreshed = self._refresh_manifest_locked(token, force=False)
             return Outcome("refreshed" if refreshed else "unchanged",
-                           version=int(latest["version"]) if latest else None,
+                           version=latest.version if latest else None,
                            message="nothing changed since the last publication")
         reasons = guard_reasons(diff, base.count, policy)
         reasons += safety_problems(diff, lines, self.curation.rules())
         released = bool(held and held.get("released_by"))
         if reasons and not (released and self._within_release(held, diff)):
             self._hold(diff, base, reasons, actor)
-            return Outcome("held", version=int(latest["version"]) if latest else None,
+            return Outcome("held", version=latest.version if latest else None,
                            message="held for an admin: " + "; ".join(reasons), diff=diff.summary())
         version = highwater + 1
         # A delta needs the previous list exactly; without one (first version,
@@ -679,8 +686,8 @@ class Publisher:
         latest_raw = self.store.pubs.latest_raw()
         if not latest_raw:
             return Outcome("unchanged", message="nothing has been published yet")
-        latest = json.loads(latest_raw)
-        version = int(latest["version"])
+        latest = Latest.from_json(latest_raw)
+        version = latest.version
         pub = self.record(version)
         if pub is None or pub.has_full_files or not self.compaction_due(pub, only_small):
             return Outcome("unchanged", version=version, message="no compaction due")
@@ -729,9 +736,9 @@ class Publisher:
         log.info("compacted version %s: full snapshot and zone file written in %.2fs", version, timings["total"])
         return Outcome("compacted", version=version, timings=timings)
 
-    def _fold_due(self, latest: dict[str, Any], now: float) -> bool:
+    def _fold_due(self, latest: Latest, now: float) -> bool:
         try:
-            layout = Layout.from_json(latest.get("zones"), int(latest["version"]))
+            layout = Layout.from_json(latest.zones, latest.version)
         except (ValueError, KeyError, TypeError):
             return False
         return fold_due(layout, now, FoldPolicy.from_settings(self.settings))
@@ -740,11 +747,11 @@ class Publisher:
                      now: float) -> dict[str, Any]:
         """Which versions the base and overlay policy zones hold (app.rpz.Layout),
         fixed here so that every transfer server serves the same zones."""
-        latest = self.latest()
+        latest = self.latest_record()
         previous = None
-        if latest is not None and int(latest["version"]) == base.version:
+        if latest is not None and latest.version == base.version:
             try:
-                previous = Layout.from_json(latest.get("zones"), base.version)
+                previous = Layout.from_json(latest.zones, base.version)
             except (ValueError, KeyError, TypeError) as e:
                 log.warning("starting a new base zone at version %s: %s", version, e)
         changed = diff.added + diff.removed + diff.changed
@@ -809,8 +816,8 @@ class Publisher:
         if not latest_raw:
             return False
         self._key = self.signing_key()
-        latest = json.loads(latest_raw)
-        if int(latest["version"]) < self.artifacts.highwater():
+        latest = Latest.from_json(latest_raw)
+        if latest.version < self.artifacts.highwater():
             # Restored from an older backup: never sign a manifest below a
             # published version; the next publication moves above it.
             return False
@@ -820,7 +827,7 @@ class Publisher:
         due = now - signed_at >= self.settings.manifest_refresh
         if not force and not due and not self._keys_changed(current[0] if current else None):
             return False
-        pub = self.record(int(latest["version"]))
+        pub = self.record(latest.version)
         if pub is None:
             return False
         body, sig = self._manifest(pub, now)
@@ -1023,7 +1030,7 @@ class Publisher:
 
     def preview(self) -> Diff:
         """What the next publication would change (read-only)."""
-        latest = self.latest()
+        latest = self.latest_record()
         state = self._load_state(latest) if latest else ListState(0, [], [], None)
         if latest is None:
             lines, _, _ = self._full_build(fill=False)

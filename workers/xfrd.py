@@ -60,6 +60,7 @@ from app.clock import system_clock
 from app.config import Settings, parse_hostport
 from app.errors import BlocklistError, ConfigError
 from app.isps import Isp, Isps
+from app.publication import DeltaRef, FileRef, Latest, Publication
 from app.rpz import Layout
 from app.store import Store
 from app.xfr import (
@@ -261,24 +262,24 @@ class VersionLoader:
         self.layouts: dict[int, Layout] = {}
         self._under: dict[tuple[int, tuple[str, ...]], set[str]] = {}
 
-    def meta(self, version: int) -> dict[str, Any] | None:
+    def meta(self, version: int) -> Publication | None:
         raw = self.store.pubs.version_raw(version)
-        return json.loads(raw) if raw else None
+        return Publication.from_json(raw) if raw else None
 
-    def _read(self, ref: dict[str, Any]) -> bytes:
-        data = self.artifacts.read(str(ref["path"]))
-        if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
-            raise ZoneDataError(f"{ref['path']} does not match the sha256 recorded at publication")
+    def _read(self, ref: FileRef | DeltaRef) -> bytes:
+        data = self.artifacts.read(ref.path)
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ZoneDataError(f"{ref.path} does not match the sha256 recorded at publication")
         return data
 
-    def step(self, meta: dict[str, Any]) -> Step | None:
+    def step(self, meta: Publication | Latest) -> Step | None:
         """The name difference a version's delta records, or None without one."""
-        version = int(meta["version"])
+        version = meta.version
         cached = self.steps.get(version)
         if cached is not None:
             return cached
-        delta, prev = meta.get("delta"), meta.get("previous_version")
-        if not delta or not prev:
+        delta, prev = meta.delta, meta.previous_version
+        if delta is None or not prev:
             return None
         try:
             data = json.loads(self._read(delta))
@@ -289,15 +290,15 @@ class VersionLoader:
         self.steps[version] = s
         return s
 
-    def _follow(self, latest: dict[str, Any]) -> None:
+    def _follow(self, latest: Latest) -> None:
         """Read the layouts and deltas of the versions before ``latest``
         (as far as history goes and they are not cached yet)."""
-        meta: dict[str, Any] | None = latest
-        newest = int(latest["version"])
+        meta: Publication | Latest | None = latest
+        newest = latest.version
         while meta is not None:
-            version = int(meta["version"])
+            version = meta.version
             if version not in self.layouts:
-                self.layouts[version] = Layout.from_json(meta.get("zones"), version)
+                self.layouts[version] = Layout.from_json(meta.zones, version)
             s = self.step(meta)
             # Stop where history ends, or where an earlier call already went.
             if s is None or newest - s.old >= self.history or s.old in self.layouts:
@@ -410,19 +411,20 @@ class VersionLoader:
             newer = b
         return list(reversed(steps)), past
 
-    def full_base(self, latest: dict[str, Any], base: int, report: BuildReport) -> Zone:
+    def full_base(self, latest: Latest, base: int, report: BuildReport) -> Zone:
         """The base zone built from the newest full zone file (the latest
         version's, or the one its metadata names as ``base``), taken to the
         base version through the deltas in between, in either direction."""
-        version = int(latest["version"])
-        file_version = int(latest.get("base") or version)
-        file_meta = latest if file_version == version else self.meta(file_version)
-        if file_meta is None or not file_meta.get("rpz"):
+        version = latest.version
+        file_version = latest.base or version
+        file_meta = self.meta(file_version) if file_version != version else None
+        zone_file = latest.rpz if file_version == version else (file_meta.rpz if file_meta else None)
+        if zone_file is None:
             raise ZoneDataError(f"the full zone file of version {file_version} is no longer stored")
-        text = self._read(file_meta["rpz"]).decode("utf-8")
+        text = self._read(zone_file).decode("utf-8")
         serial, names = zone_file_names(text)
         if serial != file_version:
-            raise ZoneDataError(f"{file_meta['rpz']['path']} has serial {serial}, not {file_version}")
+            raise ZoneDataError(f"{zone_file.path} has serial {serial}, not {file_version}")
         del text
         if base != file_version:
             forward = base > file_version
@@ -460,7 +462,7 @@ class VersionLoader:
             return RecordZone(self.overlay_info, version, recs, (), self.history)
         return zone.advance(version, recs)
 
-    def load(self, current: Loaded | None, latest: dict[str, Any]) -> Loaded:
+    def load(self, current: Loaded | None, latest: Latest) -> Loaded:
         """Both zones for ``latest``: the base built from the current base
         and the deltas in between when they reach it (else from the zone
         file), the overlay from the deltas since the bases it covers.
@@ -471,7 +473,7 @@ class VersionLoader:
         :meth:`finish_base` builds the new base (and its ZONEMD, seconds at
         a million names) afterwards."""
         t0 = time.perf_counter()
-        version = int(latest["version"])
+        version = latest.version
         if current is not None and version <= current.version:
             log.error("the published version went from %s back to %s; serving %s", current.version, version,
                       version, extra={"version": version})
@@ -491,14 +493,14 @@ class VersionLoader:
             overlay = self.overlay_history(version, report, base_zone)
         return Loaded(base_zone, overlay, layout, how, time.perf_counter() - t0, report, base_seconds)
 
-    def finish_base(self, loaded: Loaded, latest: dict[str, Any]) -> Loaded:
+    def finish_base(self, loaded: Loaded, latest: Latest) -> Loaded:
         """The base zone a deferred load left behind, built now."""
         t0 = time.perf_counter()
         report = BuildReport()
         base_zone, how, base_seconds = self._base(loaded.zone, latest, loaded.layout, report)
         return Loaded(base_zone, loaded.overlay, loaded.layout, how, time.perf_counter() - t0, report, base_seconds)
 
-    def _base(self, current: Zone | None, latest: dict[str, Any], layout: Layout,
+    def _base(self, current: Zone | None, latest: Latest, layout: Layout,
               report: BuildReport) -> tuple[Zone, str, float]:
         """(base zone, how it was built, seconds) for ``layout.base``."""
         d0 = time.perf_counter()
@@ -1012,16 +1014,23 @@ class Watcher(threading.Thread):
             self.last_access = now
         if not changed or raw is None or (raw == self.failed_raw and now < self.retry_at):
             return False
-        latest = json.loads(raw)
-        if self.loaded is not None and int(latest["version"]) == self.loaded.version:
+        try:
+            latest = Latest.from_json(raw)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("cannot read the latest publication record: %s; still serving %s (retrying in 10 s)", e,
+                      self.loaded.version if self.loaded else "nothing")
+            self.retry_at = now + 10.0
+            self.failed_raw = raw
+            return False
+        if self.loaded is not None and latest.version == self.loaded.version:
             self.last_raw = raw
             return False
         try:
             loaded = self.loader.load(self.loaded, latest)
         except (BlocklistError, ZoneDataError, OSError, ValueError, KeyError) as e:
-            log.error("cannot load version %s: %s; still serving %s (retrying in 10 s)", latest.get("version"),
+            log.error("cannot load version %s: %s; still serving %s (retrying in 10 s)", latest.version,
                       getattr(e, "message", e), self.loaded.version if self.loaded else "nothing",
-                      extra={"version": latest.get("version")})
+                      extra={"version": latest.version})
             self.retry_at = now + 10.0
             self.failed_raw = raw
             return False

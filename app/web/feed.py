@@ -123,11 +123,11 @@ def _serve(rel: str, token: str | None) -> Any:
         kind = m.group("kind")
         want_sig = bool(m.group("sig"))
         if m.group("v") == "latest":
-            latest = publisher.latest()
+            latest = publisher.latest_record()
             if latest is None:
                 raise NotFoundError("nothing has been published yet")
             # The newest version with full files (see docs/isp-pull.md).
-            version = int(latest.get("base") or latest["version"])
+            version = latest.base or latest.version
             cache = REVALIDATE
         else:
             version = int(m.group("v"))

@@ -196,14 +196,14 @@ class StoreCollector(Collector):
         core = self.core
         store = core.store
         now = core.clock()
-        latest = core.publisher.latest()
-        version = int(latest["version"]) if latest else 0
+        latest = core.publisher.latest_record()
+        version = latest.version if latest else 0
         yield _gauge("blocklist_publication_version", "Latest published version (0: none yet).", version)
         yield _gauge("blocklist_publication_entries", "Entries in the latest published version.",
-                     int(latest["count"]) if latest else 0)
+                     latest.count if latest else 0)
         yield _gauge("blocklist_publication_last_timestamp_seconds",
                      "When the latest version was published (Unix time).",
-                     _epoch(latest.get("published_at")) if latest else None)
+                     _epoch(latest.published_at) if latest else None)
         pub = core.publisher.record(version) if version else None
         yield _gauge("blocklist_publication_build_seconds", "Time the publisher took to build the latest version.",
                      pub.build_seconds if pub else None)
