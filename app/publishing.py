@@ -24,6 +24,9 @@ What must stay true:
   compaction, once the version is served (small lists get them with every
   version). The list's digest (``entries_digest``, see client.digest) is
   updated chunk by chunk, so no step of a delta version reads the whole list.
+* A full build (the first version, or a rebuild) reads the list already
+  sorted from the store's published form (app.store.published), and builds
+  from every record only when that form is not whole.
 
 The parts, each with one job: ``app.listbuild`` builds lists and diffs,
 ``app.guard`` decides what is held, ``app.artifacts`` stores and serves
