@@ -385,7 +385,9 @@ def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
         return 0, 0
     if base is None or len(base.data) + len(got.lines.data) > 2 * _DIFF_MAX:
         return None, None
-    before, after = set(base.data.split(b"\n")[:-1]), set(got.lines.data.split(b"\n")[:-1])
+    # The lists may be bytearrays (a snapshot is cut in place): compare their lines as bytes.
+    before = set(map(bytes, base.data.split(b"\n")[:-1]))
+    after = set(map(bytes, got.lines.data.split(b"\n")[:-1]))
     return len(after - before), len(before - after)
 
 

@@ -153,4 +153,4 @@ class FeedBuilder:
         self.fetched.append(rel)
         if rel not in self.files:
             raise NotFoundError(f"the feed has no {rel} (404)")
-        return self.files[rel][: limit + 1]
+        return bytearray(self.files[rel][: limit + 1])  # as the HTTP transport gives it

@@ -70,12 +70,12 @@ def start_worker(url: str, data: Path, keys: Path, processes: list[subprocess.Po
 
 def published_values(core: Core) -> tuple[int, set[str]]:
     """The latest version and the values it lists, rebuilt from the stored artifacts."""
-    latest = core.publisher.latest()
+    latest = core.publisher.latest_record()
     if latest is None:
         return 0, set()
     core.publisher._state = None
     state = core.publisher._load_state(latest)
-    return int(latest["version"]), {json.loads(line)["value"] for line in state.lines}
+    return latest.version, {json.loads(line)["value"] for line in state.lines}
 
 
 class Curators(threading.Thread):
