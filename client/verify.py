@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import heapq
 import json
 import re
 import time
@@ -643,49 +642,6 @@ def parse_delta(data: bytes, ref: ArtifactRef, manifest: Manifest) -> Delta:
         to_entries_digest=_sha(doc.get("to_entries_digest"), f"the to_entries_digest of {what}"),
         published_at=published_at, added=tuple(added), removed=tuple(removed),
     )
-
-
-def apply_delta(base: EntryList, base_version: int, base_snapshot_sha256: str | None, delta: Delta,
-                ref: ArtifactRef) -> EntryList:
-    """The list after ``delta``; refused unless the delta was made from exactly this base."""
-    what = ref.path
-    if delta.from_version != base_version or delta.from_version != ref.from_version \
-            or delta.to_version != ref.to_version:
-        raise RefusedError(
-            f"{what} goes from version {delta.from_version} to {delta.to_version}, "
-            f"but the version held is {base_version}: refusing a delta made from another base"
-        )
-    if delta.from_sha256 is not None and base_snapshot_sha256 is not None \
-            and delta.from_sha256 != base_snapshot_sha256:
-        raise RefusedError(
-            f"{what} was made from a different version {base_version} than the one held "
-            "(its from_sha256 differs): refusing it"
-        )
-    if delta.from_count != len(base):
-        raise RefusedError(f"{what} expects {delta.from_count} entries in version {base_version}, "
-                           f"but {len(base)} are held")
-    removed_keys: dict[tuple[str, str], Record] = {}
-    for r in delta.removed:
-        if r.key in removed_keys:
-            raise RefusedError(f"{what} removes {r.value[:80]!r} twice")
-        removed_keys[r.key] = r
-    kept: list[Record] = []
-    for r in base.records:
-        gone = removed_keys.pop(r.key, None)
-        if gone is None:
-            kept.append(r)
-        elif gone != r:
-            raise RefusedError(f"{what} removes a version of {r.value[:80]!r} that is not the one held")
-    if removed_keys:
-        missing = next(iter(removed_keys.values())).value
-        raise RefusedError(f"{what} removes {missing[:80]!r}, which is not in the list held")
-    additions = sorted(delta.added)
-    merged = list(heapq.merge(kept, additions))
-    check_order(merged, f"the list after {what}")
-    result = EntryList(tuple(merged), entries_digest(merged))
-    if len(result) != delta.to_count or result.digest != delta.to_entries_digest:
-        raise RefusedError(f"the list after {what} does not match the digest the delta states")
-    return result
 
 
 # ---------------------------------------------------------------- plan
