@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import idna
@@ -489,6 +490,16 @@ _decode = msgspec.json.decode
 _DAYS: dict[int, str] = {}
 _ISO: dict[int, str] = {}
 _TIME_OF_DAY: list[str] = []
+
+
+def epoch(value: object) -> float | None:
+    """Unix time of ISO 8601 UTC text (as :func:`iso` writes it); None for none or unreadable text."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
 
 
 def iso(ts: float | int | None) -> str | None:

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from app.domain import iso
+from app.domain import epoch, iso
 from app.isps import Isp
 
 if TYPE_CHECKING:
@@ -121,16 +120,6 @@ def lag_of(isp: Isp, latest: int | None, published_after: Callable[[int], float 
     )
 
 
-def _epoch(value: Any) -> float | None:
-    """ISO 8601 UTC text (as ``app.domain.iso`` writes it) to Unix time."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
-
-
 def publication_times(core: Core) -> Callable[[int], float | None]:
     """``published_after`` read from the store, each version's time read once."""
     cache: dict[int, float | None] = {}
@@ -141,7 +130,7 @@ def publication_times(core: Core) -> Callable[[int], float | None]:
             return None
         if found not in cache:
             meta = core.publisher.version_meta(found)
-            cache[found] = _epoch(meta.get("published_at")) if meta else None
+            cache[found] = epoch(meta.get("published_at")) if meta else None
         return cache[found]
 
     return published_after

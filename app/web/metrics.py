@@ -27,9 +27,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import redis.exceptions
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -38,7 +36,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.core import Core
-from app.domain import Status
+from app.domain import Status, epoch
 from app.errors import AuthenticationError, BlocklistError, PermissionDeniedError
 from app.isp_lag import lags
 from app.web import core_of
@@ -154,16 +152,6 @@ class _Merged(Collector):
 # --------------------------------------------------------------------------- figures read from Redis
 
 
-def _epoch(value: Any) -> float | None:
-    """ISO 8601 UTC text (as written by ``app.domain.iso``) to epoch seconds."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
-
-
 def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=list(labels) if labels else None)
     if value is not None:
@@ -203,7 +191,7 @@ class StoreCollector(Collector):
                      latest.count if latest else 0)
         yield _gauge("blocklist_publication_last_timestamp_seconds",
                      "When the latest version was published (Unix time).",
-                     _epoch(latest.published_at) if latest else None)
+                     epoch(latest.published_at) if latest else None)
         pub = core.publisher.record(version) if version else None
         yield _gauge("blocklist_publication_build_seconds", "Time the publisher took to build the latest version.",
                      pub.build_seconds if pub else None)
@@ -239,7 +227,7 @@ class StoreCollector(Collector):
         expires = signed = manifest_version = None
         if manifest is not None:
             body = json.loads(manifest[0])
-            expires = _epoch(body.get("expires_at"))
+            expires = epoch(body.get("expires_at"))
             signed = float(manifest[2])
             manifest_version = int(body.get("version", 0))
         yield _gauge("blocklist_manifest_expiry_timestamp_seconds",
