@@ -236,7 +236,7 @@ def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
 def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]
                      ) -> tuple[list[bytes], list[bytes], Digest] | None:
     """The list, its zone lines and its digest from the store's published form
-    (sorted by Redis, read in batches by :meth:`app.store.Store.feed_read`),
+    (sorted by Redis, read in batches by :meth:`app.store.published.PublishedForm.read`),
     or None when the zone lines do not pair up with the domain lines (build
     from the records then). Redis sorts members as bytes, which is the list's
     order for domain lines (see :func:`full_lines`), so their digest is
@@ -245,38 +245,25 @@ def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]
     lines: list[bytes] = []
     frags: list[bytes] = []
     urls: list[bytes] = []
-    builder: Builder | None = Builder()
+    builder = Builder()
     for batch, zone in batches:
-        if not batch and not zone:
-            continue
         cut = bisect.bisect_left(batch, _PREFIX_U)
         domains, more_urls = batch[:cut], batch[cut:]
-        # A line changed between two batches may be read in both: keep the newer.
-        if domains and lines and line_key(domains[0]) == line_key(lines[-1]):
-            lines.pop()
-            builder = None  # a line already digested was dropped: digest the whole list below
+        # Batches never share a domain value (see PublishedForm.read); a URL
+        # line changed between two batches may be read in both: keep the newer.
         if more_urls and urls and line_key(more_urls[0]) == line_key(urls[-1]):
             urls.pop()
-        if zone and frags and _zone_value(zone[0]) == _zone_value(frags[-1]):
-            frags.pop()
         lines += domains
         urls += more_urls
         frags += zone
-        if builder is not None:
-            builder.add(domains)
+        builder.add(domains)
     if len(frags) != len(lines):
         return None
     urls.sort(key=line_key)
     lines.extend(urls)
     frags.extend([b""] * len(urls))
-    if builder is None:
-        return lines, frags, Digest.of_lines(lines)
     builder.add(urls)
     return lines, frags, builder.finish()
-
-
-def _zone_value(frag: bytes) -> bytes:
-    return frag[: frag.index(b" ")]
 
 
 def changes_from_records(state: ListState, records: Iterable[str | None]) -> Diff:

@@ -373,7 +373,7 @@ class Publisher:
         for bucket in range(self.store.entries.last_id() // BUCKET_SIZE + 1):
 
             def step(txn: Txn, bucket: int = bucket) -> int:
-                items = [(i, raw) for i, raw in self.store.published.bucket_items(bucket) if '"st":"active"' in raw]
+                items = [(i, raw) for i, raw in self.store.entries.bucket_items(bucket) if '"st":"active"' in raw]
                 self.store.published.fill(txn, items)
                 return len(items)
 

@@ -68,6 +68,10 @@ class EntryData(Part):
             for values in pipe.execute():
                 yield from values
 
+    def bucket_items(self, bucket: int) -> list[tuple[int, str]]:
+        """(id, record) of every entry in one storage bucket."""
+        return [(int(k), str(v)) for k, v in self.r.hgetall(bucket_key(bucket)).items()]
+
     def lookups(self, keys: Sequence[str]) -> list[tuple[int | None, str | None]]:
         """For each index key: the id of the entry with that value (or None),
         and the raw index field, which a creating write must expect."""

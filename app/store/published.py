@@ -26,7 +26,7 @@ import redis.exceptions
 
 from app.errors import StoreError
 from app.store.base import Part
-from app.store.keys import K, bucket_key, entry_key, status_key
+from app.store.keys import K, entry_key, status_key
 from app.store.txn import Txn
 
 _FEED_DOMAIN = b'{"type":"domain","value":"'
@@ -101,10 +101,6 @@ class PublishedForm(Part):
         self.r.delete(K.feed_ready)
         self.r.unlink(K.feed_lines, K.feed_zone)
 
-    def bucket_items(self, bucket: int) -> list[tuple[int, str]]:
-        """(id, record) of every entry in one storage bucket."""
-        return [(int(k), str(v)) for k, v in self.r.hgetall(bucket_key(bucket)).items()]
-
     def mark_ready(self) -> None:
         self.r.set(K.feed_ready, str(int(time.time())))
 
@@ -116,7 +112,7 @@ class PublishedForm(Part):
         range ends at the value of the batch's last line, and the next batch
         starts after every line of that value (a line changed meanwhile is
         left to the change feed). A URL line changed between two batches may
-        be read in both forms; the reader keeps the first."""
+        be read in both forms; the reader keeps the newer."""
         cursor: bytes = b"-"
         zcursor: bytes | None = b"-"
         while True:
