@@ -655,9 +655,11 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
         fail(f"publication held, not published: {outcome.get('message')}. "
              "An admin can release it: blocklist publications release --reason ...")
     elif status in ("unchanged", "refreshed"):
-        click.echo(f"{outcome.get('message')}; version {version} stays current")
         if version:
+            click.echo(f"{outcome.get('message')}; version {version} stays current")
             click.echo(str(version))
+        else:
+            click.echo("the list is empty and nothing has been published yet: approve an entry first")
     else:
         fail(str(outcome.get("message") or f"the publisher answered {status}"))
 
