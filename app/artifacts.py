@@ -170,13 +170,18 @@ class Staging:
         self.store.store.artifacts.index_put(txn, [(r.path, r.sha256, r.to_json()) for r in self.refs])
 
     def finish(self) -> None:
-        """After the commit: this host's cache gets the files it just published."""
+        """After the commit: this host's cache gets the files it just published,
+        large ones (full snapshots and zone files) in the background: the
+        version is already served from Redis, and a request for a file still
+        being written waits for it (:meth:`ArtifactStore.path`)."""
+        small: list[tuple[str, list[bytes]]] = []
+        large: list[tuple[str, list[bytes]]] = []
         for rel, parts in self._cache:
-            try:
-                _write_file(self.store.root / rel, parts)
-            except OSError:
-                pass  # a cache: the file is filled from Redis on first use
-        self._cache.clear()
+            (large if sum(len(p) for p in parts) >= self.store.background_bytes else small).append((rel, parts))
+        self._cache = []
+        self.store.write_cache(small)
+        if large:
+            self.store.write_cache_later(large)
 
     def abort(self) -> None:
         self._cache.clear()
@@ -185,12 +190,39 @@ class Staging:
 class ArtifactStore:
     """Published artifacts in Redis with a local, disposable file cache."""
 
+    #: A published file at least this large is written to the cache in the background.
+    background_bytes = 8 << 20
+
     def __init__(self, root: Path, store: Store) -> None:
         self.root = Path(root)
         self.store = store
         self._verified: set[tuple[str, str]] = set()
         self._fill_lock = threading.Lock()
         self._swept = time.monotonic()
+        self._writers: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ the cache
+
+    def write_cache(self, files: Sequence[tuple[str, list[bytes]]]) -> None:
+        """Write published files to this host's cache (under the lock that
+        :meth:`path` fills it under, so a reader never sees half of one)."""
+        with self._fill_lock:
+            for rel, parts in files:
+                try:
+                    _write_file(self.root / rel, parts)
+                except OSError:
+                    pass  # a cache: the file is filled from Redis on first use
+
+    def write_cache_later(self, files: Sequence[tuple[str, list[bytes]]]) -> None:
+        writer = threading.Thread(target=self.write_cache, args=(list(files),), name="artifact-cache")
+        self._writers = [w for w in self._writers if w.is_alive()]
+        self._writers.append(writer)
+        writer.start()
+
+    def settle(self) -> None:
+        """Wait until the cache files being written in the background are written."""
+        for writer in list(self._writers):
+            writer.join()
 
     # ------------------------------------------------------------ writing
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import bisect
 import gc
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgspec
 
 from app.domain import Entry, Status, iso
 from app.rpz import fragment
-from client.digest import Builder, Digest, ListView, update
+from client.digest import Digest, ListView, ends_chunk, update
 
 _PREFIX_D = b'{"type":"domain","value":"'
 _PREFIX_U = b'{"type":"url","value":"'
@@ -186,7 +188,7 @@ def _format(e: _FeedFields) -> tuple[str, str]:
 
 def feed_members(raw: str) -> tuple[str, str]:
     """(feed line, zone lines) of a stored entry record, as the store keeps them
-    in its published form (see app.store.K.feed_lines)."""
+    in its published form (see app.store.published)."""
     return _format(_FEED_DECODER.decode(raw))
 
 
@@ -233,37 +235,50 @@ def full_lines(records: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
             gc.enable()
 
 
-def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes]]]
+def lines_from_store(batches: Iterable[tuple[list[bytes], list[bytes | None], list[bytes | None]]]
                      ) -> tuple[list[bytes], list[bytes], Digest] | None:
-    """The list, its zone lines and its digest from the store's published form
-    (sorted by Redis, read in batches by :meth:`app.store.published.PublishedForm.read`),
-    or None when the zone lines do not pair up with the domain lines (build
-    from the records then). Redis sorts members as bytes, which is the list's
-    order for domain lines (see :func:`full_lines`), so their digest is
-    computed batch by batch as they arrive; the few URL lines are sorted by
-    key here, after them."""
+    """The list, its zone lines and its digest from the store's published form,
+    read in batches of whole chunks by :meth:`app.store.published.PublishedForm.read`,
+    or None when the form is damaged (build from the records then).
+
+    The form keeps the list in its order, cut into the list digest's chunks,
+    so a chunk's digest is the sha256 of the bytes read. Lines that a merge
+    behind the reader's back moved into a later batch are dropped there."""
+    from app.store.published import OPEN
+
+    open_name = OPEN.encode()
     lines: list[bytes] = []
     frags: list[bytes] = []
-    urls: list[bytes] = []
-    builder = Builder()
-    for batch, zone in batches:
-        cut = bisect.bisect_left(batch, _PREFIX_U)
-        domains, more_urls = batch[:cut], batch[cut:]
-        # Batches never share a domain value (see PublishedForm.read); a URL
-        # line changed between two batches may be read in both: keep the newer.
-        if more_urls and urls and line_key(more_urls[0]) == line_key(urls[-1]):
-            urls.pop()
-        lines += domains
-        urls += more_urls
+    chunks: list[bytes] = []
+    sha = hashlib.sha256
+    after: str | None = None  # the last chunk name read
+    for names, blobs, zblobs in batches:
+        if any(b is None for b in blobs) or any(z is None for z in zblobs):
+            return None
+        texts = cast("list[bytes]", blobs)
+        ztexts = cast("list[bytes]", zblobs)
+        if after is not None and texts:
+            first = texts[0].split(b"\n")[:-1]
+            zfirst = ztexts[0].split(b"\x1e")[:-1]
+            keep = [i for i, x in enumerate(first) if line_key(x) > after]
+            if len(keep) < len(first):
+                texts = [b"".join(first[i] + b"\n" for i in keep), *texts[1:]]
+                ztexts = [b"".join(zfirst[i] + b"\x1e" for i in keep), *ztexts[1:]]
+        for name, text in zip(names, texts, strict=True):
+            # Every chunk but the open one ends with a line that ends a digest chunk.
+            if text and name != open_name and not ends_chunk(text[text.rfind(b"\n", 0, -1) + 1 : -1]):
+                return None
+        chunks += [sha(t).digest() for t in texts if t]
+        batch = b"".join(texts).split(b"\n")
+        batch.pop()
+        zone = b"".join(ztexts).split(b"\x1e")
+        zone.pop()
+        if len(zone) != len(batch):
+            return None
+        lines += batch
         frags += zone
-        builder.add(domains)
-    if len(frags) != len(lines):
-        return None
-    urls.sort(key=line_key)
-    lines.extend(urls)
-    frags.extend([b""] * len(urls))
-    builder.add(urls)
-    return lines, frags, builder.finish()
+        after = names[-1].decode()
+    return lines, frags, Digest(chunks)
 
 
 def changes_from_records(state: ListState, records: Iterable[str | None]) -> Diff:

@@ -113,6 +113,7 @@ def main() -> None:
             ref_s = reference(values, work)
 
             entries_memory = core.store.memory_used()
+            core.publisher.prepare()  # as the worker does when it starts
             t0 = time.perf_counter()
             with profiled(args.profile, "full"):
                 full = core.publisher.publish(reason="bench: from scratch", compact=False)
@@ -140,6 +141,7 @@ def main() -> None:
             # list is rebuilt from the full snapshot and the deltas after it.
             changes(core, args.changes, rng, active)
             cold = Publisher(core.store, settings, core.curation, key=core.publisher.key)
+            cold.prepare()
             t0 = time.perf_counter()
             inc_cold = cold.publish(reason="bench: changes after restart", compact=False)
             cold_s = time.perf_counter() - t0

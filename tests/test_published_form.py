@@ -75,8 +75,14 @@ def test_a_store_made_before_the_published_form_is_filled_once_by_the_publisher(
     core.curation.set_policy(personas.ada.actor, {"guard_add_max": 10**6, "guard_add_pct": 10**6})
     ids = activate(core, personas, "old1.example.test", "old2.example.test")
     bulk_active(core, 2500)
-    # As a store written by an older release: no published form at all.
-    core.store.r.delete(K.feed_lines, K.feed_zone, K.feed_ready)
+    # As a store written by an older release: its published form was two
+    # sorted sets, dropped when a process of this release opens the store.
+    core.store.r.delete(K.feed_index, K.feed_chunks, K.feed_zchunks, K.feed_count, K.feed_ready)
+    legacy = K.legacy_feed
+    core.store.r.zadd(legacy[0], {'{"type":"domain","value":"old1.example.test"}': 0})
+    core.store.r.set(legacy[2], "1")
+    core.store.upgrade_key_names()
+    assert not core.store.r.exists(*legacy)
     core.curation.act(personas.bruno.actor, ids[0], "delist", "gone")  # written meanwhile
     expected = from_records(core)
     with caplog.at_level(logging.INFO, logger="blocklist.publisher"):
@@ -90,14 +96,15 @@ def test_a_store_made_before_the_published_form_is_filled_once_by_the_publisher(
 
 
 def test_an_entry_written_behind_the_published_forms_back_is_noticed_and_the_list_built_from_records(
-        core: Core, personas: Personas, caplog: pytest.LogCaptureFixture) -> None:
+        core: Core, personas: Personas, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     activate(core, personas, "one.example.test", "two.example.test")
-    # An older release writing an active entry without keeping the published form.
+    # An older release writing active entries without keeping the published form.
+    monkeypatch.setattr(core.store.published, "stage", lambda txn: txn.feed.clear())
     bulk_active(core, 3)
-    core.store.r.zrem(K.feed_lines, *core.store.r.zrange(K.feed_lines, 0, 0))
+    monkeypatch.undo()
     with caplog.at_level(logging.WARNING, logger="blocklist.publisher"):
         publish(core)
-    assert "does not match the entries (4 lines for 5 active entries)" in caplog.text
+    assert "does not match the entries (2 lines for 5 active entries)" in caplog.text
     assert core.publisher.latest()["count"] == 5
     # It is filled again on the next full build and matches the records.
     core.publisher.publish(full=True, force=True)
@@ -105,24 +112,90 @@ def test_an_entry_written_behind_the_published_forms_back_is_noticed_and_the_lis
     assert from_form(core) == from_records(core)
 
 
-def test_a_line_changed_between_two_batches_is_read_once_with_its_own_zone_lines(
+def test_lines_merged_behind_the_reader_into_a_later_chunk_are_read_once_with_their_own_zone_lines(
         core: Core, personas: Personas) -> None:
-    ids = activate(core, personas, *(f"n{i:02d}.example.test" for i in range(12)), subdomains=False)
-    reader = core.store.published.read(batch=4)
+    ids = bulk_active(core, 120, prefix="n")
+    assert core.store.r.zcard(K.feed_index) >= 3
+    reader = core.store.published.read(batch=1)
     batches = [next(reader)]
-    # The last line of the first batch changes (subdomains on: its line and its
-    # zone lines now sort after the old ones, inside the next batch's range if
-    # that started at the old line), and one before the cursor is added.
-    last = batches[0][0][-1]
-    entry = core.curation.get(ids[3])
-    assert last.startswith(b'{"type":"domain","value":"n03.example.test"')
+    _, chunks, _ = batches[0]
+    first = chunks[0].split(b"\n")[:-1]
+    assert len(first) >= 2, "the first chunk holds more than its last line"
+    # The line that ends the first chunk read goes: the rest of that chunk,
+    # already read, is merged into the next chunk, which the reader reads next.
+    last = next(i for i in ids if core.store.entries.raw(i) and
+                f'"n{i}.example.test"'.encode() in first[-1])
+    entry = core.curation.get(last)
     core.store.transact(lambda txn: core.store.entries.put(
-        txn, entry.id, entry.to_json().replace('"s":0', '"s":1'), expect_json=core.store.entries.raw(entry.id),
-        index_key=entry.key, old_status="active", new_status="active", score=0.0, dirty=True))
-    activate(core, personas, "n00a.example.test")
+        txn, entry.id, entry.to_json().replace('"st":"active"', '"st":"delisted"'),
+        expect_json=core.store.entries.raw(entry.id), index_key=entry.key, old_status="active",
+        new_status="delisted", score=0.0, dirty=True))
     batches += list(reader)
     built = lines_from_store(batches)
     assert built is not None
-    lines, zone, _ = built
-    assert len([x for x in lines if b'"n03.example.test"' in x]) == 1
+    lines, zone, digest = built
+    assert len(lines) == len(set(lines)) == 120, "read once each (the delisted line was read before it went)"
+    assert lines == sorted(lines)
     assert zone == [zone_fragment_of(x) for x in lines]
+    assert digest.hexdigest() == Digest.of_lines(lines).hexdigest()
+    # Read again, the form is the records' list.
+    assert from_form(core, 2) == from_records(core)
+
+
+def _line(i: int, tag: str = "") -> tuple[str, tuple[str, str]]:
+    value = f"v{i:04d}.example.test"
+    return "d:" + value, (f'{{"type":"domain","value":"{value}","tag":"{tag}"}}', f"{value} CNAME .\n")
+
+
+def test_the_published_form_keeps_the_digests_chunks_through_any_sequence_of_changes(core: Core) -> None:
+    """Additions, removals and replacements in random batches: after each step
+    the stored chunks are exactly the list digest's chunks of the lines held."""
+    import random
+
+    rnd = random.Random(7)
+    held: dict[str, tuple[str, str]] = {}
+    for step in range(60):
+        change: dict[str, tuple[str, str] | None] = {}
+        for _ in range(rnd.choice([1, 1, 3, 40, 200])):
+            i = rnd.randrange(600)
+            key, new = _line(i, tag=str(rnd.randrange(3)))
+            if key in held and rnd.random() < 0.5:
+                change[key] = None
+            else:
+                change[key] = new
+        core.store.transact(lambda txn, change=change: txn.feed.update(change))
+        for k, v in change.items():
+            if v is None:
+                held.pop(k, None)
+            else:
+                held[k] = v
+        expected = [held[k][0].encode() for k in sorted(held)]
+        built = lines_from_store(core.store.published.read(batch=rnd.choice([1, 2, 7, 2000])))
+        assert built is not None, f"step {step}: the form reads back"
+        lines, zone, digest = built
+        assert lines == expected, f"step {step}"
+        assert zone == [held[k][1].encode() for k in sorted(held)]
+        assert digest.hexdigest() == Digest.of_lines(expected).hexdigest(), f"step {step}"
+        stored = core.store.r.hgetall(K.feed_chunks)
+        assert len(stored) == len(digest) == core.store.r.zcard(K.feed_index)
+        assert int(core.store.r.get(K.feed_count) or 0) == len(held)
+
+
+def test_two_steps_that_read_the_same_chunk_cannot_both_write_it(core: Core) -> None:
+    from app.errors import RetryableConflictError
+    from app.store import Txn
+
+    core.store.transact(lambda txn: txn.feed.update(dict(_line(i) for i in range(5))))
+    a, b = Txn(), Txn()
+    a.feed.update(dict([_line(10)]))
+    b.feed.update(dict([_line(11)]))
+    core.store.published.stage(a)
+    core.store.published.stage(b)  # read the same chunk as a
+    core.store.commit(a)
+    with pytest.raises(RetryableConflictError):
+        core.store.commit(b)
+    # Through transact, b's change is read again and gets through.
+    core.store.transact(lambda txn: txn.feed.update(dict([_line(11)])))
+    built = lines_from_store(core.store.published.read())
+    assert built is not None
+    assert [line_key(x) for x in built[0]] == ["d:" + f"v{i:04d}.example.test" for i in (0, 1, 2, 3, 4, 10, 11)]

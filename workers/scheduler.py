@@ -61,6 +61,8 @@ class Worker:
         self.signs = signs
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         core.publisher.name = self.name
+        if signs:
+            core.publisher.prepare()
         self.last_ok: dict[str, float] = {}
         self.last_status = ""
 

@@ -135,6 +135,8 @@ class Store:
     def commit(self, txn: Txn) -> None:
         """Run ``txn`` as one atomic step; :class:`RetryableConflictError` if a
         check failed (nothing was written). Callers use :meth:`transact`."""
+        if txn.feed:
+            self.published.stage(txn)
         if not txn.ops:
             return
         spec = json.dumps([txn.checks, txn.ops], separators=(",", ":"))
@@ -199,6 +201,10 @@ class Store:
             pass  # another process moved it first
         except redis.exceptions.RedisError:
             pass  # unreachable: the first real read says so, in the caller's words
+        try:
+            self.published.drop_legacy()
+        except redis.exceptions.RedisError:
+            pass
 
 
 __all__ = [

@@ -38,15 +38,21 @@ class K:
     # entries made before this index existed were added to it.
     url_host = PREFIX + "ix:urlhost:{host}"
     url_host_ready = PREFIX + "ix:urlhost-ready"
-    # The published form of every active entry, kept in order by Redis as
+    # The published form of every active entry, kept in the list's order as
     # entries are written (app.listbuild.feed_members): its feed line, and for
-    # a domain its zone lines, so that a full publication reads the sorted
-    # list instead of decoding, formatting and sorting every record. "ready"
-    # once it covers every entry: a store made before it existed is filled
-    # once, by the publisher.
-    feed_lines = PREFIX + "ix:feed:lines"
-    feed_zone = PREFIX + "ix:feed:zone"
-    feed_ready = PREFIX + "ix:feed-ready"
+    # a domain its zone lines, in the list digest's chunks, so that a full
+    # publication reads the sorted list and its digest instead of decoding,
+    # formatting, sorting and hashing every record (app.store.published).
+    # "ready" once it covers every entry: a store made before it existed is
+    # filled once, by the publisher.
+    feed_index = PREFIX + "ix:feed:index"
+    feed_chunks = PREFIX + "ix:feed:chunks"
+    feed_zchunks = PREFIX + "ix:feed:zchunks"
+    feed_count = PREFIX + "ix:feed:count"
+    feed_ready = PREFIX + "ix:feed:ready"
+    #: The published form as an older release kept it (a sorted set of lines
+    #: and one of zone lines): dropped when a process opens the store.
+    legacy_feed = (PREFIX + "ix:feed:lines", PREFIX + "ix:feed:zone", PREFIX + "ix:feed-ready")
     dirty = PREFIX + "dirty"
     allowlist = PREFIX + "allowlist"
     users = PREFIX + "users"

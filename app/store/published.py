@@ -1,23 +1,45 @@
 """The published form of the list (``store.published``): every active entry's
-canonical feed line and, for a domain, its zone lines, in two sorted sets
-that Redis keeps in the list's order.
+canonical feed line and, for a domain, its zone lines, kept by Redis in the
+list's order and cut into the very chunks of the list digest
+(:mod:`client.digest`).
+
+Layout (key names in :class:`app.store.keys.K`):
+
+* ``feed_chunks``: a hash from a chunk's name to its lines, each followed by
+  ``"\\n"`` -- byte for byte the chunk the list digest hashes;
+* ``feed_zchunks``: the same names to the zone lines of those entries, one
+  entry's lines after another, each entry's followed by ``"\\x1e"`` (an
+  empty fragment for a URL), so they split into a list aligned with the lines;
+* ``feed_index``: the chunk names in a sorted set (all scores 0, so ordered
+  as bytes). A chunk is named by the sort key (:func:`app.listbuild.line_key`)
+  of its last line, which ends the chunk in the digest's sense; the chunk
+  after the last such line, if any, is named ``"~"`` (after every key);
+* ``feed_count``: how many lines the chunks hold.
+
+So a full publication reads a few tens of thousands of chunks instead of a
+million members, and takes each chunk's digest as the sha256 of what it read.
 
 What must stay true:
 
-* The form changes in the same atomic step as the entry record it mirrors
-  (:func:`feed_ops` and :func:`feed_add` are called by
-  :class:`app.store.entries.EntryData` when it writes a record), so its
-  lines are always those of the active records.
-* "ready" (``K.feed_ready``) only once every active record is in it: set
-  with a store's first entry ids (:meth:`app.store.entries.EntryData.allocate_ids`),
-  or by the publisher after filling a store written before the form existed (:meth:`PublishedForm.fill` adds a
-  record only if it is still the stored one).
-* A read is a series of batches, each one MULTI/EXEC over both sets for one
-  range of values, so a batch's zone lines are those of its domain lines.
+* The form changes in the same atomic step as the entry records it mirrors:
+  :func:`feed_ops` and :func:`feed_add` note the lines a :class:`Txn` changes,
+  and :meth:`PublishedForm.stage` (run by :meth:`app.store.Store.commit`)
+  reads the chunks they fall in and adds the rewritten chunks to the step,
+  with checks that those chunks are still what it read.
+* Every chunk but ``"~"`` ends with a line that ends a digest chunk, and no
+  other line in any chunk does.
+* "ready" (``K.feed_ready``) only once every active record is in it: set with
+  a store's first entry ids (:meth:`app.store.entries.EntryData.allocate_ids`),
+  or by the publisher after filling a store written before this form existed
+  (:meth:`PublishedForm.fill` adds a record only if it is still the stored one).
+* A read is a series of batches of whole chunks, each batch one atomic
+  script; chunks merged behind the reader's back may repeat lines it has
+  read, which it drops.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -28,20 +50,38 @@ from app.errors import StoreError
 from app.store.base import Part
 from app.store.keys import K, entry_key, status_key
 from app.store.txn import Txn
+from client.digest import ends_chunk
 
-_FEED_DOMAIN = b'{"type":"domain","value":"'
+#: The name of the chunk after the last line that ends one (sorts after every key).
+OPEN = "~"
+#: What follows each entry's zone lines in a zone chunk.
+ZSEP = "\x1e"
+
+_DOMAIN = '{"type":"domain","value":"'
+_URL = '{"type":"url","value":"'
+
+# One batch of a read: the next ARGV[2] chunk names after ARGV[1] (a ZRANGEBYLEX
+# bound), their lines and their zone lines, as one atomic step.
+READ_LUA = r"""
+local names = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+if #names == 0 then return {{}, {}, {}} end
+return {names, redis.call('HMGET', KEYS[2], unpack(names)), redis.call('HMGET', KEYS[3], unpack(names))}
+"""
 
 
-def _domain_value(line: bytes) -> bytes | None:
-    """The value of a domain feed line (None for a URL line)."""
-    if not line.startswith(_FEED_DOMAIN):
-        return None
-    return line[len(_FEED_DOMAIN) : line.index(b'"', len(_FEED_DOMAIN))]
+def line_key(line: str) -> str:
+    """The sort key of a feed line (``d:<value>`` or ``u:<value>``), as
+    :func:`app.listbuild.line_key` gives it for bytes."""
+    if line.startswith(_DOMAIN):
+        start = len(_DOMAIN)
+        return "d:" + line[start : line.index('"', start)]
+    start = len(_URL)
+    return "u:" + line[start : line.index('"', start)]
 
 
 def feed_ops(txn: Txn, old_raw: str | None, new_raw: str | None) -> None:
-    """Keep the published form in step with one entry record: ``old_raw``
-    and ``new_raw`` are its record before and after, each only if active."""
+    """Note the change one entry record makes to the published form:
+    ``old_raw`` and ``new_raw`` are its record before and after, each only if active."""
     from app.listbuild import feed_members
 
     old = feed_members(old_raw) if old_raw else None
@@ -49,30 +89,38 @@ def feed_ops(txn: Txn, old_raw: str | None, new_raw: str | None) -> None:
     if old == new:
         return
     if old is not None:
-        txn.op("ZREM", K.feed_lines, old[0])
-        if old[1]:
-            txn.op("ZREM", K.feed_zone, old[1])
+        txn.feed[line_key(old[0])] = None
     if new is not None:
-        txn.op("ZADD", K.feed_lines, "0", new[0])
-        if new[1]:
-            txn.op("ZADD", K.feed_zone, "0", new[1])
+        txn.feed[line_key(new[0])] = new
 
 
 def feed_add(txn: Txn, raws: Iterable[str]) -> None:
-    """Add the published form of new active records."""
+    """Note the published form of new active records."""
     from app.listbuild import feed_members
 
-    lines: list[str] = []
-    zone: list[str] = []
     for raw in raws:
         line, frag = feed_members(raw)
-        lines += ("0", line)
-        if frag:
-            zone += ("0", frag)
-    if lines:
-        txn.op("ZADD", K.feed_lines, *lines)
-    if zone:
-        txn.op("ZADD", K.feed_zone, *zone)
+        txn.feed[line_key(line)] = (line, frag)
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+class _Chunk:
+    """One stored chunk as read: its lines (each with its key) and zone fragments."""
+
+    __slots__ = ("frags", "keys", "lines", "name", "raw")
+
+    def __init__(self, name: str, raw: str | None, zraw: str | None) -> None:
+        self.name = name
+        self.raw = raw
+        self.lines = raw.split("\n")[:-1] if raw else []
+        self.frags = zraw.split(ZSEP)[:-1] if zraw else []
+        if len(self.frags) != len(self.lines):
+            raise StoreError(f"the published form's chunk {name!r} has {len(self.lines)} lines "
+                             f"but {len(self.frags)} zone fragments")
+        self.keys = [line_key(x) for x in self.lines]
 
 
 class PublishedForm(Part):
@@ -84,10 +132,10 @@ class PublishedForm(Part):
     def counts(self) -> tuple[int, int]:
         """(feed lines held, active entries): equal when the published form is whole."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.zcard(K.feed_lines)
+        pipe.get(K.feed_count)
         pipe.zcard(status_key("active"))
         lines, active = pipe.execute()
-        return int(lines), int(active)
+        return int(lines or 0), int(active)
 
     def fill(self, txn: Txn, raws: Sequence[tuple[int, str]]) -> None:
         """Add active records made before the published form existed, each only
@@ -99,47 +147,167 @@ class PublishedForm(Part):
     def reset(self) -> None:
         """Drop the published form (it is filled again from the records)."""
         self.r.delete(K.feed_ready)
-        self.r.unlink(K.feed_lines, K.feed_zone)
+        self.r.unlink(K.feed_index, K.feed_chunks, K.feed_zchunks, K.feed_count)
+
+    def drop_legacy(self) -> None:
+        """Drop the published form an older release kept (this one is filled
+        from the records by the next full publication)."""
+        if self.r.exists(*K.legacy_feed):
+            self.r.unlink(*K.legacy_feed)
 
     def mark_ready(self) -> None:
         self.r.set(K.feed_ready, str(int(time.time())))
 
-    def read(self, batch: int = 50_000) -> Iterator[tuple[list[bytes], list[bytes]]]:
-        """The published form in batches of (feed lines, zone lines), in order.
+    # ------------------------------------------------------------ writing
 
-        Each batch is a range of values read from both sorted sets in one
-        MULTI/EXEC, so a batch's zone lines are those of its domain lines: the
-        range ends at the value of the batch's last line, and the next batch
-        starts after every line of that value (a line changed meanwhile is
-        left to the change feed). A URL line changed between two batches may
-        be read in both forms; the reader keeps the newer."""
-        cursor: bytes = b"-"
-        zcursor: bytes | None = b"-"
+    def stage(self, txn: Txn) -> None:
+        """Turn the lines ``txn`` changes (``txn.feed``) into rewritten chunks.
+
+        Reads the chunk each changed key falls in (the first chunk named at
+        or after the key), applies the changes, cuts the result again where
+        lines end digest chunks; a chunk whose last line went away is merged
+        with the chunk after it, read too. The step then checks that every
+        chunk read is unchanged (its SHA-1, or its absence) before writing."""
+        changes = txn.feed
+        txn.feed = {}
+        if not changes:
+            return
+        keys = sorted(changes)
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            pipe.zrangebylex(K.feed_index, "[" + k, "+", start=0, num=1)
+        located = [found[0] if found else OPEN for found in pipe.execute()]
+        by_chunk: dict[str, dict[str, tuple[str, str] | None]] = {}
+        for k, name in zip(keys, located, strict=True):
+            by_chunk.setdefault(name, {})[k] = changes[k]
+        chunks: dict[str, _Chunk] = {}
+        successor: dict[str, str | None] = {}
+        self._read_chunks(chunks, list(by_chunk))
         while True:
-            peek = self._raw([["ZRANGEBYLEX", K.feed_lines, cursor, b"+", "LIMIT", batch - 1, 1]])[0]
-            bound = peek[0] if peek else None
-            value = _domain_value(bound) if bound is not None else None
-            commands: list[list[Any]] = [["ZRANGEBYLEX", K.feed_lines, cursor, b"[" + bound if bound else b"+"]]
-            if zcursor is not None:
-                commands.append(["ZRANGEBYLEX", K.feed_zone, zcursor, b"(" + value + b"!" if value else b"+"])
-            out = self._raw(commands, atomic=True)
-            lines, zone = out[0], (out[1] if len(out) > 1 else [])
-            yield lines, zone
-            if bound is None:
-                return
-            if value is not None:
-                cursor, zcursor = b"(" + _FEED_DOMAIN + value + b'"\xff', b"[" + value + b"!"
-            else:
-                cursor, zcursor = b"(" + bound, None
+            out, need = self._plan(chunks, by_chunk, successor)
+            if not need:
+                break
+            pipe = self.r.pipeline(transaction=False)
+            for name in need:
+                pipe.zrangebylex(K.feed_index, "(" + name, "+", start=0, num=1)
+            nexts = [found[0] if found else None for found in pipe.execute()]
+            successor.update(zip(need, nexts, strict=True))
+            self._read_chunks(chunks, [n for n in nexts if n is not None and n not in chunks])
+        # Checks: every chunk read is still as read.
+        for c in chunks.values():
+            txn.expect_hsha(K.feed_chunks, c.name, _sha1(c.raw) if c.raw is not None else None)
+        if OPEN not in chunks and None in successor.values():
+            # A chunk found nothing after it: still so when the step runs.
+            txn.expect_hsha(K.feed_chunks, OPEN, None)
+        before = sum(len(c.lines) for c in chunks.values())
+        after = sum(len(lines) for lines, _ in out.values())
+        gone = [name for name, c in chunks.items() if c.raw is not None and name not in out]
+        if gone:
+            txn.op("HDEL", K.feed_chunks, *gone)
+            txn.op("HDEL", K.feed_zchunks, *gone)
+            txn.op("ZREM", K.feed_index, *gone)
+        hset: list[str] = []
+        zset: list[str] = []
+        added: list[str] = []
+        for name, (lines, frags) in out.items():
+            text = "".join(x + "\n" for x in lines)
+            old = chunks.get(name)
+            if old is not None and old.raw == text:
+                continue
+            hset += (name, text)
+            zset += (name, "".join(f + ZSEP for f in frags))
+            if old is None or old.raw is None:
+                added += ("0", name)
+        if hset:
+            txn.op("HSET", K.feed_chunks, *hset)
+            txn.op("HSET", K.feed_zchunks, *zset)
+        if added:
+            txn.op("ZADD", K.feed_index, *added)
+        if after != before:
+            txn.op("INCRBY", K.feed_count, after - before)
 
-    def _raw(self, commands: list[list[Any]], atomic: bool = False) -> list[Any]:
-        """Replies as bytes (the client decodes to text otherwise), optionally in one MULTI/EXEC."""
+    def _read_chunks(self, chunks: dict[str, _Chunk], names: list[str]) -> None:
+        if not names:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(K.feed_chunks, names)
+        pipe.hmget(K.feed_zchunks, names)
+        raws, zraws = pipe.execute()
+        for name, raw, zraw in zip(names, raws, zraws, strict=True):
+            chunks[name] = _Chunk(name, raw, zraw)
+
+    @staticmethod
+    def _plan(chunks: dict[str, _Chunk], by_chunk: dict[str, dict[str, tuple[str, str] | None]],
+              successor: dict[str, str | None]
+              ) -> tuple[dict[str, tuple[list[str], list[str]]], list[str]]:
+        """The chunks after the change (name -> lines, fragments), or the names
+        of chunks whose successor must be read first."""
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        need: list[str] = []
+        carry: tuple[list[str], list[str], list[str]] | None = None  # keys, lines, frags
+        carry_to: str | None = None
+        for name in sorted(chunks):
+            c = chunks[name]
+            ks, ls, fs = list(c.keys), list(c.lines), list(c.frags)
+            if carry is not None and carry_to == name:
+                ks, ls, fs = carry[0] + ks, carry[1] + ls, carry[2] + fs
+                carry = None
+            change = by_chunk.get(name)
+            if change:
+                merged: dict[str, tuple[str, str]] = dict(zip(ks, zip(ls, fs, strict=True), strict=True))
+                for k, v in change.items():
+                    if v is None:
+                        merged.pop(k, None)
+                    else:
+                        merged[k] = v
+                ks = sorted(merged)
+                ls = [merged[k][0] for k in ks]
+                fs = [merged[k][1] for k in ks]
+            start = 0
+            for i, line in enumerate(ls):
+                if ends_chunk(line.encode()):
+                    out[ks[i]] = (ls[start : i + 1], fs[start : i + 1])
+                    start = i + 1
+            if start < len(ls):
+                tail = (ks[start:], ls[start:], fs[start:])
+                if name == OPEN:
+                    out[OPEN] = (tail[1], tail[2])
+                elif name not in successor:
+                    need.append(name)
+                elif successor[name] is None:
+                    out[OPEN] = (tail[1], tail[2])
+                else:
+                    carry, carry_to = tail, successor[name]
+        if carry is not None:
+            raise StoreError("the published form lost its place while merging chunks")
+        return out, need
+
+    # ------------------------------------------------------------ reading
+
+    def read(self, batch: int = 2000) -> Iterator[tuple[list[bytes], list[bytes | None], list[bytes | None]]]:
+        """The published form in batches of (chunk names, chunks, zone chunks),
+        in order, as bytes; a chunk missing from a hash is None (a damaged
+        form: the caller builds from the records)."""
+        cursor = b"-"
+        while True:
+            names, chunks, zchunks = self._raw(
+                ["EVAL", READ_LUA, 3, K.feed_index, K.feed_chunks, K.feed_zchunks, cursor, batch])
+            if not names:
+                return
+            yield names, chunks, zchunks
+            if len(names) < batch:
+                return
+            cursor = b"(" + names[-1]
+
+    def _raw(self, command: list[Any]) -> Any:
+        """A reply as bytes (the client decodes to text otherwise)."""
         pool = self.r.connection_pool
         conn = pool.get_connection()
         try:
-            sent = [["MULTI"], *commands, ["EXEC"]] if atomic else commands
-            conn.send_packed_command(conn.pack_commands([tuple(c) for c in sent]))
-            replies = [conn.read_response(disable_decoding=True) for _ in sent]
+            conn.send_command(*command)
+            return conn.read_response(disable_decoding=True)
+        except redis.exceptions.ResponseError as e:
+            raise StoreError(f"Redis refused a read of the published form: {e}") from e
         except redis.exceptions.RedisError as e:
             conn.disconnect()
             raise StoreError(f"Redis is not reachable: {e}") from e
@@ -148,9 +316,3 @@ class PublishedForm(Part):
             raise
         finally:
             pool.release(conn)
-        if atomic:
-            if replies[-1] is None:
-                raise StoreError("Redis aborted a read of the published form")
-            return list(replies[-1])
-        return replies
-

@@ -22,6 +22,9 @@ for i, c in ipairs(spec[1]) do
     actual = redis.call('HGET', key, c[3]); expected = c[4]
   elseif kind == 'get' then
     actual = redis.call('GET', key); expected = c[3]
+  elseif kind == 'hsha' then
+    actual = redis.call('HGET', key, c[3]); expected = c[4]
+    if actual then actual = redis.sha1hex(actual) end
   else
     return redis.error_reply('BADCHECK ' .. tostring(kind))
   end
@@ -52,6 +55,10 @@ class Txn:
     checks: list[list[Any]] = field(default_factory=list)
     ops: list[list[Any]] = field(default_factory=list)
     dirty: bool = False
+    #: Lines of the published form this step changes (sort key -> (feed line,
+    #: zone lines), None to remove): turned into chunk writes when it commits
+    #: (:meth:`app.store.published.PublishedForm.stage`).
+    feed: dict[str, tuple[str, str] | None] = field(default_factory=dict)
     _index: dict[str, int] = field(default_factory=dict)
 
     def k(self, key: str) -> int:
@@ -63,6 +70,10 @@ class Txn:
 
     def expect_hget(self, key: str, fld: str, value: str | None) -> None:
         self.checks.append(["hget", self.k(key), fld, value])
+
+    def expect_hsha(self, key: str, fld: str, sha1: str | None) -> None:
+        """The field's value has this SHA-1 (hex), or (None) the field does not exist."""
+        self.checks.append(["hsha", self.k(key), fld, sha1])
 
     def expect_get(self, key: str, value: str | None) -> None:
         self.checks.append(["get", self.k(key), value])
