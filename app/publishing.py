@@ -79,10 +79,14 @@ from app.publication import DeltaRef, FileRef, Latest, Publication
 from app.rpz import FoldPolicy, Layout, SoaParams, fold_due, next_layout
 from app.signing import SecretKey, load_key
 from app.store import BUCKET_SIZE, Store, Txn
+from app.store.keys import record_key
 from client.digest import Digest
 from client.minisign import Prehasher, Signature, format_trusted_comment
 
 log = logging.getLogger("blocklist.publisher")
+
+#: Records added to the published form per step when it is filled.
+FILL_STEP = 5000
 T = TypeVar("T")
 
 #: The feed's format: 2 since ``entries_digest`` replaced the whole-list ``entries_sha256``.
@@ -371,15 +375,25 @@ class Publisher:
         return lines, zone, Digest.of_lines(lines)
 
     def _fill_published_form(self) -> None:
-        """Fill the published form from a store made before it existed: each
-        bucket's active records are added if they are still the stored ones
-        (a record changed meanwhile was added by its writer)."""
+        """Fill the published form from a store made before it existed: every
+        active record, in the list's order (so each step extends the form at
+        its end), a few thousand per step, each added only if it is still the
+        stored record (one changed meanwhile was added by its writer)."""
         t = time.perf_counter()
-        n = 0
+        order: list[tuple[str, int]] = []
         for bucket in range(self.store.entries.last_id() // BUCKET_SIZE + 1):
+            for i, raw in self.store.entries.bucket_items(bucket):
+                if '"st":"active"' in raw:
+                    order.append((record_key(raw), i))
+        order.sort()
+        n = 0
+        for start in range(0, len(order), FILL_STEP):
+            ids = [i for _, i in order[start : start + FILL_STEP]]
 
-            def step(txn: Txn, bucket: int = bucket) -> int:
-                items = [(i, raw) for i, raw in self.store.entries.bucket_items(bucket) if '"st":"active"' in raw]
+            def step(txn: Txn, ids: list[int] = ids) -> int:
+                raws = self.store.entries.raw_many(ids)
+                items = [(i, raw) for i, raw in zip(ids, raws, strict=True)
+                         if raw is not None and '"st":"active"' in raw]
                 self.store.published.fill(txn, items)
                 return len(items)
 

@@ -39,6 +39,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -173,10 +174,7 @@ class PublishedForm(Part):
         if not changes:
             return
         keys = sorted(changes)
-        pipe = self.r.pipeline(transaction=False)
-        for k in keys:
-            pipe.zrangebylex(K.feed_index, "[" + k, "+", start=0, num=1)
-        located = [found[0] if found else OPEN for found in pipe.execute()]
+        located = self._locate(keys)
         by_chunk: dict[str, dict[str, tuple[str, str] | None]] = {}
         for k, name in zip(keys, located, strict=True):
             by_chunk.setdefault(name, {})[k] = changes[k]
@@ -225,6 +223,25 @@ class PublishedForm(Part):
             txn.op("ZADD", K.feed_index, *added)
         if after != before:
             txn.op("INCRBY", K.feed_count, after - before)
+
+    def _locate(self, keys: list[str]) -> list[str]:
+        """The name of the chunk each of the sorted ``keys`` falls in (the first
+        named at or after it; :data:`OPEN` after the last closed chunk)."""
+        pipe = self.r.pipeline(transaction=False)
+        if len(keys) <= 64:
+            for k in keys:
+                pipe.zrangebylex(K.feed_index, "[" + k, "+", start=0, num=1)
+            return [found[0] if found else OPEN for found in pipe.execute()]
+        # Many keys: the names from the first key to the one after the last, at once.
+        pipe.zrangebylex(K.feed_index, "[" + keys[0], "[" + keys[-1])
+        pipe.zrangebylex(K.feed_index, "(" + keys[-1], "+", start=0, num=1)
+        inside, after = pipe.execute()
+        names = [*inside, *after]
+        out = []
+        for k in keys:
+            i = bisect.bisect_left(names, k)
+            out.append(names[i] if i < len(names) else OPEN)
+        return out
 
     def _read_chunks(self, chunks: dict[str, _Chunk], names: list[str]) -> None:
         if not names:
