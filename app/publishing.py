@@ -69,6 +69,7 @@ from app.listbuild import (
     changes_from_records,
     delta_diff,
     diff_lists,
+    feed_members,
     full_lines,
     lines_from_store,
     snapshot_lines,
@@ -355,11 +356,19 @@ class Publisher:
 
         return changes_from_records(state, records())
 
-    def _full_build(self, fill: bool = True) -> tuple[list[bytes], list[bytes], Digest]:
+    def _full_build(self, fill: bool = True, verify: bool = False) -> tuple[list[bytes], list[bytes], Digest]:
         """Every active entry's feed line and zone lines, sorted, and their
         digest: read from the store's published form (kept in order by Redis
         as entries are written; the next batch is read while one is digested),
-        or built from every record when that form is not whole."""
+        or built from every record when that form is not whole.
+
+        ``verify`` (a full rebuild asked for: the daily reconciliation or
+        ``publish --full``): built from every record, and the published form
+        checked against it (:meth:`_check_published_form`)."""
+        if verify:
+            lines, zone = full_lines(self.store.entries.iter_raw())
+            self._check_published_form(lines, zone)
+            return lines, zone, Digest.of_lines(lines)
         if fill and not self.store.published.ready():
             self._fill_published_form()
         if self.store.published.ready():
@@ -373,6 +382,33 @@ class Publisher:
             self.store.published.reset()
         lines, zone = full_lines(self.store.entries.iter_raw())
         return lines, zone, Digest.of_lines(lines)
+
+    def _check_published_form(self, lines: list[bytes], zone: list[bytes]) -> None:
+        """Compare the published form with the list built from every record;
+        where they differ, read those records again (one written meanwhile is
+        in the form already). A line still different means something wrote
+        entries without keeping the form (a process of an older release): say
+        so, and drop the form; the next full build fills it again."""
+        if not self.store.published.ready():
+            return
+        held = lines_from_store(prefetched(self.store.published.read()))
+        if held is not None and held[0] == lines and held[1] == zone:
+            return
+        stale: list[str] = []
+        if held is not None and held[0] != lines:
+            differ = diff_lists(lines, held[0]).changes  # old: from the records; new: in the form
+            keys = [c.key for c in differ]
+            ids = self.store.entries.ids_for_keys(keys)
+            raws = iter(self.store.entries.raw_many([i for i in ids if i is not None]))
+            current = {k: _active_line(next(raws) if i is not None else None)
+                       for k, i in zip(keys, ids, strict=True)}
+            stale = [c.key for c in differ if current[c.key] != c.new]
+            if not stale:
+                return  # written while the records were read: the form has them already
+        log.warning("the published form in Redis differs from the entries%s: was an older release writing "
+                    "entries? Publishing from every record, and refilling it",
+                    f" ({len(stale)} lines, such as {stale[0]})" if stale else "")
+        self.store.published.reset()
 
     def _fill_published_form(self) -> None:
         """Fill the published form from a store made before it existed: every
@@ -464,7 +500,7 @@ class Publisher:
             # No trusted previous state (first publication, or Redis restored
             # from a backup): rebuild from every entry and diff against the
             # last version Redis knows, if it can still be rebuilt.
-            lines, zone, digest = self._full_build()
+            lines, zone, digest = self._full_build(verify=full)
             base = ListState(0, [], [], None)
             if latest is not None:
                 try:
@@ -1078,6 +1114,13 @@ class Publisher:
             old = self.record(v)
             if old and old.delta:
                 self.artifacts.remove(old.delta.path)
+
+
+def _active_line(raw: str | None) -> bytes | None:
+    """The feed line of a stored record if it is active."""
+    if raw is None or '"st":"active"' not in raw:
+        return None
+    return feed_members(raw)[0].encode()
 
 
 def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:

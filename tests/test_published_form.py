@@ -106,10 +106,10 @@ def test_an_entry_written_behind_the_published_forms_back_is_noticed_and_the_lis
         publish(core)
     assert "does not match the entries (2 lines for 5 active entries)" in caplog.text
     assert core.publisher.latest()["count"] == 5
-    # It is filled again on the next full build and matches the records.
-    core.publisher.publish(full=True, force=True)
+    # It is filled again when a full build next needs it, and matches the records.
+    lines, zone, _ = core.publisher._full_build()
     assert core.store.published.ready()
-    assert from_form(core) == from_records(core)
+    assert from_form(core) == from_records(core) == (lines, zone)
 
 
 def test_lines_merged_behind_the_reader_into_a_later_chunk_are_read_once_with_their_own_zone_lines(
@@ -199,3 +199,47 @@ def test_two_steps_that_read_the_same_chunk_cannot_both_write_it(core: Core) -> 
     built = lines_from_store(core.store.published.read())
     assert built is not None
     assert [line_key(x) for x in built[0]] == ["d:" + f"v{i:04d}.example.test" for i in (0, 1, 2, 3, 4, 10, 11)]
+
+
+def test_a_full_rebuild_finds_a_line_changed_behind_the_published_forms_back_and_publishes_the_records(
+        core: Core, personas: Personas, clock: FakeClock, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = activate(core, personas, "one.example.test", "two.example.test", "three.example.test")
+    publish(core)
+    # An older release re-verifies an entry without keeping the form: same count, a stale line.
+    clock.advance(7200)
+    monkeypatch.setattr(core.store.published, "stage", lambda txn: txn.feed.clear())
+    core.curation.act(personas.bruno.actor, ids[1], "reverify")
+    monkeypatch.undo()
+    assert core.store.published.counts() == (3, 3)
+    with caplog.at_level(logging.WARNING, logger="blocklist.publisher"):
+        out = core.publisher.publish(full=True, force=True)
+    assert "differs from the entries (1 lines, such as d:two.example.test)" in caplog.text
+    snap = json.loads(core.artifacts.read(f"snapshots/{out.version}.json"))
+    assert [json.dumps(e, separators=(",", ":")).encode() for e in snap["entries"]] == from_records(core)[0]
+    assert not core.store.published.ready(), "dropped, to be filled again"
+    activate(core, personas, "four.example.test")
+    lines, zone, _ = core.publisher._full_build()
+    assert core.store.published.ready()
+    assert from_form(core) == from_records(core) == (lines, zone)
+
+
+def test_an_entry_written_while_a_full_rebuild_reads_the_records_is_not_taken_for_damage(
+        core: Core, personas: Personas, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.publishing
+
+    activate(core, personas, "one.example.test", "two.example.test")
+    publish(core)
+    real = app.publishing.full_lines
+
+    def then_a_curator_acts(records: object) -> tuple[list[bytes], list[bytes]]:
+        built = real(records)  # type: ignore[arg-type]
+        activate(core, personas, "late.example.test")
+        return built
+
+    monkeypatch.setattr(app.publishing, "full_lines", then_a_curator_acts)
+    with caplog.at_level(logging.WARNING, logger="blocklist.publisher"):
+        core.publisher.publish(full=True, force=True)
+    assert "differs from the entries" not in caplog.text
+    assert core.store.published.ready()
+    assert from_form(core) == from_records(core)
