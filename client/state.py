@@ -189,6 +189,22 @@ class StateDir:
         held = self.load_held(state)
         return held.lines if isinstance(held, HeldList) else None
 
+    def held_in_place(self, state: State) -> bool:
+        """Whether the files of the held list look as the last run left them, without reading
+        them: the base's size, modification time and inode are those recorded, and the journal
+        holds at least its recorded bytes. A run with nothing new then leaves them unread; damage
+        they hide is found when a change next needs the list (:meth:`load_held`)."""
+        if state.entries_digest is None or state.count is None:
+            return False
+        stamp = state.base_stamp if state.journal_size is not None else state.entries_stamp
+        try:
+            st = (self.path / ENTRIES_FILE).stat()
+            if stamp != [st.st_size, st.st_mtime_ns, st.st_ino]:
+                return False
+            return not state.journal_size or (self.path / JOURNAL_FILE).stat().st_size >= state.journal_size
+        except OSError:
+            return False
+
     def load_held(self, state: State) -> HeldList | str | None:
         """The held list (base and journal read back), or why it cannot be used (None: no list held).
 

@@ -188,6 +188,9 @@ class Updater:
         body = self.transport.get("manifest.json", MANIFEST_MAX)
         sig = self.transport.get("manifest.json.minisig", SIGNATURE_MAX)
         manifest = check_manifest(body, sig, self.policy, held, now)
+        in_place = self._in_place(manifest, state)
+        if in_place is not None:
+            return self._keep(manifest, state, in_place, now, dry_run)
         notes: list[str] = []
         kept = self.dir.load_held(state) if held is not None else None
         if isinstance(kept, str):
@@ -269,10 +272,53 @@ class Updater:
         if stored is not None:
             new = replace(new, entries_stamp=None, base_stamp=stored.base_stamp, journal_size=stored.journal_size,
                           journal_sha256=stored.journal_sha256, journal_records=stored.journal_records)
+        return self._finish(manifest, report, new, now, new_base=stored is not None and stored.journal_size == 0)
+
+    def _in_place(self, manifest: Manifest, state: State) -> list[OutputChange] | None:
+        """Each output, unchanged, when the manifest brings nothing new and everything is as the
+        last run left it: the manifest names the list held (version, entries_digest and count),
+        the held list's files are those written (by their stamps: they are not read) and so is
+        every output (its options, size, modification time and inode are those recorded).
+        None when any of that is not so: the run then reads the list and checks everything."""
+        held = state.held()
+        if held is None or state.wide_count is None or plan(manifest, held, have_entries=True) \
+                or not self.dir.held_in_place(state):
+            return None
+        out: list[OutputChange] = []
+        for spec in self.config.outputs:
+            record = _trusted(state, spec)
+            if record is None:
+                return None
+            out.append(OutputChange(spec, False, record=record))
+        return out
+
+    def _keep(self, manifest: Manifest, state: State, outputs: list[OutputChange], now: float,
+              dry_run: bool) -> Report:
+        """A run with nothing new whose outputs are in place: the list held is not read, no
+        output is written; the state records the manifest checked (and a pending reload runs)."""
+        assert state.count is not None  # state.held() is not None
+        report = Report(version=manifest.version, previous=state.version, via="held", steps=0, count=state.count,
+                        added=0, removed=0, outputs=outputs, dry_run=dry_run)
+        if dry_run:
+            if self.config.post_apply and state.reload_pending:
+                report.post_apply = "would-run"
+            return report
+        new = replace(
+            state, list_name=manifest.list_name, published_at=state.published_at or manifest.published_at,
+            key_id=manifest.key_id, manifest_signed_at=manifest.signed_at, manifest_expires_at=manifest.expires_at,
+            last_attempt=now, last_check=now,
+            outputs={k: v for k, v in state.outputs.items() if k in {str(o.path) for o in self.config.outputs}},
+        )
+        return self._finish(manifest, report, new, now)
+
+    def _finish(self, manifest: Manifest, report: Report, new: State, now: float, *, new_base: bool = False) -> Report:
+        """Save the state of a run whose outputs are in place, run the post-apply command if a
+        reload is pending, and take in the keys the manifest announces."""
         self.dir.save(new)
         self.state = new
-        if stored is not None and stored.journal_size == 0:
+        if new_base:
             self.dir.trim_journal(0)  # a new base: the old journal's bytes are past the size recorded
+        changed = report.changed
         if new.reload_pending and self.config.post_apply:
             self._post_apply(manifest.version, changed)
             new.reload_pending = False
@@ -409,6 +455,17 @@ def _map(path: Path) -> mmap.mmap | bytes:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _trusted(state: State, spec: OutputSpec) -> dict[str, Any] | None:
+    """The state's record of an output if the file is the one this tool last wrote with the
+    same options: its size, modification time and inode are those recorded after writing it
+    (an edit, a restore or a copy changes them)."""
+    record = state.outputs.get(str(spec.path))
+    if record is not None and record.get("fingerprint") == fingerprint(spec) \
+            and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path):
+        return record
+    return None
+
+
 def _stamp(path: Path) -> list[int] | None:
     """(size, modification time in ns, inode) of a file, or None if it cannot be read."""
     try:
@@ -514,11 +571,8 @@ class _Outputs:
         """The change if the output is kept or patched; else what the file holds now (None: no file)."""
         if not spec.path.parent.is_dir():
             raise LocalError(f"the directory of output {spec.path} does not exist")
-        record = self.state.outputs.get(str(spec.path))
-        # The file is the one this tool last wrote if its size, modification time and inode
-        # are those recorded after writing it (an edit, a restore or a copy changes them).
-        trusted = (record is not None and record.get("fingerprint") == fingerprint(spec)
-                   and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path))
+        record = _trusted(self.state, spec)
+        trusted = record is not None
         if trusted and record is not None and self.got.via == "held":
             return OutputChange(spec, False, record=record)
         if trusted and record is not None and spec.format == "urls" and self.got.net is not None \
