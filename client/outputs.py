@@ -271,6 +271,7 @@ class ListView:
     def __init__(self, lines: Lines) -> None:
         self.lines = lines
         self._wide_count: int | None = None
+        self._domain_count: int | None = None
         self._covered: set[bytes] | None = None
         self._parents: dict[str, int] | None = None
 
@@ -282,7 +283,9 @@ class ListView:
 
     @property
     def domain_count(self) -> int:
-        return self.lines.data.count(b"\n", 0, self.lines.url_start)
+        if self._domain_count is None:
+            self._domain_count = self.lines.data.count(b"\n", 0, self.lines.url_start)
+        return self._domain_count
 
     @property
     def covered(self) -> set[bytes]:
@@ -354,7 +357,6 @@ def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sin
     specs = [_styled(s) for s in specs]
     counts: list[int] = []
     domain_outputs: list[tuple[Format, Sink]] = []
-    domains = view.domain_count
     for spec, sink in zip(specs, sinks, strict=True):
         if spec.format == "urls":
             urls = view.lines.url_records()
@@ -366,6 +368,7 @@ def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sin
             counts.append(len(urls))
             continue
         fmt = format_of(spec)
+        domains = view.domain_count
         count = domains - len(view.covered) if fmt.nested else domains
         sink(header(spec, info, count, fmt.notes(view.wide_count)))
         sink(preamble(spec, info))

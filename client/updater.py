@@ -630,7 +630,7 @@ class _Outputs:
         return _Existing(body, bytes(existing) if len(existing) <= _DIFF_MAX else None)
 
     def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
-        sinks = [_Sink(self._writer(spec) if self.stage else None) for spec, _ in items]
+        sinks = [_Sink(self._writer(spec) if self.stage else None, existing is not None) for spec, existing in items]
         try:
             counts = render_into([s for s, _ in items], self.view, self.info, [k.write for k in sinks])
         except OSError as e:
@@ -640,7 +640,7 @@ class _Outputs:
         out: list[OutputChange] = []
         for (spec, existing), sink, count in zip(items, sinks, counts, strict=True):
             record: dict[str, Any] = {"fingerprint": fingerprint(spec), "count": count}
-            if existing is not None and existing.body_sha256 == sink.body.hexdigest():
+            if existing is not None and sink.body is not None and existing.body_sha256 == sink.body.hexdigest():
                 sink.abandon()
                 # Same content: the file keeps its header (the version that last changed it).
                 out.append(OutputChange(spec, False, record=dict(record, stamp=_stamp(spec.path))))
@@ -677,21 +677,21 @@ class _Existing:
 
 
 class _Sink:
-    """Receives an output in pieces: the first piece is its header. Hashes the whole file and
-    its body, keeps a small body for counting lines, and writes to the staged file if any."""
+    """Receives an output in pieces: the first piece is its header. Hashes its body when there
+    is a file to compare it with, keeps a small body for counting lines, and writes to the
+    staged file if any."""
 
-    def __init__(self, writer: files.StagedWriter | None) -> None:
+    def __init__(self, writer: files.StagedWriter | None, compare: bool) -> None:
         self.writer = writer
-        self.whole = hashlib.sha256()
-        self.body = hashlib.sha256()
+        self.body = hashlib.sha256() if compare else None
         self.pieces = 0
         self.kept: list[bytes] | None = []
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self.whole.update(data)
         if self.pieces:
-            self.body.update(data)
+            if self.body is not None:
+                self.body.update(data)
             self.size += len(data)
             if self.kept is not None:
                 self.kept.append(data)
