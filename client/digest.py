@@ -56,10 +56,11 @@ def ends_chunk(line: bytes | memoryview) -> bool:
 class Digest:
     """The sorted chunk digests of a list; :meth:`hexdigest` is its ``entries_digest``."""
 
-    __slots__ = ("_chunks",)
+    __slots__ = ("_chunks", "_hex")
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = sorted(chunks)
+        self._hex: str | None = None
 
     @classmethod
     def of_lines(cls, lines: Sequence[bytes]) -> Digest:
@@ -102,7 +103,7 @@ class Digest:
             raise ValueError("a chunk digest list is a multiple of 32 bytes")
         d = cls(())
         d._chunks = [data[i : i + 32] for i in range(0, len(data), 32)]
-        if any(a > b for a, b in zip(d._chunks, d._chunks[1:], strict=False)):
+        if not all(map(bytes.__le__, d._chunks, d._chunks[1:])):
             raise ValueError("chunk digests are not sorted")
         return d
 
@@ -110,7 +111,9 @@ class Digest:
         return b"".join(self._chunks)
 
     def hexdigest(self) -> str:
-        return hashlib.sha256(b"".join(self._chunks)).hexdigest()
+        if self._hex is None:  # a Digest is not changed once made (replaced() makes a new one)
+            self._hex = hashlib.sha256(b"".join(self._chunks)).hexdigest()
+        return self._hex
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -226,8 +229,49 @@ class BlobView:
     def lines(self, start: int, stop: int) -> list[bytes]:
         return self.data[start : stop - 1].split(b"\n") if stop > start else []
 
+    def chunk_start(self, pos: int) -> int:
+        """:func:`_chunk_start`, reading the lines before ``pos`` a few kilobytes at a time."""
+        data, window = self.data, _NEAR
+        while pos > 0:
+            low = max(0, pos - window)
+            lines = data[low : pos - 1].split(b"\n")  # the last one ends at pos - 1
+            first = 0 if low == 0 else 1  # lines[0] may have begun before low
+            if len(lines) == first:
+                window *= 2
+                continue
+            for line in reversed(lines[first:]):
+                if ends_chunk(line):
+                    return pos
+                pos -= len(line) + 1
+            if low == 0:
+                return 0
+        return 0
+
+    def chunk_end(self, pos: int) -> int:
+        """:func:`_chunk_end`, reading the lines from ``pos`` a few kilobytes at a time."""
+        data, end, window = self.data, self.end, _NEAR
+        while pos < end:
+            high = min(end, pos + window)
+            lines = data[pos:high].split(b"\n")
+            lines.pop()  # after the window's last newline (b"" at the end of the data)
+            if not lines:
+                if high == end:
+                    return _chunk_end_by_line(self, pos)  # no newline left (not a list of lines)
+                window *= 2
+                continue
+            for line in lines:
+                pos += len(line) + 1
+                if ends_chunk(line):
+                    return pos
+        return pos
+
+
+_NEAR = 1 << 13  # bytes read at a time around a change (a chunk is about 16 lines)
+
 
 def _chunk_start(v: View, pos: int) -> int:
+    if isinstance(v, BlobView):
+        return v.chunk_start(pos)
     while pos > 0:
         p = v.prev(pos)
         if ends_chunk(v.line(p)):
@@ -237,6 +281,12 @@ def _chunk_start(v: View, pos: int) -> int:
 
 
 def _chunk_end(v: View, pos: int) -> int:
+    if isinstance(v, BlobView):
+        return v.chunk_end(pos)
+    return _chunk_end_by_line(v, pos)
+
+
+def _chunk_end_by_line(v: View, pos: int) -> int:
     while pos < v.end:
         line = v.line(pos)
         pos = v.next(pos)
@@ -253,15 +303,20 @@ def _chunks_in(v: View, start: int, stop: int) -> list[bytes]:
 
 
 def update(digest: Digest, old: View, new: View, removed: Iterable[int], inserted: Iterable[int],
-           locate: Callable[[bytes], int]) -> Digest:
+           locate: Callable[[bytes], int], moved: Callable[[int], int] | None = None) -> Digest:
     """The digest of ``new``, given the digest of ``old`` and how ``new`` was made from it.
 
     ``removed``: positions in ``old`` of the lines taken out (a line whose
     content changed is taken out and put in again); ``inserted``: positions in
     ``old`` before which each new line went (``old.end`` for the end);
     ``locate(line)``: the position in ``new`` of a line of ``old`` that is
-    still there. Only the chunks around the changes are read.
+    still there; or ``moved(pos)``, if given: the same from the line's position
+    in ``old``. Only the chunks around the changes are read.
     """
+    if moved is None:
+        def moved(pos: int) -> int:
+            return locate(old.line(pos))
+
     regions: list[tuple[int, int]] = []
     for pos in removed:
         a, b = _chunk_start(old, pos), _chunk_end(old, pos)
@@ -289,7 +344,7 @@ def update(digest: Digest, old: View, new: View, removed: Iterable[int], inserte
     for a, b in merged:
         take += _chunks_in(old, a, b)
         # The lines either side of a region are unchanged (they belong to chunks no change touched).
-        na = 0 if a == 0 else new.next(locate(old.line(old.prev(a))))
-        nb = new.end if b >= old.end else locate(old.line(b))
+        na = 0 if a == 0 else new.next(moved(old.prev(a)))
+        nb = new.end if b >= old.end else moved(b)
         put += _chunks_in(new, na, nb)
     return digest.replaced(take, put)

@@ -28,9 +28,10 @@ rather than once per entry in Python. What must stay true:
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from typing import Any, Protocol
 
 from client.digest import BlobView, Digest, update
@@ -69,6 +70,7 @@ _DOMAIN_LINE = re.compile(
 RESERVED = (b"version.canary", b"blocked.canary")
 _VALUE = re.compile(rb'"value":"([^"\n]*)"')
 _URL_START = b'{"type":"url",'
+_DOMAIN_START = b'{"type":"domain",'
 _ENTRIES_OPEN = b',"entries":[\n'
 _ENTRIES_CLOSE = b"\n]}\n"
 _SNAPSHOT_HEAD_KEYS = frozenset({"schema", "list", "version", "published_at", "expires_at", "previous_version",
@@ -219,7 +221,8 @@ class Lines:
         try:
             # Only the chunks around the change are hashed again.
             digest = update(self.digest, BlobView(self.data), BlobView(data), [a for a, _ in cuts],
-                            [a for a, _ in inserts], lambda line: lower_bound(data, _key(line), _key)[0])
+                            [a for a, _ in inserts], lambda line: lower_bound(data, _key(line), _key)[0],
+                            moved(cuts, inserts))
         except ValueError:  # a chunk around the change is not in the held digest: not the list it states
             raise mismatch from None
         result = Lines(data, self.count - len(cuts) + len(inserts), url_start, digest)
@@ -269,6 +272,22 @@ class Lines:
         return data, url_start
 
 
+def moved(cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple[int, bytes]]) -> Callable[[int], int]:
+    """Where a line that :func:`splice` keeps goes: its offset in the result, from its offset
+    in the data (``cuts`` and ``inserts`` sorted by offset, as :meth:`Lines._places` gives them)."""
+    cut_ends = [b for _, b in cuts]
+    cut_bytes = list(accumulate(b - a for a, b in cuts))
+    insert_at = [a for a, _ in inserts]
+    insert_bytes = list(accumulate(len(text) for _, text in inserts))
+
+    def offset(pos: int) -> int:
+        c = bisect_right(cut_ends, pos)  # cuts that end at or before the line
+        i = bisect_right(insert_at, pos)  # inserts placed before it (at its offset, too)
+        return pos - (cut_bytes[c - 1] if c else 0) + (insert_bytes[i - 1] if i else 0)
+
+    return offset
+
+
 def domain_values(lines: bytes | memoryview) -> list[bytes]:
     """The names on the given domain lines, in order."""
     return _VALUE.findall(lines)
@@ -280,6 +299,20 @@ def find_url_start(data: Buffer) -> int:
         return 0
     i = data.find(b"\n" + _URL_START)
     return len(data) if i < 0 else i + 1
+
+
+def held_url_start(data: Buffer) -> int:
+    """:func:`find_url_start` of a list whose lines were checked when it was first held: the
+    line after the last domain line, found from the end (only the few URL lines are searched)."""
+    i = data.rfind(b"\n" + _DOMAIN_START)
+    if i >= 0:
+        start = i + 1
+    elif data[: len(_DOMAIN_START)] == _DOMAIN_START:
+        start = 0
+    else:
+        return 0
+    nl = data.find(b"\n", start)
+    return len(data) if nl < 0 else nl + 1
 
 
 def splice(data: bytes, cuts: Sequence[tuple[int, int]], inserts: Sequence[tuple[int, bytes]]) -> bytes:

@@ -64,7 +64,7 @@ from client import files
 from client import journal as journal_mod
 from client.digest import Digest
 from client.errors import LocalError, LockedError, RefusedError
-from client.listfile import Lines, find_url_start
+from client.listfile import Lines, held_url_start
 from client.verify import Held, KeyRing
 
 STATE_FILE = "state.json"
@@ -258,7 +258,7 @@ class StateDir:
         try:
             # The base's count follows from the list's: it is checked below unless the files are those written.
             base = Lines(data, state.count + len(net.removed) - len(net.added),  # type: ignore[arg-type]
-                         find_url_start(data), Digest(()))
+                         held_url_start(data), Digest(()))
             lines = base.edit(net.removed, net.added, jpath.name, digest or Digest(())) if size else base
         except RefusedError as e:
             return f"{jpath} does not fit {path}: {e.message}"
