@@ -8,6 +8,7 @@ place, so a full disk or a permission error leaves every output as it was.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -64,20 +65,50 @@ class StagedWriter:
         return Staged(self.path, self.tmp)
 
     def abandon(self) -> None:
-        self.file.close()
-        _unlink(self.tmp)
+        try:
+            self.file.close()  # may try to write what is buffered, and fail again
+        except OSError:
+            pass
+        finally:
+            _unlink(self.tmp)
 
-    def finish_in_background(self) -> None:
-        """Start :meth:`finish` in a thread, so the sync overlaps what the caller does next;
-        :meth:`finished` waits for it."""
+    def copy(self, source: int, start: int, stop: int) -> None:
+        """Append bytes ``start`` to ``stop`` of the open file ``source`` (a descriptor), copied
+        by the kernel where it can (``copy_file_range``); raises OSError."""
+        self.file.flush()
+        dst = self.file.fileno()
+        while start < stop:
+            n = _copy_range(source, dst, start, stop - start)
+            if n == 0:
+                raise OSError(errno.EIO, "the file to copy from ended early (it changed while it was read)")
+            start += n
+
+    def finish_in_background(self, parts: Sequence[bytes | tuple[int, int]] = (), source: int | None = None) -> None:
+        """Start writing ``parts`` (bytes, and (start, stop) ranges of the file open as
+        ``source``, which is closed afterwards), then :meth:`finish`, in a thread, so the
+        writes and the sync overlap what the caller does next; :meth:`finished` waits for it."""
         self._result: Staged | OSError | None = None
-        self._thread = threading.Thread(target=self._finish, daemon=True)
+        self._thread = threading.Thread(target=self._finish, args=(list(parts), source), daemon=True)
         self._thread.start()
 
-    def _finish(self) -> None:
+    def _finish(self, parts: list[bytes | tuple[int, int]], source: int | None) -> None:
         try:
+            try:
+                for part in parts:
+                    if isinstance(part, tuple):
+                        if source is None:
+                            raise ValueError("a range to copy needs a file to copy it from")
+                        self.copy(source, *part)
+                    else:
+                        self.write(part)
+            except OSError:
+                self.abandon()
+                raise
+            finally:
+                if source is not None:
+                    os.close(source)
             self._result = self.finish()
-        except OSError as e:  # finish() removed the temp file
+        except OSError as e:  # the temp file is removed
             self._result = e
 
     def finished(self) -> Staged:
@@ -87,6 +118,26 @@ class StagedWriter:
             raise self._result
         assert self._result is not None
         return self._result
+
+
+_kernel_copy = {"works": hasattr(os, "copy_file_range")}
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
+    """Copy up to ``count`` bytes at ``offset`` of ``src`` to the position of ``dst``; the
+    number copied (0 at the end of ``src``)."""
+    if _kernel_copy["works"]:
+        try:
+            return os.copy_file_range(src, dst, count, offset)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            _kernel_copy["works"] = False  # not on this system or file system: read and write instead
+    data = os.pread(src, min(count, 1 << 20), offset)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view):]
+    return len(data)
 
 
 def commit(staged: Iterable[Staged]) -> None:

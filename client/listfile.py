@@ -327,19 +327,26 @@ def splice_parts(data: Buffer, cuts: Sequence[tuple[int, int]],
                  inserts: Sequence[tuple[int, bytes]]) -> list[bytes | memoryview]:
     """What :func:`splice` joins: views of ``data`` (not copies) and the inserted bytes, in
     order. Write them one after another to get the result without building it in memory."""
+    view = memoryview(data)  # type: ignore[arg-type]  # slices of a view are not copies
+    return [view[p[0] : p[1]] if isinstance(p, tuple) else p for p in splice_spans(len(data), cuts, inserts)]
+
+
+def splice_spans(size: int, cuts: Sequence[tuple[int, int]],
+                 inserts: Sequence[tuple[int, bytes]]) -> list[tuple[int, int] | bytes]:
+    """:func:`splice_parts` of data of ``size`` bytes, each kept range of it given as
+    (start, stop): to be copied from a file rather than read into memory."""
     edits = sorted([(a, 0, i, a, text) for i, (a, text) in enumerate(inserts)]
                    + [(a, 1, 0, b, b"") for a, b in cuts])
-    view = memoryview(data)  # type: ignore[arg-type]  # slices of a view are not copies
-    parts: list[bytes | memoryview] = []
+    parts: list[tuple[int, int] | bytes] = []
     pos = 0
     for start, _kind, _seq, end, text in edits:
         if start > pos:
-            parts.append(view[pos:start])
+            parts.append((pos, start))
         if text:
             parts.append(text)
         pos = max(pos, end)
-    if pos < len(view):
-        parts.append(view[pos:])
+    if pos < size:
+        parts.append((pos, size))
     return parts
 
 

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from client.config import STYLES, OutputSpec
-from client.listfile import Buffer, Lines, domain_values, lower_bounds, splice_parts
+from client.listfile import Buffer, Lines, domain_values, lower_bounds, splice_spans
 from client.verify import Record, split_url
 
 MARKER = "blocklist-pull output:"
@@ -429,14 +429,14 @@ class Change:
 
 @dataclass(frozen=True)
 class Patched:
-    parts: list[bytes | memoryview]  # the new file: write them in order (views of the old file among them)
+    # The new file, in order: bytes, and (start, stop) ranges of the old file, copied as they are.
+    parts: list[tuple[int, int] | bytes]
     count: int
     lines_added: int
     lines_removed: int
 
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.parts)
+    def data(self, existing: Buffer) -> bytes:
+        return b"".join(existing[p[0] : p[1]] if isinstance(p, tuple) else p for p in self.parts)
 
 
 def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, info: ListInfo,
@@ -444,7 +444,7 @@ def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, in
     """The file after ``change``, made from the file this tool wrote before it (and only
     from such a file: its lines are in list order, one chunk per entry); None if the
     content stays as it is. ``existing`` may be an mmap of the file: only the lines
-    around the change are read, and the result refers to the rest without copying it.
+    around the change are read, and the result names the rest by its place in the file.
 
     The lines of each removed entry are cut out and each added entry's lines are put in
     where a full rendering would place them, so the result is that rendering's bytes."""
@@ -479,7 +479,7 @@ def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, in
     if not cuts and not inserts and existing[pre_start:start] == new_pre:
         return None
     head = header(spec, info, count, fmt.notes(wide_count)) + new_pre
-    parts = splice_parts(existing, [(0, start), *cuts], [(0, head), *inserts])
+    parts = splice_spans(len(existing), [(0, start), *cuts], [(0, head), *inserts])
     return Patched(parts, count, lines_added, lines_removed)
 
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from client import files
 from client.config import Config, OutputSpec
@@ -446,13 +446,12 @@ def _covered(lines: Lines, records: Sequence[Record]) -> list[bool]:
     return [any(p in wide for p in ps) for ps in parents]
 
 
-def _map(path: Path) -> mmap.mmap | bytes:
-    """The file's bytes as a read-only map (pages are read when used, and never copied
+def _map(f: BinaryIO) -> mmap.mmap | bytes:
+    """The open file's bytes as a read-only map (pages are read when used, and never copied
     whole), or b"" for an empty file; raises OSError."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if os.fstat(f.fileno()).st_size == 0:
+        return b""
+    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def _trusted(state: State, spec: OutputSpec) -> dict[str, Any] | None:
@@ -579,22 +578,29 @@ class _Outputs:
                 and not any(r.type == "url" for r in (*self.got.net.removed.values(), *self.got.net.added.values())):
             return OutputChange(spec, False, record=record)  # no URL changed: same content
         try:
-            mapped = _map(spec.path)
+            source = open(spec.path, "rb")  # noqa: SIM115 (closed below, after the map made from it)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
         try:
-            return self._patch_or_read(spec, mapped, record if trusted else None)
+            try:
+                mapped = _map(source)
+            except OSError as e:
+                raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
+            try:
+                return self._patch_or_read(spec, mapped, record if trusted else None, source)
+            finally:
+                if isinstance(mapped, mmap.mmap):
+                    try:
+                        mapped.close()
+                    except BufferError:
+                        pass  # a view of it is still alive (an error on the way): closed when collected
         finally:
-            if isinstance(mapped, mmap.mmap):
-                try:
-                    mapped.close()
-                except BufferError:
-                    pass  # a view of it is still alive (an error on the way): closed when collected
+            source.close()
 
     def _patch_or_read(self, spec: OutputSpec, existing: mmap.mmap | bytes,
-                       record: dict[str, Any] | None) -> OutputChange | _Existing:
+                       record: dict[str, Any] | None, source: BinaryIO) -> OutputChange | _Existing:
         """Patch the output (``record``: it is the file last written), or read what it holds."""
         if not is_ours(existing[:200], spec):
             raise LocalError(
@@ -615,14 +621,14 @@ class _Outputs:
                                       {"fingerprint": fingerprint(spec), "count": patched.count})
                 if self.stage:
                     writer = self._writer(spec)
+                    # Written and synced in a thread, which overlaps the next output's work; the
+                    # old file's unchanged ranges are copied from it by the kernel, not read here.
                     try:
-                        for part in patched.parts:
-                            writer.write(part)
+                        copy_from = os.dup(source.fileno())
                     except OSError as e:
                         writer.abandon()
-                        self._failed(e, spec)
-                    del patched  # its views of the old file
-                    writer.finish_in_background()  # the sync overlaps the next output's work
+                        raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
+                    writer.finish_in_background(patched.parts, copy_from)
                     self.syncing.append((change, writer))
                 return change
         h = split_file(existing, spec)
