@@ -207,24 +207,45 @@ class ListView:
         return list(self.items[start:stop])
 
 
+class Blob(Protocol):
+    """Lines to read in place: bytes, a mapped file, or lines kept in pieces."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice, /) -> bytes: ...
+    def find(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+    def rfind(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+
+
 class BlobView:
     """A buffer of lines each ending in a newline; positions are byte offsets."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Blob) -> None:
         self.data = data
         self.end = len(data)
 
+    def _nl(self, pos: int) -> int:
+        nl = self.data.find(b"\n", pos)
+        if nl < 0:
+            raise ValueError("the lines end in the middle of a line")
+        return nl
+
     def line(self, pos: int) -> bytes:
-        return self.data[pos : self.data.index(b"\n", pos)]
+        return self.data[pos : self._nl(pos)]
 
     def next(self, pos: int) -> int:
-        return self.data.index(b"\n", pos) + 1
+        return self._nl(pos) + 1
 
     def prev(self, pos: int) -> int:
         return self.data.rfind(b"\n", 0, pos - 1) + 1
 
     def digest(self, start: int, stop: int) -> bytes:
-        return hashlib.sha256(memoryview(self.data)[start:stop]).digest()
+        views = getattr(self.data, "views", None)  # lines kept in pieces (client.listfile.Spliced)
+        if views is not None:
+            h = hashlib.sha256()
+            for view in views(start, stop):
+                h.update(view)
+            return h.digest()
+        return hashlib.sha256(memoryview(self.data)[start:stop]).digest()  # type: ignore[arg-type]
 
     def lines(self, start: int, stop: int) -> list[bytes]:
         return self.data[start : stop - 1].split(b"\n") if stop > start else []

@@ -9,6 +9,7 @@ place, so a full disk or a permission error leaves every output as it was.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import tempfile
 import threading
@@ -23,7 +24,7 @@ class Staged:
     tmp: Path
 
 
-def stage(path: Path, data: bytes | Sequence[bytes], mode: int) -> Staged:
+def stage(path: Path, data: bytes | Sequence[bytes | memoryview], mode: int) -> Staged:
     """Write ``data`` (bytes, or parts written one after another) to a synced temp file
     next to ``path``; raises OSError."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -138,6 +139,14 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
     while view:
         view = view[os.write(dst, view):]
     return len(data)
+
+
+def map_file(fd: int) -> mmap.mmap | bytes:
+    """The open file's bytes as a read-only map (each page is read when used; nothing is
+    copied), or b"" for an empty file; raises OSError."""
+    if os.fstat(fd).st_size == 0:
+        return b""
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 def commit(staged: Iterable[Staged]) -> None:

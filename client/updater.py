@@ -429,7 +429,7 @@ def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
         return len(got.net.added), len(got.net.removed)
     if got.via == "held":
         return 0, 0
-    if base is None or len(base.data) + len(got.lines.data) > 2 * _DIFF_MAX:
+    if base is None or len(base.buf) + len(got.lines.buf) > 2 * _DIFF_MAX:
         return None, None
     # The lists may be bytearrays (a snapshot is cut in place): compare their lines as bytes.
     before = set(map(bytes, base.data.split(b"\n")[:-1]))
@@ -444,14 +444,6 @@ def _covered(lines: Lines, records: Sequence[Record]) -> list[bool]:
                for labels in (r.value.split(".") for r in records)]
     wide = lines.wide_among(p for ps in parents for p in ps)
     return [any(p in wide for p in ps) for ps in parents]
-
-
-def _map(f: BinaryIO) -> mmap.mmap | bytes:
-    """The open file's bytes as a read-only map (pages are read when used, and never copied
-    whole), or b"" for an empty file; raises OSError."""
-    if os.fstat(f.fileno()).st_size == 0:
-        return b""
-    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def _trusted(state: State, spec: OutputSpec) -> dict[str, Any] | None:
@@ -585,7 +577,7 @@ class _Outputs:
             raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
         try:
             try:
-                mapped = _map(source)
+                mapped = files.map_file(source.fileno())
             except OSError as e:
                 raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
             try:
