@@ -33,7 +33,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from client.digest import BlobView, Digest, update
 from client.errors import RefusedError
@@ -67,6 +67,19 @@ _DOMAIN_LINE = re.compile(
     + _LABEL + rb'","subdomains":(?:true|false),"category":"[a-z0-9][a-z0-9-]{0,31}","listed_since":"'
     + _ISO + rb'","verified_at":"' + _ISO + rb'"\}\n'
 )
+# The lines _DOMAIN_LINE matches, found in one pass that also gives each line's name: a label is
+# 1 to 63 of [a-z0-9-], not starting or ending with "-" (the labels of _LABEL, taken whole), and
+# the names found must be at most 253 characters long (what the lookahead of _DOMAIN_LINE checks).
+# Each match is one whole line (it starts at a line's start and ends with its newline), so the
+# lines are all valid when there are as many matches as lines; when not, _DOMAIN_LINE finds the
+# first line that is not and says what is wrong with it.
+_WHOLE_LABEL = rb"(?!-)[a-z0-9-]{1,63}+(?<!-)"
+_DOMAIN_LINES = re.compile(
+    rb'^\{"type":"domain","value":"((?:' + _WHOLE_LABEL + rb"\.)++(?!(?:[0-9]+|0x[0-9a-f]*)\")" + _WHOLE_LABEL
+    + rb')","subdomains":(?:true|false),"category":"[a-z0-9][a-z0-9-]{0,31}","listed_since":"'
+    + _ISO + rb'","verified_at":"' + _ISO + rb'"\}\n', re.MULTILINE
+)
+_NAME_MAX = 253
 # The canary's names (see client.check): no entry may take them.
 RESERVED = (b"version.canary", b"blocked.canary")
 _VALUE = re.compile(rb'"value":"([^"\n]*)"')
@@ -234,13 +247,11 @@ class Lines:
             raise RefusedError(f"{what} does not end with a complete line")
         url_start = find_url_start(data)
         domains = memoryview(data)[:url_start]
-        rest, n = _DOMAIN_LINE.subn(b"", domains)
-        if rest:
-            bad = rest.split(b"\n", 1)[0]
-            _explain(bad, what)
-            raise RefusedError(f"{what} holds an entry that is not in canonical form")
-        values = _VALUE.findall(domains)
-        if len(values) != n or not all(map(bytes.__lt__, values, values[1:])):
+        values = _DOMAIN_LINES.findall(domains)
+        n = data.count(b"\n", 0, url_start)
+        if len(values) != n or (values and max(map(len, values)) > _NAME_MAX):
+            _refuse_domain_lines(domains, what)
+        if not all(map(bytes.__lt__, values, values[1:])):
             raise RefusedError(f"{what} is not in canonical order or repeats an entry")
         url_lines = data[url_start:].split(b"\n")[:-1]
         previous = b""
@@ -545,6 +556,15 @@ def _record(line: bytes) -> Record:
     if not isinstance(doc, Record):
         raise RefusedError("an entry is not in canonical form")
     return doc
+
+
+def _refuse_domain_lines(domains: memoryview, what: str) -> NoReturn:
+    """Refuse domain lines that are not all canonical and valid, saying what is wrong with the first
+    line that is not."""
+    rest, _ = _DOMAIN_LINE.subn(b"", domains)
+    if rest:
+        _explain(rest.split(b"\n", 1)[0], what)
+    raise RefusedError(f"{what} holds an entry that is not in canonical form")
 
 
 def _explain(line: bytes, what: str) -> Record:
