@@ -87,6 +87,7 @@ _URL_START = b'{"type":"url",'
 _DOMAIN_START = b'{"type":"domain",'
 _ENTRIES_OPEN = b',"entries":[\n'
 _ENTRIES_CLOSE = b"\n]}\n"
+_HEAD_MAX = 1 << 16  # a snapshot's head line is a few hundred bytes
 _SNAPSHOT_HEAD_KEYS = frozenset({"schema", "list", "version", "published_at", "expires_at", "previous_version",
                                  "previous_sha256", "count", "entries_digest"})
 
@@ -575,12 +576,17 @@ def _explain(line: bytes, what: str) -> Record:
         raise RefusedError(f"{what}: {e.message}") from None
 
 
-def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest) -> tuple[Lines, str]:
-    """(the list, its published_at) from a snapshot already checked against the manifest."""
+def parse_snapshot_lines(data: bytes | bytearray, manifest: Manifest,
+                         checked: Callable[[], None] = lambda: None) -> tuple[Lines, str]:
+    """(the list, its published_at) from a snapshot checked against the manifest, or being
+    checked: ``checked()`` returns once it is (or raises), and is called before the strict
+    reader takes a snapshot of another layout (whole JSON documents are parsed only once
+    they are known to be the ones signed)."""
     what = manifest.snapshot.path
-    i = data.find(_ENTRIES_OPEN)
+    i = data.find(_ENTRIES_OPEN, 0, _HEAD_MAX)
     head = load_json(bytes(data[:i]) + b"}", what) if i > 0 and data.endswith(_ENTRIES_CLOSE) else None
     if not isinstance(head, dict) or set(head) != _SNAPSHOT_HEAD_KEYS:
+        checked()
         strict, strict_published = parse_snapshot(bytes(data), manifest)  # another layout: the strict reader
         return Lines.of_records(strict.records), strict_published
     schema_error(head.get("schema"), what)

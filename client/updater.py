@@ -33,18 +33,19 @@ import mmap
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from client import files
 from client.config import Config, OutputSpec
 from client.errors import LocalError, NotFoundError, PostApplyError, PullError, RefusedError
 from client.fetch import Transport
 from client.listfile import Lines, parse_snapshot_lines, record_line
-from client.minisign import PublicKey
+from client.minisign import PublicKey, prehash
 from client.outputs import (
     Change,
     ListInfo,
@@ -71,6 +72,8 @@ from client.verify import (
     parse_delta,
     plan,
 )
+
+T = TypeVar("T")
 
 # Counting changed lines of a fully rewritten output means holding both versions' lines
 # in sets; above this size the report says "rewritten" instead.
@@ -337,11 +340,30 @@ class Updater:
         return report
 
     def _fetch(self, ref: ArtifactRef, manifest: Manifest) -> bytes:
+        data, checked = self._fetch_checking(ref, manifest)
+        checked()
+        return data
+
+    def _fetch_checking(self, ref: ArtifactRef, manifest: Manifest) -> tuple[bytes, Callable[[], None]]:
+        """The file, and a call that returns once it is checked against the manifest (size,
+        sha256 and signature), or raises why it is not. The hashing runs in a thread (hashlib
+        releases the GIL), so the caller may start reading the bytes meanwhile; nothing made
+        from them is used before the call returns."""
         # The download stops one byte past the size the signed manifest states.
         data = self.transport.get(ref.path, ref.size)
         sig = self.transport.get(ref.path + ".minisig", SIGNATURE_MAX)
-        check_artifact(data, sig, ref, manifest, self.keys)
-        return data
+        # One thread per hash: each holds the GIL only to start and to end.
+        sha256 = _in_background(lambda: hashlib.sha256(data).hexdigest())
+        blake2b = _in_background(lambda: prehash(data))
+
+        done: list[bool] = []
+
+        def checked() -> None:
+            if not done:
+                check_artifact(data, sig, ref, manifest, self.keys, sha256=sha256(), prehashed=blake2b())
+                done.append(True)
+
+        return data, checked
 
     def _obtain(self, manifest: Manifest, state: State, base: Lines | None) -> Obtained:
         held = state.held()
@@ -361,8 +383,13 @@ class Updater:
                     # The list held was damaged on this host since it was written: start from the snapshot.
         # The newest full snapshot, then the deltas from its version to the manifest's.
         steps = plan(manifest, None, have_entries=False)
-        data = self._fetch(manifest.snapshot, manifest)
-        lines, published_at = parse_snapshot_lines(data, manifest)
+        data, checked = self._fetch_checking(manifest.snapshot, manifest)
+        try:
+            lines, published_at = parse_snapshot_lines(data, manifest, checked)
+        except RefusedError:
+            checked()  # a file that is not the one signed is refused as such, whatever else is wrong with it
+            raise
+        checked()
         del data
         if len(steps) == 1:
             return Obtained(lines, "snapshot", 1, manifest.snapshot.sha256, published_at)
@@ -421,6 +448,30 @@ class Updater:
                 f"the post-apply command {shown} failed with exit status {proc.returncode}{detail}; "
                 "the outputs are written and it runs again on the next pull"
             )
+
+
+def _in_background(fn: Callable[[], T]) -> Callable[[], T]:
+    """Start ``fn()`` in a thread; the call returned waits for it, and returns what it returned
+    or raises what it raised."""
+    result: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller
+            failed.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def wait() -> T:
+        thread.join()
+        if failed:
+            raise failed[0]
+        return result[0]
+
+    return wait
 
 
 def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
