@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import queue
 import tempfile
 import threading
 from collections.abc import Iterable, Sequence
@@ -119,6 +120,49 @@ class StagedWriter:
             raise self._result
         assert self._result is not None
         return self._result
+
+
+class Spooler:
+    """Writes pieces to staged files in a thread, in the order given, so that the writes overlap
+    the caller's work (a write releases the GIL); at most ``depth`` pieces wait."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self._queue: queue.Queue[tuple[StagedWriter, bytes] | None] = queue.Queue(maxsize=depth)
+        self._error: OSError | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def write(self, writer: StagedWriter, data: bytes) -> None:
+        """Queue ``data`` for ``writer``; raises the OSError of a write that already failed."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((writer, data))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            writer, data = item
+            if self._error is None and not self._stop:
+                try:
+                    writer.write(data)
+                except OSError as e:
+                    if e.filename is None:
+                        e.filename = str(writer.path)
+                    self._error = e
+
+    def close(self) -> None:
+        """Wait until every piece is written; raises the OSError of the first write that failed
+        (its filename: the output's)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """Stop writing (what waits is dropped) and wait for the thread to end."""
+        self._stop = True
+        self._queue.put(None)
+        self._thread.join()
 
 
 _kernel_copy = {"works": hasattr(os, "copy_file_range")}

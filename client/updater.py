@@ -679,13 +679,22 @@ class _Outputs:
         return _Existing(body, bytes(existing) if len(existing) <= _DIFF_MAX else None)
 
     def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
-        sinks = [_Sink(self._writer(spec) if self.stage else None, existing is not None) for spec, existing in items]
+        # The files are written by a thread while the next pieces are rendered.
+        spooler = files.Spooler() if self.stage else None
+        sinks = [_Sink(self._writer(spec) if self.stage else None, existing is not None, spooler)
+                 for spec, existing in items]
         try:
             counts = render_into([s for s, _ in items], self.view, self.info, [k.write for k in sinks])
-        except OSError as e:
+            if spooler is not None:
+                spooler.close()
+        except BaseException as e:
+            if spooler is not None:
+                spooler.abandon()
             for k in sinks:
                 k.abandon()
-            self._failed(e, items[0][0])
+            if isinstance(e, OSError):
+                self._failed(e, items[0][0])
+            raise
         out: list[OutputChange] = []
         for (spec, existing), sink, count in zip(items, sinks, counts, strict=True):
             record: dict[str, Any] = {"fingerprint": fingerprint(spec), "count": count}
@@ -697,13 +706,9 @@ class _Outputs:
             added, removed = _line_changes(existing, sink)
             change = OutputChange(spec, True, added, removed, "render", record)
             if sink.writer is not None:
-                try:
-                    change.staged = sink.writer.finish()
-                except OSError as e:
-                    for k in sinks:
-                        k.abandon()
-                    self._failed(e, spec)
-                self.staged.append(change.staged)
+                sink.writer.finish_in_background()  # synced in a thread, all of them at once (see prepare)
+                self.syncing.append((change, sink.writer))
+                sink.writer = None
             out.append(change)
         return out
 
@@ -730,8 +735,9 @@ class _Sink:
     is a file to compare it with, keeps a small body for counting lines, and writes to the
     staged file if any."""
 
-    def __init__(self, writer: files.StagedWriter | None, compare: bool) -> None:
+    def __init__(self, writer: files.StagedWriter | None, compare: bool, spooler: files.Spooler | None = None) -> None:
         self.writer = writer
+        self.spooler = spooler
         self.body = hashlib.sha256() if compare else None
         self.pieces = 0
         self.kept: list[bytes] | None = []
@@ -748,7 +754,10 @@ class _Sink:
                     self.kept = None
         self.pieces += 1
         if self.writer is not None:
-            self.writer.write(data)
+            if self.spooler is not None:
+                self.spooler.write(self.writer, data)
+            else:
+                self.writer.write(data)
 
     def abandon(self) -> None:
         if self.writer is not None:

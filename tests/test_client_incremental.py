@@ -337,3 +337,39 @@ def test_a_patch_copies_the_unchanged_ranges_with_or_without_the_kernels_help(
             if mine.changed:
                 assert mine.spec.path.read_bytes() == theirs.spec.path.read_bytes(), mine.spec
     assert files._kernel_copy["works"] == (kernel_copy == "copy_file_range" and hasattr(os, "copy_file_range"))
+
+
+@pytest.mark.parametrize("fails", ["write", "sync"])
+def test_an_output_rendered_in_full_that_cannot_be_written_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    import errno
+    import os
+
+    from client import files
+    from client.errors import LocalError
+
+    builder = FeedBuilder()
+    builder.publish([rec(f"site{i:02}.test", subdomains=i % 2 == 0) for i in range(40)])
+    write, fsync = files.StagedWriter.write, os.fsync
+
+    def full_disk_write(self: files.StagedWriter, data: bytes | memoryview) -> None:
+        if self.path.name == "3.dnsmasq":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, data)
+
+    def full_disk_sync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".3.dnsmasq."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    if fails == "write":
+        monkeypatch.setattr(files.StagedWriter, "write", full_disk_write)
+    else:
+        monkeypatch.setattr(os, "fsync", full_disk_sync)
+    with pytest.raises(LocalError, match=r"cannot write .*/3\.dnsmasq: No space left on device; no output was changed"):
+        pull(builder, tmp_path)
+    monkeypatch.undo()
+
+    assert list((tmp_path / "out").iterdir()) == []  # no output, and no temp file left
+    assert pull(builder, tmp_path).via == "snapshot"
+    assert len(list((tmp_path / "out").iterdir())) == len(SPECS)
