@@ -148,6 +148,21 @@ class Format:
     def run(self, names: list[bytes], wide: bool) -> bytes:
         """The lines of consecutive entries that share their subdomains flag."""
         template = self.wide if wide else self.narrow
+        if not names:
+            return b""
+        # The constant text before, between and after an entry's names.
+        consts = [b""]
+        for piece in template:
+            if piece is None:
+                consts.append(b"")
+            else:
+                consts[-1] += piece
+        first, last = consts[0], consts[-1]
+        if len(consts) == 2:  # one name: the entries are the names joined by last + first
+            return first + (last + first).join(names) + last
+        if len(set(consts[1:-1])) == 1:  # the name repeated, the same text between
+            same = map(consts[1].join, zip(*[names] * (len(consts) - 1), strict=True))
+            return first + (last + first).join(same) + last
         k, n = len(template), len(names)
         parts: list[bytes] = [b""] * (k * n)
         for i, piece in enumerate(template):
