@@ -74,7 +74,13 @@ class Digest:
         """Of a buffer of canonical lines, each ending in a newline; read a window at a time.
 
         Chunks are hashed straight from ``data`` (no copy): only the CRCs need the lines."""
+        return cls.of_data_counted(data)[0]
+
+    @classmethod
+    def of_data_counted(cls, data: bytes | bytearray) -> tuple[Digest, int]:
+        """:meth:`of_data`, and the number of newlines in ``data`` (its lines are read anyway)."""
         view = memoryview(data)
+        newlines = 0
         sha = hashlib.sha256
         out: list[bytes] = []
         start = pos = 0  # the current chunk's start; the window's start
@@ -84,6 +90,7 @@ class Digest:
             cut = size if nl < 0 else nl + 1
             lines = data[pos:cut].split(b"\n")
             lines.pop()  # after the last newline
+            newlines += len(lines)
             ends = [i for i, c in enumerate(map(zlib.crc32, lines)) if not c & _MASK]
             if ends:
                 # The byte after line i of the window: the lengths of lines 0..i, plus i + 1 newlines.
@@ -95,7 +102,7 @@ class Digest:
             pos = cut
         if start < size:
             out.append(sha(view[start:size]).digest())
-        return cls(out)
+        return cls(out), newlines
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Digest:

@@ -248,8 +248,10 @@ class Lines:
             raise RefusedError(f"{what} does not end with a complete line")
         url_start = find_url_start(data)
         domains = memoryview(data)[:url_start]
+        # Computed first (it never fails), for it counts the lines on the way.
+        digest, newlines = Digest.of_data_counted(data)
         values = _DOMAIN_LINES.findall(domains)
-        n = data.count(b"\n", 0, url_start)
+        n = newlines - data.count(b"\n", url_start)
         if len(values) != n or (values and max(map(len, values)) > _NAME_MAX):
             _refuse_domain_lines(domains, what)
         if not all(map(bytes.__lt__, values, values[1:])):
@@ -266,7 +268,7 @@ class Lines:
         total = n + len(url_lines)
         if count is not None and total != count:
             raise RefusedError(f"{what} holds {total} entries, but {count} are stated")
-        lines = cls(data, total, url_start, Digest.of_data(data), values)
+        lines = cls(data, total, url_start, digest, values)
         lines.refuse_reserved(what)
         return lines
 

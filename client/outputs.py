@@ -299,7 +299,9 @@ class ListView:
     @property
     def domain_count(self) -> int:
         if self._domain_count is None:
-            self._domain_count = self.lines.data.count(b"\n", 0, self.lines.url_start)
+            values = self.lines.cached_values()
+            self._domain_count = len(values) if values is not None \
+                else self.lines.data.count(b"\n", 0, self.lines.url_start)
         return self._domain_count
 
     @property

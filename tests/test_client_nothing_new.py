@@ -53,6 +53,7 @@ def unread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(StateDir, "load_held", refuse)
     monkeypatch.setattr(Lines, "check", refuse)
     monkeypatch.setattr(Digest, "of_data", refuse)
+    monkeypatch.setattr(Digest, "of_data_counted", refuse)
 
 
 def test_a_pull_with_nothing_new_reads_no_list_and_writes_no_file(tmp_path: Path,
