@@ -33,6 +33,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
+from operator import itemgetter
 from typing import Any, NoReturn, Protocol
 
 from client.digest import BlobView, Digest, update
@@ -73,13 +74,18 @@ _DOMAIN_LINE = re.compile(
 # Each match is one whole line (it starts at a line's start and ends with its newline), so the
 # lines are all valid when there are as many matches as lines; when not, _DOMAIN_LINE finds the
 # first line that is not and says what is wrong with it.
+# What it gives for a line is the name and the first letter of its subdomains flag, as
+# 'NAME","subdomains":t' (one object a line, split below by operations that run in C).
 _WHOLE_LABEL = rb"(?!-)[a-z0-9-]{1,63}+(?<!-)"
 _DOMAIN_LINES = re.compile(
     rb'^\{"type":"domain","value":"((?:' + _WHOLE_LABEL + rb"\.)++(?!(?:[0-9]+|0x[0-9a-f]*)\")" + _WHOLE_LABEL
-    + rb')","subdomains":(?:true|false),"category":"[a-z0-9][a-z0-9-]{0,31}","listed_since":"'
+    + rb'","subdomains":[tf])(?:(?<=t)rue|(?<=f)alse),"category":"[a-z0-9][a-z0-9-]{0,31}","listed_since":"'
     + _ISO + rb'","verified_at":"' + _ISO + rb'"\}\n', re.MULTILINE
 )
+_NAME_OF = itemgetter(slice(None, -len(b'","subdomains":t')))
+_FLAG_OF = itemgetter(-1)
 _NAME_MAX = 253
+_CHECK_WINDOW = 1 << 22  # bytes of lines checked at a time (bounds the objects alive at once)
 # The canary's names (see client.check): no entry may take them.
 RESERVED = (b"version.canary", b"blocked.canary")
 _VALUE = re.compile(rb'"value":"([^"\n]*)"')
@@ -219,6 +225,7 @@ class Lines:
     digest: Digest = field(compare=False)  # its entries_digest, as sorted chunk digests
     # The domain names, in order, when they were read anyway (by check): saves reading them again.
     _values: list[bytes] | None = field(default=None, compare=False, repr=False)
+    _flags: bytes | None = field(default=None, compare=False, repr=False)  # their subdomains flags, b"t" or b"f"
     _joined: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -250,7 +257,15 @@ class Lines:
         domains = memoryview(data)[:url_start]
         # Computed first (it never fails), for it counts the lines on the way.
         digest, newlines = Digest.of_data_counted(data)
-        values = _DOMAIN_LINES.findall(domains)
+        values: list[bytes] = []
+        flags = bytearray()
+        pos = 0
+        while pos < url_start:
+            cut = data.find(b"\n", pos + _CHECK_WINDOW - 1) + 1 if pos + _CHECK_WINDOW < url_start else url_start
+            found = _DOMAIN_LINES.findall(domains[pos:cut])
+            values += map(_NAME_OF, found)
+            flags += bytes(map(_FLAG_OF, found))
+            pos = cut
         n = newlines - data.count(b"\n", url_start)
         if len(values) != n or (values and max(map(len, values)) > _NAME_MAX):
             _refuse_domain_lines(domains, what)
@@ -268,7 +283,7 @@ class Lines:
         total = n + len(url_lines)
         if count is not None and total != count:
             raise RefusedError(f"{what} holds {total} entries, but {count} are stated")
-        lines = cls(data, total, url_start, digest, values)
+        lines = cls(data, total, url_start, digest, values, bytes(flags))
         lines.refuse_reserved(what)
         return lines
 
@@ -291,6 +306,10 @@ class Lines:
 
     def cached_values(self) -> list[bytes] | None:
         return self._values
+
+    def cached_flags(self) -> bytes | None:
+        """The subdomains flag of each domain line (b"t" or b"f"), when the check read them."""
+        return self._flags
 
     def url_records(self) -> list[Record]:
         return [_record(line) for line in self.buf[self.url_start : len(self.buf)].split(b"\n")[:-1]]

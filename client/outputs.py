@@ -60,6 +60,7 @@ from client.verify import Record, split_url
 MARKER = "blocklist-pull output:"
 NULL_ADDRESSES = ("0.0.0.0", "::")  # noqa: S104 (answers written into resolver data, not a bind address)
 _SLAB = 4 << 20  # bytes of list rendered at a time: bounds the per-entry objects alive at once
+_SLAB_ENTRIES = 1 << 15  # the same in entries, when their names and flags are at hand
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,9 @@ class ListView:
     @property
     def wide_count(self) -> int:
         if self._wide_count is None:
-            self._wide_count = self.lines.data.count(b'"subdomains":true,', 0, self.lines.url_start)
+            flags = self.lines.cached_flags()
+            self._wide_count = flags.count(b"t") if flags is not None \
+                else self.lines.data.count(b'"subdomains":true,', 0, self.lines.url_start)
         return self._wide_count
 
     @property
@@ -331,8 +334,12 @@ class ListView:
     def slabs(self) -> Iterable[tuple[list[bytes], bytes]]:
         """(domains, their subdomain flags as b"t"/b"f" one byte each) a few megabytes of list
         at a time, in order."""
+        values, flags = self.lines.cached_values(), self.lines.cached_flags()
+        if values is not None and flags is not None:  # read by the check: taken as they are
+            for i in range(0, len(values), _SLAB_ENTRIES):
+                yield values[i : i + _SLAB_ENTRIES], flags[i : i + _SLAB_ENTRIES]
+            return
         data, end = self.lines.data, self.lines.url_start
-        values = self.lines.cached_values()
         pos = index = 0
         while pos < end:
             stop = min(end, pos + _SLAB)

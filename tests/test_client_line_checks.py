@@ -4,6 +4,7 @@ lines the line-by-line pattern accepts, and refuses a list with the same sentenc
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -60,14 +61,15 @@ def test_one_pass_accepts_exactly_the_lines_the_line_pattern_accepts() -> None:
         text = variant(rng)
         old = listfile._DOMAIN_LINE.fullmatch(text) is not None
         m = listfile._DOMAIN_LINES.fullmatch(text)
-        new = m is not None and len(m.group(1)) <= listfile._NAME_MAX
+        new = m is not None and len(listfile._NAME_OF(m.group(1))) <= listfile._NAME_MAX
         assert old == new, text
         seen[old] += 1
     assert min(seen.values()) > 2000, seen
 
 
-def old_check(data: bytes, what: str) -> list[bytes]:
-    """The domain-line checks as they were: every line matched by the line pattern."""
+def old_check(data: bytes, what: str) -> tuple[list[bytes], bytes]:
+    """The domain-line checks as they were: every line matched by the line pattern; the names
+    and subdomains flags as the renderer read them."""
     rest, n = listfile._DOMAIN_LINE.subn(b"", data)
     if rest:
         listfile._explain(rest.split(b"\n", 1)[0], what)
@@ -75,11 +77,13 @@ def old_check(data: bytes, what: str) -> list[bytes]:
     values: list[bytes] = listfile._VALUE.findall(data)
     if len(values) != n or not all(map(bytes.__lt__, values, values[1:])):
         raise RefusedError(f"{what} is not in canonical order or repeats an entry")
-    return values
+    return values, b"".join(re.findall(rb'"subdomains":([tf])', data))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_a_list_with_bad_lines_is_refused_with_the_same_sentence(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "window"), [(s, w) for s in range(6) for w in (1, 700, 1 << 22)])
+def test_a_list_with_bad_lines_is_refused_with_the_same_sentence(seed: int, window: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listfile, "_CHECK_WINDOW", window)  # lines are checked a window at a time
     rng = random.Random(seed)
     good = sorted({f"n{rng.randrange(10**6)}.{rng.choice(['test', 'example', 'co.uk'])}" for _ in range(500)})
     for _ in range(150):
@@ -92,7 +96,8 @@ def test_a_list_with_bad_lines_is_refused_with_the_same_sentence(seed: int) -> N
         except RefusedError as e:
             expected = e.message
         try:
-            got: object = Lines.check(data, "snapshots/9.json").cached_values()
+            checked = Lines.check(data, "snapshots/9.json")
+            got: object = (checked.cached_values(), checked.cached_flags())
         except RefusedError as e:
             got = e.message
         assert got == expected
