@@ -56,10 +56,11 @@ def ends_chunk(line: bytes | memoryview) -> bool:
 class Digest:
     """The sorted chunk digests of a list; :meth:`hexdigest` is its ``entries_digest``."""
 
-    __slots__ = ("_chunks",)
+    __slots__ = ("_chunks", "_hex")
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = sorted(chunks)
+        self._hex: str | None = None
 
     @classmethod
     def of_lines(cls, lines: Sequence[bytes]) -> Digest:
@@ -73,7 +74,13 @@ class Digest:
         """Of a buffer of canonical lines, each ending in a newline; read a window at a time.
 
         Chunks are hashed straight from ``data`` (no copy): only the CRCs need the lines."""
+        return cls.of_data_counted(data)[0]
+
+    @classmethod
+    def of_data_counted(cls, data: bytes | bytearray) -> tuple[Digest, int]:
+        """:meth:`of_data`, and the number of newlines in ``data`` (its lines are read anyway)."""
         view = memoryview(data)
+        newlines = 0
         sha = hashlib.sha256
         out: list[bytes] = []
         start = pos = 0  # the current chunk's start; the window's start
@@ -83,6 +90,7 @@ class Digest:
             cut = size if nl < 0 else nl + 1
             lines = data[pos:cut].split(b"\n")
             lines.pop()  # after the last newline
+            newlines += len(lines)
             ends = [i for i, c in enumerate(map(zlib.crc32, lines)) if not c & _MASK]
             if ends:
                 # The byte after line i of the window: the lengths of lines 0..i, plus i + 1 newlines.
@@ -94,7 +102,7 @@ class Digest:
             pos = cut
         if start < size:
             out.append(sha(view[start:size]).digest())
-        return cls(out)
+        return cls(out), newlines
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Digest:
@@ -102,7 +110,7 @@ class Digest:
             raise ValueError("a chunk digest list is a multiple of 32 bytes")
         d = cls(())
         d._chunks = [data[i : i + 32] for i in range(0, len(data), 32)]
-        if any(a > b for a, b in zip(d._chunks, d._chunks[1:], strict=False)):
+        if not all(map(bytes.__le__, d._chunks, d._chunks[1:])):
             raise ValueError("chunk digests are not sorted")
         return d
 
@@ -110,7 +118,9 @@ class Digest:
         return b"".join(self._chunks)
 
     def hexdigest(self) -> str:
-        return hashlib.sha256(b"".join(self._chunks)).hexdigest()
+        if self._hex is None:  # a Digest is not changed once made (replaced() makes a new one)
+            self._hex = hashlib.sha256(b"".join(self._chunks)).hexdigest()
+        return self._hex
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -204,30 +214,92 @@ class ListView:
         return list(self.items[start:stop])
 
 
+class Blob(Protocol):
+    """Lines to read in place: bytes, a mapped file, or lines kept in pieces."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice, /) -> bytes: ...
+    def find(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+    def rfind(self, sub: bytes, start: int = ..., end: int = ..., /) -> int: ...
+
+
 class BlobView:
     """A buffer of lines each ending in a newline; positions are byte offsets."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Blob) -> None:
         self.data = data
         self.end = len(data)
 
+    def _nl(self, pos: int) -> int:
+        nl = self.data.find(b"\n", pos)
+        if nl < 0:
+            raise ValueError("the lines end in the middle of a line")
+        return nl
+
     def line(self, pos: int) -> bytes:
-        return self.data[pos : self.data.index(b"\n", pos)]
+        return self.data[pos : self._nl(pos)]
 
     def next(self, pos: int) -> int:
-        return self.data.index(b"\n", pos) + 1
+        return self._nl(pos) + 1
 
     def prev(self, pos: int) -> int:
         return self.data.rfind(b"\n", 0, pos - 1) + 1
 
     def digest(self, start: int, stop: int) -> bytes:
-        return hashlib.sha256(memoryview(self.data)[start:stop]).digest()
+        views = getattr(self.data, "views", None)  # lines kept in pieces (client.listfile.Spliced)
+        if views is not None:
+            h = hashlib.sha256()
+            for view in views(start, stop):
+                h.update(view)
+            return h.digest()
+        return hashlib.sha256(memoryview(self.data)[start:stop]).digest()  # type: ignore[arg-type]
 
     def lines(self, start: int, stop: int) -> list[bytes]:
         return self.data[start : stop - 1].split(b"\n") if stop > start else []
 
+    def chunk_start(self, pos: int) -> int:
+        """:func:`_chunk_start`, reading the lines before ``pos`` a few kilobytes at a time."""
+        data, window = self.data, _NEAR
+        while pos > 0:
+            low = max(0, pos - window)
+            lines = data[low : pos - 1].split(b"\n")  # the last one ends at pos - 1
+            first = 0 if low == 0 else 1  # lines[0] may have begun before low
+            if len(lines) == first:
+                window *= 2
+                continue
+            for line in reversed(lines[first:]):
+                if ends_chunk(line):
+                    return pos
+                pos -= len(line) + 1
+            if low == 0:
+                return 0
+        return 0
+
+    def chunk_end(self, pos: int) -> int:
+        """:func:`_chunk_end`, reading the lines from ``pos`` a few kilobytes at a time."""
+        data, end, window = self.data, self.end, _NEAR
+        while pos < end:
+            high = min(end, pos + window)
+            lines = data[pos:high].split(b"\n")
+            lines.pop()  # after the window's last newline (b"" at the end of the data)
+            if not lines:
+                if high == end:
+                    return _chunk_end_by_line(self, pos)  # no newline left (not a list of lines)
+                window *= 2
+                continue
+            for line in lines:
+                pos += len(line) + 1
+                if ends_chunk(line):
+                    return pos
+        return pos
+
+
+_NEAR = 1 << 13  # bytes read at a time around a change (a chunk is about 16 lines)
+
 
 def _chunk_start(v: View, pos: int) -> int:
+    if isinstance(v, BlobView):
+        return v.chunk_start(pos)
     while pos > 0:
         p = v.prev(pos)
         if ends_chunk(v.line(p)):
@@ -237,6 +309,12 @@ def _chunk_start(v: View, pos: int) -> int:
 
 
 def _chunk_end(v: View, pos: int) -> int:
+    if isinstance(v, BlobView):
+        return v.chunk_end(pos)
+    return _chunk_end_by_line(v, pos)
+
+
+def _chunk_end_by_line(v: View, pos: int) -> int:
     while pos < v.end:
         line = v.line(pos)
         pos = v.next(pos)
@@ -253,15 +331,20 @@ def _chunks_in(v: View, start: int, stop: int) -> list[bytes]:
 
 
 def update(digest: Digest, old: View, new: View, removed: Iterable[int], inserted: Iterable[int],
-           locate: Callable[[bytes], int]) -> Digest:
+           locate: Callable[[bytes], int], moved: Callable[[int], int] | None = None) -> Digest:
     """The digest of ``new``, given the digest of ``old`` and how ``new`` was made from it.
 
     ``removed``: positions in ``old`` of the lines taken out (a line whose
     content changed is taken out and put in again); ``inserted``: positions in
     ``old`` before which each new line went (``old.end`` for the end);
     ``locate(line)``: the position in ``new`` of a line of ``old`` that is
-    still there. Only the chunks around the changes are read.
+    still there; or ``moved(pos)``, if given: the same from the line's position
+    in ``old``. Only the chunks around the changes are read.
     """
+    if moved is None:
+        def moved(pos: int) -> int:
+            return locate(old.line(pos))
+
     regions: list[tuple[int, int]] = []
     for pos in removed:
         a, b = _chunk_start(old, pos), _chunk_end(old, pos)
@@ -289,7 +372,7 @@ def update(digest: Digest, old: View, new: View, removed: Iterable[int], inserte
     for a, b in merged:
         take += _chunks_in(old, a, b)
         # The lines either side of a region are unchanged (they belong to chunks no change touched).
-        na = 0 if a == 0 else new.next(locate(old.line(old.prev(a))))
-        nb = new.end if b >= old.end else locate(old.line(b))
+        na = 0 if a == 0 else new.next(moved(old.prev(a)))
+        nb = new.end if b >= old.end else moved(b)
         put += _chunks_in(new, na, nb)
     return digest.replaced(take, put)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 SIG_ALG_PREHASHED = b"ED"
 KEY_ALG = b"Ed"
@@ -169,6 +168,9 @@ class SecretKey:
 
     @property
     def public(self) -> PublicKey:
+        # Only the signing side needs this (its import costs the pull tool's start 10 ms or so).
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         pk = self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return PublicKey(key_id=self.key_id, key=pk)
 

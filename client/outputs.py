@@ -54,12 +54,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from client.config import STYLES, OutputSpec
-from client.listfile import Buffer, Lines, domain_values, lower_bounds, splice_parts
+from client.listfile import Buffer, Lines, domain_values, lower_bounds, splice_spans
 from client.verify import Record, split_url
 
 MARKER = "blocklist-pull output:"
 NULL_ADDRESSES = ("0.0.0.0", "::")  # noqa: S104 (answers written into resolver data, not a bind address)
 _SLAB = 4 << 20  # bytes of list rendered at a time: bounds the per-entry objects alive at once
+_SLAB_ENTRIES = 1 << 15  # the same in entries, when their names and flags are at hand
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,21 @@ class Format:
     def run(self, names: list[bytes], wide: bool) -> bytes:
         """The lines of consecutive entries that share their subdomains flag."""
         template = self.wide if wide else self.narrow
+        if not names:
+            return b""
+        # The constant text before, between and after an entry's names.
+        consts = [b""]
+        for piece in template:
+            if piece is None:
+                consts.append(b"")
+            else:
+                consts[-1] += piece
+        first, last = consts[0], consts[-1]
+        if len(consts) == 2:  # one name: the entries are the names joined by last + first
+            return first + (last + first).join(names) + last
+        if len(set(consts[1:-1])) == 1:  # the name repeated, the same text between
+            same = map(consts[1].join, zip(*[names] * (len(consts) - 1), strict=True))
+            return first + (last + first).join(same) + last
         k, n = len(template), len(names)
         parts: list[bytes] = [b""] * (k * n)
         for i, piece in enumerate(template):
@@ -271,18 +287,25 @@ class ListView:
     def __init__(self, lines: Lines) -> None:
         self.lines = lines
         self._wide_count: int | None = None
+        self._domain_count: int | None = None
         self._covered: set[bytes] | None = None
         self._parents: dict[str, int] | None = None
 
     @property
     def wide_count(self) -> int:
         if self._wide_count is None:
-            self._wide_count = self.lines.data.count(b'"subdomains":true,', 0, self.lines.url_start)
+            flags = self.lines.cached_flags()
+            self._wide_count = flags.count(b"t") if flags is not None \
+                else self.lines.data.count(b'"subdomains":true,', 0, self.lines.url_start)
         return self._wide_count
 
     @property
     def domain_count(self) -> int:
-        return self.lines.data.count(b"\n", 0, self.lines.url_start)
+        if self._domain_count is None:
+            values = self.lines.cached_values()
+            self._domain_count = len(values) if values is not None \
+                else self.lines.data.count(b"\n", 0, self.lines.url_start)
+        return self._domain_count
 
     @property
     def covered(self) -> set[bytes]:
@@ -311,8 +334,12 @@ class ListView:
     def slabs(self) -> Iterable[tuple[list[bytes], bytes]]:
         """(domains, their subdomain flags as b"t"/b"f" one byte each) a few megabytes of list
         at a time, in order."""
+        values, flags = self.lines.cached_values(), self.lines.cached_flags()
+        if values is not None and flags is not None:  # read by the check: taken as they are
+            for i in range(0, len(values), _SLAB_ENTRIES):
+                yield values[i : i + _SLAB_ENTRIES], flags[i : i + _SLAB_ENTRIES]
+            return
         data, end = self.lines.data, self.lines.url_start
-        values = self.lines.cached_values()
         pos = index = 0
         while pos < end:
             stop = min(end, pos + _SLAB)
@@ -354,7 +381,6 @@ def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sin
     specs = [_styled(s) for s in specs]
     counts: list[int] = []
     domain_outputs: list[tuple[Format, Sink]] = []
-    domains = view.domain_count
     for spec, sink in zip(specs, sinks, strict=True):
         if spec.format == "urls":
             urls = view.lines.url_records()
@@ -366,6 +392,7 @@ def render_into(specs: Sequence[OutputSpec], view: ListView, info: ListInfo, sin
             counts.append(len(urls))
             continue
         fmt = format_of(spec)
+        domains = view.domain_count
         count = domains - len(view.covered) if fmt.nested else domains
         sink(header(spec, info, count, fmt.notes(view.wide_count)))
         sink(preamble(spec, info))
@@ -426,14 +453,14 @@ class Change:
 
 @dataclass(frozen=True)
 class Patched:
-    parts: list[bytes | memoryview]  # the new file: write them in order (views of the old file among them)
+    # The new file, in order: bytes, and (start, stop) ranges of the old file, copied as they are.
+    parts: list[tuple[int, int] | bytes]
     count: int
     lines_added: int
     lines_removed: int
 
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.parts)
+    def data(self, existing: Buffer) -> bytes:
+        return b"".join(existing[p[0] : p[1]] if isinstance(p, tuple) else p for p in self.parts)
 
 
 def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, info: ListInfo,
@@ -441,7 +468,7 @@ def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, in
     """The file after ``change``, made from the file this tool wrote before it (and only
     from such a file: its lines are in list order, one chunk per entry); None if the
     content stays as it is. ``existing`` may be an mmap of the file: only the lines
-    around the change are read, and the result refers to the rest without copying it.
+    around the change are read, and the result names the rest by its place in the file.
 
     The lines of each removed entry are cut out and each added entry's lines are put in
     where a full rendering would place them, so the result is that rendering's bytes."""
@@ -476,7 +503,7 @@ def patch(spec: OutputSpec, existing: Buffer, old_count: int, change: Change, in
     if not cuts and not inserts and existing[pre_start:start] == new_pre:
         return None
     head = header(spec, info, count, fmt.notes(wide_count)) + new_pre
-    parts = splice_parts(existing, [(0, start), *cuts], [(0, head), *inserts])
+    parts = splice_spans(len(existing), [(0, start), *cuts], [(0, head), *inserts])
     return Patched(parts, count, lines_added, lines_removed)
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import mmap
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -64,7 +63,7 @@ from client import files
 from client import journal as journal_mod
 from client.digest import Digest
 from client.errors import LocalError, LockedError, RefusedError
-from client.listfile import Lines, find_url_start
+from client.listfile import Lines, held_url_start
 from client.verify import Held, KeyRing
 
 STATE_FILE = "state.json"
@@ -189,6 +188,22 @@ class StateDir:
         held = self.load_held(state)
         return held.lines if isinstance(held, HeldList) else None
 
+    def held_in_place(self, state: State) -> bool:
+        """Whether the files of the held list look as the last run left them, without reading
+        them: the base's size, modification time and inode are those recorded, and the journal
+        holds at least its recorded bytes. A run with nothing new then leaves them unread; damage
+        they hide is found when a change next needs the list (:meth:`load_held`)."""
+        if state.entries_digest is None or state.count is None:
+            return False
+        stamp = state.base_stamp if state.journal_size is not None else state.entries_stamp
+        try:
+            st = (self.path / ENTRIES_FILE).stat()
+            if stamp != [st.st_size, st.st_mtime_ns, st.st_ino]:
+                return False
+            return not state.journal_size or (self.path / JOURNAL_FILE).stat().st_size >= state.journal_size
+        except OSError:
+            return False
+
     def load_held(self, state: State) -> HeldList | str | None:
         """The held list (base and journal read back), or why it cannot be used (None: no list held).
 
@@ -233,32 +248,28 @@ class StateDir:
         digest = self._load_chunks(state.entries_digest) if trusted else None
         # The base's count follows from the list's: it is checked below unless the files are those written.
         try:
-            # With a journal the base is mapped, not read: the splice copies it once.
+            # The base is mapped, not read: its lines are read where they are, and the changes
+            # of the journal (and of a run's deltas) are put in as pieces (see listfile.Spliced).
             with open(path, "rb") as f:
-                data: bytes | mmap.mmap = f.read() if not size or not st.st_size \
-                    else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                data = files.map_file(f.fileno())
         except OSError as e:
             return f"cannot read {path}: {e.strerror}"
         try:
             # The base's count follows from the list's: it is checked below unless the files are those written.
-            base = Lines(data, state.count + len(net.removed) - len(net.added),  # type: ignore[arg-type]
-                         find_url_start(data), Digest(()))
+            base = Lines(data, state.count + len(net.removed) - len(net.added), held_url_start(data), Digest(()))
             lines = base.edit(net.removed, net.added, jpath.name, digest or Digest(())) if size else base
         except RefusedError as e:
             return f"{jpath} does not fit {path}: {e.message}"
         finally:
             base = None  # type: ignore[assignment]
-            if isinstance(data, mmap.mmap):
-                try:
-                    data.close()
-                except BufferError:
-                    pass  # a view of it is still alive (an error on the way): closed when collected
             del data
         if digest is None:
-            digest = Digest.of_data(lines.data)
-            if digest.hexdigest() != state.entries_digest or lines.data.count(b"\n") != state.count:
+            whole = lines.data  # hashed in full: as one bytes object, which then stands for the file
+            digest = Digest.of_data(whole)
+            if digest.hexdigest() != state.entries_digest or whole.count(b"\n") != state.count:
                 return f"{path} and {jpath} do not give the list recorded in {STATE_FILE}" if size \
                     else f"{path} is not the list recorded in {STATE_FILE}"
+            lines = Lines(whole, lines.count, lines.url_start, digest)
             trusted = False
         return HeldList(replace(lines, digest=digest), base_size=st.st_size,
                         base_stamp=[st.st_size, st.st_mtime_ns, st.st_ino], journal_size=size, journal_hash=jhash,
@@ -365,7 +376,7 @@ class StagedLines:
 
     def _write(self, lines: Lines) -> None:
         try:
-            self._staged.append(files.stage(self.path, lines.data, 0o600))
+            self._staged.append(files.stage(self.path, lines.parts(), 0o600))
             self._staged.append(files.stage(self.chunks_path, lines.digest.to_bytes(), 0o600))
         except OSError as e:
             self._error = e

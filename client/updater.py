@@ -33,18 +33,19 @@ import mmap
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from client import files
 from client.config import Config, OutputSpec
 from client.errors import LocalError, NotFoundError, PostApplyError, PullError, RefusedError
 from client.fetch import Transport
 from client.listfile import Lines, parse_snapshot_lines, record_line
-from client.minisign import PublicKey
+from client.minisign import PublicKey, prehash
 from client.outputs import (
     Change,
     ListInfo,
@@ -71,6 +72,8 @@ from client.verify import (
     parse_delta,
     plan,
 )
+
+T = TypeVar("T")
 
 # Counting changed lines of a fully rewritten output means holding both versions' lines
 # in sets; above this size the report says "rewritten" instead.
@@ -188,6 +191,9 @@ class Updater:
         body = self.transport.get("manifest.json", MANIFEST_MAX)
         sig = self.transport.get("manifest.json.minisig", SIGNATURE_MAX)
         manifest = check_manifest(body, sig, self.policy, held, now)
+        in_place = self._in_place(manifest, state)
+        if in_place is not None:
+            return self._keep(manifest, state, in_place, now, dry_run)
         notes: list[str] = []
         kept = self.dir.load_held(state) if held is not None else None
         if isinstance(kept, str):
@@ -269,10 +275,53 @@ class Updater:
         if stored is not None:
             new = replace(new, entries_stamp=None, base_stamp=stored.base_stamp, journal_size=stored.journal_size,
                           journal_sha256=stored.journal_sha256, journal_records=stored.journal_records)
+        return self._finish(manifest, report, new, now, new_base=stored is not None and stored.journal_size == 0)
+
+    def _in_place(self, manifest: Manifest, state: State) -> list[OutputChange] | None:
+        """Each output, unchanged, when the manifest brings nothing new and everything is as the
+        last run left it: the manifest names the list held (version, entries_digest and count),
+        the held list's files are those written (by their stamps: they are not read) and so is
+        every output (its options, size, modification time and inode are those recorded).
+        None when any of that is not so: the run then reads the list and checks everything."""
+        held = state.held()
+        if held is None or state.wide_count is None or plan(manifest, held, have_entries=True) \
+                or not self.dir.held_in_place(state):
+            return None
+        out: list[OutputChange] = []
+        for spec in self.config.outputs:
+            record = _trusted(state, spec)
+            if record is None:
+                return None
+            out.append(OutputChange(spec, False, record=record))
+        return out
+
+    def _keep(self, manifest: Manifest, state: State, outputs: list[OutputChange], now: float,
+              dry_run: bool) -> Report:
+        """A run with nothing new whose outputs are in place: the list held is not read, no
+        output is written; the state records the manifest checked (and a pending reload runs)."""
+        assert state.count is not None  # state.held() is not None
+        report = Report(version=manifest.version, previous=state.version, via="held", steps=0, count=state.count,
+                        added=0, removed=0, outputs=outputs, dry_run=dry_run)
+        if dry_run:
+            if self.config.post_apply and state.reload_pending:
+                report.post_apply = "would-run"
+            return report
+        new = replace(
+            state, list_name=manifest.list_name, published_at=state.published_at or manifest.published_at,
+            key_id=manifest.key_id, manifest_signed_at=manifest.signed_at, manifest_expires_at=manifest.expires_at,
+            last_attempt=now, last_check=now,
+            outputs={k: v for k, v in state.outputs.items() if k in {str(o.path) for o in self.config.outputs}},
+        )
+        return self._finish(manifest, report, new, now)
+
+    def _finish(self, manifest: Manifest, report: Report, new: State, now: float, *, new_base: bool = False) -> Report:
+        """Save the state of a run whose outputs are in place, run the post-apply command if a
+        reload is pending, and take in the keys the manifest announces."""
         self.dir.save(new)
         self.state = new
-        if stored is not None and stored.journal_size == 0:
+        if new_base:
             self.dir.trim_journal(0)  # a new base: the old journal's bytes are past the size recorded
+        changed = report.changed
         if new.reload_pending and self.config.post_apply:
             self._post_apply(manifest.version, changed)
             new.reload_pending = False
@@ -291,11 +340,30 @@ class Updater:
         return report
 
     def _fetch(self, ref: ArtifactRef, manifest: Manifest) -> bytes:
+        data, checked = self._fetch_checking(ref, manifest)
+        checked()
+        return data
+
+    def _fetch_checking(self, ref: ArtifactRef, manifest: Manifest) -> tuple[bytes, Callable[[], None]]:
+        """The file, and a call that returns once it is checked against the manifest (size,
+        sha256 and signature), or raises why it is not. The hashing runs in a thread (hashlib
+        releases the GIL), so the caller may start reading the bytes meanwhile; nothing made
+        from them is used before the call returns."""
         # The download stops one byte past the size the signed manifest states.
         data = self.transport.get(ref.path, ref.size)
         sig = self.transport.get(ref.path + ".minisig", SIGNATURE_MAX)
-        check_artifact(data, sig, ref, manifest, self.keys)
-        return data
+        # One thread per hash: each holds the GIL only to start and to end.
+        sha256 = _in_background(lambda: hashlib.sha256(data).hexdigest())
+        blake2b = _in_background(lambda: prehash(data))
+
+        done: list[bool] = []
+
+        def checked() -> None:
+            if not done:
+                check_artifact(data, sig, ref, manifest, self.keys, sha256=sha256(), prehashed=blake2b())
+                done.append(True)
+
+        return data, checked
 
     def _obtain(self, manifest: Manifest, state: State, base: Lines | None) -> Obtained:
         held = state.held()
@@ -315,8 +383,13 @@ class Updater:
                     # The list held was damaged on this host since it was written: start from the snapshot.
         # The newest full snapshot, then the deltas from its version to the manifest's.
         steps = plan(manifest, None, have_entries=False)
-        data = self._fetch(manifest.snapshot, manifest)
-        lines, published_at = parse_snapshot_lines(data, manifest)
+        data, checked = self._fetch_checking(manifest.snapshot, manifest)
+        try:
+            lines, published_at = parse_snapshot_lines(data, manifest, checked)
+        except RefusedError:
+            checked()  # a file that is not the one signed is refused as such, whatever else is wrong with it
+            raise
+        checked()
         del data
         if len(steps) == 1:
             return Obtained(lines, "snapshot", 1, manifest.snapshot.sha256, published_at)
@@ -377,13 +450,37 @@ class Updater:
             )
 
 
+def _in_background(fn: Callable[[], T]) -> Callable[[], T]:
+    """Start ``fn()`` in a thread; the call returned waits for it, and returns what it returned
+    or raises what it raised."""
+    result: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller
+            failed.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def wait() -> T:
+        thread.join()
+        if failed:
+            raise failed[0]
+        return result[0]
+
+    return wait
+
+
 def _counts(base: Lines | None, got: Obtained) -> tuple[int | None, int | None]:
     """(entries added, entries removed) against the list held before, where that is cheap to know."""
     if got.net is not None:
         return len(got.net.added), len(got.net.removed)
     if got.via == "held":
         return 0, 0
-    if base is None or len(base.data) + len(got.lines.data) > 2 * _DIFF_MAX:
+    if base is None or len(base.buf) + len(got.lines.buf) > 2 * _DIFF_MAX:
         return None, None
     # The lists may be bytearrays (a snapshot is cut in place): compare their lines as bytes.
     before = set(map(bytes, base.data.split(b"\n")[:-1]))
@@ -400,13 +497,15 @@ def _covered(lines: Lines, records: Sequence[Record]) -> list[bool]:
     return [any(p in wide for p in ps) for ps in parents]
 
 
-def _map(path: Path) -> mmap.mmap | bytes:
-    """The file's bytes as a read-only map (pages are read when used, and never copied
-    whole), or b"" for an empty file; raises OSError."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+def _trusted(state: State, spec: OutputSpec) -> dict[str, Any] | None:
+    """The state's record of an output if the file is the one this tool last wrote with the
+    same options: its size, modification time and inode are those recorded after writing it
+    (an edit, a restore or a copy changes them)."""
+    record = state.outputs.get(str(spec.path))
+    if record is not None and record.get("fingerprint") == fingerprint(spec) \
+            and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path):
+        return record
+    return None
 
 
 def _stamp(path: Path) -> list[int] | None:
@@ -514,33 +613,37 @@ class _Outputs:
         """The change if the output is kept or patched; else what the file holds now (None: no file)."""
         if not spec.path.parent.is_dir():
             raise LocalError(f"the directory of output {spec.path} does not exist")
-        record = self.state.outputs.get(str(spec.path))
-        # The file is the one this tool last wrote if its size, modification time and inode
-        # are those recorded after writing it (an edit, a restore or a copy changes them).
-        trusted = (record is not None and record.get("fingerprint") == fingerprint(spec)
-                   and isinstance(record.get("count"), int) and record.get("stamp") == _stamp(spec.path))
+        record = _trusted(self.state, spec)
+        trusted = record is not None
         if trusted and record is not None and self.got.via == "held":
             return OutputChange(spec, False, record=record)
         if trusted and record is not None and spec.format == "urls" and self.got.net is not None \
                 and not any(r.type == "url" for r in (*self.got.net.removed.values(), *self.got.net.added.values())):
             return OutputChange(spec, False, record=record)  # no URL changed: same content
         try:
-            mapped = _map(spec.path)
+            source = open(spec.path, "rb")  # noqa: SIM115 (closed below, after the map made from it)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
         try:
-            return self._patch_or_read(spec, mapped, record if trusted else None)
+            try:
+                mapped = files.map_file(source.fileno())
+            except OSError as e:
+                raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
+            try:
+                return self._patch_or_read(spec, mapped, record if trusted else None, source)
+            finally:
+                if isinstance(mapped, mmap.mmap):
+                    try:
+                        mapped.close()
+                    except BufferError:
+                        pass  # a view of it is still alive (an error on the way): closed when collected
         finally:
-            if isinstance(mapped, mmap.mmap):
-                try:
-                    mapped.close()
-                except BufferError:
-                    pass  # a view of it is still alive (an error on the way): closed when collected
+            source.close()
 
     def _patch_or_read(self, spec: OutputSpec, existing: mmap.mmap | bytes,
-                       record: dict[str, Any] | None) -> OutputChange | _Existing:
+                       record: dict[str, Any] | None, source: BinaryIO) -> OutputChange | _Existing:
         """Patch the output (``record``: it is the file last written), or read what it holds."""
         if not is_ours(existing[:200], spec):
             raise LocalError(
@@ -561,14 +664,14 @@ class _Outputs:
                                       {"fingerprint": fingerprint(spec), "count": patched.count})
                 if self.stage:
                     writer = self._writer(spec)
+                    # Written and synced in a thread, which overlaps the next output's work; the
+                    # old file's unchanged ranges are copied from it by the kernel, not read here.
                     try:
-                        for part in patched.parts:
-                            writer.write(part)
+                        copy_from = os.dup(source.fileno())
                     except OSError as e:
                         writer.abandon()
-                        self._failed(e, spec)
-                    del patched  # its views of the old file
-                    writer.finish_in_background()  # the sync overlaps the next output's work
+                        raise LocalError(f"cannot read output {spec.path}: {e.strerror}") from None
+                    writer.finish_in_background(patched.parts, copy_from)
                     self.syncing.append((change, writer))
                 return change
         h = split_file(existing, spec)
@@ -576,17 +679,26 @@ class _Outputs:
         return _Existing(body, bytes(existing) if len(existing) <= _DIFF_MAX else None)
 
     def _render(self, items: Sequence[tuple[OutputSpec, _Existing | None]]) -> list[OutputChange]:
-        sinks = [_Sink(self._writer(spec) if self.stage else None) for spec, _ in items]
+        # The files are written by a thread while the next pieces are rendered.
+        spooler = files.Spooler() if self.stage else None
+        sinks = [_Sink(self._writer(spec) if self.stage else None, existing is not None, spooler)
+                 for spec, existing in items]
         try:
             counts = render_into([s for s, _ in items], self.view, self.info, [k.write for k in sinks])
-        except OSError as e:
+            if spooler is not None:
+                spooler.close()
+        except BaseException as e:
+            if spooler is not None:
+                spooler.abandon()
             for k in sinks:
                 k.abandon()
-            self._failed(e, items[0][0])
+            if isinstance(e, OSError):
+                self._failed(e, items[0][0])
+            raise
         out: list[OutputChange] = []
         for (spec, existing), sink, count in zip(items, sinks, counts, strict=True):
             record: dict[str, Any] = {"fingerprint": fingerprint(spec), "count": count}
-            if existing is not None and existing.body_sha256 == sink.body.hexdigest():
+            if existing is not None and sink.body is not None and existing.body_sha256 == sink.body.hexdigest():
                 sink.abandon()
                 # Same content: the file keeps its header (the version that last changed it).
                 out.append(OutputChange(spec, False, record=dict(record, stamp=_stamp(spec.path))))
@@ -594,13 +706,9 @@ class _Outputs:
             added, removed = _line_changes(existing, sink)
             change = OutputChange(spec, True, added, removed, "render", record)
             if sink.writer is not None:
-                try:
-                    change.staged = sink.writer.finish()
-                except OSError as e:
-                    for k in sinks:
-                        k.abandon()
-                    self._failed(e, spec)
-                self.staged.append(change.staged)
+                sink.writer.finish_in_background()  # synced in a thread, all of them at once (see prepare)
+                self.syncing.append((change, sink.writer))
+                sink.writer = None
             out.append(change)
         return out
 
@@ -623,21 +731,22 @@ class _Existing:
 
 
 class _Sink:
-    """Receives an output in pieces: the first piece is its header. Hashes the whole file and
-    its body, keeps a small body for counting lines, and writes to the staged file if any."""
+    """Receives an output in pieces: the first piece is its header. Hashes its body when there
+    is a file to compare it with, keeps a small body for counting lines, and writes to the
+    staged file if any."""
 
-    def __init__(self, writer: files.StagedWriter | None) -> None:
+    def __init__(self, writer: files.StagedWriter | None, compare: bool, spooler: files.Spooler | None = None) -> None:
         self.writer = writer
-        self.whole = hashlib.sha256()
-        self.body = hashlib.sha256()
+        self.spooler = spooler
+        self.body = hashlib.sha256() if compare else None
         self.pieces = 0
         self.kept: list[bytes] | None = []
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self.whole.update(data)
         if self.pieces:
-            self.body.update(data)
+            if self.body is not None:
+                self.body.update(data)
             self.size += len(data)
             if self.kept is not None:
                 self.kept.append(data)
@@ -645,7 +754,10 @@ class _Sink:
                     self.kept = None
         self.pieces += 1
         if self.writer is not None:
-            self.writer.write(data)
+            if self.spooler is not None:
+                self.spooler.write(self.writer, data)
+            else:
+                self.writer.write(data)
 
     def abandon(self) -> None:
         if self.writer is not None:

@@ -363,9 +363,10 @@ class TrustPolicy:
     list_name: str | None = None
 
 
-def check_signature(data: bytes, sig_text: bytes, keys: Sequence[PublicKey], what: str) -> tuple[dict[str, str], str]:
-    """Verify ``sig_text`` over ``data`` with the pinned key it names; returns
-    (trusted comment fields, key id)."""
+def check_signature(data: bytes, sig_text: bytes, keys: Sequence[PublicKey], what: str,
+                    prehashed: bytes | None = None) -> tuple[dict[str, str], str]:
+    """Verify ``sig_text`` over ``data`` with the pinned key it names (``prehashed``: the
+    data's BLAKE2b-512, if already computed); returns (trusted comment fields, key id)."""
     try:
         sig = Signature.parse(sig_text.decode("utf-8"))
     except (UnicodeDecodeError, MinisignError) as e:
@@ -378,7 +379,7 @@ def check_signature(data: bytes, sig_text: bytes, keys: Sequence[PublicKey], wha
             f"{what} is signed by key {key_id_hex(sig.key_id)}, which is not a pinned key ({pinned})"
         )
     try:
-        comment = key.verify_bytes(sig, data)
+        comment = key.verify(sig, prehashed) if prehashed is not None else key.verify_bytes(sig, data)
     except MinisignError as e:
         raise RefusedError(f"the signature of {what} does not verify with key {key.id_hex}: {e.args[0]}") from None
     return parse_trusted_comment(comment), key.id_hex
@@ -561,13 +562,14 @@ def _ago(seconds: float) -> str:
 
 
 def check_artifact(data: bytes, sig_text: bytes, ref: ArtifactRef, manifest: Manifest,
-                   keys: Sequence[PublicKey]) -> None:
-    """The bytes are exactly what the manifest states, and signed as that file."""
+                   keys: Sequence[PublicKey], *, sha256: str | None = None, prehashed: bytes | None = None) -> None:
+    """The bytes are exactly what the manifest states, and signed as that file (``sha256``
+    and ``prehashed``: the data's sha256 and BLAKE2b-512, if already computed)."""
     if len(data) != ref.size:
         raise RefusedError(f"{ref.path} is {len(data)} bytes, but the manifest states {ref.size}")
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
+    if (sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()) != ref.sha256:
         raise RefusedError(f"{ref.path} does not match the sha256 in the manifest: it was altered or damaged")
-    fields, _ = check_signature(data, sig_text, keys, ref.path)
+    fields, _ = check_signature(data, sig_text, keys, ref.path, prehashed)
     version = ref.to_version if ref.kind == "delta" else manifest.full_version
     if fields.get("file") != ref.path or fields.get("version") != str(version) \
             or fields.get("list") != manifest.list_name:

@@ -243,3 +243,133 @@ def test_a_state_from_before_feed_schema_2_takes_the_snapshot_and_keeps_its_roll
     assert report.via == "snapshot" and report.previous == 2
     assert json.loads(state_file.read_text())["entries_digest"] == builder.versions[-1].entries_digest
     assert pull(builder, tmp_path).via == "held"
+
+
+@pytest.mark.parametrize("fails", ["write", "copy", "sync"])
+def test_a_patched_output_that_cannot_be_written_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 fails: str) -> None:
+    import errno
+    import os
+
+    from client import files
+    from client.errors import LocalError
+
+    builder = FeedBuilder()
+    records = [rec(f"site{i:02}.test", subdomains=i % 2 == 0) for i in range(40)]
+    builder.publish(records)
+    pull(builder, tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    state_before = (tmp_path / "state" / "state.json").read_bytes()
+    builder.publish([*records[1:], rec("new.test")])
+    write, fsync = files.StagedWriter.write, os.fsync
+
+    def full_disk_write(self: files.StagedWriter, data: bytes | memoryview) -> None:
+        if self.path.name == "5.hosts":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, data)
+
+    def full_disk_sync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".5.hosts."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    def full_disk_copy(src: int, dst: int, offset: int, count: int) -> int:
+        if os.readlink(f"/proc/self/fd/{dst}").split("/")[-1].startswith(".5.hosts."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return copy(src, dst, offset, count)
+
+    copy = files._copy_range
+    if fails == "write":
+        monkeypatch.setattr(files.StagedWriter, "write", full_disk_write)
+    elif fails == "copy":
+        monkeypatch.setattr(files, "_copy_range", full_disk_copy)
+    else:
+        monkeypatch.setattr(os, "fsync", full_disk_sync)
+    with pytest.raises(LocalError, match=r"cannot write .*5\.hosts: No space left on device; no output was changed"):
+        pull(builder, tmp_path)
+    monkeypatch.undo()
+
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # and no temp file is left
+    assert json_of(tmp_path / "state" / "state.json")["version"] == json_of_bytes(state_before)["version"] == 1
+    report = pull(builder, tmp_path)
+    assert report.via == "delta" and any(o.how == "patch" for o in report.outputs)
+
+
+def json_of(path: Path) -> dict[str, object]:
+    return json_of_bytes(path.read_bytes())
+
+
+def json_of_bytes(data: bytes) -> dict[str, object]:
+    import json
+
+    doc: dict[str, object] = json.loads(data)
+    return doc
+
+
+@pytest.mark.parametrize("kernel_copy", ["copy_file_range", "refused (EXDEV)", "absent"])
+def test_a_patch_copies_the_unchanged_ranges_with_or_without_the_kernels_help(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: str) -> None:
+    import errno
+    import os
+
+    from client import files
+
+    if kernel_copy == "refused (EXDEV)":
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    monkeypatch.setitem(files._kernel_copy, "works", kernel_copy != "absent" and hasattr(os, "copy_file_range"))
+    rng = random.Random(7)
+    builder = FeedBuilder()
+    current: dict[str, Record] = {}
+    evolve(rng, current, 2000)
+    builder.publish(list(current.values()))
+    pull(builder, tmp_path / "follower")
+    for round_ in range(3):
+        builder.now += 60
+        evolve(rng, current, 10)
+        builder.publish(list(current.values()))
+        follower = pull(builder, tmp_path / "follower")
+        fresh = pull(builder, tmp_path / f"fresh-{round_}")
+        assert any(o.how == "patch" for o in follower.outputs)
+        for mine, theirs in zip(follower.outputs, fresh.outputs, strict=True):
+            if mine.changed:
+                assert mine.spec.path.read_bytes() == theirs.spec.path.read_bytes(), mine.spec
+    assert files._kernel_copy["works"] == (kernel_copy == "copy_file_range" and hasattr(os, "copy_file_range"))
+
+
+@pytest.mark.parametrize("fails", ["write", "sync"])
+def test_an_output_rendered_in_full_that_cannot_be_written_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    import errno
+    import os
+
+    from client import files
+    from client.errors import LocalError
+
+    builder = FeedBuilder()
+    builder.publish([rec(f"site{i:02}.test", subdomains=i % 2 == 0) for i in range(40)])
+    write, fsync = files.StagedWriter.write, os.fsync
+
+    def full_disk_write(self: files.StagedWriter, data: bytes | memoryview) -> None:
+        if self.path.name == "3.dnsmasq":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, data)
+
+    def full_disk_sync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".3.dnsmasq."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    if fails == "write":
+        monkeypatch.setattr(files.StagedWriter, "write", full_disk_write)
+    else:
+        monkeypatch.setattr(os, "fsync", full_disk_sync)
+    with pytest.raises(LocalError, match=r"cannot write .*/3\.dnsmasq: No space left on device; no output was changed"):
+        pull(builder, tmp_path)
+    monkeypatch.undo()
+
+    assert list((tmp_path / "out").iterdir()) == []  # no output, and no temp file left
+    assert pull(builder, tmp_path).via == "snapshot"
+    assert len(list((tmp_path / "out").iterdir())) == len(SPECS)

@@ -250,3 +250,15 @@ def test_a_tool_without_the_journal_does_not_take_the_base_for_the_list(tmp_path
     # The stamp an older tool trusts is left empty: it would hash entries.jsonl in full, and
     # find that it is not the list recorded.
     assert doc["entries_stamp"] is None and doc["base_stamp"] is not None and doc["journal_size"]
+
+
+@pytest.mark.parametrize("lines", [
+    [], ["d:a.test"], ["d:a.test", "d:b.test"], ["u:https://a.test/x"], ["u:https://a.test/x", "u:https://b.test/"],
+    ["d:a.test", "u:https://a.test/x"], ["d:a.test", "d:b.test", "u:https://a.test/x", "u:https://b.test/"],
+])
+def test_the_url_lines_of_a_held_list_are_found_from_its_end(lines: list[str]) -> None:
+    from client.listfile import find_url_start, held_url_start, record_line
+    from tests.feed_builder import rec
+
+    data = b"".join(record_line(rec(x[2:], etype="domain" if x[0] == "d" else "url")) for x in lines)
+    assert held_url_start(data) == find_url_start(data)
