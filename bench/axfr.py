@@ -380,7 +380,7 @@ def main() -> None:
             latest = core.publisher.latest()
             assert latest is not None
             assert v1 is not None
-            zone_file = settings.artifact_dir / latest["rpz"]["path"]
+            zone_file = core.artifacts.path(latest["rpz"]["path"])
             secondary_port = free_port()
             isp = core.isps.add(SYSTEM, "bench", notify=[f"127.0.0.1:{secondary_port}"], allow_from=["127.0.0.1"])
             # The unsigned runs (and SOA polls) come from an address-only registration of this host.

@@ -218,7 +218,7 @@ def main() -> None:
             latest = core.publisher.latest()
             assert latest is not None
             print("ZONEMD costs ...", flush=True)
-            r.update(zonemd_costs(single_settings, single_settings.artifact_dir / latest["rpz"]["path"]))
+            r.update(zonemd_costs(single_settings, core.artifacts.path(latest["rpz"]["path"])))
             single_port, overlay_port = free_port(), free_port()
             isp = core.isps.add(SYSTEM, "bench", notify=[f"127.0.0.1:{single_port}", f"127.0.0.1:{overlay_port}"])
             xfrd = start_xfrd(single_settings, work, free_port())

@@ -122,7 +122,7 @@ def main() -> None:
             xfrd = start_xfrd(settings, work, xot_port)
             procs.append(xfrd)
             wait(lambda: soa_serial(settings.dns_listen[1]) == version, 600, 0.05)
-            named, bind_port, bind_tls = bind_primary(work, settings.artifact_dir / latest["rpz"]["path"], key,
+            named, bind_port, bind_tls = bind_primary(work, core.artifacts.path(latest["rpz"]["path"]), key,
                                                       isp["tsig_secret"])
             procs.append(named)
             wait(lambda: soa_serial(bind_port) == version, 600, 0.05)
