@@ -108,3 +108,48 @@ def test_a_burst_of_two_hundred_approvals_makes_one_or_two_versions(
     published = audit.search(core.store, action="publication.publish", limit=100)[0]
     after_burst = [r for r in published if int(r.target.split(":")[1]) > v1]
     assert 1 <= len(after_burst) <= 2, [r.target for r in after_burst]
+
+
+def test_a_change_made_while_a_run_found_nothing_to_publish_is_published_after_the_quiet_period(
+        core: Core, settings: Settings) -> None:
+    """A run that found nothing new consumed what it read; a change that came
+    meanwhile leaves the feed as long as before, and must not be taken for
+    the changes of a held run (which wait for the retry time, an hour here)."""
+    import threading
+    from dataclasses import replace
+
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from app.store import K
+    from workers.scheduler import Follower, Worker
+
+    worker = Worker(core)
+    runs: list[float] = []
+
+    def publish_change() -> bool:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            # Nothing new in what this run read; a curator's change lands as it ends.
+            core.store.changes.consume(core.store.changes.count())
+            core.store.r.rpush(K.dirty, "2")
+            worker.last_status = "unchanged"
+            return False
+        core.store.changes.consume(core.store.changes.count())
+        worker.last_status = "published"
+        return True
+
+    worker.publish_change = publish_change  # type: ignore[method-assign]
+    follower = Follower(worker, BlockingScheduler(), replace(settings, publish_quiet=0.2, publish_interval=3600))
+    follower._run_publish = follower._publish_step  # type: ignore[method-assign]
+    core.store.r.rpush(K.dirty, "1")
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        follower.stop.set()
+        thread.join(5)
+    assert len(runs) >= 2, "the change that came during the run that found nothing was never published"
+    assert runs[1] - runs[0] < 3

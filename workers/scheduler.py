@@ -196,7 +196,12 @@ class Follower:
                 continue  # held or refused: wait for another change or the retry time
             if now - last_change >= self.quiet or now - first >= self.quiet_max:
                 self._run_publish()
-                if store.changes.count() >= n and self.worker.last_status != "published":
+                # Held, refused or failed: the changes are still pending; wait for another
+                # change (or the retry time) before trying them again. Not after "unchanged":
+                # that run consumed what it read, so any count now is of newer changes,
+                # which may well be as many as before.
+                if store.changes.count() >= n and self.worker.last_status not in ("published", "unchanged",
+                                                                                  "refreshed"):
                     tried = (n, time.monotonic())
                     if self.worker.last_status == "busy":
                         # Another worker holds the lock: look again in a moment.
