@@ -361,39 +361,27 @@ class StateDir:
             raise LocalError(f"cannot write {self.path / KEYS_FILE}: {e.strerror}") from None
 
 
-class StagedLines:
-    """``entries.jsonl`` and ``entries.chunks`` being written next to their places; renamed
-    into place by :meth:`commit` (before ``state.json`` names the new digest, so a run
-    stopped in between leaves files that :meth:`StateDir.load_lines` does not trust)."""
+class _Staging:
+    """Files staged next to their places by a thread while the run goes on
+    (:func:`files.stage`); :meth:`_wait` joins it and raises what it met."""
 
-    def __init__(self, path: Path, chunks_path: Path, lines: Lines) -> None:
-        self.path = path
-        self.chunks_path = chunks_path
+    def __init__(self, writes: list[tuple[Path, bytes | Sequence[bytes | memoryview]]]) -> None:
         self._staged: list[files.Staged] = []
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._write, args=(lines,), daemon=True)
+        self._thread = threading.Thread(target=self._write, args=(writes,), daemon=True)
         self._thread.start()
 
-    def _write(self, lines: Lines) -> None:
+    def _write(self, writes: list[tuple[Path, bytes | Sequence[bytes | memoryview]]]) -> None:
         try:
-            self._staged.append(files.stage(self.path, lines.parts(), 0o600))
-            self._staged.append(files.stage(self.chunks_path, lines.digest.to_bytes(), 0o600))
+            for path, data in writes:
+                self._staged.append(files.stage(path, data, 0o600))
         except OSError as e:
             self._error = e
 
-    def commit(self) -> Stored:
-        """Rename into place; returns what the state records (the journal is then empty: what
-        remains in its file is past the size recorded, see :meth:`StateDir.trim_journal`)."""
+    def _wait(self) -> None:
         self._thread.join()
-        try:
-            if self._error is not None:
-                raise self._error
-            files.commit(self._staged)
-            st = self.path.stat()
-        except OSError as e:
-            self.discard()
-            raise LocalError(f"cannot write {self.path}: {e.strerror}") from None
-        return Stored([st.st_size, st.st_mtime_ns, st.st_ino], 0, hashlib.sha256().hexdigest(), 0)
+        if self._error is not None:
+            raise self._error
 
     def discard(self) -> None:
         self._thread.join()
@@ -401,7 +389,30 @@ class StagedLines:
         self._staged = []
 
 
-class StagedJournal:
+class StagedLines(_Staging):
+    """``entries.jsonl`` and ``entries.chunks`` being written next to their places; renamed
+    into place by :meth:`commit` (before ``state.json`` names the new digest, so a run
+    stopped in between leaves files that :meth:`StateDir.load_lines` does not trust)."""
+
+    def __init__(self, path: Path, chunks_path: Path, lines: Lines) -> None:
+        self.path = path
+        self.chunks_path = chunks_path
+        super().__init__([(path, lines.parts()), (chunks_path, lines.digest.to_bytes())])
+
+    def commit(self) -> Stored:
+        """Rename into place; returns what the state records (the journal is then empty: what
+        remains in its file is past the size recorded, see :meth:`StateDir.trim_journal`)."""
+        try:
+            self._wait()
+            files.commit(self._staged)
+            st = self.path.stat()
+        except OSError as e:
+            self.discard()
+            raise LocalError(f"cannot write {self.path}: {e.strerror}") from None
+        return Stored([st.st_size, st.st_mtime_ns, st.st_ino], 0, hashlib.sha256().hexdigest(), 0)
+
+
+class StagedJournal(_Staging):
     """A run's change to the held list, to append to ``entries.journal``, and the new list's
     chunk digests being written next to ``entries.chunks``. :meth:`commit` appends the record
     at the end of the journal's recorded bytes (anything past them is cut first), syncs the
@@ -413,23 +424,12 @@ class StagedJournal:
         self.chunks_path = chunks_path
         self.held = held
         self.record = record
-        self._staged: list[files.Staged] = []
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._write, args=(lines,), daemon=True)
-        self._thread.start()
-
-    def _write(self, lines: Lines) -> None:
-        try:
-            self._staged.append(files.stage(self.chunks_path, lines.digest.to_bytes(), 0o600))
-        except OSError as e:
-            self._error = e
+        super().__init__([(chunks_path, lines.digest.to_bytes())])
 
     def commit(self) -> Stored:
-        self._thread.join()
         held = self.held
         try:
-            if self._error is not None:
-                raise self._error
+            self._wait()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.ftruncate(fd, held.journal_size)
@@ -448,11 +448,6 @@ class StagedJournal:
         h.update(self.record)
         return Stored(held.base_stamp, held.journal_size + len(self.record), h.hexdigest(),
                       held.journal_records + 1)
-
-    def discard(self) -> None:
-        self._thread.join()
-        files.discard(self._staged)
-        self._staged = []
 
 
 @dataclass
