@@ -112,8 +112,8 @@ class Cluster:
                 f"?sentinel_password={SENTINEL_PASSWORD}")
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def primary_and_replica(tmp_path: Path) -> tuple[ShippedRedis, ShippedRedis]:
+    """A primary and its replica from the shipped configuration (not started)."""
     passwords = {user: secrets.token_hex(16) for user in USERS}
     # Every node carries masteruser/masterauth: after a failover the old primary becomes a replica.
     # A full resynchronisation starts at once instead of waiting 5 s for more replicas to join.
@@ -122,6 +122,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     primary = ShippedRedis(tmp_path / "primary", passwords=passwords, extra=replication)
     replica = ShippedRedis(tmp_path / "replica", passwords=passwords,
                            extra=[*replication, "--replicaof", "127.0.0.1", str(primary.port)])
+    return primary, replica
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    primary, replica = primary_and_replica(tmp_path)
     sentinel: Sentinel | None = None
     try:
         primary.start()

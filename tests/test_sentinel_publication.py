@@ -45,8 +45,8 @@ from app.core import Core
 from app.errors import BlocklistError
 from app.publishing import Publisher
 from app.store import Store
-from tests.test_deploy_redis import USERS, People, ShippedRedis, list_domain, make_core
-from tests.test_sentinel import SERVICE, Cluster, cluster, wait_for  # noqa: F401 (fixture used by name)
+from tests.test_deploy_redis import People, ShippedRedis, list_domain, make_core
+from tests.test_sentinel import SERVICE, Cluster, cluster, primary_and_replica, wait_for  # noqa: F401 (fixture used by name)
 
 #: What the product is told about its replicas (the tests run one replica).
 WAIT = {"redis_wait_replicas": 1, "redis_wait_timeout": 1.0}
@@ -245,14 +245,7 @@ def test_a_failover_during_publication_loses_no_acknowledged_change_and_reuses_n
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[ShippedRedis, ShippedRedis]]:
     """A primary and its replica, no Sentinel: the test promotes the replica itself."""
-    import secrets
-
-    passwords = {user: secrets.token_hex(16) for user in USERS}
-    replication = ["--masteruser", "blocklist-replica", "--masterauth", passwords["replica"],
-                   "--repl-diskless-sync-delay", "0"]
-    primary = ShippedRedis(tmp_path / "primary", passwords=passwords, extra=replication)
-    replica = ShippedRedis(tmp_path / "replica", passwords=passwords,
-                           extra=[*replication, "--replicaof", "127.0.0.1", str(primary.port)])
+    primary, replica = primary_and_replica(tmp_path)
     try:
         primary.start()
         replica.start()
